@@ -1,0 +1,1 @@
+"""The inference engine: GGUF loading, per-architecture graphs, KV cache, sampling, generation."""

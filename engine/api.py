@@ -1,0 +1,163 @@
+"""The public engine: load a GGUF (or a registry name), evaluate, generate."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import ContextOverflowError, UnsupportedModelError
+from ..ggml_ops.backend import Backend
+from .cache import KVCache
+from .forward import ForwardRunner
+from .generate import decode, prefill
+from .hparams import read_hparams
+from .loader import Weights, check_tensors, open_gguf
+from .models import ARCHITECTURES
+from .registry import resolve
+from .sampling import Sampler, SamplingParams
+from .tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_N_CTX = 8192
+
+
+class Engine:
+    """A loaded model with its own KV cache. Calls are serialized by a lock."""
+
+    def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int | None = None,
+                 n_batch: int = 512, device: str = "cpu"):
+        self.model_path = Path(model_path)
+        self._lock = threading.RLock()
+        with open_gguf(self.model_path) as gguf:
+            arch = gguf.get("general.architecture")
+            cls = ARCHITECTURES.get(arch)
+            if cls is None:
+                raise UnsupportedModelError(
+                    f"{self.model_path}: architecture {arch!r} is not supported "
+                    f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+            self.hparams = read_hparams(gguf, cls.swa_default_pattern)
+            self.model = cls(self.hparams)
+            infos = check_tensors(gguf, self.model.tensor_specs())
+            chat_template = gguf.get("tokenizer.chat_template")
+            self.backend = Backend(device=device, n_threads=n_threads)
+            self.model.weights = Weights(gguf, infos, self.backend)
+        self.tokenizer = Tokenizer(self.model_path, chat_template)
+        if n_batch < 1:
+            raise ValueError(f"n_batch must be >= 1, got {n_batch}")
+        self.n_ctx = int(n_ctx or min(self.hparams.n_ctx_train, DEFAULT_N_CTX))
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        self.n_batch = n_batch
+        self.cache = KVCache(self.backend, self.hparams.n_layer, self.hparams.n_embd_kv, self.n_ctx)
+        self.runner = ForwardRunner(self.model, self.cache, self.backend)
+        self._history: list[int] = []  # tokens whose K/V are in the cache, in order
+
+    @classmethod
+    def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
+             progress=lambda msg: None, **options) -> "Engine":
+        """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path."""
+        known = {"n_batch", "device"}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; accepted: {sorted(known)}")
+        return cls(resolve(model, progress), n_threads=n_threads, n_ctx=n_ctx, **options)
+
+    # --- text --------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special)
+
+    def detokenize(self, tokens) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_assistant=True)
+
+    # --- evaluation --------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            self._history = []
+
+    def logits(self, tokens) -> np.ndarray:
+        """Logits [len(tokens), n_vocab] of every position of ``tokens``, from an empty cache."""
+        tokens = self._check_tokens(tokens)
+        with self._lock:
+            self.reset()
+            out = prefill(self.runner, tokens, 0, self.n_batch, all_logits=True)
+            self._history = list(tokens)
+            return out
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        arr = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if arr.size == 0:
+            raise ValueError("empty token sequence")
+        if arr.min() < 0 or arr.max() >= self.hparams.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.hparams.n_vocab})")
+        if arr.size > self.n_ctx:
+            raise ContextOverflowError(f"{arr.size} tokens exceed the context of {self.n_ctx} "
+                                       f"(load with a larger n_ctx)")
+        return arr.astype(np.int32)
+
+    def _feed_prompt(self, tokens: np.ndarray) -> np.ndarray:
+        """Bring the cache to hold ``tokens``, reusing the longest cached prefix."""
+        keep = 0
+        for a, b in zip(self._history, tokens[:-1]):
+            if a != b:
+                break
+            keep += 1
+        if keep < len(self._history):
+            self.cache.truncate(keep)
+        logits = prefill(self.runner, tokens[keep:], keep, self.n_batch)
+        self._history = list(tokens)
+        return logits[-1]
+
+    # --- generation --------------------------------------------------------------------
+    def generate_tokens(self, prompt, max_tokens: int = 128, **sampling) -> Iterator[int]:
+        tokens = self._check_tokens(self.tokenize(prompt) if isinstance(prompt, str) else prompt)
+        sampler = Sampler(SamplingParams(**sampling))
+        with self._lock:
+            first = self._feed_prompt(tokens)
+            yield from decode(self.runner, sampler, first, self._history, max_tokens,
+                              self.tokenizer.is_eog, self.n_ctx)
+
+    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.0, seed: int | None = None,
+                 stream: bool = False, **sampling):
+        """Text continuation of ``prompt`` (text or token ids): a str, or with ``stream=True``
+        an iterator of text pieces (never splitting a UTF-8 character)."""
+        it = self.generate_tokens(prompt, max_tokens, temperature=temperature, seed=seed, **sampling)
+        pieces = self._stream_text(it)
+        return pieces if stream else "".join(pieces)
+
+    def _stream_text(self, token_iter) -> Iterator[str]:
+        dec = StreamDecoder(self.tokenizer)
+        for token in token_iter:
+            piece = dec.feed(token)
+            if piece:
+                yield piece
+        tail = dec.flush()
+        if tail:
+            yield tail
+
+    # --- introspection -----------------------------------------------------------------
+    def stats(self) -> dict:
+        return {
+            "model_path": str(self.model_path),
+            "arch": self.hparams.arch,
+            "device": self.backend.device_name,
+            "n_ctx": self.cache.capacity,
+            "tokens_seen": self.cache.tokens_seen,
+            "tokens_cached": self.cache.tokens_cached(),
+            "kv_bytes": self.cache.nbytes,
+            "weights_bytes": self.model.weights.nbytes,
+            "compute_bytes": self.backend.compute_buffer_bytes(),
+            "graphs_built": self.runner.graphs_built,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self.runner.invalidate()
+            self.cache.close()
+            self.model.weights.close()
+            self.backend.close()

@@ -1,0 +1,126 @@
+"""The engine's KV cache: per-layer K/V tensors in a backend buffer, and slot tables.
+
+A slot table records, for each physical slot, the RoPE position of the token it holds (-1 if
+empty). Layers whose tables are identical share one table (and so one mask and one write index
+per step); eviction later gives layers tables of their own. K is stored after RoPE, so a kept
+token keeps its original position whatever slot it moves to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ContextOverflowError
+from ..ggml_ops.backend import Backend
+from ..ggml_ops.bindings import C
+from ..ggml_ops.graph import new_context
+from ..ggml_ops.structs import GGMLType
+
+KV_PAD = 256  # attention reads the used slots rounded up to this, as llama.cpp does
+
+
+class SlotTable:
+    def __init__(self, capacity: int):
+        self.positions = np.full(capacity, -1, dtype=np.int32)
+        self.n_used = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.positions)
+
+    def reserve(self, n: int) -> np.ndarray:
+        """Slots for ``n`` new tokens, appended after the used ones."""
+        if self.n_used + n > self.capacity:
+            raise ContextOverflowError(
+                f"KV cache full: {self.n_used} tokens cached, {n} more do not fit in "
+                f"{self.capacity} slots (load the engine with a larger n_ctx)")
+        return np.arange(self.n_used, self.n_used + n, dtype=np.int64)
+
+    def commit(self, slots: np.ndarray, positions: np.ndarray) -> None:
+        self.positions[slots] = positions
+        self.n_used = max(self.n_used, int(slots.max()) + 1) if len(slots) else self.n_used
+
+    def n_kv(self, n_after: int) -> int:
+        return min(self.capacity, -(-max(n_after, 1) // KV_PAD) * KV_PAD)
+
+    def mask(self, query_pos: np.ndarray, n_kv: int, slots: np.ndarray, window: int = 0) -> np.ndarray:
+        """[n_tokens, n_kv] float16: 0 where the query may attend the slot, -inf elsewhere.
+
+        ``slots`` are where this step's tokens are written; they are visible to each other
+        causally even though they are not committed yet."""
+        pos = self.positions[:n_kv].copy()
+        pos[slots] = query_pos
+        kp = pos[None, :]
+        qp = query_pos[:, None]
+        visible = (kp >= 0) & (kp <= qp)
+        if window > 0:
+            visible &= (qp - kp) < window
+        return np.where(visible, np.float16(0), np.float16(-np.inf))
+
+    def truncate(self, n_positions: int) -> None:
+        """Forget every token at position >= ``n_positions`` (they sit at the end)."""
+        self.positions[self.positions >= n_positions] = -1
+        used = np.flatnonzero(self.positions >= 0)
+        self.n_used = int(used[-1]) + 1 if len(used) else 0
+
+    def clear(self) -> None:
+        self.positions.fill(-1)
+        self.n_used = 0
+
+
+@dataclass
+class LayerKV:
+    k: int  # ggml tensor [n_embd_kv, capacity], F16, post-RoPE keys
+    v: int  # ggml tensor [n_embd_kv, capacity], F16
+
+
+class KVCache:
+    def __init__(self, backend: Backend, n_layer: int, n_embd_kv: int, capacity: int,
+                 dtype: int = GGMLType.F16):
+        capacity = -(-capacity // KV_PAD) * KV_PAD
+        self.capacity = capacity
+        self.n_layer = n_layer
+        self.ctx = new_context(2 * n_layer + 1)
+        self.layers = []
+        for il in range(n_layer):
+            k = C.ggml_new_tensor_2d(self.ctx, dtype, n_embd_kv, capacity)
+            v = C.ggml_new_tensor_2d(self.ctx, dtype, n_embd_kv, capacity)
+            C.ggml_set_name(k, f"cache_k_l{il}".encode())
+            C.ggml_set_name(v, f"cache_v_l{il}".encode())
+            self.layers.append(LayerKV(k, v))
+        self.buffer = backend.alloc_ctx_tensors(self.ctx)
+        C.ggml_backend_buffer_clear(self.buffer, 0)  # no NaN garbage under masked slots
+        self.nbytes = C.ggml_backend_buffer_get_size(self.buffer)
+        self.tables = [SlotTable(capacity)]
+        self.layer_table = [0] * n_layer
+        self.tokens_seen = 0
+
+    def table_of(self, il: int) -> SlotTable:
+        return self.tables[self.layer_table[il]]
+
+    def tokens_cached(self) -> list[int]:
+        return [int((self.table_of(il).positions >= 0).sum()) for il in range(self.n_layer)]
+
+    def truncate(self, n_positions: int) -> None:
+        for t in self.tables:
+            t.truncate(n_positions)
+
+    def clear(self) -> None:
+        for t in self.tables:
+            t.clear()
+        self.tables = [self.tables[0]]
+        self.layer_table = [0] * self.n_layer
+        self.tokens_seen = 0
+
+    def close(self) -> None:
+        if getattr(self, "buffer", None):
+            C.ggml_backend_buffer_free(self.buffer)
+            self.buffer = None
+        if getattr(self, "ctx", None):
+            C.ggml_free(self.ctx)
+            self.ctx = None
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,148 @@
+"""Shared building blocks of a decoder forward graph (the counterpart of llama.cpp's
+``llm_graph_context``): embeddings, norms, projections, RoPE, cached attention, FFNs.
+
+Every intermediate an IndexMem module or a test may need is named ``<what>-<layer>``:
+``attn_norm-3`` (the normalized input x), ``Qpre-3`` (pre-RoPE queries), ``Kcur-3`` (post-RoPE
+keys), ``Vcur-3``, ``kqv_out-3`` (attention output before the output projection), ``l_out-3``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...ggml_ops.bindings import C
+from ...ggml_ops.graph import Graph, shape_of
+from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
+from ..cache import KVCache
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The shape of one forward step; two steps with equal plans share one graph."""
+    n_tokens: int
+    n_out: int  # rows of logits produced: n_tokens (all) or 1 (last)
+    layer_table: tuple[int, ...]  # cache slot table used by each layer
+    n_kv: tuple[int, ...]  # visible slots per table
+    layer_window: tuple[int, ...]  # sliding window per layer (0 = full causal)
+    capture: frozenset = frozenset()
+
+    def mask_keys(self) -> list[tuple[int, int]]:
+        return sorted(set(zip(self.layer_table, self.layer_window)))
+
+
+class Builder:
+    def __init__(self, model, cache: KVCache, plan: StepPlan):
+        self.g = Graph()
+        self.ctx = self.g.ctx
+        self.model = model
+        self.hp = model.hp
+        self.w = model.weights
+        self.cache = cache
+        self.plan = plan
+        n = plan.n_tokens
+        self.n_tokens = n
+        self.tokens = self.g.input("tokens", GGMLType.I32, n)
+        self.pos = self.g.input("pos", GGMLType.I32, n)
+        self.kv_idx = {t: self.g.input(f"kv_idx-{t}", GGMLType.I64, n) for t in set(plan.layer_table)}
+        self.masks = {(t, win): self.g.input(f"mask-{t}-{win}", GGMLType.F16, plan.n_kv[t], n)
+                      for t, win in plan.mask_keys()}
+        self.out_ids = self.g.input("out_ids", GGMLType.I32, plan.n_out) if plan.n_out < n else None
+
+    # --- naming ------------------------------------------------------------------------
+    def cb(self, t, name: str, il: int = -1):
+        return self.g.name(t, f"{name}-{il}" if il >= 0 else name)
+
+    def lw(self, il: int, name: str):
+        """Layer weight ``blk.{il}.{name}`` or None when the file does not have it."""
+        return self.w.get(f"blk.{il}.{name}")
+
+    # --- blocks ------------------------------------------------------------------------
+    def embed(self):
+        return self.cb(C.ggml_get_rows(self.ctx, self.w["token_embd.weight"], self.tokens), "inp_embd")
+
+    def norm(self, x, weight, name: str, il: int = -1):
+        cur = C.ggml_rms_norm(self.ctx, x, self.hp.rms_eps)
+        if weight:
+            cur = C.ggml_mul(self.ctx, cur, weight)
+        return self.cb(cur, name, il)
+
+    def linear(self, weight, x, bias=None):
+        cur = C.ggml_mul_mat(self.ctx, weight, x)
+        if bias:
+            cur = C.ggml_add(self.ctx, cur, bias)
+        return cur
+
+    def qkv(self, x, il: int):
+        """Per-head Q [hd, H, T], K and V [hd, Hkv, T], before any norm or RoPE."""
+        hp, n = self.hp, self.n_tokens
+        q = self.linear(self.lw(il, "attn_q.weight"), x, self.lw(il, "attn_q.bias"))
+        k = self.linear(self.lw(il, "attn_k.weight"), x, self.lw(il, "attn_k.bias"))
+        v = self.linear(self.lw(il, "attn_v.weight"), x, self.lw(il, "attn_v.bias"))
+        q = C.ggml_reshape_3d(self.ctx, q, hp.head_dim, hp.n_head, n)
+        k = C.ggml_reshape_3d(self.ctx, k, hp.head_dim, hp.n_head_kv, n)
+        v = C.ggml_reshape_3d(self.ctx, v, hp.head_dim, hp.n_head_kv, n)
+        return q, k, self.cb(v, "Vcur", il)
+
+    def rope(self, x, il: int, rope_type: int, freq_base: float, freq_scale: float, factors=None):
+        hp = self.hp
+        return C.ggml_rope_ext(self.ctx, x, self.pos, factors, hp.n_rot, rope_type, hp.n_ctx_train,
+                               freq_base, freq_scale, 0.0, 1.0, 32.0, 1.0)
+
+    def attention(self, il: int, q, k, v, kq_scale: float):
+        """Write this step's K/V into the layer's cache slots, attend over the visible slots.
+
+        q: [hd, H, T] post-RoPE; k, v: [hd, Hkv, T]. Returns [hd*H, T] (``kqv_out``)."""
+        hp, ctx, plan = self.hp, self.ctx, self.plan
+        table = plan.layer_table[il]
+        n_kv = plan.n_kv[table]
+        layer = self.cache.layers[il]
+        idx = self.kv_idx[table]
+        n = self.n_tokens
+        self.g.expand(C.ggml_set_rows(ctx, layer.k, C.ggml_reshape_2d(ctx, k, hp.n_embd_kv, n), idx))
+        self.g.expand(C.ggml_set_rows(ctx, layer.v, C.ggml_reshape_2d(ctx, v, hp.n_embd_kv, n), idx))
+        row = C.ggml_row_size(GGMLType.F16, hp.n_embd_kv)
+        head = C.ggml_row_size(GGMLType.F16, hp.head_dim)
+        kview = C.ggml_view_3d(ctx, layer.k, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
+        vview = C.ggml_view_3d(ctx, layer.v, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
+        qp = C.ggml_permute(ctx, q, 0, 2, 1, 3)
+        mask = self.masks[(table, plan.layer_window[il])]
+        cur = C.ggml_flash_attn_ext(ctx, qp, kview, vview, mask, kq_scale, 0.0, 0.0)
+        C.ggml_prec_set_acc(cur, GGML_PREC_F32)
+        cur = C.ggml_reshape_2d(ctx, cur, hp.n_embd_q, n)
+        return self.cb(cur, "kqv_out", il)
+
+    def ffn_gated(self, x, il: int, act: str):
+        gate = self.linear(self.lw(il, "ffn_gate.weight"), x)
+        up = self.linear(self.lw(il, "ffn_up.weight"), x)
+        glu = C.ggml_swiglu_split if act == "silu" else C.ggml_geglu_split
+        cur = glu(self.ctx, gate, up)
+        return self.cb(self.linear(self.lw(il, "ffn_down.weight"), cur), "ffn_out", il)
+
+    def select_outputs(self, *tensors):
+        """Keep only the rows whose logits are wanted (before the last layer's FFN)."""
+        if self.out_ids is None:
+            return tensors
+        return tuple(C.ggml_get_rows(self.ctx, t, self.out_ids) for t in tensors)
+
+    def logits(self, x, softcap: float = 0.0):
+        cur = self.norm(x, self.w["output_norm.weight"], "result_norm")
+        out = self.w.get("output.weight") or self.w["token_embd.weight"]
+        cur = C.ggml_mul_mat(self.ctx, out, cur)
+        if softcap:
+            cur = C.ggml_scale(self.ctx, cur, 1.0 / softcap)
+            cur = C.ggml_tanh(self.ctx, cur)
+            cur = C.ggml_scale(self.ctx, cur, softcap)
+        return self.cb(cur, "result_output")
+
+    def finish(self, logits):
+        self.g.logits = self.g.output(logits)
+        for name in self.plan.capture:
+            t = self.g.named.get(name)
+            if t is None:
+                raise KeyError(f"no intermediate named {name!r} in the {self.hp.arch} graph")
+            self.g.output(t)
+        return self.g
+
+    @staticmethod
+    def shape(t):
+        return shape_of(t)

@@ -1,0 +1,78 @@
+"""Tokenizer, detokenizer and chat templates, all from llama.cpp (a vocab-only model load)."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+from pathlib import Path
+
+from ..errors import ModelFormatError
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path, chat_template: str | None = None):
+        import llama_cpp  # imported lazily: it is only needed once a model is opened
+
+        self._lib = llama_cpp
+        try:
+            self._llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFormatError(f"{path}: llama.cpp could not load the vocabulary ({exc})") from exc
+        self._vocab = self._llm._model.vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.bos = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self._vocab)
+        self.chat_template = chat_template
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special`` adds BOS where the model's vocab asks for it."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def decode(self, tokens, special: bool = False) -> str:
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def apply_chat_template(self, messages: list[dict], add_assistant: bool = True) -> str:
+        """Render ``messages`` ([{"role", "content"}]) with llama.cpp's template engine.
+
+        Models without a template fall back to ChatML, which llama.cpp also implements."""
+        tmpl = (self.chat_template or "chatml").encode()
+        msgs = (self._lib.llama_chat_message * len(messages))()
+        keep = []  # the bytes must outlive the C call
+        for i, m in enumerate(messages):
+            role, content = m["role"].encode(), m["content"].encode()
+            keep += [role, content]
+            msgs[i].role, msgs[i].content = role, content
+        size = 4096 + sum(len(b) for b in keep) * 2
+        buf = ctypes.create_string_buffer(size)
+        n = self._lib.llama_chat_apply_template(tmpl, msgs, len(messages), add_assistant, buf, size)
+        if n > size:
+            buf = ctypes.create_string_buffer(n)
+            n = self._lib.llama_chat_apply_template(tmpl, msgs, len(messages), add_assistant, buf, n)
+        if n < 0:
+            raise ModelFormatError("llama.cpp does not support this model's chat template")
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+
+class StreamDecoder:
+    """Turns tokens into text as they come, never emitting half of a UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tok = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self._utf8.decode(self._tok.piece(token))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)

@@ -1,0 +1,116 @@
+"""Compute devices: backend selection, weight/cache buffers and a graph scheduler.
+
+The engine always computes through ``ggml_backend_sched`` with the chosen device first and the
+CPU last, as llama.cpp does, so a CUDA or Metal build of llama-cpp-python is used unchanged
+(ops a device lacks fall back to the CPU). Only the CPU path is tested on this project's machines.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from ..errors import BackendError
+from . import structs as S
+from .bindings import C
+
+GRAPH_SIZE = 8192  # max nodes per graph; a 62-layer model needs ~40 per layer
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    description: str
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+
+
+_KINDS = {S.BACKEND_DEVICE_TYPE_CPU: "cpu", S.BACKEND_DEVICE_TYPE_GPU: "gpu",
+          S.BACKEND_DEVICE_TYPE_IGPU: "igpu", S.BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+_loaded_all = False
+
+
+def list_devices() -> list[DeviceInfo]:
+    global _loaded_all
+    if not _loaded_all:
+        C.ggml_backend_load_all()  # registers dynamically built backends (CUDA, Metal, ...) if any
+        _loaded_all = True
+    devices = []
+    for i in range(C.ggml_backend_dev_count()):
+        dev = C.ggml_backend_dev_get(i)
+        devices.append(DeviceInfo(
+            name=C.ggml_backend_dev_name(dev).decode(),
+            description=(C.ggml_backend_dev_description(dev) or b"").decode(),
+            kind=_KINDS.get(C.ggml_backend_dev_type(dev), "other"),
+        ))
+    return devices
+
+
+class Backend:
+    """A device backend (GPU if asked and present, else CPU) plus the CPU backend, and a scheduler."""
+
+    def __init__(self, device: str = "cpu", n_threads: int = 1):
+        if n_threads < 1:
+            raise BackendError(f"n_threads must be >= 1, got {n_threads}")
+        self.n_threads = n_threads
+        devices = list_devices()
+        self.cpu = C.ggml_backend_cpu_init()
+        if not self.cpu:
+            raise BackendError("ggml_backend_cpu_init failed")
+        C.ggml_backend_cpu_set_n_threads(self.cpu, n_threads)
+        self.main = self.cpu
+        if device != "cpu":
+            self.main = self._init_device(device, devices) or self.cpu
+        self.device_name = C.ggml_backend_name(self.main).decode()
+        backends = [self.main] if self.main == self.cpu else [self.main, self.cpu]
+        arr = (ctypes.c_void_p * len(backends))(*backends)
+        self.sched = C.ggml_backend_sched_new(arr, None, len(backends), GRAPH_SIZE, False, True)
+        if not self.sched:
+            raise BackendError("ggml_backend_sched_new failed")
+
+    @staticmethod
+    def _init_device(device: str, devices: list[DeviceInfo]):
+        wanted = [i for i, d in enumerate(devices)
+                  if (device == "auto" and d.kind in ("gpu", "igpu")) or d.name.lower() == device.lower()]
+        if not wanted:
+            if device == "auto":
+                return None
+            names = ", ".join(d.name for d in devices)
+            raise BackendError(f"device {device!r} not found; available: {names}")
+        backend = C.ggml_backend_dev_init(C.ggml_backend_dev_get(wanted[0]), None)
+        if not backend:
+            raise BackendError(f"could not initialise device {devices[wanted[0]].name}")
+        return backend
+
+    def alloc_ctx_tensors(self, ctx) -> int:
+        """Allocate every tensor of a no_alloc ggml context in one buffer of the main device."""
+        buf = C.ggml_backend_alloc_ctx_tensors(ctx, self.main)
+        if not buf:
+            raise BackendError("out of memory allocating a backend buffer")
+        return buf
+
+    def compute(self, graph) -> None:
+        status = C.ggml_backend_sched_graph_compute(self.sched, graph)
+        if status != S.GGML_STATUS_SUCCESS:
+            raise BackendError(f"graph compute failed with ggml status {status}")
+
+    def alloc_graph(self, graph) -> None:
+        C.ggml_backend_sched_reset(self.sched)
+        if not C.ggml_backend_sched_alloc_graph(self.sched, graph):
+            raise BackendError("could not allocate the compute graph (out of memory?)")
+
+    def compute_buffer_bytes(self) -> int:
+        return C.ggml_backend_sched_get_buffer_size(self.sched, self.main)
+
+    def close(self) -> None:
+        if getattr(self, "sched", None):
+            C.ggml_backend_sched_free(self.sched)
+            self.sched = None
+        if getattr(self, "main", None) and self.main != self.cpu:
+            C.ggml_backend_free(self.main)
+        self.main = None
+        if getattr(self, "cpu", None):
+            C.ggml_backend_free(self.cpu)
+            self.cpu = None
+
+    def __del__(self):
+        self.close()
