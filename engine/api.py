@@ -114,13 +114,15 @@ class Engine:
         return logits[-1]
 
     # --- generation --------------------------------------------------------------------
-    def generate_tokens(self, prompt, max_tokens: int = 128, **sampling) -> Iterator[int]:
+    def generate_tokens(self, prompt, max_tokens: int = 128, stop_at_eog: bool = True,
+                        **sampling) -> Iterator[int]:
+        """Token ids continuing ``prompt`` (text or ids). Sampling options: see SamplingParams."""
         tokens = self._check_tokens(self.tokenize(prompt) if isinstance(prompt, str) else prompt)
         sampler = Sampler(SamplingParams(**sampling))
+        is_stop = self.tokenizer.is_eog if stop_at_eog else (lambda token: False)
         with self._lock:
             first = self._feed_prompt(tokens)
-            yield from decode(self.runner, sampler, first, self._history, max_tokens,
-                              self.tokenizer.is_eog, self.n_ctx)
+            yield from decode(self.runner, sampler, first, self._history, max_tokens, is_stop, self.n_ctx)
 
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.0, seed: int | None = None,
                  stream: bool = False, **sampling):

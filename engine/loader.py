@@ -48,33 +48,64 @@ def check_tensors(gguf: GGUFFile, specs: list[TensorSpec]) -> list[TensorInfo]:
 
 
 class Weights:
-    """Named weight tensors allocated in one buffer of the backend's main device."""
+    """Named weight tensors in backend buffers. Matrices that the CPU's repack buffer type
+    accepts go there (as llama.cpp places them), the rest into the device's default buffer."""
 
     def __init__(self, gguf: GGUFFile, infos: list[TensorInfo], backend: Backend):
         self.path = Path(gguf.path)
-        self.ctx = new_context(len(infos) + 1)
         self.tensors: dict[str, int] = {}
-        for info in infos:
+        self._ctxs, self._buffers = [], []
+        items = [(info.name, info) for info in infos]
+        names = {info.name for info in infos}
+        if "output.weight" not in names and "token_embd.weight" in names:
+            # tied output: a second tensor from the same bytes, so the lm-head mul_mat can use a
+            # repacked layout while get_rows keeps reading the plain embedding table
+            items.append(("output.weight", gguf.tensors["token_embd.weight"]))
+        for buft, group in self._placement(items, backend).items():
+            self._allocate(group, buft, backend)
+        self.nbytes = sum(C.ggml_backend_buffer_get_size(b) for b in self._buffers)
+        self._upload(items)
+
+    @staticmethod
+    def _placement(items, backend: Backend) -> dict:
+        extra = backend.extra_weight_bufts()
+        verdicts: dict[tuple, int | None] = {}
+        groups: dict[int | None, list] = {}
+        for name, info in items:
+            buft = None
+            if extra and len(info.shape) == 2 and name != "token_embd.weight":
+                key = (info.ggml_type, info.shape)
+                if key not in verdicts:
+                    verdicts[key] = next((b for b in extra if backend.buft_runs_mul_mat(b, *key)), None)
+                buft = verdicts[key]
+            if buft is None and name != info.name:
+                continue  # a tied output that is not repacked: the lm head reads token_embd itself
+            groups.setdefault(buft, []).append((name, info))
+        return groups
+
+    def _allocate(self, group, buft, backend: Backend) -> None:
+        ctx = new_context(len(group) + 1)
+        self._ctxs.append(ctx)
+        for name, info in group:
             maker = (C.ggml_new_tensor_1d, C.ggml_new_tensor_2d, C.ggml_new_tensor_3d,
                      C.ggml_new_tensor_4d)[len(info.shape) - 1]
-            t = maker(self.ctx, info.ggml_type, *info.shape)
+            t = maker(ctx, info.ggml_type, *info.shape)
             if C.ggml_nbytes(t) != info.nbytes:
                 raise ModelFormatError(f"{self.path}: tensor {info.name} size does not match its type")
-            C.ggml_set_name(t, info.name.encode())
-            self.tensors[info.name] = t
-        self.buffer = backend.alloc_ctx_tensors(self.ctx)
-        self.nbytes = C.ggml_backend_buffer_get_size(self.buffer)
-        self._upload(infos)
+            C.ggml_set_name(t, name.encode())
+            self.tensors[name] = t
+        self._buffers.append(backend.alloc_ctx_tensors(ctx, buft))
 
-    def _upload(self, infos: list[TensorInfo]) -> None:
-        staging = np.empty(max(i.nbytes for i in infos), dtype=np.uint8)
+    def _upload(self, items) -> None:
+        items = [(n, i) for n, i in items if n in self.tensors]
+        staging = np.empty(max(i.nbytes for _, i in items), dtype=np.uint8)
         with open(self.path, "rb") as f:
-            for info in sorted(infos, key=lambda i: i.offset):
+            for name, info in sorted(items, key=lambda item: item[1].offset):
                 view = staging[: info.nbytes]
                 f.seek(info.offset)
                 if f.readinto(memoryview(view)) != info.nbytes:
                     raise ModelFormatError(f"{self.path}: tensor {info.name} is truncated")
-                C.ggml_backend_tensor_set(self.tensors[info.name], view.ctypes.data, 0, info.nbytes)
+                C.ggml_backend_tensor_set(self.tensors[name], view.ctypes.data, 0, info.nbytes)
 
     def get(self, name: str):
         return self.tensors.get(name)
@@ -83,12 +114,11 @@ class Weights:
         return self.tensors[name]
 
     def close(self) -> None:
-        if getattr(self, "buffer", None):
-            C.ggml_backend_buffer_free(self.buffer)
-            self.buffer = None
-        if getattr(self, "ctx", None):
-            C.ggml_free(self.ctx)
-            self.ctx = None
+        for buf in getattr(self, "_buffers", []):
+            C.ggml_backend_buffer_free(buf)
+        for ctx in getattr(self, "_ctxs", []):
+            C.ggml_free(ctx)
+        self._buffers, self._ctxs = [], []
 
     def __del__(self):
         self.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import BackendError
 from . import structs as S
-from .bindings import C
+from .bindings import C, tensor_struct
 
 GRAPH_SIZE = 8192  # max nodes per graph; a 62-layer model needs ~40 per layer
 
@@ -81,12 +81,51 @@ class Backend:
             raise BackendError(f"could not initialise device {devices[wanted[0]].name}")
         return backend
 
-    def alloc_ctx_tensors(self, ctx) -> int:
-        """Allocate every tensor of a no_alloc ggml context in one buffer of the main device."""
-        buf = C.ggml_backend_alloc_ctx_tensors(ctx, self.main)
+    def alloc_ctx_tensors(self, ctx, buft=None) -> int:
+        """Allocate every tensor of a no_alloc ggml context in one buffer of the main device
+        (or of the buffer type ``buft``)."""
+        if buft:
+            buf = C.ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft)
+        else:
+            buf = C.ggml_backend_alloc_ctx_tensors(ctx, self.main)
         if not buf:
             raise BackendError("out of memory allocating a backend buffer")
         return buf
+
+    def extra_weight_bufts(self) -> list[int]:
+        """The CPU's extra weight buffer types (e.g. ``CPU_REPACK``: quantized weights
+        re-laid out for the SIMD GEMM kernels), which llama.cpp also uses. Empty on GPUs."""
+        if self.main != self.cpu:
+            return []
+        dev = C.ggml_backend_get_device(self.cpu)
+        reg = C.ggml_backend_dev_backend_reg(dev)
+        addr = C.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        if not addr:
+            return []
+        get_bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)
+        arr = get_bufts(dev)
+        bufts = []
+        while arr and arr[len(bufts)]:
+            bufts.append(arr[len(bufts)])
+        return bufts
+
+    def buft_runs_mul_mat(self, buft, ggml_type: int, shape: tuple[int, ...]) -> bool:
+        """Would a mul_mat with a weight of this type and shape, stored in ``buft``, run on the
+        CPU? This is how llama.cpp decides where each weight goes."""
+        from .graph import new_context  # local: graph imports this module
+
+        ctx = new_context(4)
+        dummy = C.ggml_backend_buft_alloc_buffer(buft, 0)
+        try:
+            w = C.ggml_new_tensor_2d(ctx, ggml_type, shape[0], shape[1])
+            tensor_struct(w).buffer = dummy
+            x = C.ggml_new_tensor_2d(ctx, S.GGMLType.F32, shape[0], 8)
+            op = C.ggml_mul_mat(ctx, w, x)
+            return bool(C.ggml_backend_dev_supports_op(C.ggml_backend_get_device(self.cpu), op))
+        finally:
+            if dummy:
+                C.ggml_backend_buffer_free(dummy)
+            C.ggml_free(ctx)
 
     def compute(self, graph) -> None:
         status = C.ggml_backend_sched_graph_compute(self.sched, graph)

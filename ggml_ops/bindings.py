@@ -8,6 +8,8 @@ namespace the rest of indexmem calls into, e.g. ``C.ggml_add(ctx, a, b)``.
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 from types import SimpleNamespace
 
 from ..errors import BackendError
@@ -47,6 +49,7 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_set_input": (None, [P]),
     "ggml_set_output": (None, [P]),
     "ggml_validate_row_data": (B, [I32, P, SZ]),
+    "ggml_log_set": (None, [P, P]),
     # --- ops --------------------------------------------------------------------------
     "ggml_add": (P, [P, P, P]),
     "ggml_mul": (P, [P, P, P]),
@@ -96,6 +99,10 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_backend_free": (None, [P]),
     "ggml_backend_get_default_buffer_type": (P, [P]),
     "ggml_backend_alloc_ctx_tensors": (P, [P, P]),
+    "ggml_backend_alloc_ctx_tensors_from_buft": (P, [P, P]),
+    "ggml_backend_buft_alloc_buffer": (P, [P, SZ]),
+    "ggml_backend_buft_name": (STR, [P]),
+    "ggml_backend_dev_supports_op": (B, [P, P]),
     "ggml_backend_buffer_free": (None, [P]),
     "ggml_backend_buffer_get_size": (SZ, [P]),
     "ggml_backend_buffer_set_usage": (None, [P, I32]),
@@ -175,8 +182,25 @@ def _self_check(ns: SimpleNamespace) -> None:
         )
 
 
+LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_LOG_WARN, _LOG_CONT = 3, 5
+_log_state = {"last_shown": False}
+
+
+@LOG_CALLBACK
+def _log_to_stderr(level, text, user_data):
+    """ggml's own messages: warnings and errors only, unless INDEXMEM_VERBOSE is set."""
+    show = level >= _LOG_WARN if level != _LOG_CONT else _log_state["last_shown"]
+    if os.environ.get("INDEXMEM_VERBOSE"):
+        show = True
+    _log_state["last_shown"] = show
+    if show and text:
+        sys.stderr.write(text.decode("utf-8", "replace"))
+
+
 C = _bind()
 _self_check(C)
+C.ggml_log_set(ctypes.cast(_log_to_stderr, ctypes.c_void_p), None)
 
 
 def tensor_struct(ptr: int) -> ggml_tensor:

@@ -69,7 +69,9 @@ class Graph:
         C.ggml_backend_tensor_set(t, array.ctypes.data, 0, expected)
 
     def read(self, t, dtype=np.float32) -> np.ndarray:
-        ne = shape_of(t)
+        ne = list(shape_of(t))
+        while len(ne) > 1 and ne[-1] == 1:
+            ne.pop()
         out = np.empty(ne[::-1], dtype=dtype)
         if out.nbytes != C.ggml_nbytes(t):
             raise ValueError(f"cannot read tensor of shape {ne} as {dtype}")

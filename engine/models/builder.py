@@ -112,10 +112,10 @@ class Builder:
         return self.cb(cur, "kqv_out", il)
 
     def ffn_gated(self, x, il: int, act: str):
-        gate = self.linear(self.lw(il, "ffn_gate.weight"), x)
-        up = self.linear(self.lw(il, "ffn_up.weight"), x)
+        gate = self.cb(self.linear(self.lw(il, "ffn_gate.weight"), x), "ffn_gate", il)
+        up = self.cb(self.linear(self.lw(il, "ffn_up.weight"), x), "ffn_up", il)
         glu = C.ggml_swiglu_split if act == "silu" else C.ggml_geglu_split
-        cur = glu(self.ctx, gate, up)
+        cur = self.cb(glu(self.ctx, gate, up), f"ffn_{'swiglu' if act == 'silu' else 'geglu'}", il)
         return self.cb(self.linear(self.lw(il, "ffn_down.weight"), cur), "ffn_out", il)
 
     def select_outputs(self, *tensors):

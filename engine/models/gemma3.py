@@ -45,7 +45,7 @@ class Gemma3Model(DecoderModel):
             if il == hp.n_layer - 1:
                 cur, x = b.select_outputs(cur, x)
             cur = b.norm(cur, b.lw(il, "post_attention_norm.weight"), "attn_post_norm", il)
-            sa_out = C.ggml_add(ctx, cur, x)
+            sa_out = b.cb(C.ggml_add(ctx, cur, x), "sa_out", il)
             cur = b.norm(sa_out, b.lw(il, "ffn_norm.weight"), "ffn_norm", il)
             cur = b.ffn_gated(cur, il, "gelu")
             cur = b.norm(cur, b.lw(il, "post_ffw_norm.weight"), "ffn_post_norm", il)
