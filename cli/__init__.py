@@ -1,0 +1,1 @@
+"""Thin typer command line apps over the engine."""

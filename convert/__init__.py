@@ -1,0 +1,1 @@
+"""GGUF tools: inspection now; IndexMem checkpoint → GGUF conversion and its schema later."""

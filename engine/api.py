@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ContextOverflowError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
 from .cache import KVCache
+from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
 from .generate import decode, prefill
 from .hparams import read_hparams
@@ -27,8 +28,9 @@ class Engine:
     """A loaded model with its own KV cache. Calls are serialized by a lock."""
 
     def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int | None = None,
-                 n_batch: int = 512, device: str = "cpu"):
+                 n_batch: int = 512, device: str = "cpu", budget_config: BudgetConfig | None = None):
         self.model_path = Path(model_path)
+        self.budget_config = (budget_config or BudgetConfig()).validate()
         self._lock = threading.RLock()
         with open_gguf(self.model_path) as gguf:
             arch = gguf.get("general.architecture")
@@ -46,23 +48,60 @@ class Engine:
         self.tokenizer = Tokenizer(self.model_path, chat_template)
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
-        self.n_ctx = int(n_ctx or min(self.hparams.n_ctx_train, DEFAULT_N_CTX))
+        bounded = self.budget_config.bounded
+        # a bounded cache does not grow with the context, so the model's full context is allowed
+        self.n_ctx = int(n_ctx or (self.hparams.n_ctx_train if bounded
+                                   else min(self.hparams.n_ctx_train, DEFAULT_N_CTX)))
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         self.n_batch = n_batch
-        self.cache = KVCache(self.backend, self.hparams.n_layer, self.hparams.n_embd_kv, self.n_ctx)
-        self.runner = ForwardRunner(self.model, self.cache, self.backend)
+        self.cache, evictor = self._make_cache()
+        self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
         self._history: list[int] = []  # tokens whose K/V are in the cache, in order
+
+    def _make_cache(self) -> tuple[KVCache, Evictor | None]:
+        hp, cfg = self.hparams, self.budget_config
+        windows = [self.model.layer_window(il) for il in range(hp.n_layer)]
+        if not cfg.bounded or cfg.budget >= self.n_ctx:
+            return KVCache(self.backend, hp.n_layer, hp.n_embd_kv, self.n_ctx), None
+        # sliding-window layers that keep their window share one slot table; others own theirs
+        swa_kept = [w > 0 and cfg.budget >= w for w in windows]
+        layer_table, n_tables = [], 0
+        for il in range(hp.n_layer):
+            if swa_kept[il] and il > swa_kept.index(True):
+                layer_table.append(layer_table[swa_kept.index(True)])
+            else:
+                layer_table.append(n_tables)
+                n_tables += 1
+        capacity = min(self.n_ctx, cfg.budget + cfg.tau + self.n_batch)
+        cache = KVCache(self.backend, hp.n_layer, hp.n_embd_kv, capacity, layer_table=layer_table)
+        return cache, Evictor(cfg, cache, windows)
 
     @classmethod
     def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
-             progress=lambda msg: None, **options) -> "Engine":
-        """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path."""
-        known = {"n_batch", "device"}
-        unknown = set(options) - known
-        if unknown:
-            raise TypeError(f"unknown option(s) {sorted(unknown)}; accepted: {sorted(known)}")
-        return cls(resolve(model, progress), n_threads=n_threads, n_ctx=n_ctx, **options)
+             progress=lambda msg: None, policy: str = "full", budget: int | None = None,
+             evict_ratio: float | None = None, sinks: int = 4, window: int = 0, tau: int = 16,
+             **options) -> "Engine":
+        """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
+
+        Bounded KV cache: ``policy`` (full, streaming, h2o, snapkv, tova, keydiff, random),
+        ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first tokens and
+        ``window`` recent tokens always kept, compression every ``tau`` tokens past the budget.
+        Policy parameters: ``seed`` (random), ``obs_window`` and ``pool_kernel`` (snapkv)."""
+        engine_opts = {k: options.pop(k) for k in ("n_batch", "device") if k in options}
+        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel") if k in options}
+        if options:
+            raise TypeError(f"unknown option(s) {sorted(options)}")
+        if budget is not None and evict_ratio is not None:
+            raise ValueError("give budget or evict_ratio, not both")
+        if evict_ratio is not None:
+            if n_ctx is None:
+                raise ValueError("evict_ratio needs n_ctx (the context the ratio applies to)")
+            budget = budget_from_ratio(n_ctx, evict_ratio)
+        config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window, tau=tau,
+                              params=policy_opts).validate()
+        return cls(resolve(model, progress), n_threads=n_threads, n_ctx=n_ctx, budget_config=config,
+                   **engine_opts)
 
     # --- text --------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -78,6 +117,8 @@ class Engine:
     def reset(self) -> None:
         with self._lock:
             self.cache.clear()
+            if self.runner.evictor:
+                self.runner.evictor.clear()
             self._history = []
 
     def logits(self, tokens) -> np.ndarray:
@@ -108,7 +149,11 @@ class Engine:
                 break
             keep += 1
         if keep < len(self._history):
-            self.cache.truncate(keep)
+            if any(self.cache.tokens_evicted):
+                self.reset()  # what was evicted depended on the dropped suffix: start over
+                keep = 0
+            else:
+                self.cache.truncate(keep)
         logits = prefill(self.runner, tokens[keep:], keep, self.n_batch)
         self._history = list(tokens)
         return logits[-1]
@@ -151,6 +196,10 @@ class Engine:
             "n_ctx": self.cache.capacity,
             "tokens_seen": self.cache.tokens_seen,
             "tokens_cached": self.cache.tokens_cached(),
+            "tokens_evicted": list(self.cache.tokens_evicted),
+            "policy": self.budget_config.policy,
+            "budget": self.budget_config.budget if self.runner.evictor else None,
+            "cache_buffers": {"kv": self.cache.nbytes},
             "kv_bytes": self.cache.nbytes,
             "weights_bytes": self.model.weights.nbytes,
             "compute_bytes": self.backend.compute_buffer_bytes(),

@@ -59,6 +59,17 @@ class SlotTable:
             visible &= (qp - kp) < window
         return np.where(visible, np.float16(0), np.float16(-np.inf))
 
+    def compact(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the slots ``keep`` (sorted) and pack them into [0, len(keep)): kept tokens beyond
+        that range move into the holes. Returns the moves as (source slots, destination slots)."""
+        n_keep = len(keep)
+        movers = keep[keep >= n_keep]
+        holes = np.setdiff1d(np.arange(n_keep), keep, assume_unique=True)
+        self.positions[holes] = self.positions[movers]
+        self.positions[n_keep:] = -1
+        self.n_used = n_keep
+        return movers.astype(np.int64), holes.astype(np.int64)
+
     def truncate(self, n_positions: int) -> None:
         """Forget every token at position >= ``n_positions`` (they sit at the end)."""
         self.positions[self.positions >= n_positions] = -1
@@ -76,9 +87,19 @@ class LayerKV:
     v: int  # ggml tensor [n_embd_kv, capacity], F16
 
 
+def add_compaction(g, layer: LayerKV, src, dst) -> None:
+    """Graph nodes moving cache rows ``src`` → ``dst`` (I64 index tensors) of one layer's K and V,
+    inside the backend buffer. All rows are read before any is written."""
+    for t in (layer.k, layer.v):
+        g.expand(C.ggml_set_rows(g.ctx, t, C.ggml_get_rows(g.ctx, t, src), dst))
+
+
 class KVCache:
+    """K/V tensors of every layer plus slot tables. ``layer_table`` maps each layer to a table;
+    layers sharing a table always hold the same tokens in the same slots."""
+
     def __init__(self, backend: Backend, n_layer: int, n_embd_kv: int, capacity: int,
-                 dtype: int = GGMLType.F16):
+                 dtype: int = GGMLType.F16, layer_table: list[int] | None = None):
         capacity = -(-capacity // KV_PAD) * KV_PAD
         self.capacity = capacity
         self.n_layer = n_layer
@@ -93,15 +114,35 @@ class KVCache:
         self.buffer = backend.alloc_ctx_tensors(self.ctx)
         C.ggml_backend_buffer_clear(self.buffer, 0)  # no NaN garbage under masked slots
         self.nbytes = C.ggml_backend_buffer_get_size(self.buffer)
-        self.tables = [SlotTable(capacity)]
-        self.layer_table = [0] * n_layer
+        self.layer_table = list(layer_table or [0] * n_layer)
+        self.tables = [SlotTable(capacity) for _ in range(max(self.layer_table) + 1)]
         self.tokens_seen = 0
+        self.tokens_evicted = [0] * n_layer
+        self.pending_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (src, dst)
 
     def table_of(self, il: int) -> SlotTable:
         return self.tables[self.layer_table[il]]
 
     def tokens_cached(self) -> list[int]:
         return [int((self.table_of(il).positions >= 0).sum()) for il in range(self.n_layer)]
+
+    def layers_of(self, table_index: int) -> list[int]:
+        return [il for il, t in enumerate(self.layer_table) if t == table_index]
+
+    def compact(self, il: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Evict all but ``keep`` from layer ``il``'s table. The data moves are queued and run at
+        the start of the next forward graph (or by :meth:`flush`), inside the backend buffers."""
+        t = self.layer_table[il]
+        table = self.tables[t]
+        n_before = table.n_used
+        src, dst = table.compact(keep)
+        for layer in self.layers_of(t):
+            if layer in self.pending_moves:
+                raise RuntimeError("compaction queued twice without a step in between")
+            if len(src):
+                self.pending_moves[layer] = (src, dst)
+            self.tokens_evicted[layer] += n_before - len(keep)
+        return src, dst
 
     def truncate(self, n_positions: int) -> None:
         for t in self.tables:
@@ -110,9 +151,9 @@ class KVCache:
     def clear(self) -> None:
         for t in self.tables:
             t.clear()
-        self.tables = [self.tables[0]]
-        self.layer_table = [0] * self.n_layer
         self.tokens_seen = 0
+        self.tokens_evicted = [0] * self.n_layer
+        self.pending_moves = {}
 
     def close(self) -> None:
         if getattr(self, "buffer", None):

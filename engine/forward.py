@@ -1,79 +1,195 @@
-"""One forward step: plan → (reused or new) graph → inputs → compute → logits.
+"""One forward step: plan → (reused or new) graph → inputs → compute → logits → eviction.
 
-The last graph stays built and allocated; a step whose :class:`StepPlan` equals the previous
-one only refreshes the inputs, as llama.cpp's graph reuse does. In decoding the plan changes
-only when the visible cache grows past a multiple of 256 slots.
+Built graphs are kept (a few, least recently used first out); a step whose :class:`StepPlan`
+equals an earlier one only refreshes the inputs, as llama.cpp's graph reuse does. In decoding
+the plan changes only when the visible cache crosses a multiple of 256 slots, or on the step
+that carries a compaction.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from ..ggml_ops.backend import Backend
-from .cache import KVCache
+from ..ggml_ops.graph import Graph
+from ..ggml_ops.structs import GGMLType
+from .cache import KVCache, add_compaction
+from .eviction import Evictor
 from .models.builder import Builder, StepPlan
+from .policies.base import LayerObservation
+
+MAX_GRAPHS = 4
+MOVE_BUCKET = 32  # compaction move counts are rounded up to this, so plans repeat
+
+
+def causal_mask(n_used: int, n_kv: int, n_tokens: int) -> np.ndarray:
+    """Mask of a full-attention layer whose slots [0, n_used) hold earlier tokens (all visible)
+    and whose next ``n_tokens`` slots receive this step's tokens (visible causally)."""
+    s = np.arange(n_kv)[None, :]
+    t = np.arange(n_tokens)[:, None]
+    visible = (s < n_used) | ((s >= n_used) & (s - n_used <= t))
+    return np.where(visible, np.float16(0), np.float16(-np.inf))
 
 
 class ForwardRunner:
-    def __init__(self, model, cache: KVCache, backend: Backend):
+    def __init__(self, model, cache: KVCache, backend: Backend, evictor: Evictor | None = None):
         self.model = model
         self.cache = cache
         self.backend = backend
-        self._plan: StepPlan | None = None
-        self._graph = None
+        self.evictor = evictor
+        self.windows = [model.layer_window(il) for il in range(model.hp.n_layer)]
+        self._graphs: OrderedDict[StepPlan, object] = OrderedDict()
+        self._allocated: StepPlan | None = None
         self.graphs_built = 0
 
-    def plan(self, n_tokens: int, all_logits: bool, capture=()) -> tuple[StepPlan, list[np.ndarray]]:
-        cache, hp = self.cache, self.model.hp
-        slots = [t.reserve(n_tokens) for t in cache.tables]
-        n_kv = tuple(t.n_kv(t.n_used + n_tokens) for t in cache.tables)
+    # --- planning ----------------------------------------------------------------------
+    def _mask_key(self, il: int, n_used: int):
+        w = self.windows[il]
+        return ("causal", n_used) if w == 0 else ("table", self.cache.layer_table[il], w)
+
+    def plan(self, n_tokens: int, all_logits: bool, capture=()):
+        cache, n_layer = self.cache, self.model.hp.n_layer
+        for table in cache.tables:
+            table.reserve(n_tokens)  # raises if the tokens do not fit
+        n_used = [cache.table_of(il).n_used for il in range(n_layer)]
+        mask_keys = [self._mask_key(il, n_used[il]) for il in range(n_layer)]
+        mask_ids = {k: i for i, k in enumerate(dict.fromkeys(mask_keys))}
+        idx_ids = {u: i for i, u in enumerate(dict.fromkeys(n_used))}
+        moves = [min(-(-len(cache.pending_moves[il][0]) // MOVE_BUCKET) * MOVE_BUCKET,
+                     cache.capacity - n_used[il]) if il in cache.pending_moves else 0
+                 for il in range(n_layer)]
+        capture = set(capture)
+        attn = [0] * n_layer
+        if self.evictor:
+            attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
+            if self.evictor.policy.needs_keys:
+                capture |= {f"Kcur-{il}" for il in range(n_layer)}
         plan = StepPlan(
             n_tokens=n_tokens,
             n_out=n_tokens if all_logits else 1,
-            layer_table=tuple(cache.layer_table),
-            n_kv=n_kv,
-            layer_window=tuple(self.model.layer_window(il) for il in range(hp.n_layer)),
+            layer_n_kv=tuple(cache.table_of(il).n_kv(n_used[il] + n_tokens) for il in range(n_layer)),
+            layer_mask=tuple(mask_ids[k] for k in mask_keys),
+            layer_idx=tuple(idx_ids[u] for u in n_used),
+            layer_moves=tuple(moves),
+            layer_attn=tuple(attn),
             capture=frozenset(capture),
         )
-        return plan, slots
+        return plan, n_used, mask_keys
 
     def _graph_for(self, plan: StepPlan):
-        if plan != self._plan:
-            self._graph = None  # free the old context before building the new one
-            b = Builder(self.model, self.cache, plan)
-            self._graph = self.model.build(b)
-            self.backend.alloc_graph(self._graph.gf)
-            self._plan = plan
+        g = self._graphs.get(plan)
+        if g is None:
+            g = self.model.build(Builder(self.model, self.cache, plan))
+            self._graphs[plan] = g
             self.graphs_built += 1
-        return self._graph
+            if len(self._graphs) > MAX_GRAPHS:
+                old_plan, old = self._graphs.popitem(last=False)
+                if old_plan == self._allocated:
+                    self._allocated = None
+                old.close()
+        self._graphs.move_to_end(plan)
+        if plan != self._allocated:
+            self.backend.alloc_graph(g.gf)
+            self._allocated = plan
+        return g
 
-    def step(self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False,
-             capture=()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Run ``tokens`` at ``positions`` through the model, appending them to the cache.
-        Returns logits [n_out, n_vocab] and the captured intermediates by name."""
-        tokens = np.asarray(tokens, dtype=np.int32)
-        positions = np.asarray(positions, dtype=np.int32)
-        plan, slots = self.plan(len(tokens), all_logits, capture)
-        g = self._graph_for(plan)
+    # --- inputs ------------------------------------------------------------------------
+    def _set_inputs(self, g, plan, tokens, positions, n_used, mask_keys) -> None:
+        n = len(tokens)
         g.set_input("tokens", tokens)
         g.set_input("pos", positions)
-        for t, table in enumerate(self.cache.tables):
-            if t in set(plan.layer_table):
-                g.set_input(f"kv_idx-{t}", slots[t])
-        for t, window in plan.mask_keys():
-            g.set_input(f"mask-{t}-{window}",
-                        self.cache.tables[t].mask(positions, plan.n_kv[t], slots[t], window))
+        for u, i in {u: plan.layer_idx[il] for il, u in enumerate(n_used)}.items():
+            g.set_input(f"kv_idx-{i}", np.arange(u, u + n, dtype=np.int64))
+        done = set()
+        for il, key in enumerate(mask_keys):
+            m = plan.layer_mask[il]
+            if m in done:
+                continue
+            done.add(m)
+            n_kv = plan.layer_n_kv[il]
+            if key[0] == "causal":
+                mask = causal_mask(n_used[il], n_kv, n)
+            else:
+                table = self.cache.table_of(il)
+                mask = table.mask(positions, n_kv, np.arange(n_used[il], n_used[il] + n), key[2])
+            g.set_input(f"mask-{m}", mask)
+        for il, n_moves in enumerate(plan.layer_moves):
+            if n_moves:
+                g.set_input(f"move_src-{il}", self._pad_moves(il, n_moves, n_used[il], 0))
+                g.set_input(f"move_dst-{il}", self._pad_moves(il, n_moves, n_used[il], 1))
         if plan.n_out < plan.n_tokens:
             g.set_input("out_ids", np.array([plan.n_tokens - 1], dtype=np.int32))
+
+    def _pad_moves(self, il: int, n_moves: int, n_keep: int, which: int) -> np.ndarray:
+        """Real moves, then no-op moves up to the bucket size: free slots (>= n_keep, never a
+        real destination) copied onto themselves."""
+        real = self.cache.pending_moves[il][which]
+        pad = np.arange(n_keep, n_keep + n_moves - len(real), dtype=np.int64)
+        return np.concatenate([real, pad])
+
+    # --- the step ----------------------------------------------------------------------
+    def step(self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False,
+             capture=()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Run ``tokens`` at ``positions`` through the model, appending them to the cache, then
+        let the evictor compress. Returns logits [n_out, n_vocab] and captured intermediates."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        positions = np.asarray(positions, dtype=np.int32)
+        plan, n_used, mask_keys = self.plan(len(tokens), all_logits, capture)
+        g = self._graph_for(plan)
+        self._set_inputs(g, plan, tokens, positions, n_used, mask_keys)
         self.backend.compute(g.gf)
-        for table, s in zip(self.cache.tables, slots):
-            table.commit(s, positions)
+        self.cache.pending_moves = {}
+        slots = {}
+        for il in range(self.model.hp.n_layer):
+            t = self.cache.layer_table[il]
+            if t not in slots:
+                slots[t] = np.arange(n_used[il], n_used[il] + len(tokens), dtype=np.int64)
+                self.cache.tables[t].commit(slots[t], positions)
         self.cache.tokens_seen += len(tokens)
         logits = g.read(g.logits).reshape(plan.n_out, -1)
         captured = {name: g.read(g.named[name]) for name in plan.capture}
-        return logits, captured
+        if self.evictor:
+            self.evictor.after_step(self._observations(g, plan, captured, slots), len(tokens))
+        return logits, {k: v for k, v in captured.items() if k in set(capture)}
+
+    def _observations(self, g, plan, captured, slots) -> dict[int, LayerObservation]:
+        obs = {}
+        hp = self.model.hp
+        for il in range(hp.n_layer):
+            table = self.cache.table_of(il)
+            o = LayerObservation(positions=table.positions[: table.n_used])
+            if plan.layer_attn[il]:
+                o.attn_mass = g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+            key = f"Kcur-{il}"
+            if key in captured:
+                o.new_keys = captured[key].reshape(plan.n_tokens, hp.n_head_kv, hp.head_dim)
+                o.new_slots = slots[self.cache.layer_table[il]]
+            obs[il] = o
+        return obs
+
+    def flush(self) -> None:
+        """Run queued compaction moves now (before the cache is read from outside a step)."""
+        if not self.cache.pending_moves:
+            return
+        g = Graph(max_nodes=64 + 8 * self.cache.n_layer)
+        for il, (src, dst) in self.cache.pending_moves.items():
+            s = g.input(f"src-{il}", GGMLType.I64, len(src))
+            d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
+            add_compaction(g, self.cache.layers[il], s, d)
+        self.backend.alloc_graph(g.gf)
+        self._allocated = None
+        for il, (src, dst) in self.cache.pending_moves.items():
+            g.set_input(f"src-{il}", src)
+            g.set_input(f"dst-{il}", dst)
+        self.backend.compute(g.gf)
+        g.close()
+        self.cache.pending_moves = {}
 
     def invalidate(self) -> None:
-        """Forget the cached graph (after the cache buffers or the model changed)."""
-        self._plan = None
-        self._graph = None
+        """Forget the built graphs (after the cache buffers or the model changed)."""
+        self._allocated = None
+        for g in self._graphs.values():
+            g.close()
+        self._graphs.clear()

@@ -9,16 +9,29 @@ from pathlib import Path
 from ..errors import ModelFormatError
 
 
+def _import_llama_cpp():
+    """llama_cpp installs its own log handler on import; route llama.cpp's and ggml's messages
+    back through ours (warnings and errors only)."""
+    import llama_cpp
+
+    from ..ggml_ops import bindings
+
+    if not getattr(llama_cpp, "_indexmem_logs", None):
+        llama_cpp._indexmem_logs = llama_cpp.llama_log_callback(bindings.log_to_stderr)
+        llama_cpp.llama_log_set(llama_cpp._indexmem_logs, None)
+    return llama_cpp
+
+
 class Tokenizer:
     def __init__(self, path: str | Path, chat_template: str | None = None):
-        import llama_cpp  # imported lazily: it is only needed once a model is opened
-
+        llama_cpp = _import_llama_cpp()
         self._lib = llama_cpp
-        try:
-            self._llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise ModelFormatError(f"{path}: llama.cpp could not load the vocabulary ({exc})") from exc
-        self._vocab = self._llm._model.vocab
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ModelFormatError(f"{path}: llama.cpp could not load the vocabulary")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.bos = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos = llama_cpp.llama_vocab_eos(self._vocab)
@@ -26,7 +39,18 @@ class Tokenizer:
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS where the model's vocab asks for it."""
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._lib.llama_token * n_max)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            n_max = -n
+            buf = (self._lib.llama_token * n_max)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special,
+                                         parse_special)
+        if n < 0:
+            raise ValueError(f"text of {len(data)} bytes could not be tokenized")
+        return list(buf[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -62,6 +86,14 @@ class Tokenizer:
         if n < 0:
             raise ModelFormatError("llama.cpp does not support this model's chat template")
         return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._lib.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        self.close()
 
 
 class StreamDecoder:

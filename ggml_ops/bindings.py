@@ -62,6 +62,7 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_geglu_split": (P, [P, P, P]),
     "ggml_rms_norm": (P, [P, P, F32]),
     "ggml_mul_mat": (P, [P, P, P]),
+    "ggml_sum_rows": (P, [P, P]),
     "ggml_prec_set_acc": (B, [P, I32]),
     "ggml_cpy": (P, [P, P, P]),
     "ggml_cast": (P, [P, P, I32]),
@@ -187,8 +188,7 @@ _LOG_WARN, _LOG_CONT = 3, 5
 _log_state = {"last_shown": False}
 
 
-@LOG_CALLBACK
-def _log_to_stderr(level, text, user_data):
+def log_to_stderr(level, text, user_data):
     """ggml's own messages: warnings and errors only, unless INDEXMEM_VERBOSE is set."""
     show = level >= _LOG_WARN if level != _LOG_CONT else _log_state["last_shown"]
     if os.environ.get("INDEXMEM_VERBOSE"):
@@ -200,7 +200,8 @@ def _log_to_stderr(level, text, user_data):
 
 C = _bind()
 _self_check(C)
-C.ggml_log_set(ctypes.cast(_log_to_stderr, ctypes.c_void_p), None)
+_log_callback = LOG_CALLBACK(log_to_stderr)
+C.ggml_log_set(ctypes.cast(_log_callback, ctypes.c_void_p), None)
 
 
 def tensor_struct(ptr: int) -> ggml_tensor:

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...ggml_ops.bindings import C
+from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
-from ..cache import KVCache
+from ..cache import KVCache, add_compaction
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The shape of one forward step; two steps with equal plans share one graph."""
+    """The shape of one forward step; two steps with equal plans share one graph.
+
+    Per layer: visible cache slots, which mask and which write-index input it uses, how many
+    queued compaction moves run first, and how many of the last queries report attention."""
     n_tokens: int
     n_out: int  # rows of logits produced: n_tokens (all) or 1 (last)
-    layer_table: tuple[int, ...]  # cache slot table used by each layer
-    n_kv: tuple[int, ...]  # visible slots per table
-    layer_window: tuple[int, ...]  # sliding window per layer (0 = full causal)
+    layer_n_kv: tuple[int, ...]
+    layer_mask: tuple[int, ...]
+    layer_idx: tuple[int, ...]
+    layer_moves: tuple[int, ...] = ()
+    layer_attn: tuple[int, ...] = ()
     capture: frozenset = frozenset()
 
-    def mask_keys(self) -> list[tuple[int, int]]:
-        return sorted(set(zip(self.layer_table, self.layer_window)))
+    def mask_sizes(self) -> dict[int, int]:
+        return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
 
 
 class Builder:
@@ -43,10 +48,20 @@ class Builder:
         self.n_tokens = n
         self.tokens = self.g.input("tokens", GGMLType.I32, n)
         self.pos = self.g.input("pos", GGMLType.I32, n)
-        self.kv_idx = {t: self.g.input(f"kv_idx-{t}", GGMLType.I64, n) for t in set(plan.layer_table)}
-        self.masks = {(t, win): self.g.input(f"mask-{t}-{win}", GGMLType.F16, plan.n_kv[t], n)
-                      for t, win in plan.mask_keys()}
+        self.kv_idx = {i: self.g.input(f"kv_idx-{i}", GGMLType.I64, n) for i in set(plan.layer_idx)}
+        self.masks = {m: self.g.input(f"mask-{m}", GGMLType.F16, n_kv, n)
+                      for m, n_kv in plan.mask_sizes().items()}
         self.out_ids = self.g.input("out_ids", GGMLType.I32, plan.n_out) if plan.n_out < n else None
+        self._compaction()
+
+    def _compaction(self):
+        """Queued cache moves (slot src → slot dst) of every layer, before anything reads it."""
+        for il, n_moves in enumerate(self.plan.layer_moves):
+            if not n_moves:
+                continue
+            src = self.g.input(f"move_src-{il}", GGMLType.I64, n_moves)
+            dst = self.g.input(f"move_dst-{il}", GGMLType.I64, n_moves)
+            add_compaction(self.g, self.cache.layers[il], src, dst)
 
     # --- naming ------------------------------------------------------------------------
     def cb(self, t, name: str, il: int = -1):
@@ -93,10 +108,9 @@ class Builder:
 
         q: [hd, H, T] post-RoPE; k, v: [hd, Hkv, T]. Returns [hd*H, T] (``kqv_out``)."""
         hp, ctx, plan = self.hp, self.ctx, self.plan
-        table = plan.layer_table[il]
-        n_kv = plan.n_kv[table]
+        n_kv = plan.layer_n_kv[il]
         layer = self.cache.layers[il]
-        idx = self.kv_idx[table]
+        idx = self.kv_idx[plan.layer_idx[il]]
         n = self.n_tokens
         self.g.expand(C.ggml_set_rows(ctx, layer.k, C.ggml_reshape_2d(ctx, k, hp.n_embd_kv, n), idx))
         self.g.expand(C.ggml_set_rows(ctx, layer.v, C.ggml_reshape_2d(ctx, v, hp.n_embd_kv, n), idx))
@@ -105,11 +119,31 @@ class Builder:
         kview = C.ggml_view_3d(ctx, layer.k, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
         vview = C.ggml_view_3d(ctx, layer.v, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
         qp = C.ggml_permute(ctx, q, 0, 2, 1, 3)
-        mask = self.masks[(table, plan.layer_window[il])]
+        mask = self.masks[plan.layer_mask[il]]
         cur = C.ggml_flash_attn_ext(ctx, qp, kview, vview, mask, kq_scale, 0.0, 0.0)
         C.ggml_prec_set_acc(cur, GGML_PREC_F32)
         cur = C.ggml_reshape_2d(ctx, cur, hp.n_embd_q, n)
+        if plan.layer_attn and plan.layer_attn[il]:
+            self.attention_mass(il, q, kview, mask, kq_scale, plan.layer_attn[il])
         return self.cb(cur, "kqv_out", il)
+
+    def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):
+        """Attention probability each visible slot receives from the last ``n_queries`` queries,
+        summed over those queries and all heads: ``attn_mass-<il>``, [n_kv]. Only the queries
+        a policy asks for are multiplied, never a full L x L matrix."""
+        ctx, n, hp = self.ctx, self.n_tokens, self.hp
+        first = n - n_queries
+        qs = C.ggml_view_3d(ctx, q, hp.head_dim, hp.n_head, n_queries, tensor_struct(q).nb[1],
+                            tensor_struct(q).nb[2], first * tensor_struct(q).nb[2])
+        qs = C.ggml_cont(ctx, C.ggml_permute(ctx, qs, 0, 2, 1, 3))  # [hd, w, H]
+        ms = C.ggml_view_2d(ctx, mask, tensor_struct(mask).ne[0], n_queries, tensor_struct(mask).nb[1],
+                            first * tensor_struct(mask).nb[1])
+        kq = C.ggml_mul_mat(ctx, kview, qs)  # [n_kv, w, H]
+        probs = C.ggml_soft_max_ext(ctx, kq, ms, kq_scale, 0.0)
+        n_kv = tensor_struct(kq).ne[0]
+        flat = C.ggml_reshape_2d(ctx, probs, n_kv, n_queries * hp.n_head)
+        mass = C.ggml_sum_rows(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, flat)))  # [1, n_kv]
+        self.g.output(self.cb(mass, "attn_mass", il))
 
     def ffn_gated(self, x, il: int, act: str):
         gate = self.cb(self.linear(self.lw(il, "ffn_gate.weight"), x), "ffn_gate", il)

@@ -1,0 +1,51 @@
+"""What a KV eviction policy is: one job, scoring the cached tokens of a layer.
+
+The shared machinery (sinks, the protected recent window, top-B selection, compaction) lives
+once, in :mod:`indexmem.engine.eviction`. A policy only says which observations it needs from
+the forward graph and turns them into a per-slot importance; higher means keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerObservation:
+    """What one forward step showed about one layer's cache slots [0, n_kv)."""
+    positions: np.ndarray  # position held by each slot (-1: empty), after this step's tokens
+    attn_mass: np.ndarray | None = None  # attention probability mass each slot received
+    new_keys: np.ndarray | None = None  # [n_new, n_head_kv, head_dim] post-RoPE keys of this step
+    new_slots: np.ndarray | None = None  # where those keys were written
+
+
+class Policy:
+    name = ""
+    # which queries' attention the graph must report: None, "all", "last" or "window"
+    attention_queries: str | None = None
+    needs_keys = False
+
+    def __init__(self, n_layer: int, capacity: int, **params):
+        self.n_layer = n_layer
+        self.capacity = capacity
+        self.state = np.zeros((n_layer, capacity), dtype=np.float64)  # per-slot importance
+
+    def observe(self, il: int, obs: LayerObservation) -> None:
+        """Fold one step's observation of layer ``il`` into its per-slot state."""
+
+    def scores(self, il: int, positions: np.ndarray) -> np.ndarray:
+        """Importance of every slot of layer ``il`` (only occupied slots are looked at)."""
+        return self.state[il, : len(positions)]
+
+    def compressed(self, il: int) -> None:
+        """Called after layer ``il`` was compressed (the state was already compacted)."""
+
+    def move(self, il: int, src: np.ndarray, dst: np.ndarray, n_keep: int) -> None:
+        """Compaction moved slots ``src`` to ``dst`` and freed everything from ``n_keep`` on."""
+        self.state[il, dst] = self.state[il, src]
+        self.state[il, n_keep:] = 0.0
+
+    def clear(self) -> None:
+        self.state.fill(0.0)

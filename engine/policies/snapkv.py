@@ -1,0 +1,41 @@
+"""SnapKV (Li et al. 2024): attention from an observation window of the latest queries (the last
+``obs_window`` of each prefill chunk, and every decoding query since the last compression),
+smoothed by max-pooling over neighbouring positions so that whole spans are kept."""
+
+import numpy as np
+
+from .base import Policy
+
+
+class SnapKVPolicy(Policy):
+    name = "snapkv"
+    attention_queries = "window"
+
+    def __init__(self, n_layer, capacity, obs_window: int = 32, pool_kernel: int = 5, **params):
+        super().__init__(n_layer, capacity)
+        if obs_window < 1 or pool_kernel < 1 or pool_kernel % 2 == 0:
+            raise ValueError("snapkv needs obs_window >= 1 and an odd pool_kernel >= 1")
+        self.obs_window = obs_window
+        self.pool_kernel = pool_kernel
+
+    def observe(self, il, obs):
+        self.state[il, : len(obs.attn_mass)] += obs.attn_mass
+
+    def scores(self, il, positions):
+        return pool_by_position(self.state[il, : len(positions)], positions, self.pool_kernel)
+
+    def compressed(self, il):
+        self.state[il] = 0.0  # the next round observes the queries that come after it
+
+
+def pool_by_position(values: np.ndarray, positions: np.ndarray, kernel: int) -> np.ndarray:
+    """Max-pool ``values`` over neighbours in position order (slots are not in that order)."""
+    occupied = np.flatnonzero(positions >= 0)
+    order = occupied[np.argsort(positions[occupied], kind="stable")]
+    seq = values[order]
+    half = kernel // 2
+    padded = np.pad(seq, half, constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel)
+    out = np.full(len(values), -np.inf)
+    out[order] = windows.max(axis=1)
+    return out
