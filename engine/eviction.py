@@ -44,6 +44,7 @@ class BudgetConfig:
             if self.budget < 1 or self.budget <= self.sinks + self.window:
                 raise ValueError(f"budget {self.budget} must exceed sinks + window "
                                  f"({self.sinks} + {self.window})")
+        POLICIES[self.policy].validate_params(**self.params)
         return self
 
 

@@ -1,14 +1,13 @@
 """One forward step: plan → (reused or new) graph → inputs → compute → logits → eviction.
 
-Built graphs are kept (a few, least recently used first out); a step whose :class:`StepPlan`
-equals an earlier one only refreshes the inputs, as llama.cpp's graph reuse does. In decoding
-the plan changes only when the visible cache crosses a multiple of 256 slots, or on the step
-that carries a compaction.
+The last graph stays built and allocated; a step whose :class:`StepPlan` equals the previous
+one only refreshes the inputs, as llama.cpp's graph reuse does. In decoding the plan changes only
+when the visible cache crosses a multiple of 256 slots. (Only one graph is kept: a graph
+allocated once keeps its tensors' addresses, and ggml would not re-place them after another
+graph used the compute buffer.)
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 
@@ -20,8 +19,7 @@ from .eviction import Evictor
 from .models.builder import Builder, StepPlan
 from .policies.base import LayerObservation
 
-MAX_GRAPHS = 4
-MOVE_BUCKET = 32  # compaction move counts are rounded up to this, so plans repeat
+MOVE_BUCKET = 32  # a bounded cache's graphs always carry this many compaction moves (or more)
 
 
 def causal_mask(n_used: int, n_kv: int, n_tokens: int) -> np.ndarray:
@@ -40,8 +38,8 @@ class ForwardRunner:
         self.backend = backend
         self.evictor = evictor
         self.windows = [model.layer_window(il) for il in range(model.hp.n_layer)]
-        self._graphs: OrderedDict[StepPlan, object] = OrderedDict()
-        self._allocated: StepPlan | None = None
+        self._plan: StepPlan | None = None
+        self._graph = None
         self.graphs_built = 0
 
     # --- planning ----------------------------------------------------------------------
@@ -57,9 +55,12 @@ class ForwardRunner:
         mask_keys = [self._mask_key(il, n_used[il]) for il in range(n_layer)]
         mask_ids = {k: i for i, k in enumerate(dict.fromkeys(mask_keys))}
         idx_ids = {u: i for i, u in enumerate(dict.fromkeys(n_used))}
-        moves = [min(-(-len(cache.pending_moves[il][0]) // MOVE_BUCKET) * MOVE_BUCKET,
-                     cache.capacity - n_used[il]) if il in cache.pending_moves else 0
-                 for il in range(n_layer)]
+        moves = [0] * n_layer
+        if self.evictor:  # always some (no-op) moves, so that compaction steps share the graph
+            for il in range(n_layer):
+                n_real = len(cache.pending_moves[il][0]) if il in cache.pending_moves else 0
+                moves[il] = min(max(1, -(-n_real // MOVE_BUCKET)) * MOVE_BUCKET,
+                                cache.capacity - n_used[il])
         capture = set(capture)
         attn = [0] * n_layer
         if self.evictor:
@@ -79,21 +80,13 @@ class ForwardRunner:
         return plan, n_used, mask_keys
 
     def _graph_for(self, plan: StepPlan):
-        g = self._graphs.get(plan)
-        if g is None:
-            g = self.model.build(Builder(self.model, self.cache, plan))
-            self._graphs[plan] = g
+        if plan != self._plan or self._graph is None:
+            self.invalidate()  # free the old context before building the new one
+            self._graph = self.model.build(Builder(self.model, self.cache, plan))
+            self.backend.alloc_graph(self._graph.gf)
+            self._plan = plan
             self.graphs_built += 1
-            if len(self._graphs) > MAX_GRAPHS:
-                old_plan, old = self._graphs.popitem(last=False)
-                if old_plan == self._allocated:
-                    self._allocated = None
-                old.close()
-        self._graphs.move_to_end(plan)
-        if plan != self._allocated:
-            self.backend.alloc_graph(g.gf)
-            self._allocated = plan
-        return g
+        return self._graph
 
     # --- inputs ------------------------------------------------------------------------
     def _set_inputs(self, g, plan, tokens, positions, n_used, mask_keys) -> None:
@@ -117,7 +110,7 @@ class ForwardRunner:
             g.set_input(f"mask-{m}", mask)
         for il, n_moves in enumerate(plan.layer_moves):
             if n_moves:
-                g.set_input(f"move_src-{il}", self._pad_moves(il, n_moves, n_used[il], 0))
+                g.set_input(f"move_src-{il}", self._pad_moves(il, n_moves, n_used[il], 0).astype(np.int32))
                 g.set_input(f"move_dst-{il}", self._pad_moves(il, n_moves, n_used[il], 1))
         if plan.n_out < plan.n_tokens:
             g.set_input("out_ids", np.array([plan.n_tokens - 1], dtype=np.int32))
@@ -125,7 +118,8 @@ class ForwardRunner:
     def _pad_moves(self, il: int, n_moves: int, n_keep: int, which: int) -> np.ndarray:
         """Real moves, then no-op moves up to the bucket size: free slots (>= n_keep, never a
         real destination) copied onto themselves."""
-        real = self.cache.pending_moves[il][which]
+        empty = np.zeros(0, dtype=np.int64)
+        real = self.cache.pending_moves.get(il, (empty, empty))[which]
         pad = np.arange(n_keep, n_keep + n_moves - len(real), dtype=np.int64)
         return np.concatenate([real, pad])
 
@@ -175,21 +169,21 @@ class ForwardRunner:
             return
         g = Graph(max_nodes=64 + 8 * self.cache.n_layer)
         for il, (src, dst) in self.cache.pending_moves.items():
-            s = g.input(f"src-{il}", GGMLType.I64, len(src))
+            s = g.input(f"src-{il}", GGMLType.I32, len(src))
             d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
             add_compaction(g, self.cache.layers[il], s, d)
+        self.invalidate()  # the step graph must be re-placed after this one used the buffer
         self.backend.alloc_graph(g.gf)
-        self._allocated = None
         for il, (src, dst) in self.cache.pending_moves.items():
-            g.set_input(f"src-{il}", src)
+            g.set_input(f"src-{il}", src.astype(np.int32))
             g.set_input(f"dst-{il}", dst)
         self.backend.compute(g.gf)
         g.close()
         self.cache.pending_moves = {}
 
     def invalidate(self) -> None:
-        """Forget the built graphs (after the cache buffers or the model changed)."""
-        self._allocated = None
-        for g in self._graphs.values():
-            g.close()
-        self._graphs.clear()
+        """Forget the built graph (after the cache buffers or the model changed)."""
+        if self._graph is not None:
+            self._graph.close()
+        self._graph = None
+        self._plan = None

@@ -59,7 +59,7 @@ class Builder:
         for il, n_moves in enumerate(self.plan.layer_moves):
             if not n_moves:
                 continue
-            src = self.g.input(f"move_src-{il}", GGMLType.I64, n_moves)
+            src = self.g.input(f"move_src-{il}", GGMLType.I32, n_moves)  # get_rows takes I32
             dst = self.g.input(f"move_dst-{il}", GGMLType.I64, n_moves)
             add_compaction(self.g, self.cache.layers[il], src, dst)
 

@@ -39,7 +39,7 @@ class Gemma3Model(DecoderModel):
             k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kcur_normed", il)
             q = b.rope(q, il, self.rope_type, base, scale)
             k = b.cb(b.rope(k, il, self.rope_type, base, scale), "Kcur", il)
-            q = C.ggml_scale(ctx, q, q_scale)
+            q = b.cb(C.ggml_scale(ctx, q, q_scale), "Qcur", il)
             cur = b.attention(il, q, k, v, 1.0)
             cur = b.linear(b.lw(il, "attn_output.weight"), cur)
             if il == hp.n_layer - 1:

@@ -28,7 +28,7 @@ class LlamaModel(DecoderModel):
             q, k, v = b.qkv(cur, il)
             b.cb(q, "Qpre", il)
             factors = b.w.get("rope_freqs.weight")
-            q = b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale, factors)
+            q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Qcur", il)
             k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Kcur", il)
             cur = b.attention(il, q, k, v, kq_scale)
             cur = b.linear(b.lw(il, "attn_output.weight"), cur, b.lw(il, "attn_output.bias"))

@@ -27,6 +27,10 @@ class Policy:
     attention_queries: str | None = None
     needs_keys = False
 
+    @classmethod
+    def validate_params(cls, **params) -> None:
+        """Raise ValueError for bad policy parameters (before any model is loaded)."""
+
     def __init__(self, n_layer: int, capacity: int, **params):
         self.n_layer = n_layer
         self.capacity = capacity

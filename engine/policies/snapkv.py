@@ -11,10 +11,14 @@ class SnapKVPolicy(Policy):
     name = "snapkv"
     attention_queries = "window"
 
-    def __init__(self, n_layer, capacity, obs_window: int = 32, pool_kernel: int = 5, **params):
-        super().__init__(n_layer, capacity)
+    @classmethod
+    def validate_params(cls, obs_window: int = 32, pool_kernel: int = 5, **params):
         if obs_window < 1 or pool_kernel < 1 or pool_kernel % 2 == 0:
             raise ValueError("snapkv needs obs_window >= 1 and an odd pool_kernel >= 1")
+
+    def __init__(self, n_layer, capacity, obs_window: int = 32, pool_kernel: int = 5, **params):
+        super().__init__(n_layer, capacity)
+        self.validate_params(obs_window, pool_kernel)
         self.obs_window = obs_window
         self.pool_kernel = pool_kernel
 
