@@ -1,6 +1,10 @@
 """Prefill and decode speed of the engine beside llama.cpp, same GGUF, same threads, one run.
 
     python -m indexmem.bench.speed --model smollm2-135m-instruct --contexts 128,2048,8192
+    python -m indexmem.bench.speed --contexts 8000 --policy streaming --budget 1024
+
+With ``--policy``/``--budget`` our engine runs with a bounded cache while llama.cpp keeps its
+full KV cache (what you would run without indexmem).
 
 For each context the two engines run alternately (ours, llama.cpp, ours, ...) and the best of
 ``--reps`` runs is kept, so machine noise hits both alike. Prefill: tokens/s for a prompt of
@@ -77,6 +81,9 @@ def main(
     threads: int = typer.Option(1, help="threads for both engines"),
     n_batch: int = typer.Option(512, help="prefill chunk for both engines"),
     reps: int = typer.Option(2, help="alternating repetitions; the best is kept"),
+    policy: str = typer.Option("full", help="our engine's eviction policy"),
+    budget: int = typer.Option(None, help="our engine's KV budget per layer"),
+    tau: int = typer.Option(16, help="our engine's compression period"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
 ):
     import llama_cpp
@@ -85,7 +92,8 @@ def main(
     path = resolve(model, console.print)
     ctx_list = [int(c) for c in contexts.split(",")]
     n_ctx = max(ctx_list) + decode_tokens
-    engine = Engine.load(str(path), n_threads=threads, n_ctx=n_ctx, n_batch=n_batch)
+    bounded = dict(policy=policy, budget=budget, tau=tau) if policy != "full" else {}
+    engine = Engine.load(str(path), n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **bounded)
     llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                           n_threads_batch=threads, flash_attn=True, verbose=False)
     rows = []
@@ -103,8 +111,9 @@ def main(
             rows.append(dict(context=ctx, prefill_ours=best(ours, 0), prefill_llama_cpp=best(ref, 0),
                              decode_ours=best(ours, 1), decode_llama_cpp=best(ref, 1)))
 
+    ours_kv = f"ours: {policy} B={budget} tau={tau}" if bounded else "ours: full KV"
     table = Table(title=f"{path.name}, {threads} thread(s), n_batch {n_batch}, "
-                        f"{decode_tokens} decode tokens, best of {reps}")
+                        f"{decode_tokens} decode tokens, best of {reps}; {ours_kv}, llama.cpp: full KV")
     for col in ("context", "prefill tok/s (ours)", "prefill tok/s (llama.cpp)", "prefill ratio",
                 "decode tok/s (ours)", "decode tok/s (llama.cpp)", "decode ratio"):
         table.add_column(col, justify="right")
@@ -114,7 +123,8 @@ def main(
                       f"{r['decode_llama_cpp']:.1f}", f"{r['decode_ours'] / r['decode_llama_cpp']:.2f}x")
     console.print(table)
     if out:
-        out.write_text(json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, rows=rows), indent=2))
+        out.write_text(json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, policy=policy,
+                                       budget=budget, tau=tau, rows=rows), indent=2))
 
 
 if __name__ == "__main__":

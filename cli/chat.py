@@ -39,8 +39,13 @@ def main(
     min_p: float = typer.Option(0.05),
     repeat_penalty: float = typer.Option(1.0),
     seed: int = typer.Option(None),
-    n_ctx: int = typer.Option(None, help="context length (default: the model's, at most 8192)"),
+    n_ctx: int = typer.Option(None, help="context length (default: the model's; at most 8192 with full KV)"),
     threads: int = typer.Option(1, help="compute threads"),
+    policy: str = typer.Option("full", help="KV eviction: full, streaming, h2o, snapkv, tova, keydiff, random"),
+    budget: int = typer.Option(None, help="KV tokens kept per layer (with a policy other than full)"),
+    sinks: int = typer.Option(4, help="first tokens always kept"),
+    window: int = typer.Option(0, help="most recent tokens always kept"),
+    tau: int = typer.Option(16, help="compress every tau tokens past the budget (1: every step)"),
 ):
     from ..engine.api import Engine
 
@@ -48,7 +53,8 @@ def main(
         prompt = "-"
     if prompt == "-":
         prompt = sys.stdin.read()
-    engine = Engine.load(model, n_threads=threads, n_ctx=n_ctx, progress=status)
+    engine = Engine.load(model, n_threads=threads, n_ctx=n_ctx, progress=status, policy=policy,
+                         budget=budget, sinks=sinks, window=window, tau=tau)
     opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repeat_penalty=repeat_penalty, seed=seed)
     messages = [{"role": "system", "content": system}] if system else []

@@ -87,9 +87,11 @@ class Engine:
         Bounded KV cache: ``policy`` (full, streaming, h2o, snapkv, tova, keydiff, random),
         ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first tokens and
         ``window`` recent tokens always kept, compression every ``tau`` tokens past the budget.
-        Policy parameters: ``seed`` (random), ``obs_window`` and ``pool_kernel`` (snapkv)."""
+        Policy parameters: ``seed`` (random), ``obs_window`` and ``pool_kernel`` (snapkv),
+        ``recent_ratio`` (h2o: the share of the budget kept for the most recent tokens)."""
         engine_opts = {k: options.pop(k) for k in ("n_batch", "device") if k in options}
-        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel") if k in options}
+        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel", "recent_ratio")
+                       if k in options}
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)}")
         if budget is not None and evict_ratio is not None:
@@ -129,6 +131,25 @@ class Engine:
             out = prefill(self.runner, tokens, 0, self.n_batch, all_logits=True)
             self._history = list(tokens)
             return out
+
+    def token_nll(self, tokens) -> np.ndarray:
+        """Negative log-likelihood of ``tokens[1:]``, each given the tokens before it as the
+        cache holds them (with a bounded cache: compressed between prefill chunks)."""
+        tokens = self._check_tokens(tokens)
+        out = []
+        with self._lock:
+            self.reset()
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start: start + self.n_batch]
+                logits, _ = self.runner.step(chunk, np.arange(start, start + len(chunk)), all_logits=True)
+                logits = logits[: len(tokens) - 1 - start]  # the last token predicts nothing
+                targets = tokens[start + 1: start + 1 + len(logits)]
+                z = logits.astype(np.float64)
+                z -= z.max(axis=1, keepdims=True)
+                log_norm = np.log(np.exp(z).sum(axis=1))
+                out.append(log_norm - z[np.arange(len(targets)), targets])
+            self._history = list(tokens)
+        return np.concatenate(out)
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens, dtype=np.int64).reshape(-1)

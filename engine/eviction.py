@@ -105,7 +105,7 @@ class Evictor:
         table = self.cache.table_of(il)
         positions = table.positions[: table.n_used]
         if rule.by_policy:
-            scores = self.policy.scores(il, positions).astype(np.float64).copy()
+            scores = self.policy.scores(il, positions, rule.budget).astype(np.float64).copy()
         else:
             scores = positions.astype(np.float64)
         newest = positions.max()

@@ -11,12 +11,13 @@ def f16(x):
 
 class ReferenceLayer:
     def __init__(self, policy, il, budget, sinks, window, tau, n_head, n_head_kv, kq_scale,
-                 obs_window=32, pool_kernel=5, seed=0):
+                 obs_window=32, pool_kernel=5, seed=0, recent_ratio=0.5):
         self.policy, self.il = policy, il
         self.budget, self.sinks, self.window, self.tau = budget, sinks, window, tau
         self.n_head, self.group = n_head, n_head // n_head_kv
         self.kq_scale = kq_scale
         self.obs_window, self.pool_kernel, self.seed = obs_window, pool_kernel, seed
+        self.recent = int(budget * recent_ratio) if policy == "h2o" else 0  # H2O's recent half
         self.keys = {}  # position -> [n_head_kv, head_dim] (as stored: float16)
         self.raw_keys = {}  # position -> float32 key (keydiff works on these)
         self.state = {}  # position -> accumulated score
@@ -80,7 +81,7 @@ class ReferenceLayer:
         scores = self.scores()
         newest = max(self.keys)
         for p in scores:
-            if p < self.sinks or p > newest - self.window:
+            if p < self.sinks or p > newest - max(self.window, self.recent):
                 scores[p] = np.inf
         ranked = sorted(scores, key=lambda p: (-scores[p], -p))
         self.last_scores = scores

@@ -39,8 +39,9 @@ class Policy:
     def observe(self, il: int, obs: LayerObservation) -> None:
         """Fold one step's observation of layer ``il`` into its per-slot state."""
 
-    def scores(self, il: int, positions: np.ndarray) -> np.ndarray:
-        """Importance of every slot of layer ``il`` (only occupied slots are looked at)."""
+    def scores(self, il: int, positions: np.ndarray, budget: int) -> np.ndarray:
+        """Importance of every slot of layer ``il`` (only occupied slots are looked at), when
+        ``budget`` of them will be kept."""
         return self.state[il, : len(positions)]
 
     def compressed(self, il: int) -> None:

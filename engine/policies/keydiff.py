@@ -21,7 +21,7 @@ class KeyDiffPolicy(Policy):
         norm = np.linalg.norm(keys, axis=-1, keepdims=True)
         self.unit_keys[il, obs.new_slots] = keys / np.maximum(norm, 1e-12)
 
-    def scores(self, il, positions):
+    def scores(self, il, positions, budget):
         occupied = positions >= 0
         keys = self.unit_keys[il, : len(positions)]
         mean = keys[occupied].mean(axis=0)  # [n_head_kv, head_dim]

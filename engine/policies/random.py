@@ -25,5 +25,5 @@ class RandomPolicy(Policy):
         super().__init__(n_layer, capacity)
         self.seed = seed
 
-    def scores(self, il, positions):
+    def scores(self, il, positions, budget):
         return token_priority(self.seed, il, np.maximum(positions, 0))

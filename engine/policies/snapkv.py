@@ -25,7 +25,7 @@ class SnapKVPolicy(Policy):
     def observe(self, il, obs):
         self.state[il, : len(obs.attn_mass)] += obs.attn_mass
 
-    def scores(self, il, positions):
+    def scores(self, il, positions, budget):
         return pool_by_position(self.state[il, : len(positions)], positions, self.pool_kernel)
 
     def compressed(self, il):

@@ -8,5 +8,5 @@ from .base import Policy
 class StreamingPolicy(Policy):
     name = "streaming"
 
-    def scores(self, il, positions):
+    def scores(self, il, positions, budget):
         return positions.astype(np.float64)
