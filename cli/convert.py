@@ -1,4 +1,5 @@
-"""indexmem-convert: GGUF tools. `inspect` prints what a GGUF file holds."""
+"""indexmem-convert: a trained IndexMem checkpoint → GGUF (sidecar, or merged into the model);
+`indexmem-convert inspect FILE` prints what a GGUF file holds."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _commands():
 @clean_errors
 def inspect(file: Path, all_tensors: bool = typer.Option(False, "--all", help="list every tensor")):
     """Metadata and tensor table of a GGUF file."""
-    from ..convert.inspect import describe
+    from ..convert.describe import describe
 
     info = describe(file)
     console = Console()
@@ -43,8 +44,31 @@ def inspect(file: Path, all_tensors: bool = typer.Option(False, "--all", help="l
         console.print(f"... {len(info['tensors']) - len(rows)} more (--all lists them)")
 
 
+convert_app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@convert_app.command()
+@clean_errors
+def convert(
+    checkpoint: Path = typer.Argument(..., help="checkpoint folder (weights.safetensors + config.json)"),
+    base: Path = typer.Option(..., "--base", help="the model GGUF the checkpoint was trained on"),
+    out: Path = typer.Option(..., "-o", "--out", help="output GGUF"),
+    merge: bool = typer.Option(False, "--merge", help="write a complete model GGUF with the modules added"),
+    dtype: str = typer.Option("f32", help="matrices as f32, f16 or q8_0 (vectors stay f32)"),
+):
+    """Convert CHECKPOINT for the model BASE into OUT."""
+    from ..convert.writer import convert as run
+
+    path = run(checkpoint, base, out, merge=merge, dtype=dtype, progress=True)
+    Console(stderr=True).print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
 def main():
-    app()
+    import sys
+    if len(sys.argv) > 1 and sys.argv[1] == "inspect":
+        app()
+    else:
+        convert_app()
 
 
 if __name__ == "__main__":

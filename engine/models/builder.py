@@ -2,8 +2,9 @@
 ``llm_graph_context``): embeddings, norms, projections, RoPE, cached attention, FFNs.
 
 Every intermediate an IndexMem module or a test may need is named ``<what>-<layer>``:
-``attn_norm-3`` (the normalized input x), ``Qpre-3`` (pre-RoPE queries), ``Kcur-3`` (post-RoPE
-keys), ``Vcur-3``, ``kqv_out-3`` (attention output before the output projection), ``l_out-3``.
+``attn_norm-3`` (the normalized input x), ``Qpre-3``/``Kpre-3`` (queries and keys before RoPE,
+after any QK-norm), ``Qcur-3``/``Kcur-3`` (as attention uses them), ``Vcur-3``, ``kqv_out-3``
+(attention output before the output projection), ``l_out-3``.
 """
 
 from __future__ import annotations

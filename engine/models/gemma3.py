@@ -36,7 +36,7 @@ class Gemma3Model(DecoderModel):
             cur = b.norm(x, b.lw(il, "attn_norm.weight"), "attn_norm", il)
             q, k, v = b.qkv(cur, il)
             q = b.norm(q, b.lw(il, "attn_q_norm.weight"), "Qpre", il)
-            k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kcur_normed", il)
+            k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kpre", il)
             q = b.rope(q, il, self.rope_type, base, scale)
             k = b.cb(b.rope(k, il, self.rope_type, base, scale), "Kcur", il)
             q = b.cb(C.ggml_scale(ctx, q, q_scale), "Qcur", il)

@@ -27,6 +27,7 @@ class LlamaModel(DecoderModel):
             cur = b.norm(x, b.lw(il, "attn_norm.weight"), "attn_norm", il)
             q, k, v = b.qkv(cur, il)
             b.cb(q, "Qpre", il)
+            b.cb(k, "Kpre", il)
             factors = b.w.get("rope_freqs.weight")
             q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Qcur", il)
             k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Kcur", il)

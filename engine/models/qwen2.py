@@ -33,6 +33,7 @@ class Qwen2Model(DecoderModel):
             cur = b.norm(x, b.lw(il, "attn_norm.weight"), "attn_norm", il)
             q, k, v = b.qkv(cur, il)
             b.cb(q, "Qpre", il)
+            b.cb(k, "Kpre", il)
             q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale), "Qcur", il)
             k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale), "Kcur", il)
             cur = b.attention(il, q, k, v, 1.0 / math.sqrt(hp.head_dim))

@@ -28,7 +28,7 @@ class Qwen3Model(DecoderModel):
             cur = b.norm(x, b.lw(il, "attn_norm.weight"), "attn_norm", il)
             q, k, v = b.qkv(cur, il)
             q = b.norm(q, b.lw(il, "attn_q_norm.weight"), "Qpre", il)
-            k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kcur_normed", il)
+            k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kpre", il)
             q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale), "Qcur", il)
             k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale), "Kcur", il)
             cur = b.attention(il, q, k, v, 1.0 / math.sqrt(hp.head_dim))

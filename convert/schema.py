@@ -1,0 +1,112 @@
+"""The IndexMem GGUF schema: every key and tensor name, in one place.
+
+The converter writes these and the loader reads them; both import this module, so they cannot
+drift apart. A file is either a *sidecar* (only IndexMem keys and tensors) or a *merged* model
+(the base model's keys and tensors, unchanged, plus these).
+
+Keys (namespace ``indexmem.``):
+
+| key | type | meaning |
+|---|---|---|
+| ``indexmem.format_version`` | u32 | schema version (``FORMAT_VERSION``) |
+| ``indexmem.base.architecture`` | str | ``general.architecture`` of the base model |
+| ``indexmem.base.block_count`` / ``embedding_length`` / ``head_count`` / ``head_count_kv`` / ``key_length`` | u32 | base dimensions |
+| ``indexmem.base.fingerprint`` | str | sha256 of the base model's tensor table (names, types, shapes) |
+| ``indexmem.base.sha256`` | str | sha256 of the base GGUF file the checkpoint was trained on |
+| ``indexmem.layers`` | u32[] | layers that carry an indexer (and memory) |
+| ``indexmem.memory_layers`` | u32[] | layers whose latent memory was trained |
+| ``indexmem.indexer.head_count`` / ``indexmem.indexer.key_length`` | u32 | H_idx, d_idx |
+| ``indexmem.memory.length`` | u32 | d_mem |
+| ``indexmem.memory.lambda`` / ``eta`` / ``eps`` | f32 | memory write decay, write rate, read epsilon |
+| ``indexmem.norm_eps`` | f32 | epsilon of the indexer's RMSNorms |
+| ``indexmem.sinks`` / ``indexmem.default_budget`` / ``indexmem.default_tau`` | u32 | eviction defaults |
+
+In a merged model the IndexMem tensors cannot sit in the GGUF tensor table: llama.cpp refuses a
+file with tensors it does not expect. There each tensor is stored as metadata instead:
+``indexmem.tensor.<name>`` holds its data (float32 array for f32, uint16 array of half-precision
+bits for f16, uint8 array of raw blocks for q8_0), ``indexmem.tensor.<name>.type`` its ggml type
+and ``indexmem.tensor.<name>.shape`` its ggml shape. llama.cpp ignores keys it does not know, so
+the merged file runs in llama.cpp unchanged. A sidecar uses ordinary GGUF tensors.
+
+Tensors per layer N (ggml order: input dimension first):
+
+| tensor | shape | checkpoint parameter |
+|---|---|---|
+| ``blk.N.idx_q.weight`` | [H·d_head, H_idx·d_idx] | ``indexers.N.U_q.weight`` |
+| ``blk.N.idx_q_norm.weight`` | [H_idx·d_idx] | ``indexers.N.q_norm.weight`` |
+| ``blk.N.idx_k.weight`` | [d_model, d_idx] | ``indexers.N.U_k.weight`` |
+| ``blk.N.idx_k_norm.weight`` | [d_idx] | ``indexers.N.k_norm.weight`` |
+| ``blk.N.idx_w.weight`` | [d_model, H_idx] | ``indexers.N.G.weight`` |
+| ``blk.N.mem_phi.weight`` / ``.bias`` | [d_head, d_mem] / [d_mem] | ``memories.N.phi.*`` |
+| ``blk.N.mem_gate.weight`` / ``.bias`` | [d_head, 1] / [1] | ``memories.N.gate.*`` |
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+FORMAT_VERSION = 1
+PREFIX = "indexmem."
+
+K_VERSION = "indexmem.format_version"
+K_BASE_ARCH = "indexmem.base.architecture"
+K_BASE_LAYERS = "indexmem.base.block_count"
+K_BASE_EMBD = "indexmem.base.embedding_length"
+K_BASE_HEADS = "indexmem.base.head_count"
+K_BASE_HEADS_KV = "indexmem.base.head_count_kv"
+K_BASE_HEAD_DIM = "indexmem.base.key_length"
+K_BASE_FINGERPRINT = "indexmem.base.fingerprint"
+K_BASE_SHA256 = "indexmem.base.sha256"
+K_LAYERS = "indexmem.layers"
+K_MEMORY_LAYERS = "indexmem.memory_layers"
+K_IDX_HEADS = "indexmem.indexer.head_count"
+K_IDX_DIM = "indexmem.indexer.key_length"
+K_MEM_DIM = "indexmem.memory.length"
+K_MEM_LAMBDA = "indexmem.memory.lambda"
+K_MEM_ETA = "indexmem.memory.eta"
+K_MEM_EPS = "indexmem.memory.eps"
+K_NORM_EPS = "indexmem.norm_eps"
+K_SINKS = "indexmem.sinks"
+K_BUDGET = "indexmem.default_budget"
+K_TAU = "indexmem.default_tau"
+
+# tensor suffix -> (checkpoint parameter pattern, is a matrix)
+LAYER_TENSORS = {
+    "idx_q.weight": ("indexers.{il}.U_q.weight", True),
+    "idx_q_norm.weight": ("indexers.{il}.q_norm.weight", False),
+    "idx_k.weight": ("indexers.{il}.U_k.weight", True),
+    "idx_k_norm.weight": ("indexers.{il}.k_norm.weight", False),
+    "idx_w.weight": ("indexers.{il}.G.weight", True),
+    "mem_phi.weight": ("memories.{il}.phi.weight", True),
+    "mem_phi.bias": ("memories.{il}.phi.bias", False),
+    "mem_gate.weight": ("memories.{il}.gate.weight", True),
+    "mem_gate.bias": ("memories.{il}.gate.bias", False),
+}
+
+
+K_TENSOR = "indexmem.tensor."  # + tensor name (+ ".type" / ".shape"): merged-model storage
+
+
+def tensor_name(il: int, suffix: str) -> str:
+    return f"blk.{il}.{suffix}"
+
+
+def expected_shapes(sizes: dict) -> dict[str, tuple[int, ...]]:
+    """ggml-order shape of each per-layer tensor for the given module sizes."""
+    q_in, q_out = sizes["n_head"] * sizes["d_head"], sizes["n_idx_heads"] * sizes["d_idx"]
+    return {
+        "idx_q.weight": (q_in, q_out), "idx_q_norm.weight": (q_out,),
+        "idx_k.weight": (sizes["d_model"], sizes["d_idx"]), "idx_k_norm.weight": (sizes["d_idx"],),
+        "idx_w.weight": (sizes["d_model"], sizes["n_idx_heads"]),
+        "mem_phi.weight": (sizes["d_head"], sizes["d_mem"]), "mem_phi.bias": (sizes["d_mem"],),
+        "mem_gate.weight": (sizes["d_head"], 1), "mem_gate.bias": (1,),
+    }
+
+
+def fingerprint(tensors) -> str:
+    """sha256 over the base model's tensor table: (name, ggml type, shape) of every tensor that
+    is not IndexMem's own, sorted by name. Cheap (no tensor data read) and changes with any
+    re-quantization or architecture change."""
+    lines = sorted(f"{t.name}:{t.ggml_type}:{','.join(map(str, t.shape))}" for t in tensors
+                   if not any(t.name.endswith("." + s) for s in LAYER_TENSORS))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -1,0 +1,128 @@
+"""Checkpoint → GGUF: round trip, merged files in llama.cpp, wrong pairings, interrupted writes."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from indexmem import ModelFormatError
+from indexmem.convert import schema as S
+from indexmem.convert.reader import load_indexmem
+from indexmem.convert.writer import convert, read_checkpoint
+from indexmem.train.features import extract
+from indexmem.train.fit import FitConfig, fit
+from tiny_models import random_prompt, write_tiny_model
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_llama):
+    from indexmem import Engine
+    root = tmp_path_factory.mktemp("conv")
+    eng = Engine.load(str(tiny_llama), n_ctx=128, n_batch=64)
+    extract(eng, [random_prompt(64, seed=s) for s in range(2)], root / "feat", chunk=64)
+    fit(root / "feat", root / "ckpt", FitConfig(stage1_steps=2, stage2_steps=2, warmup=1, decay_steps=1,
+                                                 layers_per_step=0, n_trail=16, block=32))
+    return root / "ckpt"
+
+
+@pytest.mark.parametrize("dtype,tol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 2e-2)])
+def test_round_trip(tiny_ckpt, tiny_llama, tmp_path, dtype, tol):
+    out = convert(tiny_ckpt, tiny_llama, tmp_path / f"side-{dtype}.gguf", dtype=dtype)
+    loaded = load_indexmem(out, base_path=tiny_llama)
+    config, weights = read_checkpoint(tiny_ckpt)
+    assert loaded.layers == list(range(config["n_layer"]))
+    for il in loaded.layers:
+        for suffix, (param, _) in S.LAYER_TENSORS.items():
+            ours, ref = loaded.tensors[S.tensor_name(il, suffix)], weights[param.format(il=il)]
+            assert ours.shape == ref.shape
+            scale = max(1.0, float(np.abs(ref).max()))
+            assert np.abs(ours - ref).max() <= tol * scale, (suffix, dtype)
+
+
+def test_merged_file_runs_in_llama_cpp_unchanged(tiny_ckpt, tiny_llama, tmp_path):
+    from conftest import llama_cpp_reference
+    merged = convert(tiny_ckpt, tiny_llama, tmp_path / "merged.gguf", merge=True)
+    assert load_indexmem(merged).layers  # the merged file validates against itself
+    tokens = random_prompt(20, seed=1)
+    outs = []
+    for path in (tiny_llama, merged):
+        ref = llama_cpp_reference(path, n_ctx=64)
+        ref.eval(tokens)
+        outs.append(np.array(ref.scores[:20]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_wrong_model_is_refused(tiny_ckpt, tiny_llama, tmp_path):
+    other = write_tiny_model(tmp_path / "other.gguf", "llama", seed=99)  # same shapes, other weights
+    with pytest.raises(ModelFormatError, match="not the file the checkpoint was trained on"):
+        convert(tiny_ckpt, other, tmp_path / "x.gguf")
+    bigger = write_tiny_model(tmp_path / "bigger.gguf", "llama", seed=2, n_layer=3)
+    with pytest.raises(ModelFormatError, match="block_count"):
+        convert(tiny_ckpt, bigger, tmp_path / "y.gguf")
+    side = convert(tiny_ckpt, tiny_llama, tmp_path / "side.gguf")
+    requantized = write_tiny_model(tmp_path / "q.gguf", "qwen2", seed=2)
+    with pytest.raises(ModelFormatError, match="architecture"):
+        load_indexmem(side, base_path=requantized)
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()
+
+
+def test_corrupt_and_truncated_files(tiny_ckpt, tiny_llama, tmp_path):
+    side = convert(tiny_ckpt, tiny_llama, tmp_path / "side.gguf")
+    data = side.read_bytes()
+    (tmp_path / "trunc.gguf").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ModelFormatError):
+        load_indexmem(tmp_path / "trunc.gguf")
+    bad = data.replace(b"indexmem.format_version", b"indexmem.format_versioX")
+    (tmp_path / "key.gguf").write_bytes(bad)
+    with pytest.raises(ModelFormatError, match="format_version"):
+        load_indexmem(tmp_path / "key.gguf")
+    with pytest.raises(ModelFormatError, match="no IndexMem modules"):
+        load_indexmem(tiny_llama)
+
+
+def test_cli_exit_codes(tiny_ckpt, tiny_llama, tmp_path):
+    exe = shutil.which("indexmem-convert")
+    cmd = [exe] if exe else [sys.executable, "-m", "indexmem.cli.convert"]
+    ok = subprocess.run(cmd + [str(tiny_ckpt), "--base", str(tiny_llama), "-o", str(tmp_path / "o.gguf")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    shown = subprocess.run(cmd + ["inspect", str(tmp_path / "o.gguf")], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0 and "indexmem.format_version" in shown.stdout
+    bad = subprocess.run(cmd + [str(tmp_path), "--base", str(tiny_llama), "-o", str(tmp_path / "p.gguf")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killed_conversion_leaves_no_output_and_an_intact_base(default_model_path, tmp_path, sig):
+    """A merged conversion of the real default model with its shipped checkpoint takes
+    seconds; interrupt it midway."""
+    from indexmem.engine.registry import sha256_of
+    ckpt = SHIPPED / "smollm2-135m-instruct"
+    base = tmp_path / "base.gguf"
+    shutil.copy(default_model_path, base)
+    before = sha256_of(base)
+    out = tmp_path / "out.gguf"
+    script = ("import sys; from indexmem.convert.writer import convert; "
+              "convert(sys.argv[1], sys.argv[2], sys.argv[3], merge=True)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(ckpt), str(base), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("out.gguf.*.tmp")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob("out.gguf.*.tmp")), "the conversion never started writing"
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert not list(tmp_path.glob("out.gguf*"))
+    assert sha256_of(base) == before

@@ -1,0 +1,36 @@
+"""Teacher features come from the engine and reproduce its attention output."""
+
+import numpy as np
+import torch
+
+from indexmem import Engine
+from indexmem.train.features import FeatureSet, extract, verify_attention
+from tiny_models import random_prompt, write_tiny_model
+
+
+def test_extracted_features_reproduce_the_attention_output(tmp_path, tiny_model):
+    arch, path = tiny_model
+    eng = Engine.load(str(path), n_ctx=256, n_batch=16)
+    seqs = [random_prompt(48, seed=s) for s in range(2)]
+    manifest = extract(eng, seqs, tmp_path / "feat", chunk=16)
+    fs = FeatureSet(tmp_path / "feat")
+    assert manifest["n_sequences"] == 2 and fs.n_layer == eng.hparams.n_layer
+    f = fs.layer(1, fs.n_layer - 1)
+    assert f["x"].shape == (48, eng.hparams.n_embd)
+    assert f["q_pre"].shape == (48, eng.hparams.n_head, eng.hparams.head_dim)
+    for il in range(fs.n_layer):
+        # float16 storage of Q, K, V and the output; outputs are O(1)
+        assert verify_attention(fs, 1, il) < 0.05, (arch, il)
+
+
+def test_features_match_a_direct_capture(tmp_path, tiny_llama):
+    eng = Engine.load(str(tiny_llama), n_ctx=128, n_batch=64)
+    tokens = random_prompt(30, seed=9)
+    extract(eng, [tokens], tmp_path / "f", chunk=64)
+    eng.reset()
+    _, cap = eng.runner.step(np.array(tokens), np.arange(30), capture=["Qpre-1", "kqv_out-0"])
+    fs = FeatureSet(tmp_path / "f")
+    np.testing.assert_allclose(fs.layer(0, 1)["q_pre"].reshape(30, -1).numpy(),
+                               cap["Qpre-1"].reshape(30, -1).astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(fs.layer(0, 0)["o"].numpy(),
+                               cap["kqv_out-0"].reshape(30, -1).astype(np.float16).astype(np.float32))

@@ -1,0 +1,100 @@
+"""Held-out evaluation of a checkpoint on teacher features.
+
+Attention recall: the share of the teacher's max-pooled attention distribution (the stage-1
+target, sinks excluded) that a kept set of ``budget`` tokens covers, when the whole sequence is
+compressed once. The trained indexer is compared with heuristic scores computed on the same
+features. Memory: how much of the residual ‖o_full − o_attn(kept)‖² the trained memory removes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .features import FeatureSet
+from .fit import IndexMemModel, keep_top, kept_attention_residual
+from .losses import indexer_importance, teacher_logits
+from .modules import IndexMemSizes
+
+SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[IndexMemModel, dict]:
+    from safetensors.torch import load_file
+    config = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    model = IndexMemModel(config["n_layer"], IndexMemSizes(**config["sizes"]))
+    model.load_state_dict(load_file(str(Path(ckpt_dir) / "weights.safetensors")))
+    return model.eval(), config
+
+
+def attention_probs(f: dict, scale: float) -> torch.Tensor:
+    """Causal softmax attention probabilities [H, L, L] from the saved Q and K."""
+    q, k = f["q_cur"], f["k_cur"]
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+    n = q.shape[0]
+    logits = torch.einsum("shd,thd->hst", q, k) * scale
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+
+
+def heuristic_scores(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    n = probs.shape[-1]
+    window = probs[:, -SNAPKV_WINDOW:, :].sum((0, 1))
+    pooled = F.max_pool1d(window.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
+    return {
+        "streaming": torch.arange(n, dtype=torch.float32),
+        "h2o": probs.sum((0, 1)),
+        "snapkv": pooled,
+        "tova": probs[:, -1, :].sum(0),
+    }
+
+
+@torch.no_grad()
+def evaluate(features_dir: Path, ckpt_dir: Path, ratios=(0.75, 0.9), sinks: int = 4, n_trail: int = 64,
+             memory_ratio: float = 0.9) -> dict:
+    fs = FeatureSet(features_dir)
+    model, config = load_checkpoint(ckpt_dir)
+    scale = fs.manifest["kq_scale"]
+    layers = config["global_layers"]
+    recall: dict[str, dict[float, list[float]]] = {}
+    residual = {"without_memory": [], "with_memory": []}
+    for seq in range(fs.n_sequences):
+        for il in layers:
+            f = fs.layer(seq, il)
+            n = f["x"].shape[0]
+            p_t = torch.softmax(teacher_logits(f["q_cur"], f["k_cur"], scale=scale)[sinks:], 0)
+            scores = heuristic_scores(attention_probs(f, scale))
+            scores["indexmem"] = indexer_importance(model.indexers[il], f["x"], f["q_pre"], grad=False)
+            for ratio in ratios:
+                budget = max(sinks + 1, round(n * (1 - ratio)))
+                for name, s in scores.items():
+                    keep = keep_top(s, budget, sinks)
+                    covered = p_t[keep[keep >= sinks] - sinks].sum()
+                    recall.setdefault(name, {}).setdefault(ratio, []).append(float(covered))
+            prefix = n - n_trail
+            imp = indexer_importance(model.indexers[il], f["x"][:prefix], f["q_pre"][:prefix], grad=False)
+            keep = keep_top(imp, max(sinks + 1, round(prefix * (1 - memory_ratio))), sinks)
+            o_full, o_kept = kept_attention_residual(f, keep, prefix, scale)
+            evicted = torch.ones(prefix, dtype=torch.bool)
+            evicted[keep] = False
+            mem = model.memories[il]
+            group = fs.manifest["n_head"] // fs.manifest["n_head_kv"]
+            d = fs.manifest["d_head"]
+            state = mem.write(mem.empty_state(),
+                              f["k_pre"][:prefix][evicted].repeat_interleave(group, 1).reshape(-1, d),
+                              f["v"][:prefix][evicted].repeat_interleave(group, 1).reshape(-1, d))
+            readout = mem.read(state, f["q_pre"][prefix:]).flatten(1)
+            residual["without_memory"].append(float(((o_full - o_kept) ** 2).sum(-1).mean()))
+            residual["with_memory"].append(float(((o_full - o_kept - readout) ** 2).sum(-1).mean()))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    without, with_mem = mean(residual["without_memory"]), mean(residual["with_memory"])
+    return {
+        "sequences": fs.n_sequences, "layers": layers,
+        "recall": {name: {str(r): mean(v) for r, v in by_ratio.items()} for name, by_ratio in recall.items()},
+        "residual_at_evict_ratio": memory_ratio,
+        "residual_without_memory": without, "residual_with_memory": with_mem,
+        "residual_reduction": 1.0 - with_mem / without,
+    }

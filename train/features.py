@@ -1,0 +1,113 @@
+"""Teacher features from the engine itself (the frozen GGUF model), cached on disk in float16.
+
+Per sequence, one ``.npy`` per tensor kind, all layers stacked: ``[n_layer, L, width]``:
+x (``attn_norm``), pre-RoPE Q and K, Q and K as attention uses them, V, and the full-cache
+attention output ``kqv_out``. ``manifest.json`` says what is where.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.registry import sha256_of
+
+KINDS = {  # file stem -> graph intermediate
+    "x": "attn_norm", "q_pre": "Qpre", "q_cur": "Qcur", "k_pre": "Kpre", "k_cur": "Kcur",
+    "v": "Vcur", "o": "kqv_out",
+}
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def kq_scale(engine) -> float:
+    """The factor between Qcur . Kcur and the attention logit (Gemma pre-scales its queries)."""
+    return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
+
+
+def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512, on_sequence=None) -> dict:
+    """Run every sequence through the engine (full KV) and save its per-layer features."""
+    hp = engine.hparams
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{graph}-{il}" for graph in KINDS.values() for il in range(hp.n_layer)]
+    for i, tokens in enumerate(sequences):
+        engine.reset()
+        parts = {name: [] for name in names}
+        for start in range(0, len(tokens), chunk):
+            piece = np.asarray(tokens[start: start + chunk], dtype=np.int32)
+            _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=names)
+            for name in names:
+                parts[name].append(cap[name].reshape(len(piece), -1))
+        for stem, graph in KINDS.items():
+            stacked = np.stack([np.concatenate(parts[f"{graph}-{il}"]) for il in range(hp.n_layer)])
+            _save_atomic(out_dir / f"seq{i:04d}.{stem}.npy", stacked.astype(np.float16))
+        if on_sequence:
+            on_sequence(i)
+    manifest = {
+        "model_path": str(engine.model_path), "model_sha256": sha256_of(engine.model_path),
+        "arch": hp.arch, "n_layer": hp.n_layer, "d_model": hp.n_embd, "n_head": hp.n_head,
+        "n_head_kv": hp.n_head_kv, "d_head": hp.head_dim, "kq_scale": kq_scale(engine),
+        "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)], "sliding_window": hp.sliding_window,
+        "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+class FeatureSet:
+    """Memory-mapped access to extracted features: ``fs.layer(seq, il)`` → dict of torch tensors."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest = json.loads((self.root / "manifest.json").read_text())
+        m = self.manifest
+        self.n_sequences, self.n_layer = m["n_sequences"], m["n_layer"]
+        self.shapes = {"x": (m["d_model"],), "q_pre": (m["n_head"], m["d_head"]),
+                       "q_cur": (m["n_head"], m["d_head"]), "k_pre": (m["n_head_kv"], m["d_head"]),
+                       "k_cur": (m["n_head_kv"], m["d_head"]), "v": (m["n_head_kv"], m["d_head"]),
+                       "o": (m["n_head"] * m["d_head"],)}
+        self._maps = {}
+
+    def _array(self, seq: int, stem: str):
+        key = (seq, stem)
+        if key not in self._maps:
+            self._maps[key] = np.load(self.root / f"seq{seq:04d}.{stem}.npy", mmap_mode="r")
+        return self._maps[key]
+
+    def layer(self, seq: int, il: int) -> dict:
+        import torch
+        out = {}
+        for stem, shape in self.shapes.items():
+            arr = np.asarray(self._array(seq, stem)[il], dtype=np.float32)
+            out[stem] = torch.from_numpy(arr.reshape(arr.shape[0], *shape))
+        return out
+
+
+def verify_attention(fs: FeatureSet, seq: int = 0, il: int = 0) -> float:
+    """Max |softmax(QKᵀ)V − saved attention output| on one layer (float16 storage tolerance)."""
+    import torch
+
+    from .losses import attention
+    f = fs.layer(seq, il)
+    n = f["x"].shape[0]
+    visible = torch.ones(n, n, dtype=torch.bool).tril()
+    if fs.manifest["swa_layers"][il]:
+        visible &= ~torch.ones(n, n, dtype=torch.bool).tril(-fs.manifest["sliding_window"])
+    o = attention(f["q_cur"], f["k_cur"], f["v"], visible, scale=fs.manifest["kq_scale"])
+    return float((o - f["o"]).abs().max())

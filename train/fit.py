@@ -1,0 +1,220 @@
+"""Fitting IndexMem on cached teacher features: stage 1 (indexer), stage 2 (indexer + memory).
+
+AdamW with a warmup-stable-decay schedule, seeded, resumable: a checkpoint (weights, optimizer,
+step, random state) is written atomically every ``checkpoint_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .features import FeatureSet
+from .losses import attention, indexer_importance, kl_loss, memory_loss, teacher_logits
+from .modules import Indexer, IndexMemSizes, LatentMemory
+
+
+@dataclass
+class FitConfig:
+    stage1_steps: int = 300
+    stage2_steps: int = 200
+    lr: float = 1e-3
+    final_lr: float = 7.5e-6
+    warmup: int = 30
+    decay_steps: int = 150  # the last steps decay linearly from lr to final_lr
+    weight_decay: float = 0.01
+    layers_per_step: int = 8  # random layers per step (0: all)
+    evict_ratio: float = 0.9  # stage 2: share of the prefix evicted into the memory
+    n_trail: int = 64  # stage 2: trailing queries the memory loss is measured on
+    beta: float = 1.0
+    sinks: int = 4
+    block: int = 256
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+class IndexMemModel(nn.Module):
+    """One indexer and one latent memory per layer."""
+
+    def __init__(self, n_layer: int, sizes: IndexMemSizes):
+        super().__init__()
+        self.sizes = sizes
+        self.indexers = nn.ModuleList(Indexer(sizes) for _ in range(n_layer))
+        self.memories = nn.ModuleList(LatentMemory(sizes) for _ in range(n_layer))
+
+
+def lr_at(step: int, cfg: FitConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    decay_start = cfg.total_steps - cfg.decay_steps
+    if step < decay_start:
+        return cfg.lr
+    frac = (step - decay_start) / max(1, cfg.decay_steps)
+    return cfg.lr + (cfg.final_lr - cfg.lr) * frac
+
+
+def keep_top(importance: torch.Tensor, budget: int, sinks: int) -> torch.Tensor:
+    """Indices kept when ``budget`` of ``len(importance)`` tokens stay: sinks, then the top."""
+    scores = importance.detach().clone()
+    scores[:sinks] = float("inf")
+    return torch.topk(scores, min(budget, len(scores))).indices.sort().values
+
+
+def kept_attention_residual(f: dict, keep: torch.Tensor, prefix: int, scale: float, window: int = 0):
+    """o_full − o_attn(kept) for the trailing queries, where the prefix holds only ``keep``."""
+    n = f["x"].shape[0]
+    keys = torch.cat([keep, torch.arange(prefix, n)])
+    q_pos = torch.arange(prefix, n).unsqueeze(1)
+    visible = keys.unsqueeze(0) <= q_pos
+    if window:
+        visible &= (q_pos - keys.unsqueeze(0)) < window
+    o_kept = attention(f["q_cur"][prefix:], f["k_cur"][keys], f["v"][keys], visible, scale)
+    return f["o"][prefix:], o_kept
+
+
+class Trainer:
+    def __init__(self, features: FeatureSet, out_dir: Path, cfg: FitConfig, sizes: IndexMemSizes | None = None):
+        self.fs, self.out_dir, self.cfg = features, Path(out_dir), cfg
+        m = features.manifest
+        self.sizes = sizes or IndexMemSizes.paper(m["d_model"], m["n_head"], m["d_head"])
+        torch.manual_seed(cfg.seed)
+        self.model = IndexMemModel(m["n_layer"], self.sizes)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = random.Random(cfg.seed)
+        self.step = 0
+        self.history: list[dict] = []
+        self._teacher: dict[tuple[int, int], torch.Tensor] = {}
+        self.global_layers = [il for il, swa in enumerate(m["swa_layers"]) if not swa]
+
+    def teacher(self, seq: int, il: int, f: dict) -> torch.Tensor:
+        key = (seq, il)
+        if key not in self._teacher:
+            self._teacher[key] = teacher_logits(f["q_cur"], f["k_cur"], self.cfg.block,
+                                                scale=self.fs.manifest["kq_scale"])
+        return self._teacher[key]
+
+    def layer_loss(self, seq: int, il: int, stage: int) -> tuple[torch.Tensor, dict]:
+        cfg, f = self.cfg, self.fs.layer(seq, il)
+        imp = indexer_importance(self.model.indexers[il], f["x"], f["q_pre"], cfg.block)
+        l_index = kl_loss(self.teacher(seq, il, f), imp, cfg.sinks)
+        parts = {"index": l_index.item()}
+        loss = l_index
+        if stage == 2 and il in self.global_layers:
+            l_mem = self.memory_loss(f, il)
+            parts["mem"] = l_mem.item()
+            loss = loss + cfg.beta * l_mem
+        return loss, parts
+
+    def memory_loss(self, f: dict, il: int) -> torch.Tensor:
+        cfg = self.cfg
+        n = f["x"].shape[0]
+        prefix = n - cfg.n_trail
+        with torch.no_grad():
+            imp = indexer_importance(self.model.indexers[il], f["x"][:prefix], f["q_pre"][:prefix],
+                                     cfg.block, grad=False)
+        budget = max(cfg.sinks + 1, round(prefix * (1 - cfg.evict_ratio)))
+        keep = keep_top(imp, budget, cfg.sinks)
+        evicted = torch.ones(prefix, dtype=torch.bool)
+        evicted[keep] = False
+        o_full, o_kept = kept_attention_residual(f, keep, prefix, self.fs.manifest["kq_scale"])
+        return memory_loss(self.model.memories[il], o_full, o_kept, f["q_pre"][prefix:],
+                           f["k_pre"][:prefix][evicted], f["v"][:prefix][evicted])
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        stage = 1 if self.step < cfg.stage1_steps else 2
+        seq = self.rng.randrange(self.fs.n_sequences)
+        layers = list(range(self.fs.n_layer))
+        if cfg.layers_per_step:
+            layers = self.rng.sample(layers, min(cfg.layers_per_step, len(layers)))
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        self.opt.zero_grad()
+        totals: dict[str, list[float]] = {}
+        for il in layers:
+            loss, parts = self.layer_loss(seq, il, stage)
+            (loss / len(layers)).backward()
+            for k, v in parts.items():
+                totals.setdefault(k, []).append(v)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        record = {"step": self.step, "stage": stage, "lr": lr_at(self.step - 1, cfg),
+                  **{k: sum(v) / len(v) for k, v in totals.items()}}
+        self.history.append(record)
+        return record
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self, final: bool = False) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                 "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": self.history}
+        _atomic(self.out_dir / "trainer_state.pt", lambda f: torch.save(state, f))
+        if final:
+            from safetensors.torch import save as to_safetensors
+            tensors = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+            _atomic(self.out_dir / "weights.safetensors", lambda f: f.write(to_safetensors(tensors)))
+
+    def resume(self) -> bool:
+        path = self.out_dir / "trainer_state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.history = state["step"], state["history"]
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_config: dict | None = None) -> dict:
+    fs = FeatureSet(features_dir)
+    trainer = Trainer(fs, out_dir, cfg)
+    trainer.resume()
+    t0 = time.time()
+    while trainer.step < cfg.total_steps:
+        record = trainer.train_step()
+        if on_step:
+            on_step(record)
+        if trainer.step % cfg.checkpoint_every == 0:
+            trainer.save()
+    trainer.save(final=True)
+    last = trainer.history[-20:]
+    summary = {
+        "model": fs.manifest["model_path"], "base_sha256": fs.manifest["model_sha256"],
+        "arch": fs.manifest["arch"], "n_layer": fs.n_layer, "sizes": trainer.sizes.to_dict(),
+        "global_layers": trainer.global_layers, "fit": asdict(cfg), "steps": trainer.step,
+        "train_seconds_this_run": round(time.time() - t0, 1),
+        "final_index_loss": sum(r["index"] for r in last) / len(last),
+        "final_mem_loss": (sum(r["mem"] for r in last if "mem" in r) /
+                           max(1, sum(1 for r in last if "mem" in r))),
+        **(extra_config or {}),
+    }
+    _atomic(Path(out_dir) / "config.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    return summary
