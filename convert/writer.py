@@ -8,13 +8,12 @@ written to a temporary file next to it, synced, then renamed; an interrupted con
 from __future__ import annotations
 
 import json
-import os
 import signal
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..engine.loader import open_gguf
 from ..engine.registry import sha256_of
 from ..errors import ModelFormatError
@@ -156,9 +155,6 @@ def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False
         base_fp = S.fingerprint(base.tensors.values())
     arrays = _layer_arrays(config, weights)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
-    os.close(fd)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def abort(signum, frame):
@@ -167,22 +163,18 @@ def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False
     for sig in previous:
         signal.signal(sig, abort)
     try:
-        w = gguf.GGUFWriter(tmp, base_hp.arch if merge else "indexmem")
-        if merge:
-            _copy_base(w, base_path)
-        _add_metadata(w, config, base_fp, base_hp)
-        for name, arr in arrays.items():
-            _add_tensor(w, name, arr, dtype, as_metadata=merge)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=progress)
-        w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:
+            w = gguf.GGUFWriter(str(tmp), base_hp.arch if merge else "indexmem")
+            if merge:
+                _copy_base(w, base_path)
+            _add_metadata(w, config, base_fp, base_hp)
+            for name, arr in arrays.items():
+                _add_tensor(w, name, arr, dtype, as_metadata=merge)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file(progress=progress)
+            w.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path

