@@ -126,3 +126,19 @@ def test_killed_conversion_leaves_no_output_and_an_intact_base(default_model_pat
     assert not out.exists()
     assert not list(tmp_path.glob("out.gguf*"))
     assert sha256_of(base) == before
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+@pytest.mark.parametrize("dtype,tol", [("f32", 0.0), ("q8_0", 2e-2)])
+def test_shipped_checkpoints_round_trip(name, dtype, tol, tmp_path):
+    from indexmem.engine.registry import resolve
+    ckpt = SHIPPED / name
+    base = resolve(name)
+    side = convert(ckpt, base, tmp_path / "side.gguf", dtype=dtype)
+    loaded = load_indexmem(side, base_path=base)
+    _, weights = read_checkpoint(ckpt)
+    for il in loaded.layers:
+        for suffix, (param, _) in S.LAYER_TENSORS.items():
+            ref = weights[param.format(il=il)]
+            scale = max(1.0, float(np.abs(ref).max()))
+            assert np.abs(loaded.tensors[S.tensor_name(il, suffix)] - ref).max() <= tol * scale

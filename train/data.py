@@ -53,13 +53,21 @@ def prepare(out_dir: Path) -> dict:
     return info
 
 
-def token_windows(engine, text: str, length: int, count: int, seed: int = 0) -> list[list[int]]:
-    """``count`` windows of ``length`` tokens (BOS first where the model wants one), taken at
-    evenly spaced offsets of the tokenized text."""
-    body = engine.tokenize(text, add_special=False)
+def token_windows(engine, text: str, length: int, count: int) -> list[list[int]]:
+    """``count`` windows of ``length`` tokens (BOS first where the model wants one), starting at
+    evenly spaced character offsets of ``text``. Only the slices used are tokenized."""
     head = engine.tokenize("", add_special=True)
     size = length - len(head)
-    if len(body) < size:
-        raise ValueError(f"text has {len(body)} tokens, fewer than one window of {size}")
-    starts = [round(i * (len(body) - size) / max(1, count - 1)) for i in range(count)]
-    return [head + body[s: s + size] for s in starts]
+    windows = []
+    for i in range(count):
+        start = round(i * len(text) / count)
+        span = size * 6
+        while True:
+            body = engine.tokenize(text[start: start + span], add_special=False)
+            if len(body) >= size + 1 or start + span >= len(text):
+                break
+            span *= 2
+        if len(body) < size + 1:
+            raise ValueError(f"text too short for {count} windows of {length} tokens")
+        windows.append(head + body[1: size + 1])  # drop the first token: it may be a cut word
+    return windows
