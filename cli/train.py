@@ -67,6 +67,7 @@ def fit(
     warmup: int = typer.Option(30),
     decay_steps: int = typer.Option(150),
     layers_per_step: int = typer.Option(8),
+    always_layers: str = typer.Option("", help="comma-separated layers trained at every step"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="torch threads"),
 ):
@@ -77,7 +78,8 @@ def fit(
 
     torch.set_num_threads(threads)
     cfg = FitConfig(stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, warmup=warmup,
-                    decay_steps=decay_steps, layers_per_step=layers_per_step, seed=seed)
+                    decay_steps=decay_steps, layers_per_step=layers_per_step, seed=seed,
+                    always_layers=tuple(int(x) for x in always_layers.split(",") if x.strip()))
     with _progress() as progress:
         task = progress.add_task("fitting", total=cfg.total_steps, info="")
 

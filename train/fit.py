@@ -31,6 +31,7 @@ class FitConfig:
     decay_steps: int = 150  # the last steps decay linearly from lr to final_lr
     weight_decay: float = 0.01
     layers_per_step: int = 8  # random layers per step (0: all)
+    always_layers: tuple[int, ...] = ()  # layers in every step besides the random ones
     evict_ratio: float = 0.9  # stage 2: share of the prefix evicted into the memory
     n_trail: int = 64  # stage 2: trailing queries the memory loss is measured on
     beta: float = 1.0
@@ -138,6 +139,7 @@ class Trainer:
         layers = list(range(self.fs.n_layer))
         if cfg.layers_per_step:
             layers = self.rng.sample(layers, min(cfg.layers_per_step, len(layers)))
+            layers += [il for il in cfg.always_layers if il not in layers]
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         self.opt.zero_grad()
