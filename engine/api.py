@@ -29,6 +29,8 @@ class Engine:
 
     def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int | None = None,
                  n_batch: int = 512, device: str = "cpu", budget_config: BudgetConfig | None = None):
+        if n_batch < 1 or (n_ctx is not None and n_ctx < 1):
+            raise ValueError(f"n_batch and n_ctx must be >= 1 (got {n_batch}, {n_ctx})")
         self.model_path = Path(model_path)
         self.budget_config = (budget_config or BudgetConfig()).validate()
         self._lock = threading.RLock()
@@ -46,14 +48,10 @@ class Engine:
             self.backend = Backend(device=device, n_threads=n_threads)
             self.model.weights = Weights(gguf, infos, self.backend)
         self.tokenizer = Tokenizer(self.model_path, chat_template)
-        if n_batch < 1:
-            raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
         self.n_ctx = int(n_ctx or (self.hparams.n_ctx_train if bounded
                                    else min(self.hparams.n_ctx_train, DEFAULT_N_CTX)))
-        if self.n_ctx < 1:
-            raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         self.n_batch = n_batch
         self.cache, evictor = self._make_cache()
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
@@ -66,13 +64,11 @@ class Engine:
             return KVCache(self.backend, hp.n_layer, hp.n_embd_kv, self.n_ctx), None
         # sliding-window layers that keep their window share one slot table; others own theirs
         swa_kept = [w > 0 and cfg.budget >= w for w in windows]
-        layer_table, n_tables = [], 0
+        first_swa = swa_kept.index(True) if any(swa_kept) else None
+        layer_table = []
         for il in range(hp.n_layer):
-            if swa_kept[il] and il > swa_kept.index(True):
-                layer_table.append(layer_table[swa_kept.index(True)])
-            else:
-                layer_table.append(n_tables)
-                n_tables += 1
+            shared = swa_kept[il] and il != first_swa
+            layer_table.append(layer_table[first_swa] if shared else max(layer_table, default=-1) + 1)
         capacity = min(self.n_ctx, cfg.budget + cfg.tau + self.n_batch)
         cache = KVCache(self.backend, hp.n_layer, hp.n_embd_kv, capacity, layer_table=layer_table)
         return cache, Evictor(cfg, cache, windows)
