@@ -69,6 +69,8 @@ def fit(
     decay_steps: int = typer.Option(150),
     layers_per_step: int = typer.Option(8),
     always_layers: str = typer.Option("", help="comma-separated layers trained at every step"),
+    idx_heads: int = typer.Option(None, help="indexer heads (default: the paper's max(1, H/4))"),
+    idx_dim: int = typer.Option(None, help="indexer key length (default: the paper's d_head/8)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="torch threads"),
 ):
@@ -87,7 +89,8 @@ def fit(
         def on_step(r):
             info = f"stage {r['stage']} index {r['index']:.4f}" + (f" mem {r['mem']:.4f}" if "mem" in r else "")
             progress.update(task, completed=r["step"], info=info)
-        summary = run(features, out, cfg, on_step)
+        overrides = {k: v for k, v in (("n_idx_heads", idx_heads), ("d_idx", idx_dim)) if v}
+        summary = run(features, out, cfg, on_step, size_overrides=overrides)
     console.print_json(json.dumps(summary))
 
 

@@ -182,9 +182,14 @@ class Trainer:
         return True
 
 
-def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_config: dict | None = None) -> dict:
+def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_config: dict | None = None,
+        size_overrides: dict | None = None) -> dict:
+    """Train (or resume) and write the checkpoint. ``size_overrides`` replaces the paper's module
+    sizes (e.g. ``n_idx_heads``, ``d_idx``, ``d_mem``)."""
     fs = FeatureSet(features_dir)
-    trainer = Trainer(fs, out_dir, cfg)
+    m = fs.manifest
+    sizes = IndexMemSizes.paper(m["d_model"], m["n_head"], m["d_head"], **(size_overrides or {}))
+    trainer = Trainer(fs, out_dir, cfg, sizes)
     trainer.resume()
     t0 = time.time()
     while trainer.step < cfg.total_steps:
