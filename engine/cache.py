@@ -88,8 +88,8 @@ class LayerKV:
 
 
 def add_compaction(g, layer: LayerKV, src, dst) -> None:
-    """Graph nodes moving cache rows ``src`` → ``dst`` (I64 index tensors) of one layer's K and V,
-    inside the backend buffer. All rows are read before any is written."""
+    """Graph nodes moving cache rows ``src`` → ``dst`` of one layer's K and V inside the backend
+    buffer (``src`` I32, as get_rows takes; ``dst`` I64). All rows are read before any is written."""
     for t in (layer.k, layer.v):
         g.expand(C.ggml_set_rows(g.ctx, t, C.ggml_get_rows(g.ctx, t, src), dst))
 

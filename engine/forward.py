@@ -55,15 +55,13 @@ class ForwardRunner:
         mask_keys = [self._mask_key(il, n_used[il]) for il in range(n_layer)]
         mask_ids = {k: i for i, k in enumerate(dict.fromkeys(mask_keys))}
         idx_ids = {u: i for i, u in enumerate(dict.fromkeys(n_used))}
-        moves = [0] * n_layer
-        if self.evictor:  # always some (no-op) moves, so that compaction steps share the graph
+        moves, attn, capture = [0] * n_layer, [0] * n_layer, set(capture)
+        if self.evictor:
+            # always some (no-op) moves, so that compaction steps share the decode graph
             for il in range(n_layer):
                 n_real = len(cache.pending_moves[il][0]) if il in cache.pending_moves else 0
                 moves[il] = min(max(1, -(-n_real // MOVE_BUCKET)) * MOVE_BUCKET,
                                 cache.capacity - n_used[il])
-        capture = set(capture)
-        attn = [0] * n_layer
-        if self.evictor:
             attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
             if self.evictor.policy.needs_keys:
                 capture |= {f"Kcur-{il}" for il in range(n_layer)}

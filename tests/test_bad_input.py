@@ -86,21 +86,14 @@ def test_implausible_counts_are_refused_before_parsing(good, tmp_path):
         Engine.load(str(bad))
 
 
-def test_missing_tensor(good, tmp_path):
-    bad = _rewrite_without(good, tmp_path / "missing.gguf", drop_tensor="blk.1.ffn_up.weight")
-    with pytest.raises(ModelFormatError, match="blk.1.ffn_up.weight is missing"):
-        Engine.load(str(bad))
-
-
-def test_misshaped_tensor(good, tmp_path):
-    bad = _rewrite_without(good, tmp_path / "shape.gguf", reshape="blk.0.attn_norm.weight")
-    with pytest.raises(ModelFormatError, match="blk.0.attn_norm.weight has shape"):
-        Engine.load(str(bad))
-
-
-def test_unknown_architecture(good, tmp_path):
-    bad = _rewrite_without(good, tmp_path / "arch.gguf", arch="mamba")
-    with pytest.raises(UnsupportedModelError, match="architecture 'mamba' is not supported"):
+@pytest.mark.parametrize("edit,error,message", [
+    (dict(drop_tensor="blk.1.ffn_up.weight"), ModelFormatError, "blk.1.ffn_up.weight is missing"),
+    (dict(reshape="blk.0.attn_norm.weight"), ModelFormatError, "blk.0.attn_norm.weight has shape"),
+    (dict(arch="mamba"), UnsupportedModelError, "architecture 'mamba' is not supported"),
+], ids=["missing-tensor", "misshaped-tensor", "unknown-architecture"])
+def test_inconsistent_model_files(good, tmp_path, edit, error, message):
+    bad = _rewrite_without(good, tmp_path / "edited.gguf", **edit)
+    with pytest.raises(error, match=message):
         Engine.load(str(bad))
 
 
