@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .features import FeatureSet
-from .fit import IndexMemModel, keep_top, kept_attention_residual
-from .losses import indexer_importance, teacher_logits
+from .fit import IndexMemModel, keep_top, memory_case
+from .losses import indexer_importance, memory_loss, teacher_logits
 from .modules import IndexMemSizes
 
 SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
@@ -74,21 +74,10 @@ def evaluate(features_dir: Path, ckpt_dir: Path, ratios=(0.75, 0.9), sinks: int 
                     keep = keep_top(s, budget, sinks)
                     covered = p_t[keep[keep >= sinks] - sinks].sum()
                     recall.setdefault(name, {}).setdefault(ratio, []).append(float(covered))
-            prefix = n - n_trail
-            imp = indexer_importance(model.indexers[il], f["x"][:prefix], f["q_pre"][:prefix], grad=False)
-            keep = keep_top(imp, max(sinks + 1, round(prefix * (1 - memory_ratio))), sinks)
-            o_full, o_kept = kept_attention_residual(f, keep, prefix, scale)
-            evicted = torch.ones(prefix, dtype=torch.bool)
-            evicted[keep] = False
-            mem = model.memories[il]
-            group = fs.manifest["n_head"] // fs.manifest["n_head_kv"]
-            d = fs.manifest["d_head"]
-            state = mem.write(mem.empty_state(),
-                              f["k_pre"][:prefix][evicted].repeat_interleave(group, 1).reshape(-1, d),
-                              f["v"][:prefix][evicted].repeat_interleave(group, 1).reshape(-1, d))
-            readout = mem.read(state, f["q_pre"][prefix:]).flatten(1)
+            case = memory_case(model.indexers[il], f, n_trail, memory_ratio, sinks, scale)
+            o_full, o_kept = case[:2]
             residual["without_memory"].append(float(((o_full - o_kept) ** 2).sum(-1).mean()))
-            residual["with_memory"].append(float(((o_full - o_kept - readout) ** 2).sum(-1).mean()))
+            residual["with_memory"].append(float(memory_loss(model.memories[il], *case)))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     without, with_mem = mean(residual["without_memory"]), mean(residual["with_memory"])
     return {

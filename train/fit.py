@@ -84,6 +84,21 @@ def kept_attention_residual(f: dict, keep: torch.Tensor, prefix: int, scale: flo
     return f["o"][prefix:], o_kept
 
 
+def memory_case(indexer, f: dict, n_trail: int, evict_ratio: float, sinks: int, scale: float,
+                block: int = 256):
+    """The stage-2 setting: the indexer evicts ``evict_ratio`` of the prefix, the trailing
+    ``n_trail`` queries attend to what is kept. Returns the arguments of :func:`memory_loss`
+    after the memory: (o_full, o_kept, trailing pre-RoPE queries, evicted keys, evicted values)."""
+    prefix = f["x"].shape[0] - n_trail
+    with torch.no_grad():
+        imp = indexer_importance(indexer, f["x"][:prefix], f["q_pre"][:prefix], block, grad=False)
+    keep = keep_top(imp, max(sinks + 1, round(prefix * (1 - evict_ratio))), sinks)
+    evicted = torch.ones(prefix, dtype=torch.bool)
+    evicted[keep] = False
+    o_full, o_kept = kept_attention_residual(f, keep, prefix, scale)
+    return o_full, o_kept, f["q_pre"][prefix:], f["k_pre"][:prefix][evicted], f["v"][:prefix][evicted]
+
+
 class Trainer:
     def __init__(self, features: FeatureSet, out_dir: Path, cfg: FitConfig, sizes: IndexMemSizes | None = None):
         self.fs, self.out_dir, self.cfg = features, Path(out_dir), cfg
@@ -119,18 +134,9 @@ class Trainer:
 
     def memory_loss(self, f: dict, il: int) -> torch.Tensor:
         cfg = self.cfg
-        n = f["x"].shape[0]
-        prefix = n - cfg.n_trail
-        with torch.no_grad():
-            imp = indexer_importance(self.model.indexers[il], f["x"][:prefix], f["q_pre"][:prefix],
-                                     cfg.block, grad=False)
-        budget = max(cfg.sinks + 1, round(prefix * (1 - cfg.evict_ratio)))
-        keep = keep_top(imp, budget, cfg.sinks)
-        evicted = torch.ones(prefix, dtype=torch.bool)
-        evicted[keep] = False
-        o_full, o_kept = kept_attention_residual(f, keep, prefix, self.fs.manifest["kq_scale"])
-        return memory_loss(self.model.memories[il], o_full, o_kept, f["q_pre"][prefix:],
-                           f["k_pre"][:prefix][evicted], f["v"][:prefix][evicted])
+        case = memory_case(self.model.indexers[il], f, cfg.n_trail, cfg.evict_ratio, cfg.sinks,
+                           self.fs.manifest["kq_scale"], cfg.block)
+        return memory_loss(self.model.memories[il], *case)
 
     def train_step(self) -> dict:
         cfg = self.cfg
