@@ -27,6 +27,7 @@ from rich.table import Table
 
 from ..engine.api import Engine
 from ..engine.registry import DEFAULT_MODEL, resolve
+from .llama_cpp_ref import open_llama_cpp
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -86,15 +87,13 @@ def main(
     tau: int = typer.Option(16, help="our engine's compression period"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
 ):
-    import llama_cpp
-
     console = Console()
     path = resolve(model, console.print)
     ctx_list = [int(c) for c in contexts.split(",")]
     n_ctx = max(ctx_list) + decode_tokens
     bounded = dict(policy=policy, budget=budget, tau=tau) if policy != "full" else {}
     engine = Engine.load(str(path), n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **bounded)
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
+    llm = open_llama_cpp(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                           n_threads_batch=threads, flash_attn=True, verbose=False)
     rows = []
     with Progress(console=console, transient=True) as progress:

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..convert.reader import load_indexmem
 from ..errors import ContextOverflowError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
 from .cache import KVCache
@@ -15,8 +16,10 @@ from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
 from .generate import decode, prefill
 from .hparams import read_hparams
+from .indexmem import IndexMemModules, IndexMemState, find_indexmem
 from .loader import Weights, check_tensors, open_gguf
 from .models import ARCHITECTURES
+from .policies import POLICIES
 from .registry import resolve
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -28,11 +31,20 @@ class Engine:
     """A loaded model with its own KV cache. Calls are serialized by a lock."""
 
     def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int | None = None,
-                 n_batch: int = 512, device: str = "cpu", budget_config: BudgetConfig | None = None):
+                 n_batch: int = 512, device: str = "cpu", budget_config: BudgetConfig | None = None,
+                 indexmem_path: Path | None = None, memory: bool = False, extra_bufts: bool = True):
         if n_batch < 1 or (n_ctx is not None and n_ctx < 1):
             raise ValueError(f"n_batch and n_ctx must be >= 1 (got {n_batch}, {n_ctx})")
         self.model_path = Path(model_path)
         self.budget_config = (budget_config or BudgetConfig()).validate()
+        needs_modules = memory or POLICIES[self.budget_config.policy].needs_index
+        if needs_modules and indexmem_path is None:
+            raise ValueError(f"policy {self.budget_config.policy!r} with memory={memory} needs IndexMem "
+                             f"modules: pass indexmem='file.gguf' (or use a registry model)")
+        self.indexmem_path = Path(indexmem_path) if indexmem_path else None
+        self.memory = bool(memory)
+        # read and pair-check the IndexMem file before any compute or allocation
+        imf = load_indexmem(self.indexmem_path, base_path=self.model_path) if self.indexmem_path else None
         self._lock = threading.RLock()
         with open_gguf(self.model_path) as gguf:
             arch = gguf.get("general.architecture")
@@ -46,7 +58,8 @@ class Engine:
             infos = check_tensors(gguf, self.model.tensor_specs())
             chat_template = gguf.get("tokenizer.chat_template")
             self.backend = Backend(device=device, n_threads=n_threads)
-            self.model.weights = Weights(gguf, infos, self.backend)
+            self.model.weights = Weights(gguf, infos, self.backend, extra_bufts)
+        self.indexmem = IndexMemModules(imf, self.backend, self.hparams.n_head_kv) if imf else None
         self.tokenizer = Tokenizer(self.model_path, chat_template)
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
@@ -71,23 +84,50 @@ class Engine:
             layer_table.append(layer_table[first_swa] if shared else max(layer_table, default=-1) + 1)
         capacity = min(self.n_ctx, cfg.budget + cfg.tau + self.n_batch)
         cache = KVCache(self.backend, hp.n_layer, hp.n_embd_kv, capacity, layer_table=layer_table)
-        return cache, Evictor(cfg, cache, windows)
+        evictor = Evictor(cfg, cache, windows)
+        if self.indexmem is not None and (evictor.policy.needs_index or self.memory):
+            self._attach_indexmem(cache, evictor)
+        return cache, evictor
+
+    def _attach_indexmem(self, cache: KVCache, evictor: Evictor) -> None:
+        """Index-key cache for the layers the indexer decides, latent memory for the memory
+        layers; both in one buffer sized by the cache capacity."""
+        modules = self.indexmem
+        index_layers = []
+        if evictor.policy.needs_index:
+            index_layers = [il for il, rule in enumerate(evictor.rules) if rule.by_policy]
+            missing = sorted(set(index_layers) - set(modules.layers))
+            if missing:
+                raise UnsupportedModelError(f"{modules.path}: no indexer for layer(s) {missing}")
+        memory_layers = modules.memory_layers if self.memory else []
+        state = IndexMemState(modules, self.backend, cache.capacity, index_layers, memory_layers)
+        for il in index_layers:
+            cache.layers[il].extra = (state.keys[il],)
+        cache.record_evicted = set(memory_layers)
+        cache.indexmem = state
 
     @classmethod
     def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
-             progress=lambda msg: None, policy: str = "full", budget: int | None = None,
-             evict_ratio: float | None = None, sinks: int = 4, window: int = 0, tau: int = 16,
-             **options) -> "Engine":
+             progress=lambda msg: None, policy: str | None = None, budget: int | None = None,
+             evict_ratio: float | None = None, sinks: int = 4, window: int = 0, tau: int | None = None,
+             indexmem=None, memory: bool | None = None, **options) -> "Engine":
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
 
-        Bounded KV cache: ``policy`` (full, streaming, h2o, snapkv, tova, keydiff, random),
-        ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first tokens and
-        ``window`` recent tokens always kept, compression every ``tau`` tokens past the budget.
-        Policy parameters: ``seed`` (random), ``obs_window`` and ``pool_kernel`` (snapkv),
-        ``recent_ratio`` (h2o: the share of the budget kept for the most recent tokens)."""
-        engine_opts = {k: options.pop(k) for k in ("n_batch", "device") if k in options}
-        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel", "recent_ratio")
-                       if k in options}
+        IndexMem: ``indexmem`` is a sidecar GGUF, or None to use the modules merged into the
+        model file or shipped with the package for a registry model (False: none). With modules
+        the default policy is ``indexmem`` with the sidecar's budget and the latent memory on;
+        ``memory`` turns the memory on or off behind any policy.
+
+        Bounded KV cache: ``policy`` (full, indexmem, streaming, h2o, snapkv, tova, keydiff,
+        random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
+        tokens and ``window`` recent tokens always kept, compression every ``tau`` tokens past
+        the budget. Policy parameters: ``gamma`` (indexmem), ``seed`` (random), ``obs_window``
+        and ``pool_kernel`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
+        recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
+        instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
+        engine_opts = {k: options.pop(k) for k in ("n_batch", "device", "extra_bufts") if k in options}
+        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel", "recent_ratio",
+                                                   "gamma") if k in options}
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)}")
         if budget is not None and evict_ratio is not None:
@@ -96,10 +136,24 @@ class Engine:
             if n_ctx is None:
                 raise ValueError("evict_ratio needs n_ctx (the context the ratio applies to)")
             budget = budget_from_ratio(n_ctx, evict_ratio)
-        config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window, tau=tau,
+        # everything checkable is checked before a model is read or downloaded; an indexmem
+        # budget may still come from the sidecar, so a stand-in that passes is used for it
+        stand_in = budget if budget is not None or policy not in (None, "indexmem") else sinks + window + 1
+        BudgetConfig(policy=policy or "full", budget=stand_in, sinks=sinks, window=window,
+                     tau=16 if tau is None else tau, params=policy_opts).validate()
+        model_path = resolve(model, progress)
+        indexmem_path, defaults = find_indexmem(model, model_path, indexmem)
+        if policy is None:
+            policy = "indexmem" if indexmem_path else "full"
+        if memory is None:
+            memory = bool(indexmem_path) and policy == "indexmem"
+        if policy == "indexmem" and budget is None:
+            budget = defaults.get("budget")
+        config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window,
+                              tau=tau if tau is not None else defaults.get("tau", 16),
                               params=policy_opts).validate()
-        return cls(resolve(model, progress), n_threads=n_threads, n_ctx=n_ctx, budget_config=config,
-                   **engine_opts)
+        return cls(model_path, n_threads=n_threads, n_ctx=n_ctx, budget_config=config,
+                   indexmem_path=indexmem_path, memory=memory, **engine_opts)
 
     # --- text --------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -115,6 +169,8 @@ class Engine:
     def reset(self) -> None:
         with self._lock:
             self.cache.clear()
+            if self.cache.indexmem is not None:
+                self.cache.indexmem.clear()
             if self.runner.evictor:
                 self.runner.evictor.clear()
             self._history = []
@@ -206,6 +262,9 @@ class Engine:
 
     # --- introspection -----------------------------------------------------------------
     def stats(self) -> dict:
+        state = self.cache.indexmem
+        index_bytes = state.index_bytes if state else 0
+        memory_bytes = state.memory_bytes if state else 0
         return {
             "model_path": str(self.model_path),
             "arch": self.hparams.arch,
@@ -216,8 +275,12 @@ class Engine:
             "tokens_evicted": list(self.cache.tokens_evicted),
             "policy": self.budget_config.policy,
             "budget": self.budget_config.budget if self.runner.evictor else None,
-            "cache_buffers": {"kv": self.cache.nbytes},
+            "indexmem": str(self.indexmem_path) if self.indexmem_path else None,
+            "memory": self.cache.indexmem is not None and bool(self.cache.indexmem.memory_layers),
+            "cache_buffers": {"kv": self.cache.nbytes, "index_keys": index_bytes, "memory": memory_bytes},
             "kv_bytes": self.cache.nbytes,
+            "index_bytes": index_bytes,
+            "memory_bytes": memory_bytes,
             "weights_bytes": self.model.weights.nbytes,
             "compute_bytes": self.backend.compute_buffer_bytes(),
             "graphs_built": self.runner.graphs_built,
@@ -226,6 +289,10 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self.runner.invalidate()
+            if self.cache.indexmem is not None:
+                self.cache.indexmem.close()
+            if self.indexmem is not None:
+                self.indexmem.close()
             self.cache.close()
             self.model.weights.close()
             self.backend.close()

@@ -85,12 +85,14 @@ class SlotTable:
 class LayerKV:
     k: int  # ggml tensor [n_embd_kv, capacity], F16, post-RoPE keys
     v: int  # ggml tensor [n_embd_kv, capacity], F16
+    extra: tuple = ()  # per-slot side data [*, capacity] that moves with K/V (index keys)
 
 
 def add_compaction(g, layer: LayerKV, src, dst) -> None:
-    """Graph nodes moving cache rows ``src`` → ``dst`` of one layer's K and V inside the backend
-    buffer (``src`` I32, as get_rows takes; ``dst`` I64). All rows are read before any is written."""
-    for t in (layer.k, layer.v):
+    """Graph nodes moving cache rows ``src`` → ``dst`` of one layer's K, V and side data inside
+    the backend buffer (``src`` I32, as get_rows takes; ``dst`` I64). All rows are read before
+    any is written."""
+    for t in (layer.k, layer.v, *layer.extra):
         g.expand(C.ggml_set_rows(g.ctx, t, C.ggml_get_rows(g.ctx, t, src), dst))
 
 
@@ -119,6 +121,10 @@ class KVCache:
         self.tokens_seen = 0
         self.tokens_evicted = [0] * n_layer
         self.pending_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (src, dst)
+        # layers whose evicted tokens are kept for the latent memory, until the next graph reads them
+        self.record_evicted: set[int] = set()
+        self.pending_evicted: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (slots, positions)
+        self.indexmem = None  # IndexMemState (index keys, latent memory) when IndexMem is on
 
     def table_of(self, il: int) -> SlotTable:
         return self.tables[self.layer_table[il]]
@@ -135,12 +141,16 @@ class KVCache:
         t = self.layer_table[il]
         table = self.tables[t]
         n_before = table.n_used
+        gone = np.setdiff1d(np.flatnonzero(table.positions[:n_before] >= 0), keep, assume_unique=True)
+        gone_positions = table.positions[gone].copy()
         src, dst = table.compact(keep)
         for layer in self.layers_of(t):
-            if layer in self.pending_moves:
+            if layer in self.pending_moves or layer in self.pending_evicted:
                 raise RuntimeError("compaction queued twice without a step in between")
             if len(src):
                 self.pending_moves[layer] = (src, dst)
+            if layer in self.record_evicted and len(gone):
+                self.pending_evicted[layer] = (gone.astype(np.int64), gone_positions)
             self.tokens_evicted[layer] += n_before - len(keep)
         return src, dst
 
@@ -154,6 +164,7 @@ class KVCache:
         self.tokens_seen = 0
         self.tokens_evicted = [0] * self.n_layer
         self.pending_moves = {}
+        self.pending_evicted = {}
 
     def close(self) -> None:
         if getattr(self, "buffer", None):

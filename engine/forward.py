@@ -16,6 +16,7 @@ from ..ggml_ops.graph import Graph
 from ..ggml_ops.structs import GGMLType
 from .cache import KVCache, add_compaction
 from .eviction import Evictor
+from .memory_write import add_memory_write, memory_write_inputs
 from .models.builder import Builder, StepPlan
 from .policies.base import LayerObservation
 
@@ -65,6 +66,7 @@ class ForwardRunner:
             attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
             if self.evictor.policy.needs_keys:
                 capture |= {f"Kcur-{il}" for il in range(n_layer)}
+        index, mem_write, mem_read = self._plan_indexmem(n_used)
         plan = StepPlan(
             n_tokens=n_tokens,
             n_out=n_tokens if all_logits else 1,
@@ -74,8 +76,28 @@ class ForwardRunner:
             layer_moves=tuple(moves),
             layer_attn=tuple(attn),
             capture=frozenset(capture),
+            layer_index=index,
+            layer_mem_write=mem_write,
+            layer_mem_read=mem_read,
         )
         return plan, n_used, mask_keys
+
+    def _plan_indexmem(self, n_used: list[int]):
+        """Which layers score with the indexer, write how many evicted tokens into their
+        memory, and read it. Once a layer's memory is in use, every step carries a (possibly
+        all-padding) write of at least MOVE_BUCKET rows, so decode steps share one graph."""
+        state, n_layer = self.cache.indexmem, self.model.hp.n_layer
+        if state is None:
+            return (), (), ()
+        pending = self.cache.pending_evicted
+        index = tuple(il in state.keys for il in range(n_layer))
+        write, read = [0] * n_layer, [False] * n_layer
+        for il in state.memory_layers:
+            if il in pending or il in state.memory_used:
+                n_real = len(pending[il][0]) if il in pending else 0
+                write[il] = max(1, -(-n_real // MOVE_BUCKET)) * MOVE_BUCKET
+                read[il] = True
+        return index, tuple(write), tuple(read)
 
     def _graph_for(self, plan: StepPlan):
         if plan != self._plan or self._graph is None:
@@ -112,6 +134,10 @@ class ForwardRunner:
                 g.set_input(f"move_dst-{il}", self._pad_moves(il, n_moves, n_used[il], 1))
         if plan.n_out < plan.n_tokens:
             g.set_input("out_ids", np.array([plan.n_tokens - 1], dtype=np.int32))
+        for il, n_rows in enumerate(plan.layer_mem_write):
+            if n_rows:
+                for name, arr in memory_write_inputs(self.cache, il, n_rows, self.model.hp.n_head_kv).items():
+                    g.set_input(name, arr)
 
     def _pad_moves(self, il: int, n_moves: int, n_keep: int, which: int) -> np.ndarray:
         """Real moves, then no-op moves up to the bucket size: free slots (>= n_keep, never a
@@ -132,7 +158,7 @@ class ForwardRunner:
         g = self._graph_for(plan)
         self._set_inputs(g, plan, tokens, positions, n_used, mask_keys)
         self.backend.compute(g.gf)
-        self.cache.pending_moves = {}
+        self._moves_done()
         slots = {}
         for il in range(self.model.hp.n_layer):
             t = self.cache.layer_table[il]
@@ -152,6 +178,8 @@ class ForwardRunner:
         for il in range(hp.n_layer):
             table = self.cache.table_of(il)
             o = LayerObservation(positions=table.positions[: table.n_used])
+            if plan.layer_index and plan.layer_index[il]:
+                o.index_scores = g.read(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
             if plan.layer_attn[il]:
                 o.attn_mass = g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
             key = f"Kcur-{il}"
@@ -161,23 +189,39 @@ class ForwardRunner:
             obs[il] = o
         return obs
 
+    def _moves_done(self) -> None:
+        cache = self.cache
+        if cache.indexmem is not None:
+            cache.indexmem.memory_used |= set(cache.pending_evicted)
+        cache.pending_moves = {}
+        cache.pending_evicted = {}
+
     def flush(self) -> None:
-        """Run queued compaction moves now (before the cache is read from outside a step)."""
-        if not self.cache.pending_moves:
+        """Run queued memory writes and compaction moves now (before the cache or the memory
+        is read from outside a step)."""
+        cache = self.cache
+        if not cache.pending_moves and not cache.pending_evicted:
             return
-        g = Graph(max_nodes=64 + 8 * self.cache.n_layer)
-        for il, (src, dst) in self.cache.pending_moves.items():
+        g = Graph(max_nodes=64 + 48 * cache.n_layer)
+        hkv = self.model.hp.n_head_kv
+        writes = {il: len(slots) for il, (slots, _) in cache.pending_evicted.items()}
+        for il, n_rows in writes.items():
+            add_memory_write(g, self.model, cache, il, n_rows)
+        for il, (src, dst) in cache.pending_moves.items():
             s = g.input(f"src-{il}", GGMLType.I32, len(src))
             d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
-            add_compaction(g, self.cache.layers[il], s, d)
+            add_compaction(g, cache.layers[il], s, d)
         self.invalidate()  # the step graph must be re-placed after this one used the buffer
         self.backend.alloc_graph(g.gf)
-        for il, (src, dst) in self.cache.pending_moves.items():
+        for il, n_rows in writes.items():
+            for name, arr in memory_write_inputs(cache, il, n_rows, hkv).items():
+                g.set_input(name, arr)
+        for il, (src, dst) in cache.pending_moves.items():
             g.set_input(f"src-{il}", src.astype(np.int32))
             g.set_input(f"dst-{il}", dst)
         self.backend.compute(g.gf)
         g.close()
-        self.cache.pending_moves = {}
+        self._moves_done()
 
     def invalidate(self) -> None:
         """Forget the built graph (after the cache buffers or the model changed)."""

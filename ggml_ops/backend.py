@@ -15,6 +15,7 @@ from . import structs as S
 from .bindings import C, tensor_struct
 
 GRAPH_SIZE = 8192  # max nodes per graph; a 62-layer model needs ~40 per layer
+UNSAFE_BUFTS = {b"AMX"}  # extra CPU weight buffer types never used (see extra_weight_bufts)
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,20 @@ class Backend:
             raise BackendError("out of memory allocating a backend buffer")
         return buf
 
+    def unsafe_bufts_present(self) -> bool:
+        """Does this CPU offer a buffer type we refuse (AMX)? llama.cpp would use it."""
+        return any(C.ggml_backend_buft_name(b) in UNSAFE_BUFTS for b in self._raw_extra_bufts())
+
     def extra_weight_bufts(self) -> list[int]:
         """The CPU's extra weight buffer types (e.g. ``CPU_REPACK``: quantized weights
-        re-laid out for the SIMD GEMM kernels), which llama.cpp also uses. Empty on GPUs."""
+        re-laid out for the SIMD GEMM kernels), which llama.cpp also uses. Empty on GPUs.
+
+        ``AMX`` is left out: its mul_mat segfaults on machines whose CPUs report AMX (seen on
+        this project's 2-core machines; llama.cpp issue 20824), and for one-token decoding on
+        a few cores it buys nothing."""
+        return [b for b in self._raw_extra_bufts() if C.ggml_backend_buft_name(b) not in UNSAFE_BUFTS]
+
+    def _raw_extra_bufts(self) -> list[int]:
         if self.main != self.cpu:
             return []
         dev = C.ggml_backend_get_device(self.cpu)

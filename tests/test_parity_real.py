@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from indexmem import Engine
+from conftest import match_llama_cpp
 from parity import reference_greedy, reference_logits, report
 
 
@@ -26,7 +27,7 @@ def real_text() -> str:
 
 @pytest.fixture(scope="module")
 def engine(default_model_path):
-    return Engine.load(str(default_model_path), n_ctx=1024)
+    return Engine.load(str(default_model_path), n_ctx=1024, **match_llama_cpp())
 
 
 def test_top1_agreement_over_512_positions_of_real_text(engine, default_model_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from indexmem import Engine
+from conftest import match_llama_cpp
 from parity import reference_greedy, reference_logits, report
 from tiny_models import random_prompt
 
@@ -27,7 +28,7 @@ def _check(name, ours, ref):
 def test_logits_every_position_match_llama_cpp(tiny_model):
     arch, path = tiny_model
     tokens = random_prompt(100, seed=3)
-    eng = Engine.load(str(path), n_ctx=N_CTX)
+    eng = Engine.load(str(path), n_ctx=N_CTX, **match_llama_cpp())
     _check(arch, eng.logits(tokens), reference_logits(path, tokens, N_CTX))
 
 
@@ -35,7 +36,7 @@ def test_logits_every_position_match_llama_cpp(tiny_model):
 def test_chunked_prefill_matches_llama_cpp_with_the_same_chunks(tiny_model, n_batch):
     arch, path = tiny_model
     tokens = random_prompt(60, seed=4)
-    eng = Engine.load(str(path), n_ctx=N_CTX, n_batch=n_batch)
+    eng = Engine.load(str(path), n_ctx=N_CTX, n_batch=n_batch, **match_llama_cpp())
     _check(f"{arch} n_batch={n_batch}", eng.logits(tokens),
            reference_logits(path, tokens, N_CTX, n_batch=n_batch))
 
@@ -43,6 +44,6 @@ def test_chunked_prefill_matches_llama_cpp_with_the_same_chunks(tiny_model, n_ba
 def test_32_greedy_tokens_identical_to_llama_cpp(tiny_model):
     arch, path = tiny_model
     prompt = random_prompt(40, seed=5)
-    eng = Engine.load(str(path), n_ctx=N_CTX)
+    eng = Engine.load(str(path), n_ctx=N_CTX, **match_llama_cpp())
     ours = list(eng.generate_tokens(prompt, max_tokens=32, stop_at_eog=False))
     assert ours == reference_greedy(path, prompt, 32, N_CTX)

@@ -50,8 +50,10 @@ def _add(writer, name, array, qtype=Q.F32):
         writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
-def write_tiny_model(path: str | Path, arch: str, seed: int = 0, **overrides) -> Path:
-    """Write a tiny ``arch`` model to ``path`` and return it."""
+def write_tiny_model(path: str | Path, arch: str, seed: int = 0, all_f32: bool = False,
+                     n_ctx_train: int = 2048, **overrides) -> Path:
+    """Write a tiny ``arch`` model to ``path`` and return it (``all_f32``: no quantized or f16
+    weights, for references that should not emulate ggml's quantized matmuls)."""
     cfg = {**ARCH_DEFAULTS[arch], **overrides}
     rng = np.random.default_rng(seed)
     n_layer, n_embd, n_head, n_head_kv, hd, n_ff = (
@@ -62,7 +64,7 @@ def write_tiny_model(path: str | Path, arch: str, seed: int = 0, **overrides) ->
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_block_count(n_layer)
-    w.add_context_length(2048)
+    w.add_context_length(n_ctx_train)
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
@@ -84,6 +86,8 @@ def write_tiny_model(path: str | Path, arch: str, seed: int = 0, **overrides) ->
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
 
+    add = (lambda writer, name, array, qtype=Q.F32: _add(writer, name, array)) if all_f32 else _add
+
     def normal(*shape, std):
         return rng.normal(0.0, std, size=shape).astype(np.float32)
 
@@ -91,31 +95,31 @@ def write_tiny_model(path: str | Path, arch: str, seed: int = 0, **overrides) ->
         return (1.0 + 0.1 * rng.normal(size=n)).astype(np.float32)
 
     # numpy shape is ggml's reversed: (out, in) for a projection
-    _add(w, "token_embd.weight", normal(n_vocab, n_embd, std=1.0), Q.Q8_0)
-    _add(w, "output_norm.weight", norm_weight(n_embd))
+    add(w, "token_embd.weight", normal(n_vocab, n_embd, std=1.0), Q.Q8_0)
+    add(w, "output_norm.weight", norm_weight(n_embd))
     if arch != "gemma3":  # gemma3 ties the output to the embeddings
-        _add(w, "output.weight", normal(n_vocab, n_embd, std=0.5), Q.F16)
+        add(w, "output.weight", normal(n_vocab, n_embd, std=0.5), Q.F16)
     for il in range(n_layer):
         p = f"blk.{il}."
-        _add(w, p + "attn_norm.weight", norm_weight(n_embd))
-        _add(w, p + "attn_q.weight", normal(n_head * hd, n_embd, std=0.3), Q.F16)
-        _add(w, p + "attn_k.weight", normal(n_head_kv * hd, n_embd, std=0.3), Q.Q8_0)
-        _add(w, p + "attn_v.weight", normal(n_head_kv * hd, n_embd, std=0.3), Q.F16)
-        _add(w, p + "attn_output.weight", normal(n_embd, n_head * hd, std=0.15), Q.Q8_0)
-        _add(w, p + "ffn_norm.weight", norm_weight(n_embd))
-        _add(w, p + "ffn_gate.weight", normal(n_ff, n_embd, std=0.15), Q.Q4_0)
-        _add(w, p + "ffn_up.weight", normal(n_ff, n_embd, std=0.15), Q.Q8_0)
-        _add(w, p + "ffn_down.weight", normal(n_embd, n_ff, std=0.1), Q.Q4_0)
+        add(w, p + "attn_norm.weight", norm_weight(n_embd))
+        add(w, p + "attn_q.weight", normal(n_head * hd, n_embd, std=0.3), Q.F16)
+        add(w, p + "attn_k.weight", normal(n_head_kv * hd, n_embd, std=0.3), Q.Q8_0)
+        add(w, p + "attn_v.weight", normal(n_head_kv * hd, n_embd, std=0.3), Q.F16)
+        add(w, p + "attn_output.weight", normal(n_embd, n_head * hd, std=0.15), Q.Q8_0)
+        add(w, p + "ffn_norm.weight", norm_weight(n_embd))
+        add(w, p + "ffn_gate.weight", normal(n_ff, n_embd, std=0.15), Q.Q4_0)
+        add(w, p + "ffn_up.weight", normal(n_ff, n_embd, std=0.15), Q.Q8_0)
+        add(w, p + "ffn_down.weight", normal(n_embd, n_ff, std=0.1), Q.Q4_0)
         if arch == "qwen2":
-            _add(w, p + "attn_q.bias", normal(n_head * hd, std=0.1))
-            _add(w, p + "attn_k.bias", normal(n_head_kv * hd, std=0.1))
-            _add(w, p + "attn_v.bias", normal(n_head_kv * hd, std=0.1))
+            add(w, p + "attn_q.bias", normal(n_head * hd, std=0.1))
+            add(w, p + "attn_k.bias", normal(n_head_kv * hd, std=0.1))
+            add(w, p + "attn_v.bias", normal(n_head_kv * hd, std=0.1))
         if arch in ("qwen3", "gemma3"):
-            _add(w, p + "attn_q_norm.weight", norm_weight(hd))
-            _add(w, p + "attn_k_norm.weight", norm_weight(hd))
+            add(w, p + "attn_q_norm.weight", norm_weight(hd))
+            add(w, p + "attn_k_norm.weight", norm_weight(hd))
         if arch == "gemma3":
-            _add(w, p + "post_attention_norm.weight", norm_weight(n_embd))
-            _add(w, p + "post_ffw_norm.weight", norm_weight(n_embd))
+            add(w, p + "post_attention_norm.weight", norm_weight(n_embd))
+            add(w, p + "post_ffw_norm.weight", norm_weight(n_embd))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -10,6 +10,7 @@ class DecoderModel:
     """A decoder-only transformer. Subclasses set ``arch`` and implement ``build``."""
 
     arch: str = ""
+    rope_type: int = 0
     swa_default_pattern: int = 0  # for sliding-window models: every n-th layer is global
 
     def __init__(self, hp: HParams):
@@ -48,6 +49,11 @@ class DecoderModel:
     def layer_window(self, il: int) -> int:
         """Sliding window of layer ``il`` (0: full causal attention)."""
         return self.hp.sliding_window if self.hp.is_swa(il) else 0
+
+    def rope_args(self, il: int) -> tuple[int, float, float, str | None]:
+        """RoPE of layer ``il``: (mode, frequency base, frequency scale, name of a frequency
+        factors tensor or None)."""
+        return self.rope_type, self.hp.rope_base, self.hp.rope_scale, None
 
     def build(self, b):
         raise NotImplementedError

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
+from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
 from ..cache import KVCache, add_compaction
+from ..memory_write import add_memory_write
+
+
+def rope(ctx, model, il: int, x, pos):
+    hp = model.hp
+    mode, base, scale, factors = model.rope_args(il)
+    factors = model.weights.get(factors) if factors else None
+    return C.ggml_rope_ext(ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale,
+                           0.0, 1.0, 32.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -22,7 +32,9 @@ class StepPlan:
     """The shape of one forward step; two steps with equal plans share one graph.
 
     Per layer: visible cache slots, which mask and which write-index input it uses, how many
-    queued compaction moves run first, and how many of the last queries report attention."""
+    queued compaction moves run first, how many of the last queries report attention, and
+    IndexMem's parts: whether the indexer scores the cache, how many evicted tokens the latent
+    memory absorbs first, and whether its readout is added to attention."""
     n_tokens: int
     n_out: int  # rows of logits produced: n_tokens (all) or 1 (last)
     layer_n_kv: tuple[int, ...]
@@ -31,6 +43,9 @@ class StepPlan:
     layer_moves: tuple[int, ...] = ()
     layer_attn: tuple[int, ...] = ()
     capture: frozenset = frozenset()
+    layer_index: tuple[bool, ...] = ()
+    layer_mem_write: tuple[int, ...] = ()
+    layer_mem_read: tuple[bool, ...] = ()
 
     def mask_sizes(self) -> dict[int, int]:
         return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
@@ -53,10 +68,16 @@ class Builder:
         self.masks = {m: self.g.input(f"mask-{m}", GGMLType.F16, n_kv, n)
                       for m, n_kv in plan.mask_sizes().items()}
         self.out_ids = self.g.input("out_ids", GGMLType.I32, plan.n_out) if plan.n_out < n else None
+        self.memory = {}  # layer -> (M, b) tensors the readout uses
         self._compaction()
 
     def _compaction(self):
-        """Queued cache moves (slot src → slot dst) of every layer, before anything reads it."""
+        """Evicted tokens into the latent memory, then the queued cache moves (slot src → slot
+        dst) of every layer, before anything reads the cache. Nodes run in the order they are
+        expanded, so the memory reads the evicted rows before the moves overwrite them."""
+        for il, n_rows in enumerate(self.plan.layer_mem_write):
+            if n_rows:
+                self.memory[il] = add_memory_write(self.g, self.model, self.cache, il, n_rows)
         for il, n_moves in enumerate(self.plan.layer_moves):
             if not n_moves:
                 continue
@@ -99,10 +120,10 @@ class Builder:
         v = C.ggml_reshape_3d(self.ctx, v, hp.head_dim, hp.n_head_kv, n)
         return q, k, self.cb(v, "Vcur", il)
 
-    def rope(self, x, il: int, rope_type: int, freq_base: float, freq_scale: float, factors=None):
-        hp = self.hp
-        return C.ggml_rope_ext(self.ctx, x, self.pos, factors, hp.n_rot, rope_type, hp.n_ctx_train,
-                               freq_base, freq_scale, 0.0, 1.0, 32.0, 1.0)
+    def rope(self, x, il: int, pos=None):
+        """RoPE of layer ``il`` (the model's :meth:`rope_args`) at this step's positions, or at
+        ``pos`` (negative positions undo the rotation)."""
+        return rope(self.ctx, self.model, il, x, self.pos if pos is None else pos)
 
     def attention(self, il: int, q, k, v, kq_scale: float):
         """Write this step's K/V into the layer's cache slots, attend over the visible slots.
@@ -121,12 +142,34 @@ class Builder:
         vview = C.ggml_view_3d(ctx, layer.v, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
         qp = C.ggml_permute(ctx, q, 0, 2, 1, 3)
         mask = self.masks[plan.layer_mask[il]]
+        if plan.layer_index and plan.layer_index[il]:
+            self.index_importance(il, idx, mask, n_kv)
         cur = C.ggml_flash_attn_ext(ctx, qp, kview, vview, mask, kq_scale, 0.0, 0.0)
         C.ggml_prec_set_acc(cur, GGML_PREC_F32)
         cur = C.ggml_reshape_2d(ctx, cur, hp.n_embd_q, n)
         if plan.layer_attn and plan.layer_attn[il]:
             self.attention_mass(il, q, kview, mask, kq_scale, plan.layer_attn[il])
+        if plan.layer_mem_read and plan.layer_mem_read[il]:
+            cur = C.ggml_add(ctx, self.cb(cur, "kqv_attn", il), self.memory_readout(il))
         return self.cb(cur, "kqv_out", il)
+
+    # --- IndexMem ----------------------------------------------------------------------
+    def index_importance(self, il: int, idx, mask, n_kv: int):
+        """Cache this step's index keys (in the slots its K/V go to) and score every visible
+        slot with the indexer, max over this step's queries: ``idx_imp-<il>``, [n_kv]."""
+        ctx, state = self.ctx, self.cache.indexmem
+        iw = state.modules.indexer(il)
+        x, q_pre = self.g.named[f"attn_norm-{il}"], self.g.named[f"Qpre-{il}"]
+        self.g.expand(C.ggml_set_rows(ctx, state.keys[il], index_keys(ctx, x, iw), idx))
+        q, a = index_queries(ctx, x, q_pre, iw)
+        self.g.output(self.cb(importance(ctx, q, a, state.keys[il], n_kv, mask), "idx_imp", il))
+
+    def memory_readout(self, il: int):
+        """g(q)·m(q) of this step's pre-RoPE queries against the layer's latent memory."""
+        state = self.cache.indexmem
+        m, b = self.memory.get(il) or (state.mem_m[il], state.mem_b[il])
+        out = memory_read(self.ctx, self.g.named[f"Qpre-{il}"], m, b, state.modules.memory(il))
+        return self.cb(out, "kqv_mem", il)
 
     def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):
         """Attention probability each visible slot receives from the last ``n_queries`` queries,

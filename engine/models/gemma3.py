@@ -25,20 +25,23 @@ class Gemma3Model(DecoderModel):
             ("post_ffw_norm.weight", (hp.n_embd,), True),
         ]
 
+    def rope_args(self, il):
+        hp = self.hp
+        if hp.is_swa(il):  # local layers: their own base, no scaling
+            return self.rope_type, hp.rope_base_swa, 1.0, None
+        return self.rope_type, hp.rope_base, hp.rope_scale, None
+
     def build(self, b):
         hp, ctx = self.hp, b.ctx
         q_scale = 1.0 / math.sqrt(hp.head_dim)
         x = b.cb(C.ggml_scale(ctx, b.embed(), math.sqrt(hp.n_embd)), "inp_scaled")
         for il in range(hp.n_layer):
-            local = hp.is_swa(il)
-            base = hp.rope_base_swa if local else hp.rope_base
-            scale = 1.0 if local else hp.rope_scale
             cur = b.norm(x, b.lw(il, "attn_norm.weight"), "attn_norm", il)
             q, k, v = b.qkv(cur, il)
             q = b.norm(q, b.lw(il, "attn_q_norm.weight"), "Qpre", il)
             k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kpre", il)
-            q = b.rope(q, il, self.rope_type, base, scale)
-            k = b.cb(b.rope(k, il, self.rope_type, base, scale), "Kcur", il)
+            q = b.rope(q, il)
+            k = b.cb(b.rope(k, il), "Kcur", il)
             q = b.cb(C.ggml_scale(ctx, q, q_scale), "Qcur", il)
             cur = b.attention(il, q, k, v, 1.0)
             cur = b.linear(b.lw(il, "attn_output.weight"), cur)

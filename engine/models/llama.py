@@ -19,6 +19,9 @@ class LlamaModel(DecoderModel):
         # Llama 3 long-context frequency factors, one tensor shared by all layers
         return super().tensor_specs() + [TensorSpec("rope_freqs.weight", (self.hp.n_rot // 2,), False)]
 
+    def rope_args(self, il):
+        return self.rope_type, self.hp.rope_base, self.hp.rope_scale, "rope_freqs.weight"
+
     def build(self, b):
         hp, ctx = self.hp, b.ctx
         kq_scale = 1.0 / math.sqrt(hp.head_dim)
@@ -28,9 +31,8 @@ class LlamaModel(DecoderModel):
             q, k, v = b.qkv(cur, il)
             b.cb(q, "Qpre", il)
             b.cb(k, "Kpre", il)
-            factors = b.w.get("rope_freqs.weight")
-            q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Qcur", il)
-            k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale, factors), "Kcur", il)
+            q = b.cb(b.rope(q, il), "Qcur", il)
+            k = b.cb(b.rope(k, il), "Kcur", il)
             cur = b.attention(il, q, k, v, kq_scale)
             cur = b.linear(b.lw(il, "attn_output.weight"), cur, b.lw(il, "attn_output.bias"))
             if il == hp.n_layer - 1:

@@ -34,8 +34,8 @@ class Qwen2Model(DecoderModel):
             q, k, v = b.qkv(cur, il)
             b.cb(q, "Qpre", il)
             b.cb(k, "Kpre", il)
-            q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale), "Qcur", il)
-            k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale), "Kcur", il)
+            q = b.cb(b.rope(q, il), "Qcur", il)
+            k = b.cb(b.rope(k, il), "Kcur", il)
             cur = b.attention(il, q, k, v, 1.0 / math.sqrt(hp.head_dim))
             cur = b.linear(b.lw(il, "attn_output.weight"), cur)
             if il == hp.n_layer - 1:

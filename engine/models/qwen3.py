@@ -29,8 +29,8 @@ class Qwen3Model(DecoderModel):
             q, k, v = b.qkv(cur, il)
             q = b.norm(q, b.lw(il, "attn_q_norm.weight"), "Qpre", il)
             k = b.norm(k, b.lw(il, "attn_k_norm.weight"), "Kpre", il)
-            q = b.cb(b.rope(q, il, self.rope_type, hp.rope_base, hp.rope_scale), "Qcur", il)
-            k = b.cb(b.rope(k, il, self.rope_type, hp.rope_base, hp.rope_scale), "Kcur", il)
+            q = b.cb(b.rope(q, il), "Qcur", il)
+            k = b.cb(b.rope(k, il), "Kcur", il)
             cur = b.attention(il, q, k, v, 1.0 / math.sqrt(hp.head_dim))
             cur = b.linear(b.lw(il, "attn_output.weight"), cur)
             if il == hp.n_layer - 1:

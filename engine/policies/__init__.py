@@ -2,6 +2,7 @@
 
 from .full import FullPolicy
 from .h2o import H2OPolicy
+from .indexmem import IndexMemPolicy
 from .keydiff import KeyDiffPolicy
 from .random import RandomPolicy
 from .snapkv import SnapKVPolicy
@@ -9,4 +10,5 @@ from .streaming import StreamingPolicy
 from .tova import TOVAPolicy
 
 POLICIES = {cls.name: cls for cls in (FullPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy,
-                                      TOVAPolicy, KeyDiffPolicy, RandomPolicy)}
+                                      TOVAPolicy, KeyDiffPolicy, RandomPolicy,
+                                      IndexMemPolicy)}

@@ -19,6 +19,7 @@ class LayerObservation:
     attn_mass: np.ndarray | None = None  # attention probability mass each slot received
     new_keys: np.ndarray | None = None  # [n_new, n_head_kv, head_dim] post-RoPE keys of this step
     new_slots: np.ndarray | None = None  # where those keys were written
+    index_scores: np.ndarray | None = None  # IndexMem indexer importance, max over this step's queries
 
 
 class Policy:
@@ -26,6 +27,7 @@ class Policy:
     # which queries' attention the graph must report: None, "all", "last" or "window"
     attention_queries: str | None = None
     needs_keys = False
+    needs_index = False  # scores from IndexMem's indexer (needs its modules loaded)
 
     @classmethod
     def validate_params(cls, **params) -> None:

@@ -1,0 +1,39 @@
+"""How benchmarks name a cache configuration: a policy, optionally with IndexMem's memory.
+
+``full`` (no eviction), ``indexmem`` (indexer + latent memory), ``indexmem-nomem`` (indexer
+only), any heuristic (``snapkv``, ``tova``, ...) and ``<heuristic>+mem`` (the heuristic with the
+latent memory behind it)."""
+
+from __future__ import annotations
+
+from ..engine.eviction import budget_from_ratio
+from ..engine.policies import POLICIES
+
+HEURISTICS = ("streaming", "h2o", "snapkv", "tova", "keydiff", "random")
+
+
+def engine_options(spec: str, context: int, evict_ratio: float, indexmem=None) -> dict:
+    """Engine.load keyword arguments for ``spec`` at ``evict_ratio`` of a ``context`` prompt.
+    ``indexmem``: a sidecar path, or None for the modules merged or shipped with the model."""
+    if spec == "full":
+        return dict(policy="full", indexmem=False)
+    policy, memory = spec, False
+    if spec == "indexmem":
+        memory = True
+    elif spec == "indexmem-nomem":
+        policy = "indexmem"
+    elif spec.endswith("+mem"):
+        policy, memory = spec[:-4], True
+    if policy not in POLICIES or policy == "full":
+        raise ValueError(f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem, "
+                         f"a policy ({', '.join(HEURISTICS)}) or <policy>+mem")
+    uses_modules = memory or policy == "indexmem"
+    return dict(policy=policy, memory=memory, budget=budget_from_ratio(context, evict_ratio),
+                indexmem=indexmem if uses_modules else False)
+
+
+def parse_specs(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    for s in specs:
+        engine_options(s, 1000, 0.5)  # raises on a bad name before any model is loaded
+    return specs

@@ -1,0 +1,1 @@
+"""Trained IndexMem sidecars of the registry models (written by indexmem-convert from checkpoints/)."""

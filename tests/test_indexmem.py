@@ -1,0 +1,210 @@
+"""IndexMem in the engine: every step against the torch reference (kept sets and logits, with and
+without the latent memory), the ops against the training modules, fixed allocation, loading."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from indexmem import Engine, ModelFormatError
+from indexmem.convert.writer import convert
+from indexmem.train.fit import IndexMemModel
+from indexmem.train.modules import IndexMemSizes
+from indexmem_reference import ReferenceLlama
+from tiny_models import random_prompt, write_tiny_model
+
+B, SINKS, TAU, N_BATCH = 24, 2, 4, 8
+# engine vs reference logits, relative to the largest reference logit. The reference rounds K/V
+# to float16 as the cache does; ggml's CPU flash attention also rounds the queries and
+# accumulates the weighted values in float16 (measured: 2.6e-3 without memory, see the test)
+LOGIT_RTOL = 5e-3
+
+
+def random_modules(n_layer: int, sizes: IndexMemSizes, seed: int) -> IndexMemModel:
+    torch.manual_seed(seed)
+    model = IndexMemModel(n_layer, sizes)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.5 * torch.randn_like(p) + (1.0 if "gate" in name else 0.0))
+    return model
+
+
+def write_checkpoint(model: IndexMemModel, arch: str, out_dir, memory_layers=None):
+    from safetensors.torch import save_file
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_layer = len(model.indexers)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "weights.safetensors"))
+    config = {"arch": arch, "n_layer": n_layer, "sizes": model.sizes.to_dict(),
+              "global_layers": memory_layers if memory_layers is not None else list(range(n_layer))}
+    (out_dir / "config.json").write_text(json.dumps(config))
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("indexmem")
+    base = write_tiny_model(root / "tiny-f32.gguf", "llama", seed=3, all_f32=True, n_ctx_train=32768)
+    sizes = IndexMemSizes(d_model=64, n_head=4, d_head=16, n_idx_heads=2, d_idx=8, d_mem=16)
+    modules = random_modules(2, sizes, seed=0)
+    side = convert(write_checkpoint(modules, "llama", root / "ckpt"), base, root / "side.gguf", dtype="f32")
+    return base, side, modules
+
+
+def _steps(prompt_len=41, n_decode=40, seed=0):
+    tokens = random_prompt(prompt_len + n_decode, seed=seed)
+    chunks = [tokens[i: i + N_BATCH] for i in range(0, prompt_len, N_BATCH)]
+    return chunks + [[t] for t in tokens[prompt_len:]]
+
+
+def _kept(engine, il):
+    t = engine.cache.table_of(il)
+    used = t.positions[: t.n_used]
+    return set(used[used >= 0].tolist())
+
+
+def _load(base, side, memory, **kw):
+    return Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
+                       budget=B, sinks=SINKS, tau=TAU, n_batch=N_BATCH, **kw)
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_every_step_matches_the_torch_reference(setup, memory):
+    base, side, modules = setup
+    modules = copy.deepcopy(modules)
+    eng = _load(base, side, memory)
+    ref = ReferenceLlama(base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU)
+    pos, compressions, worst = 0, 0, 0.0
+    for chunk in _steps():
+        positions = list(range(pos, pos + len(chunk)))
+        pos += len(chunk)
+        ours, _ = eng.runner.step(np.array(chunk), np.array(positions), all_logits=True)
+        theirs, kept = ref.step(chunk, positions)
+        err = np.abs(ours - theirs).max() / np.abs(theirs).max()
+        worst = max(worst, err)
+        assert err <= LOGIT_RTOL, f"step at {positions[0]}: logits differ by {err:.2e} (relative)"
+        for il in range(ref.n_layer):
+            assert _kept(eng, il) == set(ref.cache[il]), f"layer {il}, step at {positions[0]}"
+        compressions += len(kept)
+    assert compressions >= 2 * 2 * 6  # prefill chunks and decode rounds, both layers
+    stats = eng.stats()
+    assert stats["index_bytes"] == 2 * 8 * 4 * eng.cache.capacity
+    assert stats["memory_bytes"] == (2 * (16 * 16 + 16) * 4 if memory else 0)
+    print(f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions")
+
+
+def test_the_memory_changes_what_the_model_predicts(setup):
+    """The parity above would hold trivially if the readout were zero: it is not."""
+    base, side, _ = setup
+    outs = []
+    for memory in (False, True):
+        eng = _load(base, side, memory)
+        for chunk in _steps():
+            start = eng.cache.tokens_seen
+            logits, _ = eng.runner.step(np.array(chunk), np.arange(start, start + len(chunk)))
+        outs.append(logits)
+    rel = np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max()
+    assert rel > 50 * LOGIT_RTOL
+
+
+def test_no_eviction_means_exactly_the_backbone(setup):
+    base, side, _ = setup
+    tokens = random_prompt(60, seed=4)
+    full = Engine.load(str(base), n_ctx=256, policy="full", indexmem=False).logits(tokens)
+    for memory in (False, True):
+        eng = Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
+                          budget=200, n_batch=16)
+        assert eng.runner.evictor is not None
+        np.testing.assert_array_equal(eng.logits(tokens), full)
+
+
+def test_allocated_bytes_are_the_same_for_1k_and_16k_tokens(setup):
+    base, side, _ = setup
+    sizes, compute = [], []
+    for n in (1024, 16384):
+        eng = Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=128,
+                          n_batch=256)
+        eng.token_nll(random_prompt(n, seed=1))
+        list(eng.generate_tokens(random_prompt(n, seed=2)[:64], max_tokens=40, stop_at_eog=False))
+        st = eng.stats()
+        assert max(st["tokens_cached"]) <= 128 + 16 + 256
+        sizes.append((st["kv_bytes"], st["index_bytes"], st["memory_bytes"]))
+        compute.append(st["compute_bytes"])
+        eng.close()
+    assert sizes[0] == sizes[1]
+    assert all(s > 0 for s in sizes[0])
+    # the compute buffer is ggml's high-water mark over the graphs built; placement depends a
+    # little on which graphs came first (a few hundred bytes seen), not on the context length
+    assert abs(compute[0] - compute[1]) <= 0.01 * compute[0]
+
+
+def test_memory_behind_another_policy(setup):
+    base, side, _ = setup
+    tokens = random_prompt(90, seed=6)
+    nll = {}
+    for memory in (False, True):
+        eng = Engine.load(str(base), n_ctx=256, policy="snapkv", indexmem=str(side), memory=memory,
+                          budget=32, n_batch=16)
+        nll[memory] = eng.token_nll(tokens)
+        st = eng.stats()
+        assert st["index_bytes"] == 0  # snapkv does not use the indexer
+        assert (st["memory_bytes"] > 0) == memory
+        assert not memory or eng.cache.indexmem.memory_used == {0, 1}
+    assert np.array_equal(nll[False][:31], nll[True][:31])  # before the first eviction
+    assert not np.allclose(nll[False], nll[True])
+
+
+def test_flush_writes_pending_evictions_into_the_memory(setup):
+    base, side, _ = setup
+    eng = _load(base, side, True)
+    eng.token_nll(random_prompt(32, seed=8))  # 4 chunks of 8: evicts once, after the last
+    assert eng.cache.pending_evicted and not eng.cache.indexmem.memory_used
+    eng.runner.flush()
+    assert not eng.cache.pending_evicted and eng.cache.indexmem.memory_used == {0, 1}
+    m = np.empty((16, 16), dtype=np.float32)
+    from indexmem.ggml_ops.bindings import C
+    C.ggml_backend_tensor_get(eng.cache.indexmem.mem_m[0], m.ctypes.data, 0, m.nbytes)
+    assert np.abs(m).max() > 0
+
+
+def test_mismatched_or_missing_modules_are_refused_before_compute(setup, tmp_path):
+    base, side, _ = setup
+    other = write_tiny_model(tmp_path / "other.gguf", "llama", seed=3, all_f32=True, head_dim=32)
+    with pytest.raises(ModelFormatError, match="key_length"):
+        Engine.load(str(other), policy="indexmem", indexmem=str(side), budget=32)
+    with pytest.raises(ValueError, match="needs IndexMem modules"):
+        Engine.load(str(base), policy="indexmem", budget=32, indexmem=False)
+    with pytest.raises(ValueError, match="needs IndexMem modules"):
+        Engine.load(str(base), policy="snapkv", memory=True, budget=32)
+    with pytest.raises(FileNotFoundError):
+        Engine.load(str(base), policy="indexmem", indexmem=str(tmp_path / "nope.gguf"), budget=32)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(side.read_bytes()[: side.stat().st_size // 2])
+    with pytest.raises(ModelFormatError):
+        Engine.load(str(base), policy="indexmem", indexmem=str(truncated), budget=32)
+
+
+def test_merged_model_uses_its_own_modules(setup, tmp_path):
+    base, _, modules = setup
+    ckpt = write_checkpoint(copy.deepcopy(modules), "llama", tmp_path / "ckpt")
+    merged = convert(ckpt, base, tmp_path / "merged.gguf", merge=True, dtype="f32")
+    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, tau=TAU, n_batch=N_BATCH)
+    assert eng.budget_config.policy == "indexmem" and eng.stats()["memory"]
+    ref = _load(base, convert(ckpt, base, tmp_path / "sidecar.gguf", dtype="f32"), True)
+    tokens = random_prompt(70, seed=9)
+    np.testing.assert_array_equal(eng.token_nll(tokens), ref.token_nll(tokens))
+
+
+def test_registry_model_runs_indexmem_by_default(default_model_path):
+    eng = Engine.load("smollm2-135m-instruct", n_ctx=2048)
+    st = eng.stats()
+    assert st["policy"] == "indexmem" and st["memory"] and st["budget"] == 1024
+    assert st["indexmem"].endswith("smollm2-135m-instruct.indexmem.gguf")
+    assert st["index_bytes"] > 0 and st["memory_bytes"] > 0
+    eng.close()
+    plain = Engine.load(str(default_model_path))
+    assert plain.stats()["policy"] == "full" and plain.stats()["indexmem"] is None
