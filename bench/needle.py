@@ -56,7 +56,7 @@ def build_prompt(engine: Engine, haystack: list[int], context: int, depth: float
     while True:
         text = engine.detokenize(haystack[:n])
         cut = int(len(text) * depth)
-        stop = text.find(". ", cut)
+        stop = text.find(".", cut)  # after the first sentence end past the depth
         at = stop + 1 if stop >= 0 else cut
         filled = text[:at] + NEEDLE.format(key=key, value=value) + text[at:]
         question = TEMPLATE.format(context=filled, key=key)
@@ -89,7 +89,9 @@ def main(
     context: int = typer.Option(4096, help="prompt tokens"),
     depths: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="needle depths (fraction of the essays)"),
     samples_per_depth: int = typer.Option(2, "--samples", help="needles per depth"),
-    n_batch: int = typer.Option(512, help="prefill chunk (eviction happens between chunks)"),
+    n_batch: int = typer.Option(None, help="prefill chunk (eviction happens between chunks); default: the "
+                                           "whole prompt, compressed once before decoding"),
+    window: int = typer.Option(64, help="most recent tokens every policy keeps (the question)"),
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     threads: int = typer.Option(1),
     seed: int = typer.Option(0),
@@ -110,7 +112,10 @@ def main(
             if not todo:
                 continue
             opts = engine_options(spec, context, ratio, str(indexmem) if indexmem else None)
-            engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch, **opts)
+            if spec != "full":
+                opts["window"] = window
+            engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,
+                                 **opts)
             haystack = engine.tokenize(essays_text()[: context * 8], add_special=False)
             for case in todo:
                 prompt = build_prompt(engine, haystack, context, case["depth"], case["key"], case["value"])

@@ -2,6 +2,9 @@
 
     python -m indexmem.bench.ppl --model smollm2-135m-instruct --context 4096 --ratios 0.5,0.75,0.9
 
+Configurations as in :mod:`indexmem.bench.specs` (``indexmem``, ``indexmem-nomem``, heuristics,
+``<heuristic>+mem``); IndexMem uses ``--indexmem`` or the modules shipped for a registry model.
+
 Each window is prefilled in chunks of ``--n-batch`` tokens; between chunks every layer is
 compressed to its budget (budget = (1 - ratio) x context), so later tokens are predicted from the
 compressed cache, as they would be in a long prompt. Physical eviction: the cache really holds
@@ -21,35 +24,39 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..engine.api import Engine
-from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve
 from .heldout import heldout_windows
+from .specs import HEURISTICS, engine_options, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
-HEURISTICS = "streaming,h2o,snapkv,tova,keydiff,random"
 
 
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
-    policies: str = typer.Option(HEURISTICS, help="comma separated; full KV is always measured"),
+    policies: str = typer.Option("indexmem,indexmem-nomem," + ",".join(HEURISTICS),
+                                 help="comma separated; full KV is always measured"),
     ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios"),
     context: int = typer.Option(4096, help="tokens per window"),
     windows: int = typer.Option(2, help="disjoint held-out windows"),
     n_batch: int = typer.Option(64, help="prefill chunk (eviction happens between chunks)"),
     threads: int = typer.Option(1),
+    indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
+    window: int = typer.Option(64, help="most recent tokens every policy keeps"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
 ):
     console = Console()
     path = resolve(model, console.print)
-    configs = [("full", 0.0)] + [(p, float(r)) for p in policies.split(",") for r in ratios.split(",")]
+    configs = [("full", 0.0)] + [(p, float(r)) for p in parse_specs(policies) for r in ratios.split(",")]
     docs = None
     results = []
     with Progress(console=console) as progress:
         task = progress.add_task("perplexity", total=len(configs) * windows)
         for policy, ratio in configs:
-            opts = {} if policy == "full" else dict(policy=policy, budget=budget_from_ratio(context, ratio))
-            engine = Engine.load(str(path), n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
+            opts = engine_options(policy, context, ratio, str(indexmem) if indexmem else None)
+            if policy != "full":
+                opts["window"] = window
+            engine = Engine.load(model, n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
             docs = docs or heldout_windows(engine, context, windows)
             t0, nll = time.perf_counter(), []
             for doc in docs:

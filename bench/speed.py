@@ -1,10 +1,12 @@
 """Prefill and decode speed of the engine beside llama.cpp, same GGUF, same threads, one run.
 
     python -m indexmem.bench.speed --model smollm2-135m-instruct --contexts 128,2048,8192
-    python -m indexmem.bench.speed --contexts 8000 --policy streaming --budget 1024
+    python -m indexmem.bench.speed --contexts 1024,8000 --policies full,streaming,indexmem --budget 1024
 
-With ``--policy``/``--budget`` our engine runs with a bounded cache while llama.cpp keeps its
-full KV cache (what you would run without indexmem).
+Evicting configurations run with a bounded cache (``--budget``) while llama.cpp keeps its full
+KV cache (what you would run without indexmem). IndexMem's bookkeeping (scoring, eviction,
+memory) is what a bounded decode step costs beyond a full-KV step over a cache of the budget's
+size: compare ``indexmem`` at 8000 with ``full`` at 1024.
 
 For each context the two engines run alternately (ours, llama.cpp, ours, ...) and the best of
 ``--reps`` runs is kept, so machine noise hits both alike. Prefill: tokens/s for a prompt of
@@ -28,6 +30,7 @@ from rich.table import Table
 from ..engine.api import Engine
 from ..engine.registry import DEFAULT_MODEL, resolve
 from .llama_cpp_ref import open_llama_cpp
+from .specs import engine_options, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -82,48 +85,78 @@ def main(
     threads: int = typer.Option(1, help="threads for both engines"),
     n_batch: int = typer.Option(512, help="prefill chunk for both engines"),
     reps: int = typer.Option(2, help="alternating repetitions; the best is kept"),
-    policy: str = typer.Option("full", help="our engine's eviction policy"),
-    budget: int = typer.Option(None, help="our engine's KV budget per layer"),
-    tau: int = typer.Option(16, help="our engine's compression period"),
+    policies: str = typer.Option("full", help="our engine's configurations (full, indexmem, "
+                                              "indexmem-nomem, streaming, ..., see bench.specs)"),
+    budget: int = typer.Option(1024, help="KV budget per layer of the evicting configurations"),
+    tau: int = typer.Option(16, help="compression period of the evicting configurations"),
+    indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
 ):
     console = Console()
     path = resolve(model, console.print)
     ctx_list = [int(c) for c in contexts.split(",")]
+    specs = parse_specs(policies)
     n_ctx = max(ctx_list) + decode_tokens
-    bounded = dict(policy=policy, budget=budget, tau=tau) if policy != "full" else {}
-    engine = Engine.load(str(path), n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **bounded)
+    engines = {}
+    for spec in specs:
+        opts = engine_options(spec, n_ctx, 0.0, str(indexmem) if indexmem else None)
+        if spec != "full":
+            opts.update(budget=budget, tau=tau)
+        engines[spec] = Engine.load(model, n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **opts)
+        engines[spec].runner.evictor and _time_after_step(engines[spec])
     llm = open_llama_cpp(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                          n_threads_batch=threads, flash_attn=True, verbose=False)
+                         n_threads_batch=threads, flash_attn=True, verbose=False)
     rows = []
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(ctx_list) * reps * 2)
+        task = progress.add_task("benchmarking", total=len(ctx_list) * reps * (len(specs) + 1))
         for ctx in ctx_list:
-            prompt = benchmark_tokens(engine, ctx)
-            ours, ref = [], []
+            prompt = benchmark_tokens(next(iter(engines.values())), ctx)
+            runs = {name: [] for name in [*specs, "llama.cpp"]}
             for _ in range(reps):
-                ours.append(run_ours(engine, prompt, decode_tokens))
+                for spec, engine in engines.items():
+                    engine.after_step_seconds = 0.0
+                    prefill, decode = run_ours(engine, prompt, decode_tokens)
+                    runs[spec].append((prefill, decode, engine.after_step_seconds))
+                    progress.advance(task)
+                runs["llama.cpp"].append((*run_llama_cpp(llm, prompt, decode_tokens), 0.0))
                 progress.advance(task)
-                ref.append(run_llama_cpp(llm, prompt, decode_tokens))
-                progress.advance(task)
-            best = lambda runs, i: max(r[i] for r in runs)  # noqa: E731
-            rows.append(dict(context=ctx, prefill_ours=best(ours, 0), prefill_llama_cpp=best(ref, 0),
-                             decode_ours=best(ours, 1), decode_llama_cpp=best(ref, 1)))
-
-    ours_kv = f"ours: {policy} B={budget} tau={tau}" if bounded else "ours: full KV"
-    table = Table(title=f"{path.name}, {threads} thread(s), n_batch {n_batch}, "
-                        f"{decode_tokens} decode tokens, best of {reps}; {ours_kv}, llama.cpp: full KV")
-    for col in ("context", "prefill tok/s (ours)", "prefill tok/s (llama.cpp)", "prefill ratio",
-                "decode tok/s (ours)", "decode tok/s (llama.cpp)", "decode ratio"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(str(r["context"]), f"{r['prefill_ours']:.1f}", f"{r['prefill_llama_cpp']:.1f}",
-                      f"{r['prefill_ours'] / r['prefill_llama_cpp']:.2f}x", f"{r['decode_ours']:.1f}",
-                      f"{r['decode_llama_cpp']:.1f}", f"{r['decode_ours'] / r['decode_llama_cpp']:.2f}x")
-    console.print(table)
+            for name, rs in runs.items():
+                best = max(rs, key=lambda r: r[1])
+                rows.append(dict(context=ctx, engine=name, prefill=max(r[0] for r in rs), decode=best[1],
+                                 policy_seconds=best[2]))
+    for engine in engines.values():
+        engine.close()
+    _print(console, rows, path.name, threads, n_batch, decode_tokens, reps, budget, tau)
     if out:
-        out.write_text(json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, policy=policy,
-                                       budget=budget, tau=tau, rows=rows), indent=2))
+        out.write_text(json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, budget=budget,
+                                       tau=tau, decode_tokens=decode_tokens, rows=rows), indent=2))
+
+
+def _time_after_step(engine: Engine) -> None:
+    """Accumulate the time the evictor's Python side (scores, top-B, compaction plan) takes."""
+    evictor = engine.runner.evictor
+    inner = evictor.after_step
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        inner(*args, **kwargs)
+        engine.after_step_seconds += time.perf_counter() - t0
+
+    engine.after_step_seconds = 0.0
+    evictor.after_step = timed
+
+
+def _print(console, rows, name, threads, n_batch, decode_tokens, reps, budget, tau):
+    table = Table(title=f"{name}, {threads} thread(s), n_batch {n_batch}, {decode_tokens} decode tokens, "
+                        f"best of {reps}; evicting configurations: B={budget}, tau={tau}; llama.cpp: full KV")
+    for col in ("context", "engine", "prefill tok/s", "vs llama.cpp", "decode tok/s", "vs llama.cpp"):
+        table.add_column(col, justify="right")
+    ref = {r["context"]: r for r in rows if r["engine"] == "llama.cpp"}
+    for r in rows:
+        base = ref[r["context"]]
+        table.add_row(str(r["context"]), r["engine"], f"{r['prefill']:.1f}", f"{r['prefill'] / base['prefill']:.2f}x",
+                      f"{r['decode']:.1f}", f"{r['decode'] / base['decode']:.2f}x")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -41,11 +42,17 @@ def main(
     seed: int = typer.Option(None),
     n_ctx: int = typer.Option(None, help="context length (default: the model's; at most 8192 with full KV)"),
     threads: int = typer.Option(1, help="compute threads"),
-    policy: str = typer.Option("full", help="KV eviction: full, streaming, h2o, snapkv, tova, keydiff, random"),
-    budget: int = typer.Option(None, help="KV tokens kept per layer (with a policy other than full)"),
+    policy: str = typer.Option(None, help="KV eviction: indexmem (default when IndexMem modules are "
+                                          "available), full, streaming, h2o, snapkv, tova, keydiff, random"),
+    budget: int = typer.Option(None, help="KV tokens kept per layer (indexmem: 1024 unless given)"),
     sinks: int = typer.Option(4, help="first tokens always kept"),
-    window: int = typer.Option(0, help="most recent tokens always kept"),
-    tau: int = typer.Option(16, help="compress every tau tokens past the budget (1: every step)"),
+    window: int = typer.Option(None, help="most recent tokens always kept (indexmem: 64, others: 0)"),
+    tau: int = typer.Option(None, help="compress every tau tokens past the budget (default 16; 1: every step)"),
+    indexmem: Path = typer.Option(None, help="IndexMem sidecar GGUF (default: merged into the model, or "
+                                             "shipped for registry models)"),
+    no_indexmem: bool = typer.Option(False, "--no-indexmem", help="do not load IndexMem modules"),
+    memory: bool = typer.Option(None, "--memory/--no-memory",
+                                help="latent memory of evicted tokens (default: on with indexmem)"),
 ):
     from ..engine.api import Engine
 
@@ -54,14 +61,18 @@ def main(
     if prompt == "-":
         prompt = sys.stdin.read()
     engine = Engine.load(model, n_threads=threads, n_ctx=n_ctx, progress=status, policy=policy,
-                         budget=budget, sinks=sinks, window=window, tau=tau)
+                         budget=budget, sinks=sinks, window=window, tau=tau, memory=memory,
+                         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None))
     opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repeat_penalty=repeat_penalty, seed=seed)
     messages = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         _reply(engine, messages + [{"role": "user", "content": prompt}], opts)
         return
-    status(f"{engine.model_path.name} — Ctrl-C stops a reply, Ctrl-D exits")
+    st = engine.stats()
+    kv = (f"{st['policy']}, budget {st['budget']} tokens/layer" + (", latent memory" if st["memory"] else "")
+          if st["budget"] else "full KV cache")
+    status(f"{engine.model_path.name} ({kv}) — Ctrl-C stops a reply, Ctrl-D exits")
     while True:
         try:
             line = input("> ")

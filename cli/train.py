@@ -45,7 +45,8 @@ def extract(
     from ..train.data import token_windows
     from ..train.features import FeatureSet, extract as run, verify_attention
 
-    engine = Engine.load(model, n_threads=threads, n_ctx=seq_len, progress=status)
+    # teacher features come from the full KV cache, never from an evicting one
+    engine = Engine.load(model, n_threads=threads, n_ctx=seq_len, progress=status, policy="full", indexmem=False)
     text = (corpus / f"{split}.txt").read_text()
     seqs = token_windows(engine, text, seq_len, count)
     with _progress() as progress:

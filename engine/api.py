@@ -25,6 +25,11 @@ from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_N_CTX = 8192
+# Recent tokens the indexmem policy always keeps unless told otherwise. A token is judged by the
+# queries that came after it, so the newest ones would lose on too few queries. Measured on
+# Python source (SmolLM2, 1,024 tokens, evict 0.9, chunks of 64): perplexity ratio to full KV
+# 1.57 without a window, 1.27 with 16, 1.23 with 32, 1.18 with 64.
+INDEXMEM_WINDOW = 64
 
 
 class Engine:
@@ -109,7 +114,7 @@ class Engine:
     @classmethod
     def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
              progress=lambda msg: None, policy: str | None = None, budget: int | None = None,
-             evict_ratio: float | None = None, sinks: int = 4, window: int = 0, tau: int | None = None,
+             evict_ratio: float | None = None, sinks: int = 4, window: int | None = None, tau: int | None = None,
              indexmem=None, memory: bool | None = None, **options) -> "Engine":
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
 
@@ -120,8 +125,9 @@ class Engine:
 
         Bounded KV cache: ``policy`` (full, indexmem, streaming, h2o, snapkv, tova, keydiff,
         random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
-        tokens and ``window`` recent tokens always kept, compression every ``tau`` tokens past
-        the budget. Policy parameters: ``gamma`` (indexmem), ``seed`` (random), ``obs_window``
+        tokens and ``window`` recent tokens always kept (default: 0, or with ``indexmem``
+        INDEXMEM_WINDOW, at most half the budget), compression every ``tau`` tokens past the
+        budget. Policy parameters: ``gamma`` (indexmem), ``seed`` (random), ``obs_window``
         and ``pool_kernel`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
         recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
@@ -138,8 +144,8 @@ class Engine:
             budget = budget_from_ratio(n_ctx, evict_ratio)
         # everything checkable is checked before a model is read or downloaded; an indexmem
         # budget may still come from the sidecar, so a stand-in that passes is used for it
-        stand_in = budget if budget is not None or policy not in (None, "indexmem") else sinks + window + 1
-        BudgetConfig(policy=policy or "full", budget=stand_in, sinks=sinks, window=window,
+        stand_in = budget if budget is not None or policy not in (None, "indexmem") else sinks + (window or 0) + 1
+        BudgetConfig(policy=policy or "full", budget=stand_in, sinks=sinks, window=window or 0,
                      tau=16 if tau is None else tau, params=policy_opts).validate()
         model_path = resolve(model, progress)
         indexmem_path, defaults = find_indexmem(model, model_path, indexmem)
@@ -149,6 +155,8 @@ class Engine:
             memory = bool(indexmem_path) and policy == "indexmem"
         if policy == "indexmem" and budget is None:
             budget = defaults.get("budget")
+        if window is None:
+            window = min(INDEXMEM_WINDOW, max(0, (budget - sinks) // 2)) if policy == "indexmem" and budget else 0
         config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window,
                               tau=tau if tau is not None else defaults.get("tau", 16),
                               params=policy_opts).validate()

@@ -69,7 +69,7 @@ def _kept(engine, il):
 
 def _load(base, side, memory, **kw):
     return Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
-                       budget=B, sinks=SINKS, tau=TAU, n_batch=N_BATCH, **kw)
+                       budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH, **kw)
 
 
 @pytest.mark.parametrize("memory", [False, True])
@@ -192,7 +192,7 @@ def test_merged_model_uses_its_own_modules(setup, tmp_path):
     base, _, modules = setup
     ckpt = write_checkpoint(copy.deepcopy(modules), "llama", tmp_path / "ckpt")
     merged = convert(ckpt, base, tmp_path / "merged.gguf", merge=True, dtype="f32")
-    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, tau=TAU, n_batch=N_BATCH)
+    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH)
     assert eng.budget_config.policy == "indexmem" and eng.stats()["memory"]
     ref = _load(base, convert(ckpt, base, tmp_path / "sidecar.gguf", dtype="f32"), True)
     tokens = random_prompt(70, seed=9)
@@ -203,8 +203,20 @@ def test_registry_model_runs_indexmem_by_default(default_model_path):
     eng = Engine.load("smollm2-135m-instruct", n_ctx=2048)
     st = eng.stats()
     assert st["policy"] == "indexmem" and st["memory"] and st["budget"] == 1024
+    assert eng.budget_config.window == 64
     assert st["indexmem"].endswith("smollm2-135m-instruct.indexmem.gguf")
     assert st["index_bytes"] > 0 and st["memory_bytes"] > 0
     eng.close()
     plain = Engine.load(str(default_model_path))
     assert plain.stats()["policy"] == "full" and plain.stats()["indexmem"] is None
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_shipped_sidecars_were_converted_for_the_registry_files(name):
+    from indexmem.convert import schema as S
+    from indexmem.engine.indexmem import SIDECAR_DIR
+    from indexmem.engine.loader import open_gguf
+    from indexmem.engine.registry import MODELS
+    with open_gguf(SIDECAR_DIR / MODELS[name].sidecar) as g:
+        assert g.get(S.K_BASE_SHA256) == MODELS[name].sha256
+        assert g.get(S.K_BUDGET) == 1024 and g.get(S.K_TAU) == 16

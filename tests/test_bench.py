@@ -1,0 +1,45 @@
+"""Benchmark plumbing: configuration names, the needle prompt, the llama.cpp opener."""
+
+import pytest
+
+from indexmem import Engine
+from indexmem.bench.needle import build_prompt, samples, summarize
+from indexmem.bench.specs import engine_options, parse_specs
+from tiny_models import WORDS
+
+
+def test_configuration_names():
+    assert engine_options("full", 4096, 0.9) == dict(policy="full", indexmem=False)
+    assert engine_options("indexmem", 4096, 0.9) == dict(policy="indexmem", memory=True, budget=410, indexmem=None)
+    assert engine_options("indexmem-nomem", 1000, 0.75, "s.gguf") == dict(
+        policy="indexmem", memory=False, budget=250, indexmem="s.gguf")
+    assert engine_options("snapkv", 1000, 0.5) == dict(policy="snapkv", memory=False, budget=500, indexmem=False)
+    assert engine_options("tova+mem", 1000, 0.5)["memory"] is True
+    for bad in ("bogus", "full+mem", "indexmem-nomem,nope"):
+        with pytest.raises(ValueError):
+            parse_specs(bad)
+
+
+def test_needle_prompt_holds_the_needle_at_its_depth_within_the_length(tiny_llama):
+    eng = Engine.load(str(tiny_llama), n_ctx=1024)
+    text = " ".join(WORDS[i % len(WORDS)] + ("." if i % 9 == 8 else "") for i in range(3000))
+    haystack = eng.tokenize(text, add_special=False)
+    where = []
+    for case in samples(1, [0.1, 0.5, 0.9], seed=3):
+        tokens = build_prompt(eng, haystack, 2500, case["depth"], case["key"], case["value"])
+        assert 0.98 * 2500 <= len(tokens) <= 2500
+        prompt = eng.detokenize(tokens).replace("\u2581", " ")  # the tiny vocabulary keeps its word marks
+        assert f"{case['key']} is: {case['value']}." in prompt
+        assert prompt.rstrip().endswith(f"{case['key']} mentioned in the provided text is")
+        start, stop = prompt.index("afterwards.\n") + 12, prompt.rindex("\nWhat")
+        where.append((prompt.index(case["value"]) - start) / (stop - start))
+    # the needle goes after the first sentence end past its depth (sentences of 9 words here)
+    assert all(abs(at - d) < 0.1 for at, d in zip(where, (0.1, 0.5, 0.9))), where
+
+
+def test_needle_summary():
+    rows = [dict(config="full", evict_ratio=0.0, depth=0.5, score=1), dict(config="x", evict_ratio=0.9, depth=0.5, score=0),
+            dict(config="x", evict_ratio=0.9, depth=0.1, score=1)]
+    s = summarize(rows)
+    assert s[("full", 0.0)]["score"] == 1.0 and s[("x", 0.9)]["score"] == 0.5
+    assert s[("x", 0.9)]["by_depth"] == {0.1: 1.0, 0.5: 0.0}
