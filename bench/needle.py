@@ -39,6 +39,18 @@ ADJECTIVES = ("quiet", "amber", "brisk", "hollow", "lucky", "silver", "gentle", 
 NOUNS = ("river", "falcon", "meadow", "lantern", "harbor", "pebble", "orchard", "comet", "willow", "anchor")
 
 
+def haystack_text(kind: str) -> str:
+    """``essays`` (the benchmark) or ``python`` (CPython's sources, for development runs that
+    must not look at evaluation data)."""
+    if kind == "python":
+        import argparse, asyncio.base_events, email.message, inspect, logging, textwrap  # noqa: E401
+        return "\n".join(inspect.getsource(m) for m in (argparse, logging, email.message, textwrap,
+                                                        asyncio.base_events))
+    if kind != "essays":
+        raise ValueError(f"haystack must be essays or python, not {kind!r}")
+    return essays_text()
+
+
 def essays_text() -> str:
     import importlib.util
     spec = importlib.util.find_spec("long_context_eval")
@@ -95,6 +107,8 @@ def main(
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     threads: int = typer.Option(1),
     seed: int = typer.Option(0),
+    haystack: str = typer.Option("essays", help="essays (the benchmark) or python (development runs)"),
+    pool_kernel: int = typer.Option(None, help="indexmem's position max-pool (default: the engine's)"),
     out: Path = typer.Option(None, help="JSONL results, one row per sample; rows already there are kept"),
     plot: Path = typer.Option(None, help="PNG: accuracy per configuration and eviction ratio"),
 ):
@@ -114,11 +128,13 @@ def main(
             opts = engine_options(spec, context, ratio, str(indexmem) if indexmem else None)
             if spec != "full":
                 opts["window"] = window
+            if pool_kernel and opts["policy"] == "indexmem":
+                opts["pool_kernel"] = pool_kernel
             engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,
                                  **opts)
-            haystack = engine.tokenize(essays_text()[: context * 8], add_special=False)
+            hay = engine.tokenize(haystack_text(haystack)[: context * 8], add_special=False)
             for case in todo:
-                prompt = build_prompt(engine, haystack, context, case["depth"], case["key"], case["value"])
+                prompt = build_prompt(engine, hay, context, case["depth"], case["key"], case["value"])
                 t0 = time.perf_counter()
                 engine.reset()
                 answer = engine.generate(prompt, max_tokens=12)

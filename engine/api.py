@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from ..convert.reader import load_indexmem
+from ..convert.schema import fingerprint
 from ..errors import ContextOverflowError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
 from .cache import KVCache
@@ -20,7 +21,9 @@ from .indexmem import IndexMemModules, IndexMemState, find_indexmem
 from .loader import Weights, check_tensors, open_gguf
 from .models import ARCHITECTURES
 from .policies import POLICIES
+from . import session
 from .registry import resolve
+from .session import SavedHistory
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -61,10 +64,12 @@ class Engine:
             self.hparams = read_hparams(gguf, cls.swa_default_pattern)
             self.model = cls(self.hparams)
             infos = check_tensors(gguf, self.model.tensor_specs())
+            self.model_fingerprint = fingerprint(gguf.tensors.values())
             chat_template = gguf.get("tokenizer.chat_template")
             self.backend = Backend(device=device, n_threads=n_threads)
             self.model.weights = Weights(gguf, infos, self.backend, extra_bufts)
         self.indexmem = IndexMemModules(imf, self.backend, self.hparams.n_head_kv) if imf else None
+        self.indexmem_fingerprint = self.indexmem.fingerprint if self.indexmem else None
         self.tokenizer = Tokenizer(self.model_path, chat_template)
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
@@ -127,8 +132,8 @@ class Engine:
         random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
         tokens and ``window`` recent tokens always kept (default: 0, or with ``indexmem``
         INDEXMEM_WINDOW, at most half the budget), compression every ``tau`` tokens past the
-        budget. Policy parameters: ``gamma`` (indexmem), ``seed`` (random), ``obs_window``
-        and ``pool_kernel`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
+        budget. Policy parameters: ``gamma`` (indexmem), ``pool_kernel`` (indexmem, snapkv),
+        ``seed`` (random), ``obs_window`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
         recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
         engine_opts = {k: options.pop(k) for k in ("n_batch", "device", "extra_bufts") if k in options}
@@ -224,6 +229,13 @@ class Engine:
 
     def _feed_prompt(self, tokens: np.ndarray) -> np.ndarray:
         """Bring the cache to hold ``tokens``, reusing the longest cached prefix."""
+        if isinstance(self._history, SavedHistory):  # a restored session: continue it or start over
+            start = self._history.length if self._history.continued_by(tokens) else 0
+            if start == 0:
+                self.reset()
+            logits = prefill(self.runner, tokens[start:], start, self.n_batch)
+            self._history = list(tokens)
+            return logits[-1]
         keep = 0
         for a, b in zip(self._history, tokens[:-1]):
             if a != b:
@@ -267,6 +279,20 @@ class Engine:
         tail = dec.flush()
         if tail:
             yield tail
+
+    # --- sessions ----------------------------------------------------------------------
+    def save_session(self, path) -> None:
+        """Write the whole bounded state (cache, index keys, memory, policy state) atomically;
+        the file size depends on the cache capacity, not on the conversation's length."""
+        with self._lock:
+            session.save(self, path)
+
+    def load_session(self, path) -> None:
+        """Restore a session saved by an engine loaded the same way (same model, IndexMem file
+        and cache options); a corrupt or foreign file raises SessionError and changes nothing.
+        The next prompt continues the conversation when it starts with the saved one."""
+        with self._lock:
+            session.load(self, path)
 
     # --- introspection -----------------------------------------------------------------
     def stats(self) -> dict:

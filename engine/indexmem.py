@@ -9,6 +9,7 @@ layer's latent state M [d_mem, d_head] and b [d_mem].
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,10 @@ class IndexMemModules:
         self.default_budget = int(meta.get(S.K_BUDGET, 1024))
         self.default_tau = int(meta.get(S.K_TAU, 16))
         self.group = sizes["n_head"] // n_head_kv  # query heads per KV head
+        digest = hashlib.sha256()
+        for name in sorted(imf.tensors):
+            digest.update(name.encode() + np.ascontiguousarray(imf.tensors[name], dtype=np.float32).tobytes())
+        self.fingerprint = digest.hexdigest()  # identifies the module weights (sessions check it)
         self.ctx = new_context(len(self.layers) * len(_SUFFIXES) + 1)
         self.tensors: dict[int, dict[str, int]] = {}
         for il in self.layers:

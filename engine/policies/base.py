@@ -56,3 +56,11 @@ class Policy:
 
     def clear(self) -> None:
         self.state.fill(0.0)
+
+    # --- sessions ----------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything the policy remembers, as fixed-size arrays (saved in session files)."""
+        return {"state": self.state}
+
+    def load_state_arrays(self, blobs: dict[str, bytes]) -> None:
+        self.state[:] = np.frombuffer(blobs["state"], dtype=self.state.dtype).reshape(self.state.shape)

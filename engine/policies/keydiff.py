@@ -29,6 +29,9 @@ class KeyDiffPolicy(Policy):
         cosine = np.einsum("shd,hd->sh", keys, mean).mean(axis=1)
         return -cosine
 
+    def state_arrays(self):
+        raise NotImplementedError("keydiff's key store is not saved in sessions")
+
     def move(self, il, src, dst, n_keep):
         super().move(il, src, dst, n_keep)
         if self.unit_keys is not None:

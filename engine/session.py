@@ -1,0 +1,194 @@
+"""Session files: the whole bounded state of an engine, saved and restored exactly.
+
+A session holds what the next token depends on: every layer's K/V cache and slot table, the
+IndexMem index keys and latent memory, the eviction policy's per-slot state, the counters, and
+the conversation's identity (its token count, a sha256 of its tokens, the last tokens). Sizes
+depend on the cache capacity only, never on how long the conversation was.
+
+Layout: magic, a little-endian u32 header length, the JSON header, the binary blobs the header
+lists (name, byte size) in order, and a sha256 of everything before it. Loading checks the
+magic, version, checksum, the model and IndexMem identity, the cache geometry and every blob
+size before a byte reaches the engine's buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_file
+from ..errors import IndexmemError
+from ..ggml_ops.bindings import C
+
+MAGIC = b"IMSESSN\0"
+VERSION = 1
+HEADER_BYTES = 1 << 16  # the JSON header is padded to this, so the file size never varies
+
+
+class SessionError(IndexmemError):
+    """A session file that cannot be restored into this engine (corrupt, or another model)."""
+
+
+def _tensors(engine) -> list[tuple[str, int]]:
+    out = []
+    for il, layer in enumerate(engine.cache.layers):
+        out += [(f"k{il}", layer.k), (f"v{il}", layer.v)]
+    state = engine.cache.indexmem
+    if state is not None:
+        out += [(f"idx{il}", t) for il, t in state.keys.items()]
+        out += [(f"mem_m{il}", t) for il, t in state.mem_m.items()]
+        out += [(f"mem_b{il}", t) for il, t in state.mem_b.items()]
+    return out
+
+
+def _policy_arrays(engine) -> dict[str, np.ndarray]:
+    evictor = engine.runner.evictor
+    try:
+        return evictor.policy.state_arrays() if evictor else {}
+    except NotImplementedError as exc:
+        raise SessionError(f"sessions are not available with this policy: {exc}") from exc
+
+
+def identity(engine) -> dict:
+    """What a session must agree on with the engine it is loaded into."""
+    cache, cfg = engine.cache, engine.budget_config
+    return {
+        "model_fingerprint": engine.model_fingerprint,
+        "indexmem_fingerprint": engine.indexmem_fingerprint,
+        "memory": engine.cache.indexmem is not None and bool(engine.cache.indexmem.memory_layers),
+        "budget_config": {"policy": cfg.policy, "budget": cfg.budget, "sinks": cfg.sinks, "window": cfg.window,
+                          "tau": cfg.tau, "params": cfg.params},
+        "capacity": cache.capacity,
+        "layer_table": list(cache.layer_table),
+        "bounded": engine.runner.evictor is not None,
+    }
+
+
+def save(engine, path: str | Path, tail: int = 256) -> None:
+    engine.runner.flush()  # queued memory writes and moves land in the buffers first
+    cache, history = engine.cache, engine._history
+    recent = np.full(tail, -1, dtype=np.int32)
+    last = np.asarray(history[-tail:], dtype=np.int32)
+    recent[tail - len(last):] = last
+    blobs = [("positions", np.stack([t.positions for t in cache.tables]).tobytes())]
+    for name, t in _tensors(engine):
+        buf = np.empty(C.ggml_nbytes(t), dtype=np.uint8)
+        C.ggml_backend_tensor_get(t, buf.ctypes.data, 0, buf.nbytes)
+        blobs.append((name, buf.tobytes()))
+    for name, arr in _policy_arrays(engine).items():
+        blobs.append((f"policy.{name}", np.ascontiguousarray(arr).tobytes()))
+    header = {
+        "version": VERSION, **identity(engine),
+        "n_used": [t.n_used for t in cache.tables],
+        "tokens_seen": cache.tokens_seen, "tokens_evicted": list(cache.tokens_evicted),
+        "memory_used": sorted(cache.indexmem.memory_used) if cache.indexmem else [],
+        "history_len": len(history), "history_sha256": _tokens_sha(history), "recent": recent.tolist(),
+        "blobs": [[name, len(data)] for name, data in blobs],
+    }
+    head = json.dumps(header).encode()
+    if len(head) > HEADER_BYTES:
+        raise SessionError(f"session header of {len(head)} bytes exceeds {HEADER_BYTES}")
+    head = head.ljust(HEADER_BYTES)
+    body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(data for _, data in blobs)
+    with atomic_file(path) as f:
+        f.write(body + hashlib.sha256(body).digest())
+
+
+def load(engine, path: str | Path) -> None:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SessionError(f"{path}: cannot read the session file ({exc.strerror})") from exc
+    header, blobs = _parse(raw, path)
+    mine = identity(engine)
+    for key, value in mine.items():
+        if header.get(key) != value:
+            what = "model" if key == "model_fingerprint" else key.replace("_", " ")
+            raise SessionError(f"{path}: saved with another {what} than this engine has "
+                               f"({header.get(key)!r} vs {value!r})")
+    expected = _expected_sizes(engine)
+    if [name for name, _ in header["blobs"]] != list(expected) or \
+            any(size != expected[name] for name, size in header["blobs"]):
+        raise SessionError(f"{path}: its buffers do not match this engine's cache")
+    cache = engine.cache
+    n_tables = len(cache.tables)
+    positions = np.frombuffer(blobs["positions"], dtype=np.int32).reshape(n_tables, cache.capacity)
+    n_used = header["n_used"]
+    if len(n_used) != n_tables or any(not 0 <= u <= cache.capacity for u in n_used) or \
+            (positions < -1).any() or len(header["tokens_evicted"]) != cache.n_layer:
+        raise SessionError(f"{path}: inconsistent slot tables")
+    # everything is validated: from here on the engine's state is replaced
+    engine.runner.invalidate()
+    cache.pending_moves, cache.pending_evicted = {}, {}
+    for table, pos, u in zip(cache.tables, positions, n_used):
+        table.positions[:] = pos
+        table.n_used = int(u)
+    for name, t in _tensors(engine):
+        data = np.frombuffer(blobs[name], dtype=np.uint8)
+        C.ggml_backend_tensor_set(t, data.ctypes.data, 0, data.nbytes)
+    if engine.runner.evictor:
+        engine.runner.evictor.policy.load_state_arrays(
+            {name[7:]: blobs[name] for name in blobs if name.startswith("policy.")})
+    cache.tokens_seen = int(header["tokens_seen"])
+    cache.tokens_evicted = [int(x) for x in header["tokens_evicted"]]
+    if cache.indexmem is not None:
+        cache.indexmem.memory_used = set(header["memory_used"])
+    engine._history = SavedHistory(header["history_len"], header["history_sha256"],
+                                   [t for t in header["recent"] if t >= 0])
+
+
+def _expected_sizes(engine) -> dict[str, int]:
+    cache = engine.cache
+    sizes = {"positions": 4 * len(cache.tables) * cache.capacity}
+    sizes.update({name: C.ggml_nbytes(t) for name, t in _tensors(engine)})
+    sizes.update({f"policy.{name}": arr.nbytes for name, arr in _policy_arrays(engine).items()})
+    return sizes
+
+
+def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, bytes]]:
+    if len(raw) < len(MAGIC) + 4 + 32 or raw[: len(MAGIC)] != MAGIC:
+        raise SessionError(f"{path}: not an indexmem session file")
+    body, digest = raw[:-32], raw[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise SessionError(f"{path}: checksum mismatch (the file is corrupt or truncated)")
+    (n_head,) = struct.unpack("<I", body[len(MAGIC): len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    if n_head != HEADER_BYTES or start + n_head > len(body):
+        raise SessionError(f"{path}: bad header length")
+    try:
+        header = json.loads(body[start: start + n_head])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SessionError(f"{path}: unreadable header ({exc})") from exc
+    if not isinstance(header, dict) or header.get("version") != VERSION:
+        raise SessionError(f"{path}: session format version {header.get('version') if isinstance(header, dict) else '?'}"
+                           f" is not {VERSION}")
+    blobs, at = {}, start + n_head
+    for name, size in header.get("blobs", []):
+        if not isinstance(size, int) or size < 0 or at + size > len(body):
+            raise SessionError(f"{path}: blob {name!r} runs past the end of the file")
+        blobs[name] = body[at: at + size]
+        at += size
+    if at != len(body):
+        raise SessionError(f"{path}: {len(body) - at} unexpected bytes after the buffers")
+    return header, blobs
+
+
+def _tokens_sha(tokens) -> str:
+    return hashlib.sha256(np.asarray(tokens, dtype=np.int32).tobytes()).hexdigest()
+
+
+class SavedHistory(list):
+    """The conversation of a restored session: only its last tokens are known, plus the length
+    and sha256 of the whole, which is enough to tell whether a new prompt continues it."""
+
+    def __init__(self, length: int, sha256: str, recent: list[int]):
+        super().__init__(recent)
+        self.length, self.sha256 = int(length), sha256
+
+    def continued_by(self, tokens) -> bool:
+        return len(tokens) > self.length and _tokens_sha(tokens[: self.length]) == self.sha256
