@@ -220,3 +220,25 @@ def test_shipped_sidecars_were_converted_for_the_registry_files(name):
     with open_gguf(SIDECAR_DIR / MODELS[name].sidecar) as g:
         assert g.get(S.K_BASE_SHA256) == MODELS[name].sha256
         assert g.get(S.K_BUDGET) == 1024 and g.get(S.K_TAU) == 16
+
+
+@pytest.mark.parametrize("budget", [12, 40])  # below and above the 16-token sliding window
+def test_gemma3_runs_indexmem_on_the_layers_it_bounds(tmp_path, budget):
+    from tiny_models import GEMMA_WINDOW
+    base = write_tiny_model(tmp_path / "g.gguf", "gemma3", seed=1)
+    sizes = IndexMemSizes(d_model=64, n_head=4, d_head=32, n_idx_heads=2, d_idx=8, d_mem=16)
+    ckpt = write_checkpoint(random_modules(6, sizes, seed=1), "gemma3", tmp_path / "ckpt", memory_layers=[5])
+    side = convert(ckpt, base, tmp_path / "g.indexmem.gguf", dtype="f16")
+    eng = Engine.load(str(base), indexmem=str(side), budget=budget, window=2, tau=2, n_batch=8, n_ctx=512)
+    assert eng.budget_config.policy == "indexmem"
+    tokens = random_prompt(120, seed=2)
+    nll = eng.token_nll(tokens)
+    assert np.isfinite(nll).all()
+    out = list(eng.generate_tokens(tokens[:50], max_tokens=30, stop_at_eog=False))
+    assert len(out) == 30
+    state = eng.cache.indexmem
+    assert state.memory_layers == [5] and state.memory_used <= {5}
+    local_bounded = budget < GEMMA_WINDOW
+    assert sorted(state.keys) == (list(range(6)) if local_bounded else [5])
+    cached = eng.stats()["tokens_cached"]
+    assert cached[5] <= budget + 2 and max(cached) <= max(budget, GEMMA_WINDOW) + 2 + 8
