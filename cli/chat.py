@@ -51,8 +51,8 @@ def main(
     indexmem: Path = typer.Option(None, help="IndexMem sidecar GGUF (default: merged into the model, or "
                                              "shipped for registry models)"),
     no_indexmem: bool = typer.Option(False, "--no-indexmem", help="do not load IndexMem modules"),
-    memory: bool = typer.Option(None, "--memory/--no-memory",
-                                help="latent memory of evicted tokens (default: on with indexmem)"),
+    memory: bool = typer.Option(False, "--memory/--no-memory",
+                                help="latent memory of evicted tokens (needs IndexMem modules)"),
 ):
     from ..engine.api import Engine
 

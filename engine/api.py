@@ -120,13 +120,14 @@ class Engine:
     def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
              progress=lambda msg: None, policy: str | None = None, budget: int | None = None,
              evict_ratio: float | None = None, sinks: int = 4, window: int | None = None, tau: int | None = None,
-             indexmem=None, memory: bool | None = None, **options) -> "Engine":
+             indexmem=None, memory: bool = False, **options) -> "Engine":
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
 
         IndexMem: ``indexmem`` is a sidecar GGUF, or None to use the modules merged into the
         model file or shipped with the package for a registry model (False: none). With modules
-        the default policy is ``indexmem`` with the sidecar's budget and the latent memory on;
-        ``memory`` turns the memory on or off behind any policy.
+        the default policy is ``indexmem`` with the sidecar's budget. ``memory=True`` adds the
+        latent memory (behind any policy). It is off by default because the shipped memories
+        cost quality in our benchmarks (README, "IndexMem results").
 
         Bounded KV cache: ``policy`` (full, indexmem, streaming, h2o, snapkv, tova, keydiff,
         random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
@@ -156,8 +157,6 @@ class Engine:
         indexmem_path, defaults = find_indexmem(model, model_path, indexmem)
         if policy is None:
             policy = "indexmem" if indexmem_path else "full"
-        if memory is None:
-            memory = bool(indexmem_path) and policy == "indexmem"
         if policy == "indexmem" and budget is None:
             budget = defaults.get("budget")
         if window is None:

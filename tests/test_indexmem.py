@@ -192,7 +192,8 @@ def test_merged_model_uses_its_own_modules(setup, tmp_path):
     base, _, modules = setup
     ckpt = write_checkpoint(copy.deepcopy(modules), "llama", tmp_path / "ckpt")
     merged = convert(ckpt, base, tmp_path / "merged.gguf", merge=True, dtype="f32")
-    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH)
+    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH,
+                      memory=True)
     assert eng.budget_config.policy == "indexmem" and eng.stats()["memory"]
     ref = _load(base, convert(ckpt, base, tmp_path / "sidecar.gguf", dtype="f32"), True)
     tokens = random_prompt(70, seed=9)
@@ -202,11 +203,13 @@ def test_merged_model_uses_its_own_modules(setup, tmp_path):
 def test_registry_model_runs_indexmem_by_default(default_model_path):
     eng = Engine.load("smollm2-135m-instruct", n_ctx=2048)
     st = eng.stats()
-    assert st["policy"] == "indexmem" and st["memory"] and st["budget"] == 1024
+    assert st["policy"] == "indexmem" and not st["memory"] and st["budget"] == 1024
     assert eng.budget_config.window == 64
     assert st["indexmem"].endswith("smollm2-135m-instruct.indexmem.gguf")
-    assert st["index_bytes"] > 0 and st["memory_bytes"] > 0
+    assert st["index_bytes"] > 0 and st["memory_bytes"] == 0
     eng.close()
+    with_memory = Engine.load("smollm2-135m-instruct", n_ctx=2048, memory=True).stats()
+    assert with_memory["memory"] and with_memory["memory_bytes"] == 30 * (72 * 64 + 72) * 4
     plain = Engine.load(str(default_model_path))
     assert plain.stats()["policy"] == "full" and plain.stats()["indexmem"] is None
 
@@ -229,7 +232,8 @@ def test_gemma3_runs_indexmem_on_the_layers_it_bounds(tmp_path, budget):
     sizes = IndexMemSizes(d_model=64, n_head=4, d_head=32, n_idx_heads=2, d_idx=8, d_mem=16)
     ckpt = write_checkpoint(random_modules(6, sizes, seed=1), "gemma3", tmp_path / "ckpt", memory_layers=[5])
     side = convert(ckpt, base, tmp_path / "g.indexmem.gguf", dtype="f16")
-    eng = Engine.load(str(base), indexmem=str(side), budget=budget, window=2, tau=2, n_batch=8, n_ctx=512)
+    eng = Engine.load(str(base), indexmem=str(side), memory=True, budget=budget, window=2, tau=2, n_batch=8,
+                      n_ctx=512)
     assert eng.budget_config.policy == "indexmem"
     tokens = random_prompt(120, seed=2)
     nll = eng.token_nll(tokens)
