@@ -11,6 +11,14 @@ LICENSES = ("GPL-3", "Apache-2.0", "GFDL-1.3", "GPL-2", "LGPL-2.1", "MPL-2.0", "
 ROOT = Path("/usr/share/common-licenses")
 
 
+def python_source_text() -> str:
+    """CPython standard-library sources: real text on every machine, neither training corpus
+    nor evaluation data (speed runs and development runs use it)."""
+    import argparse, asyncio.base_events, email.message, inspect, json.decoder, logging, textwrap  # noqa: E401
+    return "\n".join(inspect.getsource(m) for m in (argparse, logging, email.message, textwrap,
+                                                    json.decoder, asyncio.base_events))
+
+
 def heldout_text() -> str:
     missing = [n for n in LICENSES if not (ROOT / n).exists()]
     if missing:

@@ -25,7 +25,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..engine.api import Engine
+from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL
+from .heldout import python_source_text
 from .specs import HEURISTICS, engine_options, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -43,9 +45,7 @@ def haystack_text(kind: str) -> str:
     """``essays`` (the benchmark) or ``python`` (CPython's sources, for development runs that
     must not look at evaluation data)."""
     if kind == "python":
-        import argparse, asyncio.base_events, email.message, inspect, logging, textwrap  # noqa: E401
-        return "\n".join(inspect.getsource(m) for m in (argparse, logging, email.message, textwrap,
-                                                        asyncio.base_events))
+        return python_source_text()
     if kind != "essays":
         raise ValueError(f"haystack must be essays or python, not {kind!r}")
     return essays_text()
@@ -125,9 +125,8 @@ def main(
             progress.advance(task, len(cases) - len(todo))
             if not todo:
                 continue
-            opts = engine_options(spec, context, ratio, str(indexmem) if indexmem else None)
-            if spec != "full":
-                opts["window"] = window
+            opts = engine_options(spec, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
+                                  window)
             if pool_kernel and opts["policy"] == "indexmem":
                 opts["pool_kernel"] = pool_kernel
             engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,

@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..engine.api import Engine
+from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve
 from .heldout import heldout_windows
 from .specs import HEURISTICS, engine_options, parse_specs
@@ -53,9 +54,8 @@ def main(
     with Progress(console=console) as progress:
         task = progress.add_task("perplexity", total=len(configs) * windows)
         for policy, ratio in configs:
-            opts = engine_options(policy, context, ratio, str(indexmem) if indexmem else None)
-            if policy != "full":
-                opts["window"] = window
+            opts = engine_options(policy, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
+                                  window)
             engine = Engine.load(model, n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
             docs = docs or heldout_windows(engine, context, windows)
             t0, nll = time.perf_counter(), []

@@ -6,15 +6,16 @@ latent memory behind it)."""
 
 from __future__ import annotations
 
-from ..engine.eviction import budget_from_ratio
 from ..engine.policies import POLICIES
 
 HEURISTICS = ("streaming", "h2o", "snapkv", "tova", "keydiff", "random")
 
 
-def engine_options(spec: str, context: int, evict_ratio: float, indexmem=None) -> dict:
-    """Engine.load keyword arguments for ``spec`` at ``evict_ratio`` of a ``context`` prompt.
-    ``indexmem``: a sidecar path, or None for the modules merged or shipped with the model."""
+def engine_options(spec: str, budget: int, indexmem=None, window: int | None = None) -> dict:
+    """Engine.load keyword arguments for ``spec`` with ``budget`` tokens per layer (ignored by
+    ``full``). ``indexmem``: a sidecar path, or None for the modules merged or shipped with the
+    model. ``window``: recent tokens every evicting configuration keeps (None: the engine's
+    default)."""
     if spec == "full":
         return dict(policy="full", indexmem=False)
     policy, memory = spec, False
@@ -28,12 +29,14 @@ def engine_options(spec: str, context: int, evict_ratio: float, indexmem=None) -
         raise ValueError(f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem, "
                          f"a policy ({', '.join(HEURISTICS)}) or <policy>+mem")
     uses_modules = memory or policy == "indexmem"
-    return dict(policy=policy, memory=memory, budget=budget_from_ratio(context, evict_ratio),
-                indexmem=indexmem if uses_modules else False)
+    opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)
+    if window is not None:
+        opts["window"] = window
+    return opts
 
 
 def parse_specs(text: str) -> list[str]:
     specs = [s.strip() for s in text.split(",") if s.strip()]
     for s in specs:
-        engine_options(s, 1000, 0.5)  # raises on a bad name before any model is loaded
+        engine_options(s, 500)  # raises on a bad name before any model is loaded
     return specs

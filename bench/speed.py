@@ -16,7 +16,6 @@ generation right after that prefill.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from ..engine.api import Engine
 from ..engine.registry import DEFAULT_MODEL, resolve
+from .heldout import python_source_text
 from .llama_cpp_ref import open_llama_cpp
 from .specs import engine_options, parse_specs
 
@@ -37,10 +37,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 def benchmark_tokens(engine: Engine, n: int) -> list[int]:
     """``n`` tokens of real offline text (CPython's standard-library sources), never eval data."""
-    import argparse, asyncio.base_events, email.message, json.decoder, logging, textwrap  # noqa: E401
-    text = "\n".join(inspect.getsource(m) for m in (argparse, logging, email.message, textwrap,
-                                                    json.decoder, asyncio.base_events))
-    tokens = engine.tokenize(text)
+    tokens = engine.tokenize(python_source_text())
     while len(tokens) < n:
         tokens = tokens + tokens[1:]
     return tokens[:n]
@@ -99,9 +96,9 @@ def main(
     n_ctx = max(ctx_list) + decode_tokens
     engines = {}
     for spec in specs:
-        opts = engine_options(spec, n_ctx, 0.0, str(indexmem) if indexmem else None)
+        opts = engine_options(spec, budget, str(indexmem) if indexmem else None)
         if spec != "full":
-            opts.update(budget=budget, tau=tau)
+            opts["tau"] = tau
         engines[spec] = Engine.load(model, n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **opts)
         engines[spec].runner.evictor and _time_after_step(engines[spec])
     llm = open_llama_cpp(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,

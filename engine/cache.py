@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ContextOverflowError
-from ..ggml_ops.backend import Backend
+from ..ggml_ops.backend import Backend, OwnsBuffer
 from ..ggml_ops.bindings import C
 from ..ggml_ops.graph import new_context
 from ..ggml_ops.structs import GGMLType
@@ -96,7 +96,7 @@ def add_compaction(g, layer: LayerKV, src, dst) -> None:
         g.expand(C.ggml_set_rows(g.ctx, t, C.ggml_get_rows(g.ctx, t, src), dst))
 
 
-class KVCache:
+class KVCache(OwnsBuffer):
     """K/V tensors of every layer plus slot tables. ``layer_table`` maps each layer to a table;
     layers sharing a table always hold the same tokens in the same slots."""
 
@@ -165,14 +165,3 @@ class KVCache:
         self.tokens_evicted = [0] * self.n_layer
         self.pending_moves = {}
         self.pending_evicted = {}
-
-    def close(self) -> None:
-        if getattr(self, "buffer", None):
-            C.ggml_backend_buffer_free(self.buffer)
-            self.buffer = None
-        if getattr(self, "ctx", None):
-            C.ggml_free(self.ctx)
-            self.ctx = None
-
-    def __del__(self):
-        self.close()

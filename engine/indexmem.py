@@ -19,7 +19,7 @@ from ..convert.reader import IndexMemFile
 from ..errors import ModelFormatError
 from .loader import open_gguf
 from .registry import MODELS
-from ..ggml_ops.backend import Backend
+from ..ggml_ops.backend import Backend, OwnsBuffer
 from ..ggml_ops.bindings import C
 from ..ggml_ops.graph import new_context
 from ..ggml_ops.indexmem import IndexerWeights, MemoryWeights
@@ -57,7 +57,7 @@ _SUFFIXES = ("idx_q.weight", "idx_q_norm.weight", "idx_k.weight", "idx_k_norm.we
              "mem_phi.weight", "mem_phi.bias", "mem_gate.weight", "mem_gate.bias")
 
 
-class IndexMemModules:
+class IndexMemModules(OwnsBuffer):
     """Indexer and memory weights of every layer that has them, as backend tensors."""
 
     def __init__(self, imf: IndexMemFile, backend: Backend, n_head_kv: int):
@@ -110,19 +110,8 @@ class IndexMemModules:
         return MemoryWeights(phi=t["mem_phi.weight"], phi_bias=t["mem_phi.bias"], gate=t["mem_gate.weight"],
                              gate_bias=t["mem_gate.bias"], eps=self.mem_eps)
 
-    def close(self) -> None:
-        if getattr(self, "buffer", None):
-            C.ggml_backend_buffer_free(self.buffer)
-            self.buffer = None
-        if getattr(self, "ctx", None):
-            C.ggml_free(self.ctx)
-            self.ctx = None
 
-    def __del__(self):
-        self.close()
-
-
-class IndexMemState:
+class IndexMemState(OwnsBuffer):
     """Per-sequence state: index keys of the ``index_layers`` ([d_idx, capacity] each) and the
     latent memory of the ``memory_layers``. Both are zero after :meth:`clear`."""
 
@@ -152,14 +141,3 @@ class IndexMemState:
         if self.buffer:
             C.ggml_backend_buffer_clear(self.buffer, 0)
         self.memory_used = set()
-
-    def close(self) -> None:
-        if getattr(self, "buffer", None):
-            C.ggml_backend_buffer_free(self.buffer)
-            self.buffer = None
-        if getattr(self, "ctx", None):
-            C.ggml_free(self.ctx)
-            self.ctx = None
-
-    def __del__(self):
-        self.close()

@@ -21,7 +21,6 @@ from .cache import KVCache
 def add_memory_write(g, model, cache: KVCache, il: int, n_rows: int):
     """Graph nodes writing up to ``n_rows`` evicted tokens of layer ``il`` into its memory.
     Must be expanded before the layer's compaction moves. Returns the new (M, b) tensors."""
-    from .models.builder import rope
     hp, ctx, state = model.hp, g.ctx, cache.indexmem
     layer = cache.layers[il]
     slots = g.input(f"mem_slots-{il}", GGMLType.I32, n_rows)
@@ -29,7 +28,7 @@ def add_memory_write(g, model, cache: KVCache, il: int, n_rows: int):
     row_weight = g.input(f"mem_rw-{il}", GGMLType.F32, 1, hp.n_head_kv * n_rows)
     decay = g.input(f"mem_decay-{il}", GGMLType.F32, 1)
     k = C.ggml_reshape_3d(ctx, C.ggml_get_rows(ctx, layer.k, slots), hp.head_dim, hp.n_head_kv, n_rows)
-    k = rope(ctx, model, il, k, neg_pos)  # rotating by -position undoes RoPE
+    k = model.rope(ctx, k, il, neg_pos)  # rotating by -position undoes RoPE
     v = C.ggml_get_rows(ctx, layer.v, slots)
     flat = hp.n_head_kv * n_rows
     new_m, new_b = memory_write(ctx, state.mem_m[il], state.mem_b[il],

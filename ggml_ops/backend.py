@@ -46,6 +46,24 @@ def list_devices() -> list[DeviceInfo]:
     return devices
 
 
+class OwnsBuffer:
+    """Frees ``self.buffer`` (a backend buffer) and ``self.ctx`` (its ggml context) once."""
+
+    buffer = None
+    ctx = None
+
+    def close(self) -> None:
+        if self.buffer:
+            C.ggml_backend_buffer_free(self.buffer)
+            self.buffer = None
+        if self.ctx:
+            C.ggml_free(self.ctx)
+            self.ctx = None
+
+    def __del__(self):
+        self.close()
+
+
 class Backend:
     """A device backend (GPU if asked and present, else CPU) plus the CPU backend, and a scheduler."""
 

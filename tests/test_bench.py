@@ -5,16 +5,20 @@ import pytest
 from indexmem import Engine
 from indexmem.bench.needle import build_prompt, samples, summarize
 from indexmem.bench.specs import engine_options, parse_specs
+from indexmem.engine.eviction import budget_from_ratio
 from tiny_models import WORDS
 
 
 def test_configuration_names():
-    assert engine_options("full", 4096, 0.9) == dict(policy="full", indexmem=False)
-    assert engine_options("indexmem", 4096, 0.9) == dict(policy="indexmem", memory=True, budget=410, indexmem=None)
-    assert engine_options("indexmem-nomem", 1000, 0.75, "s.gguf") == dict(
+    assert engine_options("full", budget_from_ratio(4096, 0.9)) == dict(policy="full", indexmem=False)
+    assert engine_options("indexmem", budget_from_ratio(4096, 0.9)) == dict(
+        policy="indexmem", memory=True, budget=410, indexmem=None)
+    assert engine_options("indexmem-nomem", budget_from_ratio(1000, 0.75), "s.gguf") == dict(
         policy="indexmem", memory=False, budget=250, indexmem="s.gguf")
-    assert engine_options("snapkv", 1000, 0.5) == dict(policy="snapkv", memory=False, budget=500, indexmem=False)
-    assert engine_options("tova+mem", 1000, 0.5)["memory"] is True
+    assert engine_options("snapkv", budget_from_ratio(1000, 0.5)) == dict(
+        policy="snapkv", memory=False, budget=500, indexmem=False)
+    assert engine_options("tova+mem", 500)["memory"] is True
+    assert engine_options("snapkv", 500, window=64)["window"] == 64
     for bad in ("bogus", "full+mem", "indexmem-nomem,nope"):
         with pytest.raises(ValueError):
             parse_specs(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...ggml_ops.bindings import C
 from ..hparams import HParams
 from ..loader import TensorSpec
 
@@ -54,6 +55,14 @@ class DecoderModel:
         """RoPE of layer ``il``: (mode, frequency base, frequency scale, name of a frequency
         factors tensor or None)."""
         return self.rope_type, self.hp.rope_base, self.hp.rope_scale, None
+
+    def rope(self, ctx, x, il: int, pos):
+        """Rotate x [head_dim, heads, T] by RoPE at positions ``pos`` [T] (I32)."""
+        hp = self.hp
+        mode, base, scale, factors = self.rope_args(il)
+        factors = self.weights.get(factors) if factors else None
+        return C.ggml_rope_ext(ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale,
+                               0.0, 1.0, 32.0, 1.0)
 
     def build(self, b):
         raise NotImplementedError

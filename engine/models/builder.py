@@ -19,14 +19,6 @@ from ..cache import KVCache, add_compaction
 from ..memory_write import add_memory_write
 
 
-def rope(ctx, model, il: int, x, pos):
-    hp = model.hp
-    mode, base, scale, factors = model.rope_args(il)
-    factors = model.weights.get(factors) if factors else None
-    return C.ggml_rope_ext(ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale,
-                           0.0, 1.0, 32.0, 1.0)
-
-
 @dataclass(frozen=True)
 class StepPlan:
     """The shape of one forward step; two steps with equal plans share one graph.
@@ -123,7 +115,7 @@ class Builder:
     def rope(self, x, il: int, pos=None):
         """RoPE of layer ``il`` (the model's :meth:`rope_args`) at this step's positions, or at
         ``pos`` (negative positions undo the rotation)."""
-        return rope(self.ctx, self.model, il, x, self.pos if pos is None else pos)
+        return self.model.rope(self.ctx, x, il, self.pos if pos is None else pos)
 
     def attention(self, il: int, q, k, v, kq_scale: float):
         """Write this step's K/V into the layer's cache slots, attend over the visible slots.
