@@ -2,35 +2,49 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from pathlib import Path
+import threading
+from contextlib import contextmanager
 
 import typer
+from rich.console import Console
 
 from ..engine.registry import DEFAULT_MODEL
+from ..errors import IndexmemError
+from .chat_commands import run_command
 from .common import clean_errors, status
+from .engine_options import (Batch, Budget, IndexMemFile, Memory, Model, NCtx, NoIndexMem, Policy, Sinks, Tau,
+                             Threads, Window, describe_cache, load_engine)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def _reply(engine, messages, opts) -> str:
-    prompt = engine.chat_prompt(messages)
-    pieces = []
+@contextmanager
+def ctrl_c_cancels(event: threading.Event):
+    """While a reply streams, Ctrl-C sets ``event`` (the engine stops at the next token,
+    leaving the conversation consistent) instead of interrupting the program."""
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
     try:
-        for piece in engine.generate(prompt, stream=True, **opts):
-            pieces.append(piece)
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reply(conversation, text: str, opts: dict) -> None:
+    cancel = threading.Event()
+    with ctrl_c_cancels(cancel):
+        for piece in conversation.say(text, stream=True, cancel=cancel, **opts):
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        sys.stdout.write(" [stopped]")
-    sys.stdout.write("\n")
-    return "".join(pieces)
+    sys.stdout.write(" [stopped]\n" if cancel.is_set() else "\n")
+    sys.stdout.flush()
 
 
 @app.command()
 @clean_errors
 def main(
-    model: str = typer.Option(DEFAULT_MODEL, help="registry name or path to a .gguf file"),
+    model: Model = DEFAULT_MODEL,
     prompt: str = typer.Option(None, help="answer this one prompt and exit ('-' reads stdin)"),
     system: str = typer.Option(None, help="system message"),
     max_tokens: int = typer.Option(256, help="tokens per reply at most"),
@@ -40,39 +54,33 @@ def main(
     min_p: float = typer.Option(0.05),
     repeat_penalty: float = typer.Option(1.0),
     seed: int = typer.Option(None),
-    n_ctx: int = typer.Option(None, help="context length (default: the model's; at most 8192 with full KV)"),
-    threads: int = typer.Option(1, help="compute threads"),
-    policy: str = typer.Option(None, help="KV eviction: indexmem (default when IndexMem modules are "
-                                          "available), full, streaming, h2o, snapkv, tova, keydiff, random"),
-    budget: int = typer.Option(None, help="KV tokens kept per layer (indexmem: 1024 unless given)"),
-    sinks: int = typer.Option(4, help="first tokens always kept"),
-    window: int = typer.Option(None, help="most recent tokens always kept (indexmem: 64, others: 0)"),
-    tau: int = typer.Option(None, help="compress every tau tokens past the budget (default 16; 1: every step)"),
-    indexmem: Path = typer.Option(None, help="IndexMem sidecar GGUF (default: merged into the model, or "
-                                             "shipped for registry models)"),
-    no_indexmem: bool = typer.Option(False, "--no-indexmem", help="do not load IndexMem modules"),
-    memory: bool = typer.Option(False, "--memory/--no-memory",
-                                help="latent memory of evicted tokens (needs IndexMem modules)"),
+    n_ctx: NCtx = None,
+    threads: Threads = 1,
+    batch: Batch = 512,
+    policy: Policy = None,
+    budget: Budget = None,
+    sinks: Sinks = 4,
+    window: Window = None,
+    tau: Tau = None,
+    indexmem: IndexMemFile = None,
+    no_indexmem: NoIndexMem = False,
+    memory: Memory = False,
 ):
-    from ..engine.api import Engine
-
     if prompt is None and not sys.stdin.isatty():
         prompt = "-"
     if prompt == "-":
         prompt = sys.stdin.read()
-    engine = Engine.load(model, n_threads=threads, n_ctx=n_ctx, progress=status, policy=policy,
-                         budget=budget, sinks=sinks, window=window, tau=tau, memory=memory,
-                         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None))
+    engine = load_engine(model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem,
+                         memory)
     opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repeat_penalty=repeat_penalty, seed=seed)
-    messages = [{"role": "system", "content": system}] if system else []
+    conversation = engine.conversation(system)
     if prompt is not None:
-        _reply(engine, messages + [{"role": "user", "content": prompt}], opts)
+        _reply(conversation, prompt, opts)
         return
-    st = engine.stats()
-    kv = (f"{st['policy']}, budget {st['budget']} tokens/layer" + (", latent memory" if st["memory"] else "")
-          if st["budget"] else "full KV cache")
-    status(f"{engine.model_path.name} ({kv}) — Ctrl-C stops a reply, Ctrl-D exits")
+    status(f"{engine.model_path.name} ({describe_cache(engine)}) — /help for commands, Ctrl-C stops a reply, "
+           f"Ctrl-D exits")
+    console = Console(highlight=False)
     while True:
         try:
             line = input("> ")
@@ -84,9 +92,13 @@ def main(
             continue
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line})
-        messages.append({"role": "assistant", "content": _reply(engine, messages, opts)})
-
+        if line.startswith("/"):
+            run_command(line, conversation, console)
+            continue
+        try:
+            _reply(conversation, line, opts)
+        except IndexmemError as exc:  # e.g. a full-KV context that is used up: /reset goes on
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
 
 if __name__ == "__main__":
     app()

@@ -15,7 +15,7 @@ from ..ggml_ops.backend import Backend
 from .cache import KVCache
 from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
-from .generate import decode, prefill
+from .generate import Feeder
 from .hparams import read_hparams
 from .indexmem import IndexMemModules, IndexMemState, find_indexmem
 from .loader import Weights, check_tensors, open_gguf
@@ -23,7 +23,6 @@ from .models import ARCHITECTURES
 from .policies import POLICIES
 from . import session
 from .registry import resolve
-from .session import SavedHistory
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -78,7 +77,8 @@ class Engine:
         self.n_batch = n_batch
         self.cache, evictor = self._make_cache()
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
-        self._history: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.feeder = Feeder(self.runner, n_batch, self.n_ctx, self.budget_config.sinks)
+        self._cancel: threading.Event | None = None  # of the generation running now
 
     def _make_cache(self) -> tuple[KVCache, Evictor | None]:
         hp, cfg = self.hparams, self.budget_config
@@ -179,95 +179,134 @@ class Engine:
 
     # --- evaluation --------------------------------------------------------------------
     def reset(self) -> None:
+        """Forget the conversation: empty cache, index keys, memory and policy state."""
         with self._lock:
             self.cache.clear()
             if self.cache.indexmem is not None:
                 self.cache.indexmem.clear()
             if self.runner.evictor:
                 self.runner.evictor.clear()
-            self._history = []
+            self.feeder.reset()
 
     def logits(self, tokens) -> np.ndarray:
         """Logits [len(tokens), n_vocab] of every position of ``tokens``, from an empty cache."""
-        tokens = self._check_tokens(tokens)
+        tokens = self._check_tokens(tokens, self.n_ctx)
         with self._lock:
             self.reset()
-            out = prefill(self.runner, tokens, 0, self.n_batch, all_logits=True)
-            self._history = list(tokens)
-            return out
+            return self.feeder.feed(tokens, all_logits=True)
 
-    def token_nll(self, tokens) -> np.ndarray:
+    def token_nll(self, tokens, on_chunk=None) -> np.ndarray:
         """Negative log-likelihood of ``tokens[1:]``, each given the tokens before it as the
-        cache holds them (with a bounded cache: compressed between prefill chunks)."""
-        tokens = self._check_tokens(tokens)
+        cache holds them (with a bounded cache: compressed between prefill chunks). A bounded
+        cache takes texts of any length (see :mod:`context_shift`)."""
+        tokens = self._check_tokens(tokens, None if self.feeder.unbounded else self.n_ctx)
         out = []
         with self._lock:
             self.reset()
             for start in range(0, len(tokens), self.n_batch):
-                chunk = tokens[start: start + self.n_batch]
-                logits, _ = self.runner.step(chunk, np.arange(start, start + len(chunk)), all_logits=True)
+                logits = self.feeder.feed(tokens[start: start + self.n_batch], all_logits=True)
                 logits = logits[: len(tokens) - 1 - start]  # the last token predicts nothing
                 targets = tokens[start + 1: start + 1 + len(logits)]
                 z = logits.astype(np.float64)
                 z -= z.max(axis=1, keepdims=True)
                 log_norm = np.log(np.exp(z).sum(axis=1))
                 out.append(log_norm - z[np.arange(len(targets)), targets])
-            self._history = list(tokens)
+                if on_chunk:
+                    on_chunk(len(logits))
         return np.concatenate(out)
 
-    def _check_tokens(self, tokens) -> np.ndarray:
+    def _check_tokens(self, tokens, limit: int | None) -> np.ndarray:
         arr = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if arr.size == 0:
             raise ValueError("empty token sequence")
         if arr.min() < 0 or arr.max() >= self.hparams.n_vocab:
             raise ValueError(f"token ids must be in [0, {self.hparams.n_vocab})")
-        if arr.size > self.n_ctx:
-            raise ContextOverflowError(f"{arr.size} tokens exceed the context of {self.n_ctx} "
-                                       f"(load with a larger n_ctx)")
+        if limit is not None and arr.size > limit:
+            raise ContextOverflowError(f"{arr.size} tokens exceed the context of {limit} "
+                                       f"(load with a larger n_ctx, or a bounded cache)")
         return arr.astype(np.int32)
 
-    def _feed_prompt(self, tokens: np.ndarray) -> np.ndarray:
+    def _feed_prompt(self, tokens: np.ndarray, cancel) -> np.ndarray | None:
         """Bring the cache to hold ``tokens``, reusing the longest cached prefix."""
-        if isinstance(self._history, SavedHistory):  # a restored session: continue it or start over
-            start = self._history.length if self._history.continued_by(tokens) else 0
-            if start == 0:
-                self.reset()
-            logits = prefill(self.runner, tokens[start:], start, self.n_batch)
-            self._history = list(tokens)
-            return logits[-1]
-        keep = 0
-        for a, b in zip(self._history, tokens[:-1]):
-            if a != b:
-                break
-            keep += 1
-        if keep < len(self._history):
-            if any(self.cache.tokens_evicted):
+        history = self.feeder.history
+        keep = min(history.common_prefix(tokens), len(tokens) - 1)
+        if keep < len(history):
+            if keep < history.anchor_len or any(self.cache.tokens_evicted):
                 self.reset()  # what was evicted depended on the dropped suffix: start over
                 keep = 0
             else:
-                self.cache.truncate(keep)
-        logits = prefill(self.runner, tokens[keep:], keep, self.n_batch)
-        self._history = list(tokens)
-        return logits[-1]
+                self.runner.flush()
+                self.cache.truncate(keep - self.cache.position_shift)
+                history.truncate(keep)
+        self.feeder.unfed = []
+        return self.feeder.feed(tokens[keep:], cancel=cancel)
+
+    def append(self, tokens) -> None:
+        """Feed ``tokens`` (ids, or text tokenized without BOS) after the conversation the
+        cache holds, without generating."""
+        if isinstance(tokens, str):
+            tokens = self.tokenize(tokens, add_special=False)
+        tokens = self._check_tokens(tokens, None)
+        with self._lock:
+            self.feeder.feed(self._take_unfed(tokens))
+
+    def _take_unfed(self, tokens: np.ndarray) -> np.ndarray:
+        out = np.concatenate([np.asarray(self.feeder.unfed, dtype=np.int32), tokens])
+        self.feeder.unfed = []
+        return out
 
     # --- generation --------------------------------------------------------------------
-    def generate_tokens(self, prompt, max_tokens: int = 128, stop_at_eog: bool = True,
-                        **sampling) -> Iterator[int]:
-        """Token ids continuing ``prompt`` (text or ids). Sampling options: see SamplingParams."""
-        tokens = self._check_tokens(self.tokenize(prompt) if isinstance(prompt, str) else prompt)
+    def generate_tokens(self, prompt, max_tokens: int = 128, stop_at_eog: bool = True, append: bool = False,
+                        cancel: threading.Event | None = None, **sampling) -> Iterator[int]:
+        """Token ids continuing ``prompt`` (text or ids). The prompt is the whole conversation
+        (what the cache already holds of it is reused), or with ``append=True`` only its next
+        part. Generation ends at an end-of-generation token, ``max_tokens``, the end of a full
+        cache's context, or when ``cancel`` (or :meth:`cancel`) is set. Sampling options: see
+        SamplingParams."""
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if isinstance(prompt, str):
+            prompt = self.tokenize(prompt, add_special=not append)
+        tokens = self._check_tokens(prompt, None if self.feeder.unbounded else self.n_ctx)
         sampler = Sampler(SamplingParams(**sampling))
         is_stop = self.tokenizer.is_eog if stop_at_eog else (lambda token: False)
+        cancel = cancel or threading.Event()
         with self._lock:
-            first = self._feed_prompt(tokens)
-            yield from decode(self.runner, sampler, first, self._history, max_tokens, is_stop, self.n_ctx)
+            self._cancel = cancel
+            try:
+                first = self.feeder.feed(self._take_unfed(tokens), cancel=cancel) if append \
+                    else self._feed_prompt(tokens, cancel)
+                if first is not None:
+                    yield from self.feeder.decode(sampler, first[-1], max_tokens, is_stop, cancel)
+            finally:
+                self._cancel = None
 
     def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.0, seed: int | None = None,
-                 stream: bool = False, **sampling):
+                 stream: bool = False, **options):
         """Text continuation of ``prompt`` (text or token ids): a str, or with ``stream=True``
-        an iterator of text pieces (never splitting a UTF-8 character)."""
-        it = self.generate_tokens(prompt, max_tokens, temperature=temperature, seed=seed, **sampling)
+        an iterator of text pieces (never splitting a UTF-8 character). Options: those of
+        :meth:`generate_tokens`."""
+        it = self.generate_tokens(prompt, max_tokens, temperature=temperature, seed=seed, **options)
         pieces = self._stream_text(it)
         return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False, **options):
+        """The assistant's reply to ``messages`` ([{"role", "content"}], rendered with the
+        model's chat template); the cached part of the conversation is reused. For a long
+        conversation fed turn by turn, see :meth:`conversation`."""
+        return self.generate(self.chat_prompt(messages), max_tokens=max_tokens, stream=stream, **options)
+
+    def conversation(self, system: str | None = None, resume: bool = False):
+        """A :class:`Conversation` on this engine: a new one (the cache is reset), or with
+        ``resume=True`` the one the cache holds (e.g. after :meth:`load_session`)."""
+        from .conversation import Conversation
+        return Conversation(self, system, resume=resume)
+
+    def cancel(self) -> None:
+        """Stop the generation running now (from any thread); it ends at the next token."""
+        event = self._cancel
+        if event is not None:
+            event.set()
 
     def _stream_text(self, token_iter) -> Iterator[str]:
         dec = StreamDecoder(self.tokenizer)
@@ -304,6 +343,9 @@ class Engine:
             "device": self.backend.device_name,
             "n_ctx": self.cache.capacity,
             "tokens_seen": self.cache.tokens_seen,
+            "conversation_tokens": len(self.feeder.history),
+            "position_shift": self.cache.position_shift,
+            **self.feeder.speeds(),
             "tokens_cached": self.cache.tokens_cached(),
             "tokens_evicted": list(self.cache.tokens_evicted),
             "policy": self.budget_config.policy,

@@ -120,6 +120,7 @@ class KVCache(OwnsBuffer):
         self.tables = [SlotTable(capacity) for _ in range(max(self.layer_table) + 1)]
         self.tokens_seen = 0
         self.tokens_evicted = [0] * n_layer
+        self.position_shift = 0  # conversation index - RoPE position (see context_shift)
         self.pending_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (src, dst)
         # layers whose evicted tokens are kept for the latent memory, until the next graph reads them
         self.record_evicted: set[int] = set()
@@ -163,5 +164,6 @@ class KVCache(OwnsBuffer):
             t.clear()
         self.tokens_seen = 0
         self.tokens_evicted = [0] * self.n_layer
+        self.position_shift = 0
         self.pending_moves = {}
         self.pending_evicted = {}

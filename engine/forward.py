@@ -211,17 +211,24 @@ class ForwardRunner:
             s = g.input(f"src-{il}", GGMLType.I32, len(src))
             d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
             add_compaction(g, cache.layers[il], s, d)
-        self.invalidate()  # the step graph must be re-placed after this one used the buffer
-        self.backend.alloc_graph(g.gf)
+        inputs = {}
         for il, n_rows in writes.items():
-            for name, arr in memory_write_inputs(cache, il, n_rows, hkv).items():
-                g.set_input(name, arr)
+            inputs.update(memory_write_inputs(cache, il, n_rows, hkv))
         for il, (src, dst) in cache.pending_moves.items():
-            g.set_input(f"src-{il}", src.astype(np.int32))
-            g.set_input(f"dst-{il}", dst)
-        self.backend.compute(g.gf)
-        g.close()
+            inputs[f"src-{il}"], inputs[f"dst-{il}"] = src.astype(np.int32), dst
+        self.run_once(g, inputs)
         self._moves_done()
+
+    def run_once(self, g: Graph, inputs: dict[str, np.ndarray]) -> None:
+        """Allocate, fill and compute a one-off graph (cache maintenance), then free it."""
+        self.invalidate()  # the step graph must be re-placed after this one used the buffer
+        try:
+            self.backend.alloc_graph(g.gf)
+            for name, arr in inputs.items():
+                g.set_input(name, arr)
+            self.backend.compute(g.gf)
+        finally:
+            g.close()
 
     def invalidate(self) -> None:
         """Forget the built graph (after the cache buffers or the model changed)."""

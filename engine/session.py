@@ -23,9 +23,10 @@ import numpy as np
 from ..atomic import atomic_file
 from ..errors import IndexmemError
 from ..ggml_ops.bindings import C
+from .history import RECENT, History
 
 MAGIC = b"IMSESSN\0"
-VERSION = 1
+VERSION = 2
 HEADER_BYTES = 1 << 16  # the JSON header is padded to this, so the file size never varies
 
 
@@ -68,12 +69,12 @@ def identity(engine) -> dict:
     }
 
 
-def save(engine, path: str | Path, tail: int = 256) -> None:
+def save(engine, path: str | Path) -> None:
     engine.runner.flush()  # queued memory writes and moves land in the buffers first
-    cache, history = engine.cache, engine._history
-    recent = np.full(tail, -1, dtype=np.int32)
-    last = np.asarray(history[-tail:], dtype=np.int32)
-    recent[tail - len(last):] = last
+    cache, history = engine.cache, engine.feeder.history
+    recent = np.full(RECENT, -1, dtype=np.int32)
+    last = np.asarray(history.recent(RECENT), dtype=np.int32)
+    recent[RECENT - len(last):] = last
     blobs = [("positions", np.stack([t.positions for t in cache.tables]).tobytes())]
     for name, t in _tensors(engine):
         buf = np.empty(C.ggml_nbytes(t), dtype=np.uint8)
@@ -86,7 +87,8 @@ def save(engine, path: str | Path, tail: int = 256) -> None:
         "n_used": [t.n_used for t in cache.tables],
         "tokens_seen": cache.tokens_seen, "tokens_evicted": list(cache.tokens_evicted),
         "memory_used": sorted(cache.indexmem.memory_used) if cache.indexmem else [],
-        "history_len": len(history), "history_sha256": _tokens_sha(history), "recent": recent.tolist(),
+        "history_len": len(history), "history_hash": history.hash, "recent": recent.tolist(),
+        "unfed": list(engine.feeder.unfed), "position_shift": cache.position_shift,
         "blobs": [[name, len(data)] for name, data in blobs],
     }
     head = json.dumps(header).encode()
@@ -122,6 +124,7 @@ def load(engine, path: str | Path) -> None:
     if len(n_used) != n_tables or any(not 0 <= u <= cache.capacity for u in n_used) or \
             (positions < -1).any() or len(header["tokens_evicted"]) != cache.n_layer:
         raise SessionError(f"{path}: inconsistent slot tables")
+    _check_conversation(header, engine.hparams.n_vocab, path)
     # everything is validated: from here on the engine's state is replaced
     engine.runner.invalidate()
     cache.pending_moves, cache.pending_evicted = {}, {}
@@ -138,8 +141,25 @@ def load(engine, path: str | Path) -> None:
     cache.tokens_evicted = [int(x) for x in header["tokens_evicted"]]
     if cache.indexmem is not None:
         cache.indexmem.memory_used = set(header["memory_used"])
-    engine._history = SavedHistory(header["history_len"], header["history_sha256"],
-                                   [t for t in header["recent"] if t >= 0])
+    cache.position_shift = int(header["position_shift"])
+    engine.feeder.history = History(header["history_len"], header["history_hash"],
+                                    [t for t in header["recent"] if t >= 0])
+    engine.feeder.unfed = [int(t) for t in header["unfed"]]
+
+
+def _check_conversation(header: dict, n_vocab: int, path: Path) -> None:
+    def count(key):
+        v = header.get(key)
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def token_list(key, most):
+        v = header.get(key)
+        return isinstance(v, list) and len(v) <= most and \
+            all(isinstance(t, int) and not isinstance(t, bool) and -1 <= t < n_vocab for t in v)
+
+    if not (count("history_len") and count("position_shift") and count("history_hash")
+            and token_list("recent", RECENT) and token_list("unfed", 1) and -1 not in header["unfed"]):
+        raise SessionError(f"{path}: the conversation record is inconsistent")
 
 
 def _expected_sizes(engine) -> dict[str, int]:
@@ -176,19 +196,3 @@ def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, bytes]]:
     if at != len(body):
         raise SessionError(f"{path}: {len(body) - at} unexpected bytes after the buffers")
     return header, blobs
-
-
-def _tokens_sha(tokens) -> str:
-    return hashlib.sha256(np.asarray(tokens, dtype=np.int32).tobytes()).hexdigest()
-
-
-class SavedHistory(list):
-    """The conversation of a restored session: only its last tokens are known, plus the length
-    and sha256 of the whole, which is enough to tell whether a new prompt continues it."""
-
-    def __init__(self, length: int, sha256: str, recent: list[int]):
-        super().__init__(recent)
-        self.length, self.sha256 = int(length), sha256
-
-    def continued_by(self, tokens) -> bool:
-        return len(tokens) > self.length and _tokens_sha(tokens[: self.length]) == self.sha256

@@ -62,9 +62,11 @@ class ReferenceLlama:
 
     # --- one step ----------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, tokens, positions):
+    def step(self, tokens, positions, settle_tie=None):
         """Feed tokens at positions; returns logits [T, n_vocab] and the kept position sets of
-        the layers that compressed after this step."""
+        the layers that compressed after this step. ``settle_tie(il, kept, scores)`` may replace
+        a layer's kept set by another that differs only among near-equal scores (the engine's,
+        whose float32 scores can order a near tie the other way)."""
         pos = list(positions)
         h = self.w["token_embd.weight"][torch.as_tensor(tokens)]
         T, H, Hkv, hd = len(tokens), self.n_head, self.n_head_kv, self.hd
@@ -97,7 +99,7 @@ class ReferenceLlama:
             h = h + self.lin(p + "ffn_down.weight", gate * self.lin(p + "ffn_up.weight", x))
         out = self.w.get("output.weight", self.w["token_embd.weight"])
         logits = self.rms(h, self.w["output_norm.weight"]) @ out.T
-        kept = {il: self._maybe_compress(il, T) for il in range(self.n_layer)}
+        kept = {il: self._maybe_compress(il, T, settle_tie) for il in range(self.n_layer)}
         return logits.numpy(), {il: k for il, k in kept.items() if k is not None}
 
     def _score(self, il, x, q_pre, order, visible):
@@ -108,7 +110,7 @@ class ReferenceLlama:
         for s, value in zip(order, imp.tolist()):
             self.importance[il][s] = max(self.importance[il].get(s, float("-inf")), value)
 
-    def _maybe_compress(self, il, n_tokens):
+    def _maybe_compress(self, il, n_tokens, settle_tie=None):
         cache = self.cache[il]
         over = len(cache) - self.budget
         if over <= 0 or (n_tokens == 1 and over < self.tau):
@@ -117,6 +119,8 @@ class ReferenceLlama:
         scores = np.array([np.inf if s < self.sinks else self.importance[il][s] for s in order])
         ranked = np.lexsort((-np.array(order), -scores))  # best first, ties to the more recent
         kept = {order[i] for i in ranked[: self.budget]}
+        if settle_tie is not None:
+            kept = settle_tie(il, kept, dict(zip(order, scores.tolist())))
         evicted = [s for s in order if s not in kept]
         if self.memories is not None:
             self._write_memory(il, evicted)

@@ -20,6 +20,9 @@ B, SINKS, TAU, N_BATCH = 24, 2, 4, 8
 # to float16 as the cache does; ggml's CPU flash attention also rounds the queries and
 # accumulates the weighted values in float16 (measured: 2.6e-3 without memory, see the test)
 LOGIT_RTOL = 5e-3
+# index scores: ggml computes them in float32, the reference in float64; a near tie at the budget
+# boundary may be ordered differently (seen on AMD EPYC, never on the Intel machine)
+TIE_RTOL = 1e-4
 
 
 def random_modules(n_layer: int, sizes: IndexMemSizes, seed: int) -> IndexMemModel:
@@ -67,6 +70,25 @@ def _kept(engine, il):
     return set(used[used >= 0].tolist())
 
 
+def _near_tie_settler(engine, counter):
+    """Let the reference keep the engine's set where the two differ only among tokens whose
+    reference scores are within TIE_RTOL of the budget boundary; anything else is left as the
+    reference chose it (and fails the comparison)."""
+    def settle(il, kept, scores):
+        ours = _kept(engine, il)
+        differ = ours ^ kept
+        if not differ or len(ours) != len(kept) or not differ <= set(scores):
+            return kept
+        finite = [v for v in scores.values() if np.isfinite(v)]
+        boundary = min(scores[s] for s in kept)
+        tol = TIE_RTOL * max(abs(v) for v in finite)
+        if all(abs(scores[s] - boundary) <= tol for s in differ):
+            counter.append(il)
+            return ours
+        return kept
+    return settle
+
+
 def _load(base, side, memory, **kw):
     return Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
                        budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH, **kw)
@@ -78,12 +100,13 @@ def test_every_step_matches_the_torch_reference(setup, memory):
     modules = copy.deepcopy(modules)
     eng = _load(base, side, memory)
     ref = ReferenceLlama(base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU)
-    pos, compressions, worst = 0, 0, 0.0
+    pos, compressions, worst, ties = 0, 0, 0.0, []
+    settle = _near_tie_settler(eng, ties)
     for chunk in _steps():
         positions = list(range(pos, pos + len(chunk)))
         pos += len(chunk)
         ours, _ = eng.runner.step(np.array(chunk), np.array(positions), all_logits=True)
-        theirs, kept = ref.step(chunk, positions)
+        theirs, kept = ref.step(chunk, positions, settle)
         err = np.abs(ours - theirs).max() / np.abs(theirs).max()
         worst = max(worst, err)
         assert err <= LOGIT_RTOL, f"step at {positions[0]}: logits differ by {err:.2e} (relative)"
@@ -91,10 +114,12 @@ def test_every_step_matches_the_torch_reference(setup, memory):
             assert _kept(eng, il) == set(ref.cache[il]), f"layer {il}, step at {positions[0]}"
         compressions += len(kept)
     assert compressions >= 2 * 2 * 6  # prefill chunks and decode rounds, both layers
+    assert len(ties) <= 2, f"{len(ties)} near ties settled the engine's way: the scores drift apart"
     stats = eng.stats()
     assert stats["index_bytes"] == 2 * 8 * 4 * eng.cache.capacity
     assert stats["memory_bytes"] == (2 * (16 * 16 + 16) * 4 if memory else 0)
-    print(f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions")
+    print(f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions, "
+          f"{len(ties)} near tie(s) settled")
 
 
 def test_the_memory_changes_what_the_model_predicts(setup):

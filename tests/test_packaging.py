@@ -14,3 +14,17 @@ def test_every_package_folder_is_listed_in_pyproject():
         if init.parent != ROOT and not {"tests", "build", ".git"} & set(init.parent.relative_to(ROOT).parts)
     }
     assert found == listed
+
+
+def test_every_console_script_runs_its_command():
+    """Each [project.scripts] entry, called as the installed script calls it (no arguments;
+    argv from the command line), prints its usage for --help."""
+    import subprocess
+    import sys
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        code = f"import sys; sys.argv = [{name!r}, '--help']; from {module} import {attr}; {attr}()"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "Usage" in result.stdout, (name, result.stderr[-2000:])

@@ -1,0 +1,1 @@
+"""indexmem-serve: an OpenAI-compatible HTTP server over one engine (FastAPI + uvicorn)."""
