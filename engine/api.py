@@ -69,7 +69,7 @@ class Engine:
             self.model.weights = Weights(gguf, infos, self.backend, extra_bufts)
         self.indexmem = IndexMemModules(imf, self.backend, self.hparams.n_head_kv) if imf else None
         self.indexmem_fingerprint = self.indexmem.fingerprint if self.indexmem else None
-        self.tokenizer = Tokenizer(self.model_path, chat_template)
+        self.tokenizer = Tokenizer(self.model_path, chat_template, arch)
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
         self.n_ctx = int(n_ctx or (self.hparams.n_ctx_train if bounded

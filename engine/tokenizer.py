@@ -22,8 +22,13 @@ def _import_llama_cpp():
     return llama_cpp
 
 
+# llama.cpp's built-in template used for a model whose file has none: the family's own turn
+# markers where its vocabulary has them (Gemma's base models know <start_of_turn>), else ChatML
+FALLBACK_TEMPLATES = {"gemma3": "gemma"}
+
+
 class Tokenizer:
-    def __init__(self, path: str | Path, chat_template: str | None = None):
+    def __init__(self, path: str | Path, chat_template: str | None = None, arch: str | None = None):
         llama_cpp = _import_llama_cpp()
         self._lib = llama_cpp
         params = llama_cpp.llama_model_default_params()
@@ -36,6 +41,7 @@ class Tokenizer:
         self.bos = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos = llama_cpp.llama_vocab_eos(self._vocab)
         self.chat_template = chat_template
+        self.fallback_template = FALLBACK_TEMPLATES.get(arch, "chatml")
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS where the model's vocab asks for it."""
@@ -69,8 +75,8 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_assistant: bool = True) -> str:
         """Render ``messages`` ([{"role", "content"}]) with llama.cpp's template engine.
 
-        Models without a template fall back to ChatML, which llama.cpp also implements."""
-        tmpl = (self.chat_template or "chatml").encode()
+        Models without a template fall back to a built-in one (:data:`FALLBACK_TEMPLATES`)."""
+        tmpl = (self.chat_template or self.fallback_template).encode()
         msgs = (self._lib.llama_chat_message * len(messages))()
         keep = []  # the bytes must outlive the C call
         for i, m in enumerate(messages):

@@ -23,11 +23,13 @@ def _history(engine) -> list[int]:
     return engine.feeder.history.tokens.tolist()
 
 
-@pytest.mark.parametrize("which", ["fallback", "smollm2"])
+@pytest.mark.parametrize("which", ["chatml-fallback", "gemma-fallback", "smollm2"])
 def test_turn_parts_rebuild_the_template(which, tiny_llama, default_model_path):
-    path = tiny_llama if which == "fallback" else default_model_path
+    path = default_model_path if which == "smollm2" else tiny_llama
     with open_gguf(path) as g:
-        tok = Tokenizer(path, g.get("tokenizer.chat_template"))
+        tok = Tokenizer(path, g.get("tokenizer.chat_template"), "gemma3" if which == "gemma-fallback" else "llama")
+    marker = {"chatml-fallback": "<|im_start|>user", "gemma-fallback": "<start_of_turn>user", "smollm2": "<|im_start|>"}
+    assert marker[which] in tok.apply_chat_template([{"role": "user", "content": "x"}])
     parts = TurnTemplate(tok.apply_chat_template)
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
