@@ -108,3 +108,13 @@ def test_oversized_body_without_a_length_header(server):
 
     r = httpx.post(f"{server}/v1/completions", content=body(), timeout=60)
     assert r.status_code == 413
+
+
+def test_a_client_that_leaves_mid_stream_does_not_stop_the_server(server, client):
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 64, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    ok = client.chat.completions.create(model="any", messages=MESSAGES, max_tokens=4, temperature=0)
+    assert ok.choices[0].message.content is not None
