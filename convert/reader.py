@@ -42,7 +42,10 @@ def _metadata_tensor(g, name: str):
     ggml_type, shape = g.get(S.K_TENSOR + name + ".type"), g.get(S.K_TENSOR + name + ".shape")
     if ggml_type is None or shape is None:
         raise ModelFormatError(f"{g.path}: metadata tensor {name} lacks its type or shape")
-    return _MetaTensor(name, int(ggml_type), tuple(int(d) for d in shape), np.asarray(data).tobytes())
+    if not isinstance(ggml_type, int) or not isinstance(shape, np.ndarray) or shape.dtype.kind not in "iu" \
+            or not isinstance(data, np.ndarray):
+        raise ModelFormatError(f"{g.path}: metadata tensor {name} has a malformed type, shape or data")
+    return _MetaTensor(name, int(ggml_type), tuple(int(d) for d in shape), data.tobytes())
 
 
 def _strip(shape) -> tuple[int, ...]:
@@ -76,10 +79,13 @@ def load_indexmem(path: str | Path, base_path: str | Path | None = None) -> Inde
         version = g.get(S.K_VERSION)
         if version is None:
             raise ModelFormatError(f"{path}: no IndexMem modules in this GGUF ({S.K_VERSION} missing)")
+        meta = {k: g.get(k) for k in g.keys() if k.startswith(S.PREFIX)}
+        problems = [p for p in (S.value_problem(k, v) for k, v in meta.items()) if p]
+        if problems:
+            raise ModelFormatError(f"{path}: invalid IndexMem metadata: {'; '.join(problems)}")
         if version != S.FORMAT_VERSION:
             raise ModelFormatError(f"{path}: IndexMem format version {version} is not supported "
                                    f"(this indexmem reads version {S.FORMAT_VERSION})")
-        meta = {k: g.get(k) for k in g.keys() if k.startswith(S.PREFIX)}
         required = [S.K_BASE_ARCH, S.K_BASE_LAYERS, S.K_BASE_EMBD, S.K_BASE_HEADS, S.K_BASE_HEAD_DIM,
                     S.K_BASE_FINGERPRINT, S.K_LAYERS, S.K_IDX_HEADS, S.K_IDX_DIM, S.K_MEM_DIM]
         absent = [k for k in required if k not in meta]
@@ -108,13 +114,19 @@ def load_indexmem(path: str | Path, base_path: str | Path | None = None) -> Inde
                     else:
                         f.seek(info.offset)
                         raw = f.read(info.nbytes)
-                    tensors[name] = _dequantize(raw, info, shape)
+                    try:
+                        tensors[name] = _dequantize(raw, info, shape)
+                    except ModelFormatError as exc:
+                        raise ModelFormatError(f"{path}: {exc}") from exc
         merged_fp = S.fingerprint(g.tensors.values()) if g.get("general.architecture") != "indexmem" else None
     if merged_fp is not None and merged_fp != meta[S.K_BASE_FINGERPRINT]:
         raise ModelFormatError(f"{path}: the model tensors do not match the fingerprint the IndexMem "
                                f"modules were converted for")
     if base_path is not None:
-        check_pairing(meta, Path(base_path))
+        try:
+            check_pairing(meta, Path(base_path))
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from exc
     return IndexMemFile(path=path, meta=meta, sizes=sizes, layers=layers, tensors=tensors)
 
 

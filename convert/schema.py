@@ -70,6 +70,48 @@ K_SINKS = "indexmem.sinks"
 K_BUDGET = "indexmem.default_budget"
 K_TAU = "indexmem.default_tau"
 
+# what each key must hold: "count" (integer >= 1), "index" (integer >= 0), "float" (finite),
+# "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
+# MIN_DEFAULT_BUDGET), "str", "indices" (array of integers >= 0)
+KEY_KINDS = {
+    K_VERSION: "index", K_BASE_ARCH: "str", K_BASE_LAYERS: "count", K_BASE_EMBD: "count",
+    K_BASE_HEADS: "count", K_BASE_HEADS_KV: "count", K_BASE_HEAD_DIM: "count", K_BASE_FINGERPRINT: "str",
+    K_BASE_SHA256: "str", K_LAYERS: "indices", K_MEMORY_LAYERS: "indices", K_IDX_HEADS: "count",
+    K_IDX_DIM: "count", K_MEM_DIM: "count", K_MEM_LAMBDA: "float", K_MEM_ETA: "float", K_MEM_EPS: "eps",
+    K_NORM_EPS: "eps", K_SINKS: "index", K_BUDGET: "budget", K_TAU: "count",
+}
+# the engine's default sinks (4) and recent window must fit in a default budget (shipped: 1024)
+MIN_DEFAULT_BUDGET = 16
+
+
+def value_problem(key: str, value) -> str | None:
+    """Why ``value`` cannot be the value of ``key`` (None when it can, or the key is not ours)."""
+    import math
+
+    import numpy as np
+
+    def integer(v, least):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    def real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    valid = {
+        "count": lambda v: integer(v, 1), "index": lambda v: integer(v, 0),
+        "budget": lambda v: integer(v, MIN_DEFAULT_BUDGET), "float": real, "eps": lambda v: real(v) and v >= 0,
+        "str": lambda v: isinstance(v, str),
+        "indices": lambda v: isinstance(v, np.ndarray) and v.dtype.kind in "iu" and bool((v >= 0).all()),
+    }
+    kind = KEY_KINDS.get(key)
+    if kind is None or valid[kind](value):
+        return None
+    shown = f"an array of {len(value)}" if isinstance(value, (list, np.ndarray)) else repr(value)[:40]
+    expected = {"count": "an integer >= 1", "index": "an integer >= 0",
+                "budget": f"an integer >= {MIN_DEFAULT_BUDGET}", "float": "a finite number",
+                "eps": "a finite number >= 0", "str": "a string", "indices": "an array of integers >= 0"}[kind]
+    return f"{key} holds {shown}, expected {expected}"
+
+
 # tensor suffix -> (checkpoint parameter pattern, is a matrix)
 LAYER_TENSORS = {
     "idx_q.weight": ("indexers.{il}.U_q.weight", True),

@@ -50,6 +50,11 @@ def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, 
             return None, {}
     with open_gguf(path) as g:
         defaults = {"budget": g.get(S.K_BUDGET), "tau": g.get(S.K_TAU)}
+    if defaults["budget"] is None:  # the converter always writes it; the engine needs it when no budget is given
+        raise ModelFormatError(f"{path}: IndexMem key {S.K_BUDGET} is missing")
+    for key, value in ((S.K_BUDGET, defaults["budget"]), (S.K_TAU, defaults["tau"])):
+        if value is not None and S.value_problem(key, value):
+            raise ModelFormatError(f"{path}: {S.value_problem(key, value)}")
     return path, {k: int(v) for k, v in defaults.items() if v is not None}
 
 

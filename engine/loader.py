@@ -16,7 +16,7 @@ from ..ggml_ops.backend import Backend
 from ..ggml_ops.bindings import C
 from ..ggml_ops.graph import new_context
 from ..ggml_ops.gguf_reader import GGUFFile, TensorInfo
-from ..ggml_ops.structs import SUPPORTED_WEIGHT_TYPES
+from ..ggml_ops.structs import SUPPORTED_WEIGHT_TYPES, GGMLType
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ def check_tensors(gguf: GGUFFile, specs: list[TensorSpec]) -> list[TensorInfo]:
         if info.ggml_type not in SUPPORTED_WEIGHT_TYPES:
             raise UnsupportedModelError(
                 f"{gguf.path}: tensor {spec.name} has unsupported type {info.type_name}")
+        if len(spec.shape) == 1 and info.ggml_type != GGMLType.F32:
+            # vectors (norms, biases) enter element-wise ops, which abort on anything but f32
+            raise ModelFormatError(f"{gguf.path}: tensor {spec.name} has type {info.type_name}, "
+                                   f"expected f32 for a vector")
         found.append(info)
     return found
 

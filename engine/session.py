@@ -70,18 +70,18 @@ def identity(engine) -> dict:
 
 
 def save(engine, path: str | Path) -> None:
+    """Stream the state into the file one tensor at a time, so that saving needs no more memory
+    than the largest tensor (a process that saves often keeps a flat footprint)."""
     engine.runner.flush()  # queued memory writes and moves land in the buffers first
     cache, history = engine.cache, engine.feeder.history
     recent = np.full(RECENT, -1, dtype=np.int32)
     last = np.asarray(history.recent(RECENT), dtype=np.int32)
     recent[RECENT - len(last):] = last
-    blobs = [("positions", np.stack([t.positions for t in cache.tables]).tobytes())]
-    for name, t in _tensors(engine):
-        buf = np.empty(C.ggml_nbytes(t), dtype=np.uint8)
-        C.ggml_backend_tensor_get(t, buf.ctypes.data, 0, buf.nbytes)
-        blobs.append((name, buf.tobytes()))
-    for name, arr in _policy_arrays(engine).items():
-        blobs.append((f"policy.{name}", np.ascontiguousarray(arr).tobytes()))
+    positions = np.stack([t.positions for t in cache.tables]).tobytes()
+    tensors = _tensors(engine)
+    policy = {f"policy.{name}": np.ascontiguousarray(arr).tobytes() for name, arr in _policy_arrays(engine).items()}
+    sizes = [("positions", len(positions))] + [(name, C.ggml_nbytes(t)) for name, t in tensors] + \
+        [(name, len(data)) for name, data in policy.items()]
     header = {
         "version": VERSION, **identity(engine),
         "n_used": [t.n_used for t in cache.tables],
@@ -89,15 +89,27 @@ def save(engine, path: str | Path) -> None:
         "memory_used": sorted(cache.indexmem.memory_used) if cache.indexmem else [],
         "history_len": len(history), "history_hash": history.hash, "recent": recent.tolist(),
         "unfed": list(engine.feeder.unfed), "position_shift": cache.position_shift,
-        "blobs": [[name, len(data)] for name, data in blobs],
+        "blobs": [[name, size] for name, size in sizes],
     }
     head = json.dumps(header).encode()
     if len(head) > HEADER_BYTES:
         raise SessionError(f"session header of {len(head)} bytes exceeds {HEADER_BYTES}")
-    head = head.ljust(HEADER_BYTES)
-    body = MAGIC + struct.pack("<I", len(head)) + head + b"".join(data for _, data in blobs)
+    buf = np.empty(max((size for _, size in sizes), default=0), dtype=np.uint8)
+    digest = hashlib.sha256()
     with atomic_file(path) as f:
-        f.write(body + hashlib.sha256(body).digest())
+        def put(data) -> None:
+            digest.update(data)
+            f.write(data)
+
+        put(MAGIC + struct.pack("<I", HEADER_BYTES) + head.ljust(HEADER_BYTES))
+        put(positions)
+        for name, t in tensors:
+            n = C.ggml_nbytes(t)
+            C.ggml_backend_tensor_get(t, buf.ctypes.data, 0, n)
+            put(memoryview(buf)[:n])
+        for data in policy.values():
+            put(data)
+        f.write(digest.digest())
 
 
 def load(engine, path: str | Path) -> None:
@@ -124,6 +136,10 @@ def load(engine, path: str | Path) -> None:
     if len(n_used) != n_tables or any(not 0 <= u <= cache.capacity for u in n_used) or \
             (positions < -1).any() or len(header["tokens_evicted"]) != cache.n_layer:
         raise SessionError(f"{path}: inconsistent slot tables")
+    memory_layers = cache.indexmem.memory_layers if cache.indexmem is not None else []
+    if not set(header["memory_used"]) <= set(memory_layers):
+        raise SessionError(f"{path}: memory written in layers {sorted(header['memory_used'])}, but this "
+                           f"engine's memory layers are {memory_layers}")
     _check_conversation(header, engine.hparams.n_vocab, path)
     # everything is validated: from here on the engine's state is replaced
     engine.runner.invalidate()
@@ -170,7 +186,8 @@ def _expected_sizes(engine) -> dict[str, int]:
     return sizes
 
 
-def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, bytes]]:
+def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, memoryview]]:
+    raw = memoryview(raw)  # blobs are views into the file's bytes, not copies
     if len(raw) < len(MAGIC) + 4 + 32 or raw[: len(MAGIC)] != MAGIC:
         raise SessionError(f"{path}: not an indexmem session file")
     body, digest = raw[:-32], raw[-32:]
@@ -181,18 +198,41 @@ def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, bytes]]:
     if n_head != HEADER_BYTES or start + n_head > len(body):
         raise SessionError(f"{path}: bad header length")
     try:
-        header = json.loads(body[start: start + n_head])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SessionError(f"{path}: unreadable header ({exc})") from exc
+        header = json.loads(bytes(body[start: start + n_head]))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or nesting deep enough to recurse out
+        raise SessionError(f"{path}: unreadable header ({str(exc)[:200]})") from exc
     if not isinstance(header, dict) or header.get("version") != VERSION:
         raise SessionError(f"{path}: session format version {header.get('version') if isinstance(header, dict) else '?'}"
                            f" is not {VERSION}")
+    _check_fields(header, path)
     blobs, at = {}, start + n_head
-    for name, size in header.get("blobs", []):
-        if not isinstance(size, int) or size < 0 or at + size > len(body):
+    for name, size in header["blobs"]:
+        if at + size > len(body):
             raise SessionError(f"{path}: blob {name!r} runs past the end of the file")
         blobs[name] = body[at: at + size]
         at += size
     if at != len(body):
         raise SessionError(f"{path}: {len(body) - at} unexpected bytes after the buffers")
     return header, blobs
+
+
+_COUNT_LIMIT = 1 << 48  # far beyond any conversation; larger counts are corruption (len() overflows)
+
+
+def _check_fields(header: dict, path: Path) -> None:
+    """The header fields ``load`` reads as numbers have the right JSON types and signs."""
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _COUNT_LIMIT
+
+    def integers(v):
+        return isinstance(v, list) and all(integer(x) for x in v)
+
+    def blob_table(v):
+        return isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                                           and integer(e[1]) for e in v)
+
+    checks = {"blobs": blob_table, "n_used": integers, "tokens_seen": integer, "tokens_evicted": integers,
+              "memory_used": integers, "history_len": integer}
+    bad = [key for key, ok in checks.items() if not ok(header.get(key))]
+    if bad:
+        raise SessionError(f"{path}: header fields {', '.join(bad)} are missing or malformed")

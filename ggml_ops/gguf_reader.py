@@ -31,6 +31,8 @@ _SCALAR_GETTERS = {
     S.GGUF_TYPE_INT64: "gguf_get_val_i64", S.GGUF_TYPE_FLOAT64: "gguf_get_val_f64",
     S.GGUF_TYPE_BOOL: "gguf_get_val_bool",
 }
+# keys whose type the GGUF spec fixes and that are used as text before any other check
+_STRING_KEYS = ("general.architecture", "general.name", "tokenizer.ggml.model", "tokenizer.chat_template")
 _ARRAY_DTYPES = {
     S.GGUF_TYPE_UINT8: np.uint8, S.GGUF_TYPE_INT8: np.int8, S.GGUF_TYPE_UINT16: np.uint16,
     S.GGUF_TYPE_INT16: np.int16, S.GGUF_TYPE_UINT32: np.uint32, S.GGUF_TYPE_INT32: np.int32,
@@ -94,6 +96,7 @@ class GGUFFile:
                 for i in range(C.gguf_get_n_kv(self._ctx))
             }
             self.tensors = self._read_tensors()
+            self._check_string_keys()
         except BaseException:
             self.close()
             raise
@@ -120,6 +123,13 @@ class GGUFFile:
                 )
             tensors[name] = info
         return tensors
+
+    def _check_string_keys(self) -> None:
+        for key in _STRING_KEYS:
+            kid = self._key_ids.get(key)
+            if kid is not None and C.gguf_get_kv_type(self._ctx, kid) != S.GGUF_TYPE_STRING:
+                raise ModelFormatError(f"{self.path}: metadata key {key!r} is not a string "
+                                       f"(GGUF type {C.gguf_get_kv_type(self._ctx, kid)})")
 
     # --- metadata ----------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -148,6 +158,20 @@ class GGUFFile:
         if kid is None or C.gguf_get_kv_type(self._ctx, kid) != S.GGUF_TYPE_ARRAY:
             return 0
         return C.gguf_get_arr_n(self._ctx, kid)
+
+    def value_type(self, key: str) -> tuple[int, int | None] | None:
+        """(GGUF type, element type of an array or None) of ``key``; None when it is absent."""
+        kid = self._key_ids.get(key)
+        if kid is None:
+            return None
+        kv_type = C.gguf_get_kv_type(self._ctx, kid)
+        return kv_type, C.gguf_get_arr_type(self._ctx, kid) if kv_type == S.GGUF_TYPE_ARRAY else None
+
+    def raw_strings(self, key: str) -> list[bytes]:
+        """The elements of the string array ``key``, undecoded (two invalid byte strings stay
+        distinct, where decoding with replacement could make them equal)."""
+        kid = self._key_ids[key]
+        return [C.gguf_get_arr_str(self._ctx, kid, i) for i in range(C.gguf_get_arr_n(self._ctx, kid))]
 
     def _get_array(self, kid: int):
         n = C.gguf_get_arr_n(self._ctx, kid)
