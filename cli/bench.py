@@ -138,7 +138,7 @@ def ruler(
 @_data_errors
 def niah(
     model: str = MODEL,
-    policy: str = typer.Option(None, help=POLICY_HELP + " (default: snapkv)"),
+    policy: str = typer.Option(None, help=POLICY_HELP + " (default: snapkv,indexmem-nomem)"),
     ratios: str = typer.Option(None, help=RATIOS_HELP + " (default: 0.75)"),
     budgets: str = BUDGETS,
     lengths: str = typer.Option(None, help="prompt lengths in tokens (default: 1024,2048,4096)"),
@@ -164,7 +164,8 @@ def niah(
     if task not in TASKS or TASKS[task].family != "niah":
         raise ValueError(f"{task!r} is not a needle task")
     defaults = (dict(lengths="512,1024", depths="0,0.5,1", samples=1, policy="snapkv", ratios="0.75") if quick else
-                dict(lengths="1024,2048,4096", depths="0,0.25,0.5,0.75,1", samples=1, policy="snapkv", ratios="0.75"))
+                dict(lengths="1024,2048,4096", depths="0,0.25,0.5,0.75,1", samples=1, policy="snapkv,indexmem-nomem",
+                     ratios="0.75"))
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
     cases = depth_cases(task, _numbers(lengths or defaults["lengths"], int), _numbers(depths or defaults["depths"]),
                         samples or defaults["samples"])
