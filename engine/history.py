@@ -12,7 +12,7 @@ from array import array
 
 import numpy as np
 
-_MOD = (1 << 61) - 1  # a Mersenne prime: the hash of a concatenation is cheap to extend
+HASH_MODULUS = (1 << 61) - 1  # a Mersenne prime: the hash of a concatenation is cheap to extend
 _BASE = 1_000_003
 RECENT = 256  # tokens kept from before a restore point (for repetition penalties)
 
@@ -20,7 +20,7 @@ RECENT = 256  # tokens kept from before a restore point (for repetition penaltie
 def rolling_hash(tokens, start: int = 0) -> int:
     h = start
     for t in tokens:
-        h = (h * _BASE + int(t) + 1) % _MOD
+        h = (h * _BASE + int(t) + 1) % HASH_MODULUS
     return h
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import atomic_file
 from ..errors import IndexmemError
 from ..ggml_ops.bindings import C
-from .history import RECENT, History
+from .history import HASH_MODULUS, RECENT, History
 
 MAGIC = b"IMSESSN\0"
 VERSION = 2
@@ -164,16 +164,13 @@ def load(engine, path: str | Path) -> None:
 
 
 def _check_conversation(header: dict, n_vocab: int, path: Path) -> None:
-    def count(key):
-        v = header.get(key)
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
     def token_list(key, most):
         v = header.get(key)
         return isinstance(v, list) and len(v) <= most and \
             all(isinstance(t, int) and not isinstance(t, bool) and -1 <= t < n_vocab for t in v)
 
-    if not (count("history_len") and count("position_shift") and count("history_hash")
+    if not (_is_count(header.get("history_len")) and _is_count(header.get("position_shift"))
+            and _is_count(header.get("history_hash"), HASH_MODULUS)
             and token_list("recent", RECENT) and token_list("unfed", 1) and -1 not in header["unfed"]):
         raise SessionError(f"{path}: the conversation record is inconsistent")
 
@@ -219,20 +216,22 @@ def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, memoryview]]:
 _COUNT_LIMIT = 1 << 48  # far beyond any conversation; larger counts are corruption (len() overflows)
 
 
+def _is_count(v, below: int = _COUNT_LIMIT) -> bool:
+    """A JSON integer in [0, below) (JSON booleans are ints to Python: not counts)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < below
+
+
 def _check_fields(header: dict, path: Path) -> None:
     """The header fields ``load`` reads as numbers have the right JSON types and signs."""
-    def integer(v):
-        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _COUNT_LIMIT
-
     def integers(v):
-        return isinstance(v, list) and all(integer(x) for x in v)
+        return isinstance(v, list) and all(_is_count(x) for x in v)
 
     def blob_table(v):
         return isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                                           and integer(e[1]) for e in v)
+                                           and _is_count(e[1]) for e in v)
 
-    checks = {"blobs": blob_table, "n_used": integers, "tokens_seen": integer, "tokens_evicted": integers,
-              "memory_used": integers, "history_len": integer}
+    checks = {"blobs": blob_table, "n_used": integers, "tokens_seen": _is_count, "tokens_evicted": integers,
+              "memory_used": integers, "history_len": _is_count}
     bad = [key for key, ok in checks.items() if not ok(header.get(key))]
     if bad:
         raise SessionError(f"{path}: header fields {', '.join(bad)} are missing or malformed")
