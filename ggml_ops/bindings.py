@@ -69,6 +69,8 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_rms_norm": (P, [P, P, F32]),
     "ggml_mul_mat": (P, [P, P, P]),
     "ggml_sum_rows": (P, [P, P]),
+    "ggml_out_prod": (P, [P, P, P]),
+    "ggml_fill": (P, [P, P, F32]),
     "ggml_prec_set_acc": (B, [P, I32]),
     "ggml_cpy": (P, [P, P, P]),
     "ggml_cast": (P, [P, P, I32]),

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .bindings import C, tensor_struct
+from .reduce import sum_over_rows
 from .structs import GGML_OP_POOL_MAX
 
 
@@ -86,10 +87,8 @@ def memory_write(ctx, M, b, keys, values, row_weight, decay, mw: MemoryWeights):
     Returns (M', b') with M [d_mem, d_head] and b [d_mem]."""
     fk = _phi(ctx, keys, mw)  # [d_mem, N]
     fk_w = C.ggml_mul(ctx, fk, row_weight)
-    delta_m = C.ggml_mul_mat(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, fk_w)),
-                             C.ggml_cont(ctx, C.ggml_transpose(ctx, values)))  # [d_mem, d_head]
-    sq = C.ggml_mul(ctx, C.ggml_sqr(ctx, fk), row_weight)
-    delta_b = C.ggml_sum_rows(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, sq)))  # [1, d_mem]
+    delta_m = C.ggml_out_prod(ctx, fk_w, values)  # Σ_n φ(k_n) v_nᵀ: [d_mem, d_head]
+    delta_b = sum_over_rows(ctx, C.ggml_mul(ctx, C.ggml_sqr(ctx, fk), row_weight))  # [d_mem, 1]
     d_mem = tensor_struct(b).ne[0]
     new_m = C.ggml_add(ctx, C.ggml_mul(ctx, M, decay), delta_m)
     new_b = C.ggml_add(ctx, C.ggml_mul(ctx, b, decay), C.ggml_reshape_1d(ctx, delta_b, d_mem))

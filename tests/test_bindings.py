@@ -7,6 +7,7 @@ import numpy as np
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph
+from indexmem.ggml_ops.reduce import sum_over_rows
 from indexmem.ggml_ops.structs import GGMLType, ggml_tensor
 
 
@@ -65,3 +66,14 @@ def test_get_rows_and_set_rows_roundtrip():
     ref = src.copy()
     ref[idx] = rows
     np.testing.assert_array_equal(got, ref)
+
+
+def test_sum_over_rows_matches_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(37, 11)).astype(np.float32)  # ggml [11, 37]: 37 rows of 11
+
+    def build(g):
+        return sum_over_rows(g.ctx, g.input("x", GGMLType.F32, 11, 37))
+
+    got = _run(build, {"x": x})
+    np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)

@@ -19,8 +19,11 @@ from indexmem.bench.ruler import common_words, frequent_words
 from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, package_data_dir, parse_hotpotqa,
                                        parse_squad)
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
+from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
+from indexmem.engine.indexmem import find_indexmem
+from indexmem.engine.registry import DEFAULT_MODEL, sha256_of
 from tiny_models import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,9 +251,46 @@ def test_the_real_data_loads(smollm):
 
 # --- the CLI, end to end -------------------------------------------------------------------------
 
+BENCH = "import sys; sys.argv = ['indexmem-bench', *sys.argv[1:]]; from indexmem.cli.bench import app; app()"
+
+
 def _bench(*args, cwd):
-    code = "import sys; sys.argv = ['indexmem-bench', *sys.argv[1:]]; from indexmem.cli.bench import app; app()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-c", BENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _start_bench(*args, cwd):
+    return subprocess.Popen([sys.executable, "-c", BENCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd)
+
+
+def test_shard_takes_k_of_n():
+    cases = ruler_cases(["niah_single_1", "vt"], [1024], 3)
+    halves = [shard_cases(cases, parse_shard(s)) for s in ("1/2", "2/2")]
+    assert sorted(halves[0] + halves[1], key=cases.index) == cases and abs(len(halves[0]) - len(halves[1])) <= 1
+    assert shard_cases(cases, parse_shard(None)) == cases
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_rows_of_other_indexmem_modules_are_neither_resumed_nor_reported(default_model_path, tmp_path):
+    """Retrained modules make new IndexMem rows; heuristic rows stay valid; an example in the
+    file twice counts once."""
+    bench = Bench(model=DEFAULT_MODEL, data=RulerData(write_synthetic_data(tmp_path / "data")))
+    sha = sha256_of(default_model_path)
+    shipped = sha256_of(find_indexmem(bench.model, default_model_path, None)[0])
+    case = ruler_cases(["niah_single_1"], [1024], 1)[0]
+    base = dict(model_sha256=sha, context=1024, task=case.task, index=0, seed=0, depth=None, n_batch=512, score=1.0)
+    full = dict(base, config="full", evict_ratio=0.0, budget=None, indexmem_sha256=None)
+    ours = dict(base, config="indexmem-nomem", evict_ratio=0.75, budget=256, indexmem_sha256=shipped)
+    stale = dict(ours, indexmem_sha256="0" * 64, score=0.0)
+    out = tmp_path / "rows.jsonl"
+    twice = dict(full, score=0.0)  # the same example measured again by an overlapping run
+    out.write_text("".join(json.dumps(r) + "\n" for r in (full, stale, ours, twice)))
+    configs = cache_configs(["indexmem-nomem"], [0.75])
+    rows = run(bench, configs, [case], out)  # both rows are there, so nothing is measured
+    assert rows == [full, ours]
+    assert len(out.read_text().splitlines()) == 4
 
 
 def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
@@ -259,10 +299,13 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     out = tmp_path / "ruler.jsonl"
     args = ["ruler", "--quick", "--model", str(model), "--data", str(data_dir), "--out", str(out),
             "--plot", str(tmp_path / "curves.png"), "--lengths", "3072"]  # the tiny vocabulary spells most words out
-    result = _bench(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    shards = [_start_bench(*args, "--shard", f"{k}/2", cwd=tmp_path) for k in (1, 2)]  # one file, two writers
+    for shard in shards:
+        _, stderr = shard.communicate(timeout=600)
+        assert shard.returncode == 0, stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 13 * 2
+    assert len({(r["config"], r["task"]) for r in rows}) == 26  # the shards split the cases, none twice
     assert {(r["config"], r["evict_ratio"]) for r in rows} == {("full", 0.0), ("snapkv", 0.75)}
     assert {r["task"] for r in rows} == set(TASKS)
     for r in rows:
@@ -273,11 +316,11 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     snap = next(r for r in rows if r["config"] == "snapkv")
     assert snap["budget"] == 768 and full["budget"] is None and snap["kv_bytes"] < full["kv_bytes"]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp_path / "ruler.md").read_text()
-    assert "| full KV |" in table and "| snapkv @ 0.75 |" in table and "QA2" in table
 
     again = _bench(*args, cwd=tmp_path)  # everything is there: nothing runs again
     assert again.returncode == 0 and len(out.read_text().splitlines()) == 26
+    table = (tmp_path / "ruler.md").read_text()
+    assert "| full KV |" in table and "| snapkv @ 0.75 |" in table and "QA2" in table
 
     heat = tmp_path / "heat.png"
     result = _bench("niah", "--quick", "--model", str(model), "--data", str(data_dir), "--out",

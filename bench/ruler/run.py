@@ -7,6 +7,7 @@ no more), and the answer is decoded greedily. Rows already in the file are not r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
+from ...engine.indexmem import find_indexmem
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options
 from .data import RulerData
@@ -64,6 +66,26 @@ def depth_cases(task: str, lengths: list[int], depths: list[float], samples: int
     return [Case(task, n, i, d) for n in lengths for d in depths for i in range(samples)]
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``K/N``: this process runs the K-th of N interleaved slices of the cases."""
+    if not text:
+        return 1, 1
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N, like 1/2, not {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def shard_cases(cases: list[Case], shard: tuple[int, int]) -> list[Case]:
+    """Every N-th case from the K-th: N processes given the same cases and --out split every
+    configuration evenly and append to one file."""
+    k, n = shard
+    return cases[k - 1::n]
+
+
 @dataclass
 class Bench:
     """What stays the same across a sweep."""
@@ -77,27 +99,48 @@ class Bench:
 
 
 def row_key(row: dict) -> tuple:
-    return (row["model_sha256"], row["config"], row["evict_ratio"], row["budget"], row["context"], row["task"],
-            row["index"], row["seed"], row["depth"], row["n_batch"])
+    return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
+            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"])
+
+
+def uses_modules(spec: str) -> bool:
+    """Whether the configuration runs IndexMem's trained modules (indexer or memory)."""
+    return engine_options(spec, 1)["indexmem"] is not False
+
+
+def modules_sha256(bench: Bench, path: Path, model_sha256: str) -> str | None:
+    """sha256 of the IndexMem file the configurations that use modules load (None if there is
+    none): rows measured with other modules, say before a retraining, are neither resumed nor
+    reported."""
+    found, _ = find_indexmem(bench.model, path, bench.indexmem)
+    if found is None:
+        return None
+    return model_sha256 if Path(found).resolve() == Path(path).resolve() else sha256_of(found)
 
 
 def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path | None,
         console: Console | None = None) -> list[dict]:
     """Run every case under every configuration; returns the rows of this model in ``out`` (old
-    and new) or, without ``out``, the new ones."""
+    and new, including what other processes appended meanwhile) or, without ``out``, the new ones."""
     console = console or Console()
     for name in dict.fromkeys(c.task for c in cases):  # a missing data file fails before any model loads
         for part in TASKS[name].needs:
             getattr(bench.data, part)
     path = resolve(bench.model, console.print)
     sha = sha256_of(path)
-    rows = [r for r in read_rows(out) if r.get("model_sha256") == sha] if out else []
+    modules = modules_sha256(bench, path, sha)
+
+    def ours(row: dict) -> bool:
+        return row.get("model_sha256") == sha and row.get("indexmem_sha256") in (None, modules)
+
+    rows = _first_of_each([r for r in read_rows(out) if ours(r)]) if out else []
     done = {row_key(r) for r in rows}
     samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
 
     def key(config: CacheConfig, case: Case) -> tuple:
-        return (sha, config.spec, config.evict_ratio, config.budget_for(case.context), case.context, case.task,
-                case.index, bench.seed, case.depth, bench.n_batch)
+        return (sha, modules if uses_modules(config.spec) else None, config.spec, config.evict_ratio,
+                config.budget_for(case.context), case.context, case.task, case.index, bench.seed, case.depth,
+                bench.n_batch)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -120,6 +163,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                             sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
                                                                      case.index, bench.data, depths)
                         row = dict(model=bench.model, model_sha256=sha, model_fingerprint=engine.model_fingerprint,
+                                   indexmem_sha256=modules if uses_modules(config.spec) else None,
                                    config=config.spec, evict_ratio=config.evict_ratio,
                                    budget=config.budget_for(context), context=context, task=case.task,
                                    index=case.index, seed=bench.seed, depth=case.depth, n_batch=bench.n_batch,
@@ -131,7 +175,17 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                         progress.advance(bar)
                 finally:
                     engine.close()
-    return rows
+    return _first_of_each([r for r in read_rows(out) if ours(r)]) if out else rows
+
+
+def _first_of_each(rows: list[dict]) -> list[dict]:
+    """One row per example: processes that overlapped without --shard may both have measured it."""
+    seen, unique = set(), []
+    for r in rows:
+        if row_key(r) not in seen:
+            seen.add(row_key(r))
+            unique.append(r)
+    return unique
 
 
 def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:
@@ -161,9 +215,10 @@ def _round(x):
 
 def _append(out: Path, row: dict) -> None:
     """One line per row, synced: a run killed mid-write leaves at most a torn last line, which the
-    reader skips and the next append starts after."""
+    reader skips and the next append starts after. The lock lets shards share the file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0, os.SEEK_END)
         if f.tell():
             f.seek(-1, os.SEEK_END)

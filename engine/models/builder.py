@@ -15,6 +15,7 @@ from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
+from ...ggml_ops.reduce import sum_over_rows
 from ..cache import KVCache, add_compaction
 from ..memory_write import add_memory_write
 
@@ -177,8 +178,7 @@ class Builder:
         kq = C.ggml_mul_mat(ctx, kview, qs)  # [n_kv, w, H]
         probs = C.ggml_soft_max_ext(ctx, kq, ms, kq_scale, 0.0)
         n_kv = tensor_struct(kq).ne[0]
-        flat = C.ggml_reshape_2d(ctx, probs, n_kv, n_queries * hp.n_head)
-        mass = C.ggml_sum_rows(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, flat)))  # [1, n_kv]
+        mass = sum_over_rows(ctx, C.ggml_reshape_2d(ctx, probs, n_kv, n_queries * hp.n_head))  # [n_kv, 1]
         self.g.output(self.cb(mass, "attn_mass", il))
 
     def ffn_gated(self, x, il: int, act: str):

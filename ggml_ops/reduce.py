@@ -1,0 +1,14 @@
+"""Reductions that ggml has no single op for."""
+
+from __future__ import annotations
+
+from .bindings import C, tensor_struct
+from .structs import GGMLType
+
+
+def sum_over_rows(ctx, x):
+    """Σ_j x[:, j] of a 2-D tensor [n, m]: [n, 1]. An outer product with a column of ones reads x
+    in order; sum_rows of the transpose needs a strided copy of x first, ~9x slower for the
+    [n_kv, queries x heads] attention probabilities."""
+    ones = C.ggml_fill(ctx, C.ggml_new_tensor_2d(ctx, GGMLType.F32, 1, tensor_struct(x).ne[1]), 1.0)
+    return C.ggml_out_prod(ctx, x, ones)
