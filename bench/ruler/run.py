@@ -130,17 +130,21 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
     sha = sha256_of(path)
     modules = modules_sha256(bench, path, sha)
 
-    def ours(row: dict) -> bool:
-        return row.get("model_sha256") == sha and row.get("indexmem_sha256") in (None, modules)
+    def stored() -> list[dict]:
+        """This model's rows in ``out`` measured with these modules (or none), once each."""
+        return _first_of_each([r for r in read_rows(out) if r.get("model_sha256") == sha
+                               and r.get("indexmem_sha256") in (None, modules)])
 
-    rows = _first_of_each([r for r in read_rows(out) if ours(r)]) if out else []
+    def identity(config: CacheConfig, case: Case) -> dict:
+        """The fields of a row that ``row_key`` reads."""
+        return dict(model_sha256=sha, indexmem_sha256=modules if uses_modules(config.spec) else None,
+                    config=config.spec, evict_ratio=config.evict_ratio, budget=config.budget_for(case.context),
+                    context=case.context, task=case.task, index=case.index, seed=bench.seed, depth=case.depth,
+                    n_batch=bench.n_batch)
+
+    rows = stored() if out else []
     done = {row_key(r) for r in rows}
     samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
-
-    def key(config: CacheConfig, case: Case) -> tuple:
-        return (sha, modules if uses_modules(config.spec) else None, config.spec, config.evict_ratio,
-                config.budget_for(case.context), case.context, case.task, case.index, bench.seed, case.depth,
-                bench.n_batch)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -148,7 +152,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
         bar = progress.add_task("RULER", total=len(configs) * len(cases))
         for config in configs:
             for context in dict.fromkeys(c.context for c in cases):
-                todo = [c for c in cases if c.context == context and key(config, c) not in done]
+                todo = [c for c in cases if c.context == context and row_key(identity(config, c)) not in done]
                 progress.advance(bar, sum(c.context == context for c in cases) - len(todo))
                 if not todo:
                     continue
@@ -162,11 +166,8 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                             depths = None if case.depth is None else [case.depth]
                             sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
                                                                      case.index, bench.data, depths)
-                        row = dict(model=bench.model, model_sha256=sha, model_fingerprint=engine.model_fingerprint,
-                                   indexmem_sha256=modules if uses_modules(config.spec) else None,
-                                   config=config.spec, evict_ratio=config.evict_ratio,
-                                   budget=config.budget_for(context), context=context, task=case.task,
-                                   index=case.index, seed=bench.seed, depth=case.depth, n_batch=bench.n_batch,
+                        row = dict(model=bench.model, **identity(config, case),
+                                   model_fingerprint=engine.model_fingerprint,
                                    window=None if config.spec == "full" else bench.window,
                                    **measure(engine, sample))
                         rows.append(row)
@@ -175,7 +176,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                         progress.advance(bar)
                 finally:
                     engine.close()
-    return _first_of_each([r for r in read_rows(out) if ours(r)]) if out else rows
+    return stored() if out else rows
 
 
 def _first_of_each(rows: list[dict]) -> list[dict]:
