@@ -5,8 +5,10 @@ Generators run on small synthetic data built here (the real data package is not 
 real SmolLM2 tokenizer and chat template."""
 
 import json
+import math
 import random
 import re
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -18,12 +20,15 @@ from indexmem import Engine
 from indexmem.bench.ruler import common_words, frequent_words
 from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, package_data_dir, parse_hotpotqa,
                                        parse_squad)
+from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
+from indexmem.bench.ruler.summary import measured_with, read_rows
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
+from indexmem.bench.ruler.table import ruler_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
-from indexmem.engine.indexmem import find_indexmem
-from indexmem.engine.registry import DEFAULT_MODEL, sha256_of
+from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
+from indexmem.engine.registry import DEFAULT_MODEL, MODELS, sha256_of
 from tiny_models import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,6 +335,45 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     assert len(rows) == 2 * 2 * 3 and {r["depth"] for r in rows} == {0.0, 0.5, 1.0}
     assert heat.read_bytes()[:4] == b"\x89PNG"
     assert "| depth | 512 | 1,024 |" in (tmp_path / "niah.md").read_text()
+
+
+def _result_row(config, ratio, task, index, score):
+    return dict(config=config, evict_ratio=ratio, budget=None if config == "full" else 1024, context=4096,
+                task=task, index=index, score=score, prompt_tokens=4096, kv_bytes=10**6, index_bytes=0,
+                memory_bytes=0)
+
+
+def test_table_averages_tasks_and_gives_the_standard_error_of_the_average(tmp_path):
+    scores = {"niah_single_1": [1.0, 0.0, 1.0, 1.0], "vt": [0.2, 0.4, 0.4, 0.0], "qa_1": [0.0, 0.0, 0.0, 1.0]}
+    rows = [_result_row("snapkv", 0.5, t, i, v) for t, vs in scores.items() for i, v in enumerate(vs)]
+    rows += [_result_row("full", 0.0, t, 0, 1.0) for t in scores]  # one sample: no error to give
+    table = ruler_table(rows)
+
+    sems = [statistics.stdev(vs) / math.sqrt(len(vs)) for vs in scores.values()]  # per task mean
+    avg = statistics.mean(statistics.mean(vs) for vs in scores.values())
+    err = math.sqrt(sum(e * e for e in sems)) / len(sems)
+    assert (round(100 * avg, 1), round(100 * err, 1)) == (41.7, 12.2)  # worked by hand as well
+    snap = next(line for line in table.splitlines() if line.startswith("| snapkv @ 0.5 |"))
+    assert snap.endswith(f"| 75.0 | 25.0 | 25.0 | **{100 * avg:.1f}** ± {100 * err:.1f} |")
+    assert "| 4 |" in snap
+    assert next(line for line in table.splitlines() if line.startswith("| full KV |")).endswith("| **100.0** |")
+
+    compression_curves(rows, tmp_path / "curves.png", "synthetic")  # error bars on the average panel
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("results", sorted((ROOT / "docs" / "results").glob("ruler-*.md")), ids=lambda p: p.stem)
+def test_committed_tables_are_what_the_committed_rows_give(results):
+    rows = read_rows(results.with_suffix(".jsonl"))
+    model = {r["model"] for r in rows}
+    model_sha = {r["model_sha256"] for r in rows}
+    assert len(model) == len(model_sha) == 1, "one model per result file"
+    sidecar = SIDECAR_DIR / MODELS[next(iter(model))].sidecar  # results are of registry models
+    rows = measured_with(rows, *model_sha, sha256_of(sidecar))
+    table = ruler_table(rows)
+    assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n"
+    if results.stem == "ruler-smollm2-4k":
+        assert table in (ROOT / "README.md").read_text()
 
 
 def test_missing_data_is_one_line_and_status_1(tmp_path):

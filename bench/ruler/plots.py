@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...atomic import atomic_path
-from .summary import config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
+from .summary import average, average_error, config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -20,6 +20,9 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+_DODGE = 0.008  # horizontal offset between configurations' markers, in eviction ratio
 
 
 def _save(fig, path: Path) -> None:
@@ -37,41 +40,48 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     shares: dict = defaultdict(list)
     for r in rows:
         shares[(config_of(r), r["context"])].append(evict_share(r))
-    lines: dict = defaultdict(list)  # (spec, context) -> [(x, {task: score})]
+    lines: dict = defaultdict(list)  # (spec, context) -> [(x, {task: TaskScore})]
     for (config, ctx), s in scores.items():
-        x = sum(shares[(config, ctx)]) / len(shares[(config, ctx)])
-        point = (x, {t: v for t, (v, _) in s.items()})
-        if config[0] == "full":
-            continue
-        lines[(config[0], ctx)].append(point)
-    full = {ctx: {t: v for t, (v, _) in s.items()} for (config, ctx), s in scores.items() if config[0] == "full"}
+        if config[0] != "full":
+            lines[(config[0], ctx)].append((sum(shares[(config, ctx)]) / len(shares[(config, ctx)]), s))
+    full = {ctx: s for (config, ctx), s in scores.items() if config[0] == "full"}
     panels = (["average"] if len(tasks) > 1 else []) + tasks
     ncols = min(5, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows + 0.6), squeeze=False, sharex=True)
 
-    def y_of(values: dict, panel: str) -> float | None:
-        if panel != "average":
-            return values.get(panel)
-        return sum(values[t] for t in tasks) / len(tasks) if all(t in values for t in tasks) else None
+    def y_of(s: dict, panel: str) -> tuple[float | None, float | None]:
+        """The panel's score and its standard error (drawn on the average panel only)."""
+        if panel == "average":
+            return average(s, tasks), average_error(s, tasks)
+        return (s[panel].mean, None) if panel in s else (None, None)
 
     styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    specs = sorted({s for s, _ in lines})
     for ax, panel in zip(axes.flat, panels):
-        for i, ((spec, ctx), points) in enumerate(sorted(lines.items())):
+        for (spec, ctx), points in sorted(lines.items()):
             pts = sorted(points, key=lambda p: p[0])
             if ctx in full:
                 pts = [(0.0, full[ctx])] + pts
-            xy = [(x, y_of(v, panel)) for x, v in pts]
-            xy = [(x, 100 * y) for x, y in xy if y is not None]
-            if xy:
+            k = specs.index(spec)
+            dodge = _DODGE * (k - (len(specs) - 1) / 2)  # lines with equal scores stay visible side by side
+            xye = [(x + dodge * (x > 0), *y_of(s, panel)) for x, s in pts]
+            xye = [(x, 100 * y, 100 * (e or 0.0)) for x, y, e in xye if y is not None]
+            if xye:
+                x, y, e = zip(*xye)
                 label = spec if len(contexts) == 1 else f"{spec}, {ctx:,}"
-                ax.plot(*zip(*xy), marker="o", ms=3, lw=1.2, ls=styles[contexts.index(ctx) % len(styles)],
-                        color=f"C{sorted({s for s, _ in lines}).index(spec) % 10}", label=label)
+                ax.errorbar(x, y, yerr=e if any(e) else None, marker=markers[k % len(markers)], ms=3.5, lw=1.1,
+                            elinewidth=0.7, capsize=1.5, alpha=0.85, ls=styles[contexts.index(ctx) % len(styles)],
+                            color=f"C{k % 10}", label=label)
         for ctx in contexts:
-            if ctx in full and y_of(full[ctx], panel) is not None:
-                ax.plot([0.0], [100 * y_of(full[ctx], panel)], "k*", ms=7)
+            if ctx in full and y_of(full[ctx], panel)[0] is not None:
+                ax.plot([0.0], [100 * y_of(full[ctx], panel)[0]], "k*", ms=7)
         ax.set_title(panel if panel == "average" else f"{panel} ({TASKS[panel].short})", fontsize=9)
-        ax.set_ylim(-3, 103)
+        if panel == "average":
+            ax.set_ylim(bottom=-1)  # averages sit low: let the axis fit them and their error bars
+        else:
+            ax.set_ylim(-3, 103)
         ax.set_xlim(-0.03, 1.0)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
@@ -84,7 +94,7 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(4, len(labels)))
-    fig.suptitle(title + " (star: full KV)", fontsize=10, x=0.01, ha="left")
+    fig.suptitle(title + " (star: full KV; bars on the average: ± its standard error)", fontsize=10, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 * (nrows == 1)))
     _save(fig, path)
     plt.close(fig)

@@ -23,7 +23,7 @@ from ...engine.indexmem import find_indexmem
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options
 from .data import RulerData
-from .summary import read_rows
+from .summary import measured_with, read_rows, row_key
 from .tasks import TASKS, generate_sample
 
 
@@ -98,11 +98,6 @@ class Bench:
     indexmem: str | None = None
 
 
-def row_key(row: dict) -> tuple:
-    return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
-            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"])
-
-
 def uses_modules(spec: str) -> bool:
     """Whether the configuration runs IndexMem's trained modules (indexer or memory)."""
     return engine_options(spec, 1)["indexmem"] is not False
@@ -131,9 +126,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
     modules = modules_sha256(bench, path, sha)
 
     def stored() -> list[dict]:
-        """This model's rows in ``out`` measured with these modules (or none), once each."""
-        return _first_of_each([r for r in read_rows(out) if r.get("model_sha256") == sha
-                               and r.get("indexmem_sha256") in (None, modules)])
+        return measured_with(read_rows(out), sha, modules)
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
@@ -177,16 +170,6 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                 finally:
                     engine.close()
     return stored() if out else rows
-
-
-def _first_of_each(rows: list[dict]) -> list[dict]:
-    """One row per example: processes that overlapped without --shard may both have measured it."""
-    seen, unique = set(), []
-    for r in rows:
-        if row_key(r) not in seen:
-            seen.add(row_key(r))
-            unique.append(r)
-    return unique
 
 
 def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:

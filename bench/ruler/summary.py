@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -19,6 +21,24 @@ def read_rows(path: Path | None) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a measurement: the same example under the same configuration, model and modules."""
+    return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
+            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"])
+
+
+def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
+    """The rows of one model measured with these IndexMem modules (or none: heuristics), once
+    each: processes that overlapped without --shard may both have measured an example."""
+    seen, unique = set(), []
+    for r in rows:
+        if r.get("model_sha256") == model_sha256 and r.get("indexmem_sha256") in (None, modules_sha256):
+            if row_key(r) not in seen:
+                seen.add(row_key(r))
+                unique.append(r)
+    return unique
 
 
 def config_of(row: dict) -> tuple[str, float | None, int | None]:
@@ -49,19 +69,40 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def task_scores(rows: list[dict]) -> dict[tuple, dict[str, tuple[float, int]]]:
-    """(config, context) -> task -> (mean score, samples)."""
+@dataclass(frozen=True)
+class TaskScore:
+    mean: float
+    n: int
+    sem: float | None  # standard error of the mean; None from a single sample
+
+
+def task_score(values: list[float]) -> TaskScore:
+    m, n = _mean(values), len(values)
+    sem = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
+    return TaskScore(m, n, sem)
+
+
+def task_scores(rows: list[dict]) -> dict[tuple, dict[str, TaskScore]]:
+    """(config, context) -> task -> its score over the samples."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[(config_of(r), r["context"])][r["task"]].append(r["score"])
-    return {k: {t: (_mean(v), len(v)) for t, v in tasks.items()} for k, tasks in groups.items()}
+    return {k: {t: task_score(v) for t, v in tasks.items()} for k, tasks in groups.items()}
 
 
-def average(scores: dict[str, tuple[float, int]], tasks: list[str]) -> float | None:
+def average(scores: dict[str, TaskScore], tasks: list[str]) -> float | None:
     """Mean over ``tasks`` (each task weighs the same), None unless every one was measured."""
     if not all(t in scores for t in tasks):
         return None
-    return _mean([scores[t][0] for t in tasks])
+    return _mean([scores[t].mean for t in tasks])
+
+
+def average_error(scores: dict[str, TaskScore], tasks: list[str]) -> float | None:
+    """Standard error of ``average``: the tasks' samples are drawn independently, so their
+    errors add in quadrature. None unless every task has two samples or more."""
+    if not all(t in scores and scores[t].sem is not None for t in tasks):
+        return None
+    return math.sqrt(sum(scores[t].sem ** 2 for t in tasks)) / len(tasks)
 
 
 def depth_of(row: dict) -> float | None:

@@ -3,7 +3,7 @@ and needle accuracy per depth and length."""
 
 from __future__ import annotations
 
-from .summary import average, config_label, config_of, depth_grid, ordered_configs, task_scores
+from .summary import average, average_error, config_label, config_of, depth_grid, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -19,7 +19,7 @@ def ruler_table(rows: list[dict]) -> str:
     kv = {}
     for r in rows:
         kv[(config_of(r), r["context"])] = r["kv_bytes"] + r["index_bytes"] + r["memory_bytes"]
-    n = {k: min(n for _, n in s.values()) for k, s in scores.items()}
+    n = {k: min(v.n for v in s.values()) for k, s in scores.items()}
     out = []
     for context in sorted({c for _, c in scores}):
         out += [f"{context:,} tokens, score x100 (n = samples per task, cache MB = KV + index + memory allocated)", "",
@@ -27,13 +27,19 @@ def ruler_table(rows: list[dict]) -> str:
                 "|---|---:|---:|" + "---:|" * (len(tasks) + 1)]
         for config in ordered_configs(c for c, ctx in scores if ctx == context):
             s = scores[(config, context)]
-            cells = [f"{100 * s[t][0]:.1f}" if t in s else "–" for t in tasks]
-            avg = average(s, tasks)
+            cells = [f"{100 * s[t].mean:.1f}" if t in s else "–" for t in tasks]
             out.append(f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
-                       + " | ".join(cells) + f" | {'–' if avg is None else f'**{100 * avg:.1f}**'} |")
+                       + " | ".join(cells) + f" | {_average_cell(s, tasks)} |")
         out.append("")
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
-    return "\n".join(out + [legend])
+    return "\n".join(out + [legend, "", "avg ± its standard error over the samples (each task weighs the same)."])
+
+
+def _average_cell(scores: dict, tasks: list[str]) -> str:
+    avg, err = average(scores, tasks), average_error(scores, tasks)
+    if avg is None:
+        return "–"
+    return f"**{100 * avg:.1f}**" + ("" if err is None else f" ± {100 * err:.1f}")
 
 
 def depth_table(rows: list[dict]) -> str:
