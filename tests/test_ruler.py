@@ -273,6 +273,12 @@ def test_shard_takes_k_of_n():
     halves = [shard_cases(cases, parse_shard(s)) for s in ("1/2", "2/2")]
     assert sorted(halves[0] + halves[1], key=cases.index) == cases and abs(len(halves[0]) - len(halves[1])) <= 1
     assert shard_cases(cases, parse_shard(None)) == cases
+    # a sweep carried on with one more sample splits the new sample evenly too
+    tasks = ["niah_single_1", "niah_single_2", "vt", "cwe"]
+    for samples in (2, 3, 4):
+        new = [[c for c in shard_cases(ruler_cases(tasks, [1024, 2048], samples), parse_shard(s))
+                if c.index == samples - 1] for s in ("1/2", "2/2")]
+        assert len(new[0]) == len(new[1]) == len(tasks)
     for bad in ("0/2", "3/2", "1", "a/b"):
         with pytest.raises(ValueError, match="--shard"):
             parse_shard(bad)

@@ -58,12 +58,13 @@ class Case:
     depth: float | None = None  # the needle's depth, for depth sweeps of single-needle tasks
 
 
+# Sample-major: the cases a larger --samples adds form one block, which --shard then splits evenly.
 def ruler_cases(tasks: list[str], lengths: list[int], samples: int) -> list[Case]:
-    return [Case(t, n, i) for n in lengths for t in tasks for i in range(samples)]
+    return [Case(t, n, i) for i in range(samples) for n in lengths for t in tasks]
 
 
 def depth_cases(task: str, lengths: list[int], depths: list[float], samples: int) -> list[Case]:
-    return [Case(task, n, i, d) for n in lengths for d in depths for i in range(samples)]
+    return [Case(task, n, i, d) for i in range(samples) for n in lengths for d in depths]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
