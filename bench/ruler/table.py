@@ -32,7 +32,8 @@ def ruler_table(rows: list[dict]) -> str:
                        + " | ".join(cells) + f" | {_average_cell(s, tasks)} |")
         out.append("")
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
-    return "\n".join(out + [legend, "", "avg ± its standard error over the samples (each task weighs the same)."])
+    return "\n".join(out + [legend, "", "avg = mean over the tasks (each weighs the same) ± its standard error "
+                                         "over the samples (from 2 samples on)."])
 
 
 def _average_cell(scores: dict, tasks: list[str]) -> str:
