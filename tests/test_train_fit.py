@@ -10,6 +10,7 @@ from indexmem.train.evaluate import evaluate
 from indexmem.train.features import extract
 from indexmem.train.fit import FitConfig, Trainer, fit
 from indexmem.train.features import FeatureSet
+from indexmem.train.modules import IndexMemSizes
 from tiny_models import random_prompt
 
 
@@ -73,3 +74,44 @@ def test_training_lowers_the_index_loss(tmp_path, tiny_llama):
                                                             decay_steps=5, warmup=2))
     losses = [trainer.train_step()["index"] for _ in range(40)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_student_window_fits_one_window_of_queries_to_the_teacher_over_all(tmp_path, tiny_llama):
+    import random
+
+    from indexmem.train.losses import kl_loss, window_importance
+    feat = _features(tmp_path, tiny_llama)
+    trainer = Trainer(FeatureSet(feat), tmp_path / "c", _cfg(student_window=32))
+    f = trainer.fs.layer(1, 0)
+    trainer.rng.seed(11)
+    end = random.Random(11).randrange(32, 97)  # what the trainer draws for 96-token features
+    loss, _ = trainer.layer_loss(1, 0, stage=1)
+    teacher = trainer.teacher(1, 0, f)
+    assert teacher.shape == (96,)
+    with torch.no_grad():
+        expected = kl_loss(teacher[:end], window_importance(trainer.model.indexers[0], f["x"], f["q_pre"],
+                                                            end - 32, end), trainer.cfg.sinks)
+    torch.testing.assert_close(loss.detach(), expected)
+    # the paper's rule is a different loss on the same features
+    full, _ = Trainer(FeatureSet(feat), tmp_path / "d", _cfg()).layer_loss(1, 0, stage=1)
+    assert not torch.isclose(full.detach(), loss.detach())
+
+
+def test_fact_recall_counts_the_fact_tokens_each_scorer_keeps(tmp_path, tiny_llama):
+    from indexmem.train.evaluate import fact_recall
+    from indexmem.train.fit import IndexMemModel
+    eng = Engine.load(str(tiny_llama), n_ctx=256, n_batch=64)
+    extract(eng, [random_prompt(96, seed=s) for s in range(2)], tmp_path / "feat", chunk=64,
+            annotations={"fact_spans": [[[4, 10], [80, 86]], [[50, 60]]], "questions_start": [90, 90]})
+    fs = FeatureSet(tmp_path / "feat")
+    torch.manual_seed(0)
+    model = IndexMemModel(fs.n_layer, IndexMemSizes.paper(fs.manifest["d_model"], fs.manifest["n_head"],
+                                                          fs.manifest["d_head"]))
+    got = fact_recall(fs, model, layers=[0, 1], ratios=(0.75,), chunk=32, recent=8)
+    assert set(got) == {"streaming", "h2o", "snapkv", "tova", "indexmem"}
+    # streaming keeps the sinks and the last 18 of 90 tokens (budget 22): the fact at 80-86 of the
+    # first sequence only, so half of its fact tokens and none of the second's
+    assert got["streaming"]["0.75"] == 0.25
+    assert all(0.0 <= by_ratio["0.75"] <= 1.0 for by_ratio in got.values())
+    everything = fact_recall(fs, model, layers=[0], ratios=(0.0,), chunk=32, recent=8)
+    assert all(by_ratio["0.0"] == 1.0 for by_ratio in everything.values())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from indexmem.train.losses import (attention, indexer_importance, kl_loss, memory_loss, naive_kl_loss,
-                                   teacher_logits)
+                                   teacher_logits, window_importance)
 from indexmem.train.modules import Indexer, IndexMemSizes, LatentMemory
 
 SIZES = IndexMemSizes.paper(d_model=32, n_head=8, d_head=16)  # H_idx 2, d_idx 2, d_mem 4
@@ -54,6 +54,40 @@ def test_importance_is_the_max_over_later_queries_only():
     x2, q2 = x.clone(), q_pre.clone()
     q2[0] *= 100.0
     assert torch.allclose(indexer_importance(idx, x2, q2, block=8)[1:], imp[1:])
+
+
+@pytest.mark.parametrize("s0,s1,block", [(0, 40, 8), (10, 30, 7), (25, 26, 4), (13, 40, 64)])
+def test_window_importance_is_the_max_over_the_window_queries_at_or_after_each_key(s0, s1, block):
+    torch.manual_seed(2)
+    idx = Indexer(SIZES)
+    x, q_pre, _, _ = _features()
+    imp = window_importance(idx, x, q_pre, s0, s1, block=block)
+    q, a = idx.queries(x, q_pre)
+    A = idx.scores(q, a, idx.keys(x))
+    assert imp.shape == (s1,)
+    for t in range(s1):
+        assert torch.allclose(imp[t], A[max(s0, t):s1, t].max(), atol=1e-6)
+    # queries outside the window never count
+    q2 = q_pre.clone()
+    q2[:s0] *= 100.0
+    q2[s1:] *= 100.0
+    assert torch.allclose(window_importance(idx, x, q2, s0, s1, block=block), imp)
+
+
+@pytest.mark.parametrize("block", [3, 64])
+def test_teacher_min_distance_counts_only_distant_queries(block):
+    _, _, q_cur, k_cur = _features()
+    T = torch.einsum("shd,thd->sht", q_cur, k_cur.repeat_interleave(4, 1)).amax(1) / 4.0
+    got = teacher_logits(q_cur, k_cur, block=block, min_distance=10)
+    for t in range(40):
+        if t + 10 < 40:
+            assert torch.allclose(got[t], T[t + 10:, t].max())
+        else:
+            assert got[t] == float("-inf")
+    # keys the teacher does not score drop out of the loss instead of making it nan
+    student = torch.randn(40)
+    loss = kl_loss(got, student, sinks=4)
+    assert torch.isfinite(loss) and torch.allclose(loss, kl_loss(got[:30], student[:30], sinks=4))
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])

@@ -4,6 +4,11 @@ Attention recall: the share of the teacher's max-pooled attention distribution (
 target, sinks excluded) that a kept set of ``budget`` tokens covers, when the whole sequence is
 compressed once. The trained indexer is compared with heuristic scores computed on the same
 features. Memory: how much of the residual ‖o_full − o_attn(kept)‖² the trained memory removes.
+
+Fact recall (features of retrieval-shaped windows, whose manifest says where the facts are): the
+share of the facts' tokens kept when the text before the questions is compressed once by the
+queries of one prefill chunk that ends where the questions begin, as in chunked prefill, where
+the question has not been read yet when the haystack is compressed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 
 from .features import FeatureSet
 from .fit import IndexMemModel, keep_top, memory_case
-from .losses import indexer_importance, memory_loss, teacher_logits
+from .losses import indexer_importance, memory_loss, teacher_logits, window_importance
 from .modules import IndexMemSizes
 
 SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
@@ -52,6 +57,38 @@ def heuristic_scores(probs: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def chunk_scores(model, il: int, f: dict, end: int, chunk: int, scale: float) -> dict[str, torch.Tensor]:
+    """Every scorer's importance of the keys [0, end) when the queries [end - chunk, end) decide;
+    H2O's accumulated attention counts every query so far, as it does in the engine."""
+    sub = {k: v[:end] for k, v in f.items()}
+    probs = attention_probs(sub, scale)
+    scores = heuristic_scores(probs[:, end - chunk:, :])
+    scores["h2o"] = probs.sum((0, 1))
+    scores["indexmem"] = window_importance(model.indexers[il], f["x"], f["q_pre"], end - chunk, end, grad=False)
+    return scores
+
+
+@torch.no_grad()
+def fact_recall(fs: FeatureSet, model, layers: list[int], ratios=(0.75, 0.9), sinks: int = 4,
+                chunk: int = 256, recent: int = 64) -> dict[str, dict[str, float]]:
+    """Share of the fact tokens kept (see the module docstring); the ``recent`` last tokens are
+    protected as the engine's recent window protects them."""
+    scale, spans, starts = fs.manifest["kq_scale"], fs.manifest["fact_spans"], fs.manifest["questions_start"]
+    kept: dict[str, dict[float, list[float]]] = {}
+    for seq in range(fs.n_sequences):
+        end = starts[seq]
+        facts = torch.cat([torch.arange(a, b) for a, b in spans[seq]])
+        for il in layers:
+            for name, score in chunk_scores(model, il, fs.layer(seq, il), end, chunk, scale).items():
+                score = score.clone()
+                score[end - recent:] = float("inf")
+                for ratio in ratios:
+                    keep = keep_top(score, max(sinks + recent, round(end * (1 - ratio))), sinks)
+                    share = float(torch.isin(facts, keep).float().mean())
+                    kept.setdefault(name, {}).setdefault(ratio, []).append(share)
+    return {name: {str(r): sum(v) / len(v) for r, v in by_ratio.items()} for name, by_ratio in kept.items()}
+
+
 @torch.no_grad()
 def evaluate(features_dir: Path, ckpt_dir: Path, ratios=(0.75, 0.9), sinks: int = 4, n_trail: int = 64,
              memory_ratio: float = 0.9) -> dict:
@@ -80,10 +117,12 @@ def evaluate(features_dir: Path, ckpt_dir: Path, ratios=(0.75, 0.9), sinks: int 
             residual["with_memory"].append(float(memory_loss(model.memories[il], *case)))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     without, with_mem = mean(residual["without_memory"]), mean(residual["with_memory"])
+    facts = fact_recall(fs, model, layers, ratios, sinks) if "fact_spans" in fs.manifest else None
     return {
         "sequences": fs.n_sequences, "layers": layers,
         "recall": {name: {str(r): mean(v) for r, v in by_ratio.items()} for name, by_ratio in recall.items()},
         "residual_at_evict_ratio": memory_ratio,
         "residual_without_memory": without, "residual_with_memory": with_mem,
         "residual_reduction": 1.0 - with_mem / without,
+        **({"fact_recall": facts} if facts else {}),
     }

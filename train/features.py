@@ -28,8 +28,9 @@ def kq_scale(engine) -> float:
 
 
 def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512, on_sequence=None,
-            source: str = "") -> dict:
-    """Run every sequence through the engine (full KV) and save its per-layer features."""
+            source: str = "", annotations: dict | None = None) -> dict:
+    """Run every sequence through the engine (full KV) and save its per-layer features.
+    ``annotations`` (per-sequence lists, e.g. where spliced facts are) go into the manifest."""
     hp = engine.hparams
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{graph}-{il}" for graph in KINDS.values() for il in range(hp.n_layer)]
@@ -53,6 +54,7 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
         "n_head_kv": hp.n_head_kv, "d_head": hp.head_dim, "kq_scale": kq_scale(engine),
         "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)], "sliding_window": hp.sliding_window,
         "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS, "source": source,
+        **(annotations or {}),
     }
     write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return manifest

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..atomic import atomic_file, write_atomic
 from .features import FeatureSet
-from .losses import attention, indexer_importance, kl_loss, memory_loss, teacher_logits
+from .losses import attention, indexer_importance, kl_loss, memory_loss, teacher_logits, window_importance
 from .modules import Indexer, IndexMemSizes, LatentMemory
 
 
@@ -36,6 +36,12 @@ class FitConfig:
     n_trail: int = 64  # stage 2: trailing queries the memory loss is measured on
     beta: float = 1.0
     sinks: int = 4
+    # > 0: the indexer's importance comes from one random window of this many queries, as in a
+    # chunked-prefill compression round, and is fitted to the teacher's importance over every
+    # query, later ones included (0: METHOD.md's rule, both over every query)
+    student_window: int = 0
+    # > 0: the teacher counts only queries at least this far after a key (see teacher_logits)
+    teacher_min_distance: int = 0
     block: int = 256
     seed: int = 0
     checkpoint_every: int = 50
@@ -117,13 +123,21 @@ class Trainer:
         key = (seq, il)
         if key not in self._teacher:
             self._teacher[key] = teacher_logits(f["q_cur"], f["k_cur"], self.cfg.block,
-                                                scale=self.fs.manifest["kq_scale"])
+                                                scale=self.fs.manifest["kq_scale"],
+                                                min_distance=self.cfg.teacher_min_distance)
         return self._teacher[key]
 
     def layer_loss(self, seq: int, il: int, stage: int) -> tuple[torch.Tensor, dict]:
         cfg, f = self.cfg, self.fs.layer(seq, il)
-        imp = indexer_importance(self.model.indexers[il], f["x"], f["q_pre"], cfg.block)
-        l_index = kl_loss(self.teacher(seq, il, f), imp, cfg.sinks)
+        n, teacher = f["x"].shape[0], self.teacher(seq, il, f)
+        if 0 < cfg.student_window < n:
+            end = self.rng.randrange(cfg.student_window, n + 1)
+            imp = window_importance(self.model.indexers[il], f["x"], f["q_pre"], end - cfg.student_window,
+                                    end, cfg.block)
+            teacher = teacher[:end]
+        else:
+            imp = indexer_importance(self.model.indexers[il], f["x"], f["q_pre"], cfg.block)
+        l_index = kl_loss(teacher, imp, cfg.sinks)
         parts = {"index": l_index.item()}
         loss = l_index
         if stage == 2 and il in self.global_layers:

@@ -22,10 +22,11 @@ def _block_max(score_fn, s0: int, s1: int, n_keys: int):
     return scores.masked_fill(t > s, NEG).amax(0)
 
 
-def streaming_max(score_fn, n: int, block: int = 256, grad: bool = True):
-    """max_{s >= t} score(s, t) for every key t < n, with score_fn(s0, s1) -> [s1 - s0, n]."""
+def streaming_max(score_fn, n: int, block: int = 256, grad: bool = True, start: int = 0):
+    """max over queries start <= s < n, s >= t, of score(s, t) for every key t < n, with
+    score_fn(s0, s1) -> [s1 - s0, n]."""
     best = torch.full((n,), NEG)
-    for s0 in range(0, n, block):
+    for s0 in range(start, n, block):
         s1 = min(n, s0 + block)
         if grad and torch.is_grad_enabled():
             blk = checkpoint(_block_max, score_fn, s0, s1, n, use_reentrant=False)
@@ -35,16 +36,22 @@ def streaming_max(score_fn, n: int, block: int = 256, grad: bool = True):
     return best
 
 
-def teacher_logits(q_cur, k_cur, block: int = 256, scale: float | None = None):
+def teacher_logits(q_cur, k_cur, block: int = 256, scale: float | None = None, min_distance: int = 0):
     """max over queries and heads of the attention logit q_s . k_t * scale (default
     1/sqrt(d_head)), causal: [L]. q_cur [L, H, d], k_cur [L, H_kv, d] as attention uses them
-    (grouped heads are expanded)."""
+    (grouped heads are expanded). ``min_distance`` > 0 counts only queries s >= t + min_distance:
+    a query that close still sees the token through the protected recent window, so what should
+    decide its eviction is how much the distant queries want it (keys with no such query: -inf)."""
     group = q_cur.shape[1] // k_cur.shape[1]
     k = k_cur.repeat_interleave(group, dim=1)
     scale = 1.0 / math.sqrt(q_cur.shape[-1]) if scale is None else scale
+    keys = torch.arange(k.shape[0]).unsqueeze(0)
 
     def score_fn(s0, s1):
-        return torch.einsum("shd,thd->sht", q_cur[s0:s1], k).amax(1) * scale
+        scores = torch.einsum("shd,thd->sht", q_cur[s0:s1], k).amax(1) * scale
+        if min_distance:
+            scores = scores.masked_fill(keys > torch.arange(s0, s1).unsqueeze(1) - min_distance, NEG)
+        return scores
 
     with torch.no_grad():
         return streaming_max(score_fn, q_cur.shape[0], block, grad=False)
@@ -57,9 +64,22 @@ def indexer_importance(indexer, x, q_pre, block: int = 256, grad: bool = True):
     return streaming_max(lambda s0, s1: indexer.scores(q[s0:s1], a[s0:s1], k), x.shape[0], block, grad)
 
 
+def window_importance(indexer, x, q_pre, s0: int, s1: int, block: int = 256, grad: bool = True):
+    """imp_t = max_{s0 <= s < s1, s >= t} A[s, t] for the keys t < s1: what one compression round
+    sees when the queries [s0, s1) decide, as during chunked prefill. Keys t < s0 are scored by
+    every query of the window; t >= s0 only by the queries at or after them."""
+    q, a = indexer.queries(x[s0:s1], q_pre[s0:s1])
+    k = indexer.keys(x[:s1])
+    return streaming_max(lambda b0, b1: indexer.scores(q[b0 - s0:b1 - s0], a[b0 - s0:b1 - s0], k),
+                         s1, block, grad, start=s0)
+
+
 def kl_loss(teacher, student, sinks: int = 4):
-    """KL(softmax(teacher) || softmax(student)) over keys, sink positions excluded."""
+    """KL(softmax(teacher) || softmax(student)) over keys, sink positions and keys the teacher
+    gives no score (-inf) excluded."""
     t, s = teacher[sinks:], student[sinks:]
+    scored = torch.isfinite(t)
+    t, s = t[scored], s[scored]
     log_pt = torch.log_softmax(t, dim=0)
     return torch.sum(log_pt.exp() * (log_pt - torch.log_softmax(s, dim=0)))
 
