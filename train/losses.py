@@ -59,9 +59,7 @@ def teacher_logits(q_cur, k_cur, block: int = 256, scale: float | None = None, m
 
 def indexer_importance(indexer, x, q_pre, block: int = 256, grad: bool = True):
     """imp_t = max_{s >= t} A[s, t] over all queries of the sequence: [L]."""
-    q, a = indexer.queries(x, q_pre)
-    k = indexer.keys(x)
-    return streaming_max(lambda s0, s1: indexer.scores(q[s0:s1], a[s0:s1], k), x.shape[0], block, grad)
+    return window_importance(indexer, x, q_pre, 0, x.shape[0], block, grad)
 
 
 def window_importance(indexer, x, q_pre, s0: int, s1: int, block: int = 256, grad: bool = True):

@@ -74,9 +74,9 @@ def retrieval_windows(engine, text: str, length: int, count: int, facts_per_wind
     with ``facts_per_window`` facts spliced in at random depths (5-90% of the haystack, at token
     boundaries) and the questions with their answers, in shuffled order, at the end."""
     rng = random.Random(seed)
+    head_len = len(engine.tokenize("", add_special=True))
     windows = []
     for body in token_windows(engine, text, length, count):
-        head_len = len(engine.tokenize("", add_special=True))
         head, hay = body[:head_len], body[head_len:]
         facts = random_facts(facts_per_window, rng)
         fact_tokens = [engine.tokenize(f"\n{f.statement}\n", add_special=False) for f in facts]
