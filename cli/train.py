@@ -134,6 +134,7 @@ def evaluate(
 ):
     """Attention recall vs heuristics at eviction 0.75 / 0.9 (and fact recall on retrieval-shaped
     features); memory residual reduction."""
+    from ..train.evaluate import FACT_CHUNK
     from ..train.evaluate import evaluate as run
 
     result = run(features, checkpoint)
@@ -141,7 +142,7 @@ def evaluate(
                                f"layers {result['layers']})", result["recall"]))
     if "fact_recall" in result:
         console.print(_ratio_table("fact tokens kept, text before the questions compressed by one "
-                                   "256-query chunk", result["fact_recall"]))
+                                   f"{FACT_CHUNK}-query chunk", result["fact_recall"]))
     console.print(f"memory at evict {result['residual_at_evict_ratio']}: residual "
                   f"{result['residual_without_memory']:.4f} → {result['residual_with_memory']:.4f} "
                   f"({100 * result['residual_reduction']:.1f}% less)")

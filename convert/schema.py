@@ -20,6 +20,7 @@ Keys (namespace ``indexmem.``):
 | ``indexmem.memory.lambda`` / ``eta`` / ``eps`` | f32 | memory write decay, write rate, read epsilon |
 | ``indexmem.norm_eps`` | f32 | epsilon of the indexer's RMSNorms |
 | ``indexmem.sinks`` / ``indexmem.default_budget`` / ``indexmem.default_tau`` | u32 | eviction defaults |
+| ``indexmem.default_pool_kernel`` | u32 | optional: odd width of the max-pool over positions applied to the indexer's scores before the top-B (absent: 1, no pooling) |
 
 In a merged model the IndexMem tensors cannot sit in the GGUF tensor table: llama.cpp refuses a
 file with tensors it does not expect. There each tensor is stored as metadata instead:
@@ -69,16 +70,17 @@ K_NORM_EPS = "indexmem.norm_eps"
 K_SINKS = "indexmem.sinks"
 K_BUDGET = "indexmem.default_budget"
 K_TAU = "indexmem.default_tau"
+K_POOL = "indexmem.default_pool_kernel"
 
 # what each key must hold: "count" (integer >= 1), "index" (integer >= 0), "float" (finite),
 # "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
-# MIN_DEFAULT_BUDGET), "str", "indices" (array of integers >= 0)
+# MIN_DEFAULT_BUDGET), "odd" (odd integer >= 1), "str", "indices" (array of integers >= 0)
 KEY_KINDS = {
     K_VERSION: "index", K_BASE_ARCH: "str", K_BASE_LAYERS: "count", K_BASE_EMBD: "count",
     K_BASE_HEADS: "count", K_BASE_HEADS_KV: "count", K_BASE_HEAD_DIM: "count", K_BASE_FINGERPRINT: "str",
     K_BASE_SHA256: "str", K_LAYERS: "indices", K_MEMORY_LAYERS: "indices", K_IDX_HEADS: "count",
     K_IDX_DIM: "count", K_MEM_DIM: "count", K_MEM_LAMBDA: "float", K_MEM_ETA: "float", K_MEM_EPS: "eps",
-    K_NORM_EPS: "eps", K_SINKS: "index", K_BUDGET: "budget", K_TAU: "count",
+    K_NORM_EPS: "eps", K_SINKS: "index", K_BUDGET: "budget", K_TAU: "count", K_POOL: "odd",
 }
 # the engine's default sinks (4) and recent window must fit in a default budget (shipped: 1024)
 MIN_DEFAULT_BUDGET = 16
@@ -98,7 +100,8 @@ def value_problem(key: str, value) -> str | None:
 
     valid = {
         "count": lambda v: integer(v, 1), "index": lambda v: integer(v, 0),
-        "budget": lambda v: integer(v, MIN_DEFAULT_BUDGET), "float": real, "eps": lambda v: real(v) and v >= 0,
+        "budget": lambda v: integer(v, MIN_DEFAULT_BUDGET), "odd": lambda v: integer(v, 1) and v % 2 == 1,
+        "float": real, "eps": lambda v: real(v) and v >= 0,
         "str": lambda v: isinstance(v, str),
         "indices": lambda v: isinstance(v, np.ndarray) and v.dtype.kind in "iu" and bool((v >= 0).all()),
     }
@@ -107,7 +110,7 @@ def value_problem(key: str, value) -> str | None:
         return None
     shown = f"an array of {len(value)}" if isinstance(value, (list, np.ndarray)) else repr(value)[:40]
     expected = {"count": "an integer >= 1", "index": "an integer >= 0",
-                "budget": f"an integer >= {MIN_DEFAULT_BUDGET}", "float": "a finite number",
+                "budget": f"an integer >= {MIN_DEFAULT_BUDGET}", "odd": "an odd integer >= 1", "float": "a finite number",
                 "eps": "a finite number >= 0", "str": "a string", "indices": "an array of integers >= 0"}[kind]
     return f"{key} holds {shown}, expected {expected}"
 

@@ -70,7 +70,7 @@ def _layer_arrays(config: dict, weights: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _add_metadata(w, config: dict, base_fingerprint: str, base_hp) -> None:
+def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: int | None) -> None:
     sizes = config["sizes"]
     layers = list(range(config["n_layer"]))
     w.add_uint32(S.K_VERSION, S.FORMAT_VERSION)
@@ -81,6 +81,8 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp) -> None:
                        (S.K_IDX_DIM, sizes["d_idx"]), (S.K_MEM_DIM, sizes["d_mem"]),
                        (S.K_SINKS, config.get("fit", {}).get("sinks", 4)), (S.K_BUDGET, 1024), (S.K_TAU, 16)):
         w.add_uint32(key, int(value))
+    if pool_kernel is not None:  # absent, the engine does not pool (files converted before the key stay as they were)
+        w.add_uint32(S.K_POOL, pool_kernel)
     w.add_string(S.K_BASE_FINGERPRINT, base_fingerprint)
     w.add_string(S.K_BASE_SHA256, config.get("base_sha256", ""))
     w.add_array(S.K_LAYERS, layers)
@@ -137,11 +139,15 @@ def _copy_base(w, base_path: Path) -> None:
 
 
 def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False, dtype: str = "f32",
-            progress: bool = False) -> Path:
+            progress: bool = False, pool_kernel: int | None = None) -> Path:
+    """``pool_kernel``: the engine's default max-pool width over the indexer's scores, stored in
+    the file (None: not stored, the engine does not pool)."""
     import gguf
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if pool_kernel is not None and S.value_problem(S.K_POOL, pool_kernel):
+        raise ValueError(S.value_problem(S.K_POOL, pool_kernel))
     out_path, base_path = Path(out_path), Path(base_path)
     if out_path.resolve() == base_path.resolve():
         raise ValueError("the output would overwrite the base model")
@@ -167,7 +173,7 @@ def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False
             w = gguf.GGUFWriter(str(tmp), base_hp.arch if merge else "indexmem")
             if merge:
                 _copy_base(w, base_path)
-            _add_metadata(w, config, base_fp, base_hp)
+            _add_metadata(w, config, base_fp, base_hp, pool_kernel)
             for name, arr in arrays.items():
                 _add_tensor(w, name, arr, dtype, as_metadata=merge)
             w.write_header_to_file()

@@ -133,7 +133,8 @@ class Engine:
         random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
         tokens and ``window`` recent tokens always kept (default: 0, or with ``indexmem``
         INDEXMEM_WINDOW, at most half the budget), compression every ``tau`` tokens past the
-        budget. Policy parameters: ``gamma`` (indexmem), ``pool_kernel`` (indexmem, snapkv),
+        budget. Policy parameters: ``gamma`` (indexmem), ``pool_kernel`` (indexmem: default the
+        IndexMem file's, else 1; snapkv),
         ``seed`` (random), ``obs_window`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
         recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
@@ -159,6 +160,8 @@ class Engine:
             policy = "indexmem" if indexmem_path else "full"
         if policy == "indexmem" and budget is None:
             budget = defaults.get("budget")
+        if policy == "indexmem" and "pool_kernel" in defaults:
+            policy_opts.setdefault("pool_kernel", defaults["pool_kernel"])
         if window is None:
             window = min(INDEXMEM_WINDOW, max(0, (budget - sinks) // 2)) if policy == "indexmem" and budget else 0
         config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window,
@@ -349,6 +352,7 @@ class Engine:
             "tokens_cached": self.cache.tokens_cached(),
             "tokens_evicted": list(self.cache.tokens_evicted),
             "policy": self.budget_config.policy,
+            "policy_params": dict(self.budget_config.params),  # as given or stored in the IndexMem file; others at their defaults
             "budget": self.budget_config.budget if self.runner.evictor else None,
             "indexmem": str(self.indexmem_path) if self.indexmem_path else None,
             "memory": self.cache.indexmem is not None and bool(self.cache.indexmem.memory_layers),

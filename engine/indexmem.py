@@ -29,7 +29,7 @@ SIDECAR_DIR = Path(__file__).resolve().parent.parent / "sidecars"  # trained sid
 
 
 def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, dict]:
-    """The IndexMem file to use and its defaults (budget, tau): ``indexmem`` if given (False:
+    """The IndexMem file to use and its defaults (budget, tau, pool_kernel when stored): ``indexmem`` if given (False:
     none), else the model file itself when the modules are merged into it, else the sidecar
     shipped for a registry model."""
     if indexmem is False:
@@ -49,10 +49,10 @@ def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, 
         else:
             return None, {}
     with open_gguf(path) as g:
-        defaults = {"budget": g.get(S.K_BUDGET), "tau": g.get(S.K_TAU)}
+        defaults = {"budget": g.get(S.K_BUDGET), "tau": g.get(S.K_TAU), "pool_kernel": g.get(S.K_POOL)}
     if defaults["budget"] is None:  # the converter always writes it; the engine needs it when no budget is given
         raise ModelFormatError(f"{path}: IndexMem key {S.K_BUDGET} is missing")
-    for key, value in ((S.K_BUDGET, defaults["budget"]), (S.K_TAU, defaults["tau"])):
+    for key, value in ((S.K_BUDGET, defaults["budget"]), (S.K_TAU, defaults["tau"]), (S.K_POOL, defaults["pool_kernel"])):
         if value is not None and S.value_problem(key, value):
             raise ModelFormatError(f"{path}: {S.value_problem(key, value)}")
     return path, {k: int(v) for k, v in defaults.items() if v is not None}

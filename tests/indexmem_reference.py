@@ -1,7 +1,8 @@
 """A torch reference of a tiny llama model generating under IndexMem, independent of the engine:
 the backbone written from the llama equations (float64, reading the GGUF's F32 weights), the
 indexer and the latent memory taken from the training modules (``indexmem.train.modules``),
-eviction as METHOD.md section 2 states it. K and V are rounded to float16 as a KV cache stores
+eviction as METHOD.md section 2 states it (optionally with the scores max-pooled over neighbouring
+cached positions, the engine's ``pool_kernel``). K and V are rounded to float16 as a KV cache stores
 them, and the memory receives the evicted keys as the engine recovers them (RoPE undone on the
 float16 key); nothing else emulates ggml.
 """
@@ -21,7 +22,7 @@ def f16(x: torch.Tensor) -> torch.Tensor:
 
 class ReferenceLlama:
     def __init__(self, gguf_path, indexers: list[Indexer], memories: list[LatentMemory] | None,
-                 budget: int, sinks: int, tau: int):
+                 budget: int, sinks: int, tau: int, pool_kernel: int = 1):
         r = gguf.GGUFReader(str(gguf_path))
         field = lambda key: r.fields[key].parts[r.fields[key].data[0]][0]  # noqa: E731
         self.n_layer = int(field("llama.block_count"))
@@ -36,7 +37,7 @@ class ReferenceLlama:
         self.hd = self.w["blk.0.attn_q.weight"].shape[0] // self.n_head
         self.indexers = [m.double() for m in indexers]
         self.memories = [m.double() for m in memories] if memories else None
-        self.budget, self.sinks, self.tau = budget, sinks, tau
+        self.budget, self.sinks, self.tau, self.pool_kernel = budget, sinks, tau, pool_kernel
         # per layer, by position: post-RoPE f16 key, f16 value, index key; running importance
         self.cache = [dict() for _ in range(self.n_layer)]
         self.importance = [dict() for _ in range(self.n_layer)]
@@ -116,7 +117,10 @@ class ReferenceLlama:
         if over <= 0 or (n_tokens == 1 and over < self.tau):
             return None
         order = sorted(cache)
-        scores = np.array([np.inf if s < self.sinks else self.importance[il][s] for s in order])
+        raw = [self.importance[il][s] for s in order]
+        half = self.pool_kernel // 2  # each score becomes the max over its cached neighbours in position order
+        pooled = [max(raw[max(0, i - half): i + half + 1]) for i in range(len(order))]
+        scores = np.array([np.inf if s < self.sinks else v for s, v in zip(order, pooled)])
         ranked = np.lexsort((-np.array(order), -scores))  # best first, ties to the more recent
         kept = {order[i] for i in ranked[: self.budget]}
         if settle_tie is not None:

@@ -94,12 +94,9 @@ def _load(base, side, memory, **kw):
                        budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH, **kw)
 
 
-@pytest.mark.parametrize("memory", [False, True])
-def test_every_step_matches_the_torch_reference(setup, memory):
-    base, side, modules = setup
-    modules = copy.deepcopy(modules)
-    eng = _load(base, side, memory)
-    ref = ReferenceLlama(base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU)
+def _compare_every_step(eng, ref):
+    """Feed prompt chunks and decode steps to both; logits and kept sets must agree at every
+    step. Returns (worst relative logit error, positions fed, near ties settled)."""
     pos, compressions, worst, ties = 0, 0, 0.0, []
     settle = _near_tie_settler(eng, ties)
     for chunk in _steps():
@@ -115,11 +112,61 @@ def test_every_step_matches_the_torch_reference(setup, memory):
         compressions += len(kept)
     assert compressions >= 2 * 2 * 6  # prefill chunks and decode rounds, both layers
     assert len(ties) <= 2, f"{len(ties)} near ties settled the engine's way: the scores drift apart"
+    return worst, pos, ties
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_every_step_matches_the_torch_reference(setup, memory):
+    base, side, modules = setup
+    modules = copy.deepcopy(modules)
+    eng = _load(base, side, memory)
+    ref = ReferenceLlama(base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU)
+    worst, pos, ties = _compare_every_step(eng, ref)
     stats = eng.stats()
     assert stats["index_bytes"] == 2 * 8 * 4 * eng.cache.capacity
     assert stats["memory_bytes"] == (2 * (16 * 16 + 16) * 4 if memory else 0)
     print(f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions, "
           f"{len(ties)} near tie(s) settled")
+
+
+def test_pool_kernel_stored_in_the_file_is_the_default_and_matches_the_reference(setup, tmp_path):
+    base, _, modules = setup
+    pooled = convert(write_checkpoint(modules, "llama", tmp_path / "ckpt"), base, tmp_path / "pooled.gguf",
+                     dtype="f32", pool_kernel=3)
+    eng = _load(base, pooled, False)
+    assert eng.stats()["policy_params"] == {"pool_kernel": 3} and eng.runner.evictor.policy.pool_kernel == 3
+    ref = ReferenceLlama(base, list(copy.deepcopy(modules).indexers), None, B, SINKS, TAU, pool_kernel=3)
+    _compare_every_step(eng, ref)
+    # the reference's pooling is not a no-op here: without it the kept sets differ
+    unpooled, steps, differ = _load(base, pooled, False, pool_kernel=1), _steps(), 0
+    assert unpooled.runner.evictor.policy.pool_kernel == 1  # an explicit value overrides the file's
+    pooled_engine = _load(base, pooled, False)
+    for chunk in steps:
+        for e in (unpooled, pooled_engine):
+            start = e.cache.tokens_seen
+            e.runner.step(np.array(chunk), np.arange(start, start + len(chunk)))
+        differ += any(_kept(unpooled, il) != _kept(pooled_engine, il) for il in range(2))
+    assert differ > 0
+
+
+def test_a_bad_stored_pool_kernel_is_refused(setup, tmp_path):
+    base, _, modules = setup
+    ckpt = write_checkpoint(modules, "llama", tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="odd integer"):
+        convert(ckpt, base, tmp_path / "even.gguf", pool_kernel=4)
+    assert not (tmp_path / "even.gguf").exists()
+    from indexmem.convert import schema as S
+    from indexmem.engine.loader import open_gguf
+    side = convert(ckpt, base, tmp_path / "ok.gguf", pool_kernel=5)
+    with open_gguf(side) as g:
+        assert g.get(S.K_POOL) == 5
+    # a file written by another tool with an even width
+    from indexmem.hardening import mutate_gguf
+    from indexmem.hardening.gguf_files import RebuiltGGUF
+    rebuilt = RebuiltGGUF(side, tmp_path)
+    with rebuilt.apply(mutate_gguf.set_value(rebuilt.base, S.K_POOL, 2)) as bad:
+        with pytest.raises(ModelFormatError, match="odd integer"):
+            _load(base, bad, False)
 
 
 def test_the_memory_changes_what_the_model_predicts(setup):

@@ -326,6 +326,7 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     full = next(r for r in rows if r["config"] == "full")
     snap = next(r for r in rows if r["config"] == "snapkv")
     assert snap["budget"] == 768 and full["budget"] is None and snap["kv_bytes"] < full["kv_bytes"]
+    assert full["policy_params"] == snap["policy_params"] == {}  # nothing given: every policy at its defaults
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = _bench(*args, cwd=tmp_path)  # everything is there: nothing runs again

@@ -25,6 +25,7 @@ from .losses import indexer_importance, memory_loss, teacher_logits, window_impo
 from .modules import IndexMemSizes
 
 SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
+FACT_CHUNK = 256  # queries of the prefill chunk that compresses the text before the questions
 
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[IndexMemModel, dict]:
@@ -45,13 +46,15 @@ def attention_probs(f: dict, scale: float) -> torch.Tensor:
     return torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
 
 
-def heuristic_scores(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+def heuristic_scores(probs: torch.Tensor, accumulated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Each heuristic's importance from the attention ``probs`` [heads, queries, keys] of the
+    queries that decide; H2O sums ``accumulated`` (every query so far) when given."""
     n = probs.shape[-1]
     window = probs[:, -SNAPKV_WINDOW:, :].sum((0, 1))
     pooled = F.max_pool1d(window.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
     return {
         "streaming": torch.arange(n, dtype=torch.float32),
-        "h2o": probs.sum((0, 1)),
+        "h2o": (probs if accumulated is None else accumulated).sum((0, 1)),
         "snapkv": pooled,
         "tova": probs[:, -1, :].sum(0),
     }
@@ -62,15 +65,14 @@ def chunk_scores(model, il: int, f: dict, end: int, chunk: int, scale: float) ->
     H2O's accumulated attention counts every query so far, as it does in the engine."""
     sub = {k: v[:end] for k, v in f.items()}
     probs = attention_probs(sub, scale)
-    scores = heuristic_scores(probs[:, end - chunk:, :])
-    scores["h2o"] = probs.sum((0, 1))
+    scores = heuristic_scores(probs[:, end - chunk:, :], accumulated=probs)
     scores["indexmem"] = window_importance(model.indexers[il], f["x"], f["q_pre"], end - chunk, end, grad=False)
     return scores
 
 
 @torch.no_grad()
 def fact_recall(fs: FeatureSet, model, layers: list[int], ratios=(0.75, 0.9), sinks: int = 4,
-                chunk: int = 256, recent: int = 64) -> dict[str, dict[str, float]]:
+                chunk: int = FACT_CHUNK, recent: int = 64) -> dict[str, dict[str, float]]:
     """Share of the fact tokens kept (see the module docstring); the ``recent`` last tokens are
     protected as the engine's recent window protects them."""
     scale, spans, starts = fs.manifest["kq_scale"], fs.manifest["fact_spans"], fs.manifest["questions_start"]

@@ -189,7 +189,8 @@ def measure(engine: Engine, sample: dict) -> dict:
     st = engine.stats()
     return dict(prompt_tokens=sample["length"], needle_depths=sample["depths"], answers=sample["answers"],
                 answer=answer, score=task.metric(answer, sample["answers"]), policy=st["policy"],
-                memory=st["memory"], kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
+                policy_params=st["policy_params"], memory=st["memory"], kv_bytes=st["kv_bytes"],
+                index_bytes=st["index_bytes"],
                 memory_bytes=st["memory_bytes"], prefill_tok_s=_round(st.get("prompt_tok_s")),
                 decode_tok_s=_round(st.get("decode_tok_s")), seconds=round(seconds, 2))
 
