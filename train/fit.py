@@ -129,15 +129,13 @@ class Trainer:
 
     def layer_loss(self, seq: int, il: int, stage: int) -> tuple[torch.Tensor, dict]:
         cfg, f = self.cfg, self.fs.layer(seq, il)
-        n, teacher = f["x"].shape[0], self.teacher(seq, il, f)
+        n = f["x"].shape[0]
+        start, end = 0, n  # the queries whose importance the indexer is fitted on (all: METHOD.md's rule)
         if 0 < cfg.student_window < n:
             end = self.rng.randrange(cfg.student_window, n + 1)
-            imp = window_importance(self.model.indexers[il], f["x"], f["q_pre"], end - cfg.student_window,
-                                    end, cfg.block)
-            teacher = teacher[:end]
-        else:
-            imp = indexer_importance(self.model.indexers[il], f["x"], f["q_pre"], cfg.block)
-        l_index = kl_loss(teacher, imp, cfg.sinks)
+            start = end - cfg.student_window
+        imp = window_importance(self.model.indexers[il], f["x"], f["q_pre"], start, end, cfg.block)
+        l_index = kl_loss(self.teacher(seq, il, f)[:end], imp, cfg.sinks)
         parts = {"index": l_index.item()}
         loss = l_index
         if stage == 2 and il in self.global_layers:
