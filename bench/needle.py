@@ -26,11 +26,11 @@ from rich.table import Table
 
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
-from ..engine.registry import DEFAULT_MODEL
+from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import python_source_text
 from .ruler.data import RulerData
 from .ruler.prompt import render_prompt
-from .specs import HEURISTICS, engine_options, parse_specs
+from .specs import HEURISTICS, engine_options, modules_sha256, parse_specs, uses_modules
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -107,7 +107,10 @@ def main(
     specs = parse_specs(policies)
     configs = [("full", 0.0)] + [(s, float(r)) for s in specs for r in ratios.split(",")]
     cases = samples(samples_per_depth, [float(d) for d in depths.split(",")], seed)
-    done = _read_rows(out)
+    path = resolve(model, console.print)
+    sha = sha256_of(path)
+    modules = modules_sha256(model, path, sha, str(indexmem) if indexmem else None)
+    done = _read_rows(out, sha, modules)
     rows = list(done.values())
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(configs) * len(cases))
@@ -129,7 +132,8 @@ def main(
                 engine.reset()
                 answer = engine.generate(prompt, max_tokens=12)
                 st = engine.stats()
-                row = dict(model=model, config=spec, evict_ratio=ratio, budget=opts.get("budget"),
+                row = dict(model=model, model_sha256=sha, indexmem_sha256=modules if uses_modules(spec) else None,
+                           config=spec, evict_ratio=ratio, budget=opts.get("budget"),
                            context=len(prompt), **case, answer=answer, score=int(case["value"] in answer),
                            kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
                            memory_bytes=st["memory_bytes"], seconds=round(time.perf_counter() - t0, 2))
@@ -145,12 +149,17 @@ def main(
         plot_accuracy(summary, plot, f"{model}: needle retrieval at {context} tokens")
 
 
-def _read_rows(out: Path | None) -> dict:
+def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None) -> dict:
+    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules
+    (rows written before results recorded their files are taken as they are)."""
     rows = {}
     if out and out.exists():
         for line in out.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
+                if "model_sha256" in r and (r["model_sha256"], r["indexmem_sha256"]) != (
+                        model_sha256, modules_sha256 if uses_modules(r["config"]) else None):
+                    continue
                 rows[(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"])] = r
     return rows
 

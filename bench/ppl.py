@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve
@@ -78,8 +79,8 @@ def main(
                       f"{r['ppl'] / full:.3f}x", f"{r['kv_bytes']:,}")
     console.print(table)
     if out:
-        out.write_text(json.dumps(dict(model=str(path), context=context, n_batch=n_batch,
-                                       results=results), indent=2))
+        write_atomic(out, json.dumps(dict(model=str(path), context=context, n_batch=n_batch,
+                                          results=results), indent=2).encode())
 
 
 if __name__ == "__main__":

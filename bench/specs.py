@@ -6,7 +6,11 @@ latent memory behind it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..engine.indexmem import find_indexmem
 from ..engine.policies import POLICIES
+from ..engine.registry import sha256_of
 
 HEURISTICS = ("streaming", "h2o", "snapkv", "tova", "keydiff", "random")
 
@@ -40,3 +44,19 @@ def parse_specs(text: str) -> list[str]:
     for s in specs:
         engine_options(s, 500)  # raises on a bad name before any model is loaded
     return specs
+
+
+def uses_modules(spec: str) -> bool:
+    """Whether the configuration runs IndexMem's trained modules (indexer or memory)."""
+    return engine_options(spec, 1)["indexmem"] is not False
+
+
+def modules_sha256(model: str, path: Path, model_sha256: str, indexmem: str | None = None) -> str | None:
+    """sha256 of the IndexMem file that configurations using modules load for ``model`` (whose
+    GGUF is ``path``; ``indexmem`` a sidecar given by the user), None if there is none. Results
+    record it, so rows measured with other modules, say before a retraining, are neither resumed
+    nor reported."""
+    found, _ = find_indexmem(model, path, indexmem)
+    if found is None:
+        return None
+    return model_sha256 if Path(found).resolve() == Path(path).resolve() else sha256_of(found)

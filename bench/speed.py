@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.registry import DEFAULT_MODEL, resolve
 from .heldout import python_source_text
@@ -126,8 +127,8 @@ def main(
         engine.close()
     _print(console, rows, path.name, threads, n_batch, decode_tokens, reps, budget, tau)
     if out:
-        out.write_text(json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, budget=budget,
-                                       tau=tau, decode_tokens=decode_tokens, rows=rows), indent=2))
+        write_atomic(out, json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, budget=budget,
+                                          tau=tau, decode_tokens=decode_tokens, rows=rows), indent=2).encode())
 
 
 def _time_after_step(engine: Engine) -> None:

@@ -134,7 +134,7 @@ def evaluate(
 ):
     """Attention recall vs heuristics at eviction 0.75 / 0.9 (and fact recall on retrieval-shaped
     features); memory residual reduction."""
-    from ..train.evaluate import FACT_CHUNK
+    from ..train.evaluate import FACT_CHUNK, ROUNDS_CHUNK
     from ..train.evaluate import evaluate as run
 
     result = run(features, checkpoint)
@@ -143,11 +143,14 @@ def evaluate(
     if "fact_recall" in result:
         console.print(_ratio_table("fact tokens kept, text before the questions compressed by one "
                                    f"{FACT_CHUNK}-query chunk", result["fact_recall"]))
+        console.print(_ratio_table(f"fact tokens kept after a prefill in {ROUNDS_CHUNK}-token chunks, compressed "
+                                   "after each", result["fact_recall_chunked"]))
     console.print(f"memory at evict {result['residual_at_evict_ratio']}: residual "
                   f"{result['residual_without_memory']:.4f} → {result['residual_with_memory']:.4f} "
                   f"({100 * result['residual_reduction']:.1f}% less)")
     if out:
-        out.write_text(json.dumps(result, indent=2))
+        from ..atomic import write_atomic
+        write_atomic(out, json.dumps(result, indent=2).encode())
 
 
 def main():

@@ -1,9 +1,12 @@
 """Benchmark plumbing: configuration names, the needle prompt, the llama.cpp opener."""
 
+import json
+
 import pytest
 
 from indexmem import Engine
-from indexmem.bench.needle import build_prompt, samples, summarize
+from indexmem.bench.needle import _read_rows, build_prompt, samples, summarize
+from indexmem.bench.retention import cached_share, value_span
 from indexmem.bench.specs import engine_options, parse_specs
 from indexmem.engine.eviction import budget_from_ratio
 from tiny_models import WORDS
@@ -47,3 +50,37 @@ def test_needle_summary():
     s = summarize(rows)
     assert s[("full", 0.0)]["score"] == 1.0 and s[("x", 0.9)]["score"] == 0.5
     assert s[("x", 0.9)]["by_depth"] == {0.1: 1.0, 0.5: 0.0}
+
+
+def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
+    case = dict(evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1)
+    rows = [
+        dict(case, config="tova"),  # written before rows recorded their files: taken as it is
+        dict(case, config="snapkv", model_sha256="M", indexmem_sha256=None),
+        dict(case, config="h2o", model_sha256="other model", indexmem_sha256=None),
+        dict(case, config="indexmem", model_sha256="M", indexmem_sha256="S"),
+        dict(case, config="indexmem-nomem", model_sha256="M", indexmem_sha256="before retraining"),
+    ]
+    out = tmp_path / "needle.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = {config for config, *_ in _read_rows(out, "M", "S")}
+    assert kept == {"tova", "snapkv", "indexmem"}
+    assert _read_rows(tmp_path / "missing.jsonl", "M", "S") == {}
+
+
+def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
+    text = " ".join(WORDS[i % len(WORDS)] + ("." if i % 9 == 8 else "") for i in range(3000))
+    case = samples(1, [0.2], seed=5)[0]
+    for policy, expected in (("full", 1.0), ("streaming", 0.0)):
+        eng = Engine.load(str(tiny_llama), n_ctx=1024, n_batch=128, policy=policy,
+                          **({"budget": 200} if policy != "full" else {}))
+        prompt = build_prompt(eng, eng.tokenize(text, add_special=False), 900, case["depth"], case["key"], case["value"])
+        span = value_span(eng, prompt, case["value"])
+        spelled = lambda idx: eng.detokenize([prompt[i] for i in idx]).replace("\u2581", " ")  # noqa: E731
+        assert case["value"] in spelled(span)
+        assert case["value"] not in spelled(span[1:]) and case["value"] not in spelled(span[:-1])
+        eng.generate(prompt, max_tokens=2)
+        # streaming at a budget of 200 keeps the sinks and the newest tokens, never a needle at 0.2
+        assert cached_share(eng, span).tolist() == [expected] * eng.hparams.n_layer
+    with pytest.raises(ValueError, match="not in the prompt"):
+        value_span(eng, prompt, "no such number")

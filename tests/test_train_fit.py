@@ -98,7 +98,7 @@ def test_student_window_fits_one_window_of_queries_to_the_teacher_over_all(tmp_p
 
 
 def test_fact_recall_counts_the_fact_tokens_each_scorer_keeps(tmp_path, tiny_llama):
-    from indexmem.train.evaluate import fact_recall
+    from indexmem.train.evaluate import attention_probs, chunk_scores, evaluate_model
     from indexmem.train.fit import IndexMemModel
     eng = Engine.load(str(tiny_llama), n_ctx=256, n_batch=64)
     extract(eng, [random_prompt(96, seed=s) for s in range(2)], tmp_path / "feat", chunk=64,
@@ -107,11 +107,25 @@ def test_fact_recall_counts_the_fact_tokens_each_scorer_keeps(tmp_path, tiny_lla
     torch.manual_seed(0)
     model = IndexMemModel(fs.n_layer, IndexMemSizes.paper(fs.manifest["d_model"], fs.manifest["n_head"],
                                                           fs.manifest["d_head"]))
-    got = fact_recall(fs, model, layers=[0, 1], ratios=(0.75,), chunk=32, recent=8)
+    result = evaluate_model(fs, model, layers=[0, 1], ratios=(0.75,), n_trail=16, chunk=32, recent=8,
+                            rounds_chunk=32, rounds_recent=8)
+    got = result["fact_recall"]
+    # after three 32-token chunks streaming keeps the sinks and the last 20 of 96 (budget 24): of
+    # the facts, 80-86 of the first sequence, so 6 of its 12 fact tokens and none of the second's
+    assert result["fact_recall_chunked"]["streaming"]["0.75"] == 0.25
+    assert set(result["fact_recall_chunked"]) == set(got)
     assert set(got) == {"streaming", "h2o", "snapkv", "tova", "indexmem"}
     # streaming keeps the sinks and the last 18 of 90 tokens (budget 22): the fact at 80-86 of the
     # first sequence only, so half of its fact tokens and none of the second's
     assert got["streaming"]["0.75"] == 0.25
     assert all(0.0 <= by_ratio["0.75"] <= 1.0 for by_ratio in got.values())
-    everything = fact_recall(fs, model, layers=[0], ratios=(0.0,), chunk=32, recent=8)
+    everything = evaluate_model(fs, model, layers=[0], ratios=(0.0,), n_trail=16, chunk=32, recent=8)["fact_recall"]
     assert all(by_ratio["0.0"] == 1.0 for by_ratio in everything.values())
+    # the prefix's attention is the whole sequence's first rows and columns (causal), which is why
+    # evaluate_model can reuse the probabilities it computed for attention recall
+    f, end = fs.layer(0, 1), 90
+    prefix = {k: v[:end] for k, v in f.items()}
+    from_whole = chunk_scores(model, 1, f, attention_probs(f, fs.manifest["kq_scale"]), end, 32)
+    from_prefix = chunk_scores(model, 1, f, attention_probs(prefix, fs.manifest["kq_scale"]), end, 32)
+    for name, score in from_prefix.items():
+        torch.testing.assert_close(from_whole[name], score)

@@ -19,9 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
-from ...engine.indexmem import find_indexmem
 from ...engine.registry import resolve, sha256_of
-from ..specs import engine_options
+from ..specs import engine_options, modules_sha256, uses_modules
 from .data import RulerData
 from .summary import measured_with, read_rows, row_key
 from .tasks import TASKS, generate_sample
@@ -99,21 +98,6 @@ class Bench:
     indexmem: str | None = None
 
 
-def uses_modules(spec: str) -> bool:
-    """Whether the configuration runs IndexMem's trained modules (indexer or memory)."""
-    return engine_options(spec, 1)["indexmem"] is not False
-
-
-def modules_sha256(bench: Bench, path: Path, model_sha256: str) -> str | None:
-    """sha256 of the IndexMem file the configurations that use modules load (None if there is
-    none): rows measured with other modules, say before a retraining, are neither resumed nor
-    reported."""
-    found, _ = find_indexmem(bench.model, path, bench.indexmem)
-    if found is None:
-        return None
-    return model_sha256 if Path(found).resolve() == Path(path).resolve() else sha256_of(found)
-
-
 def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path | None,
         console: Console | None = None) -> list[dict]:
     """Run every case under every configuration; returns the rows of this model in ``out`` (old
@@ -124,7 +108,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
             getattr(bench.data, part)
     path = resolve(bench.model, console.print)
     sha = sha256_of(path)
-    modules = modules_sha256(bench, path, sha)
+    modules = modules_sha256(bench.model, path, sha, bench.indexmem)
 
     def stored() -> list[dict]:
         return measured_with(read_rows(out), sha, modules)
