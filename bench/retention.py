@@ -55,6 +55,7 @@ def main(
     window: int = typer.Option(64, help="most recent tokens every policy keeps"),
     threads: int = typer.Option(1),
     seed: int = typer.Option(3),
+    pool_kernel: int = typer.Option(None, help="indexmem's position max-pool (default: the engine's)"),
 ):
     console = Console()
     specs = parse_specs(policies)
@@ -66,8 +67,10 @@ def main(
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(specs) * len(cases))
         for spec in specs:
-            engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch,
-                                 **engine_options(spec, budget_from_ratio(context, ratio), None, window))
+            opts = engine_options(spec, budget_from_ratio(context, ratio), None, window)
+            if pool_kernel and opts["policy"] == "indexmem":
+                opts["pool_kernel"] = pool_kernel
+            engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch, **opts)
             hay = engine.tokenize(haystack_text("essays")[: context * 8], add_special=False)
             shares, answered = [], 0
             for case in cases:
