@@ -19,16 +19,14 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..engine.eviction import budget_from_ratio
 from .features import FeatureSet
 from .fit import IndexMemModel, keep_top, memory_case
 from .losses import indexer_importance, memory_loss, teacher_logits, window_importance
 from .modules import IndexMemSizes
-from .rounds import fact_shares_chunked
+from .rounds import SNAPKV_WINDOW, fact_shares_chunked, snapkv_pool
 
-SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
 FACT_CHUNK = 256  # queries of the prefill chunk that compresses the text before the questions
 # RULER's 512-token chunks and 64-token recent window at 4K, scaled to 1K-token features
 ROUNDS_CHUNK, ROUNDS_RECENT = 128, 16
@@ -56,12 +54,10 @@ def heuristic_scores(probs: torch.Tensor, accumulated: torch.Tensor | None = Non
     """Each heuristic's importance from the attention ``probs`` [heads, queries, keys] of the
     queries that decide; H2O sums ``accumulated`` (every query so far) when given."""
     n = probs.shape[-1]
-    window = probs[:, -SNAPKV_WINDOW:, :].sum((0, 1))
-    pooled = F.max_pool1d(window.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
     return {
         "streaming": torch.arange(n, dtype=torch.float32),
         "h2o": (probs if accumulated is None else accumulated).sum((0, 1)),
-        "snapkv": pooled,
+        "snapkv": snapkv_pool(probs[:, -SNAPKV_WINDOW:, :].sum((0, 1))),
         "tova": probs[:, -1, :].sum(0),
     }
 

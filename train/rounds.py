@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from .losses import window_importance
 
 SCORERS = ("streaming", "h2o", "snapkv", "tova", "indexmem")
-SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5
+SNAPKV_WINDOW, SNAPKV_KERNEL = 32, 5  # the engine's snapkv defaults
 H2O_RECENT_SHARE = 0.5  # of the budget, as the engine's h2o policy
+
+
+def snapkv_pool(scores: torch.Tensor) -> torch.Tensor:
+    """SnapKV's max-pool over neighbouring positions (``scores`` in position order)."""
+    return F.max_pool1d(scores.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
 
 
 def _attention(f: dict, keys: torch.Tensor, c0: int, c1: int, scale: float) -> torch.Tensor:
@@ -72,7 +77,7 @@ def chunked_cache(f: dict, scorer: str, budget: int, chunk: int, scale: float, s
             continue
         score = keys.float() if scorer == "streaming" else state.clone()
         if scorer == "snapkv":
-            score = F.max_pool1d(score.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
+            score = snapkv_pool(score)
         newest = c1 - 1
         protected = (keys < sinks) | (keys > newest - recent)
         if scorer == "h2o":
