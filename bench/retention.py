@@ -1,7 +1,8 @@
 """How much of a needle each layer still holds: the needle prompt of ``needle.py``, prefilled in
 chunks with the cache compressed after each, answered greedily, then the share of the needle
-number's tokens left in every layer's cache. It tells a policy that evicted the needle from one
-that kept it and still answered wrong.
+number's tokens left in every layer's cache, averaged over the layers the policy chooses for
+(sliding-window layers keep their window) and over thirds of the layers. It tells a policy that
+evicted the needle from one that kept it and still answered wrong.
 
     python -m indexmem.bench.retention --model smollm2-135m-instruct --context 4096 --ratio 0.9 \\
         --policies indexmem-nomem,snapkv,tova --samples 4
@@ -62,8 +63,9 @@ def main(
     depths = [(i + 1) / (samples_n + 1) for i in range(samples_n)]
     cases = samples(1, depths, seed)
     table = Table(title=f"{model}: needle tokens cached after answering, {context} tokens, evict {ratio:g}")
-    for col in ("config", "all layers", "first third", "second third", "last third", "answered"):
+    for col in ("config", "policy layers", "first third", "second third", "last third", "answered"):
         table.add_column(col, justify="right")
+    policy_layers = None
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(specs) * len(cases))
         for spec in specs:
@@ -79,12 +81,16 @@ def main(
                 answered += case["value"] in engine.generate(prompt, max_tokens=12)
                 shares.append(cached_share(engine, value_span(engine, prompt, case["value"])))
                 progress.advance(task)
+            policy_layers = np.array([rule.by_policy for rule in engine.runner.evictor.rules])
             engine.close()
             per_layer = np.mean(shares, axis=0)
             thirds = np.array_split(per_layer, 3)
-            table.add_row(spec, f"{per_layer.mean():.3f}", *(f"{t.mean():.3f}" for t in thirds),
+            table.add_row(spec, f"{per_layer[policy_layers].mean():.3f}", *(f"{t.mean():.3f}" for t in thirds),
                           f"{answered}/{len(cases)}")
     console.print(table)
+    if policy_layers is not None and not policy_layers.all():
+        console.print(f"layers {', '.join(map(str, np.flatnonzero(policy_layers)))} are the ones the policies "
+                      "choose for; the others keep their sliding window, whatever the policy")
 
 
 if __name__ == "__main__":
