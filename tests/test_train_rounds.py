@@ -11,7 +11,7 @@ from indexmem.convert.writer import convert
 from indexmem.train.features import FeatureSet, extract
 from indexmem.train.modules import IndexMemSizes
 from indexmem.train.rounds import SCORERS, chunked_cache
-from test_indexmem import random_modules, write_checkpoint
+from test_indexmem import _kept, random_modules, write_checkpoint
 from tiny_models import random_prompt, write_tiny_model
 
 CHUNK, BUDGET, RECENT, SINKS, N = 16, 28, 6, 4, 90
@@ -37,9 +37,7 @@ def _engine_cache(base, side, scorer, tokens, layer, **opts):
     for start in range(0, len(tokens), CHUNK):
         piece = tokens[start: start + CHUNK]
         eng.runner.step(np.array(piece), np.arange(start, start + len(piece)))
-    t = eng.cache.table_of(layer)
-    used = t.positions[: t.n_used]
-    return sorted(used[used >= 0].tolist())
+    return sorted(_kept(eng, layer))
 
 
 @pytest.mark.parametrize("scorer", SCORERS)

@@ -25,7 +25,7 @@ from .features import FeatureSet
 from .fit import IndexMemModel, keep_top, memory_case
 from .losses import indexer_importance, memory_loss, teacher_logits, window_importance
 from .modules import IndexMemSizes
-from .rounds import SNAPKV_WINDOW, fact_shares_chunked, snapkv_pool
+from .rounds import SNAPKV_WINDOW, cached_attention, fact_shares_chunked, snapkv_pool
 
 FACT_CHUNK = 256  # queries of the prefill chunk that compresses the text before the questions
 # RULER's 512-token chunks and 64-token recent window at 4K, scaled to 1K-token features
@@ -42,12 +42,8 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[IndexMemModel, dict]:
 
 def attention_probs(f: dict, scale: float) -> torch.Tensor:
     """Causal softmax attention probabilities [H, L, L] from the saved Q and K."""
-    q, k = f["q_cur"], f["k_cur"]
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-    n = q.shape[0]
-    logits = torch.einsum("shd,thd->hst", q, k) * scale
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    return torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    n = f["q_cur"].shape[0]
+    return cached_attention(f, torch.arange(n), 0, n, scale)
 
 
 def heuristic_scores(probs: torch.Tensor, accumulated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

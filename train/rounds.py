@@ -26,7 +26,7 @@ def snapkv_pool(scores: torch.Tensor) -> torch.Tensor:
     return F.max_pool1d(scores.view(1, 1, -1), SNAPKV_KERNEL, stride=1, padding=SNAPKV_KERNEL // 2).view(-1)
 
 
-def _attention(f: dict, keys: torch.Tensor, c0: int, c1: int, scale: float) -> torch.Tensor:
+def cached_attention(f: dict, keys: torch.Tensor, c0: int, c1: int, scale: float) -> torch.Tensor:
     """Softmax attention [heads, c1 - c0, len(keys)] of the chunk's queries over the cached
     ``keys`` (ascending positions, every one before the query or the query itself)."""
     q = f["q_cur"][c0:c1]
@@ -62,7 +62,7 @@ def chunked_cache(f: dict, scorer: str, budget: int, chunk: int, scale: float, s
         keys = torch.cat([cached, torch.arange(c0, c1)])
         state = torch.cat([carried, torch.full((c1 - c0,), empty)])
         if scorer != "streaming" and scorer != "indexmem":
-            probs = _attention(f, keys, c0, c1, scale)
+            probs = cached_attention(f, keys, c0, c1, scale)
         if scorer == "h2o":
             state = state + probs.sum((0, 1))
         elif scorer == "snapkv":
