@@ -122,7 +122,7 @@ class KVCache(OwnsBuffer):
         self.tokens_evicted = [0] * n_layer
         self.position_shift = 0  # conversation index - RoPE position (see context_shift)
         self.pending_moves: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (src, dst)
-        # layers whose evicted tokens are kept for the latent memory, until the next graph reads them
+        # layers whose evicted tokens are kept for the latent memory, until the flush reads them
         self.record_evicted: set[int] = set()
         self.pending_evicted: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (slots, positions)
         self.indexmem = None  # IndexMemState (index keys, latent memory) when IndexMem is on
@@ -137,8 +137,9 @@ class KVCache(OwnsBuffer):
         return [il for il, t in enumerate(self.layer_table) if t == table_index]
 
     def compact(self, il: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Evict all but ``keep`` from layer ``il``'s table. The data moves are queued and run at
-        the start of the next forward graph (or by :meth:`flush`), inside the backend buffers."""
+        """Evict all but ``keep`` from layer ``il``'s table. The data moves (and the memory write
+        of the evicted tokens) are queued, and run inside the backend buffers by
+        :meth:`ForwardRunner.flush` before the next step."""
         t = self.layer_table[il]
         table = self.tables[t]
         n_before = table.n_used
@@ -147,7 +148,7 @@ class KVCache(OwnsBuffer):
         src, dst = table.compact(keep)
         for layer in self.layers_of(t):
             if layer in self.pending_moves or layer in self.pending_evicted:
-                raise RuntimeError("compaction queued twice without a step in between")
+                raise RuntimeError("compaction queued twice without a flush in between")
             if len(src):
                 self.pending_moves[layer] = (src, dst)
             if layer in self.record_evicted and len(gone):

@@ -2,9 +2,14 @@
 
 The last graph stays built and allocated; a step whose :class:`StepPlan` equals the previous
 one only refreshes the inputs, as llama.cpp's graph reuse does. In decoding the plan changes only
-when the visible cache crosses a multiple of 256 slots. (Only one graph is kept: a graph
+when the visible cache crosses a multiple of 256 slots. (Only one step graph is kept: a graph
 allocated once keeps its tensors' addresses, and ggml would not re-place them after another
 graph used the compute buffer.)
+
+An eviction is carried out right after the step that decided it, by a small maintenance graph
+on the backend's second scheduler (:meth:`ForwardRunner.flush`): the evicted tokens are folded
+into the latent memory, then the kept ones are moved into place. Step graphs therefore never
+carry memory writes or moves, and decode steps between evictions do no such work.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from .eviction import Evictor
 from .memory_write import add_memory_write, memory_write_inputs
 from .models.builder import Builder, StepPlan
 from .policies.base import LayerObservation
-
-MOVE_BUCKET = 32  # a bounded cache's graphs always carry this many compaction moves (or more)
 
 
 def causal_mask(n_used: int, n_kv: int, n_tokens: int) -> np.ndarray:
@@ -56,48 +59,33 @@ class ForwardRunner:
         mask_keys = [self._mask_key(il, n_used[il]) for il in range(n_layer)]
         mask_ids = {k: i for i, k in enumerate(dict.fromkeys(mask_keys))}
         idx_ids = {u: i for i, u in enumerate(dict.fromkeys(n_used))}
-        moves, attn, capture = [0] * n_layer, [0] * n_layer, set(capture)
+        attn, capture = [0] * n_layer, set(capture)
         if self.evictor:
-            # always some (no-op) moves, so that compaction steps share the decode graph
-            for il in range(n_layer):
-                n_real = len(cache.pending_moves[il][0]) if il in cache.pending_moves else 0
-                moves[il] = min(max(1, -(-n_real // MOVE_BUCKET)) * MOVE_BUCKET,
-                                cache.capacity - n_used[il])
             attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
             if self.evictor.policy.needs_keys:
                 capture |= {f"Kcur-{il}" for il in range(n_layer)}
-        index, mem_write, mem_read = self._plan_indexmem(n_used)
+        index, mem_read = self._plan_indexmem()
         plan = StepPlan(
             n_tokens=n_tokens,
             n_out=n_tokens if all_logits else 1,
             layer_n_kv=tuple(cache.table_of(il).n_kv(n_used[il] + n_tokens) for il in range(n_layer)),
             layer_mask=tuple(mask_ids[k] for k in mask_keys),
             layer_idx=tuple(idx_ids[u] for u in n_used),
-            layer_moves=tuple(moves),
             layer_attn=tuple(attn),
             capture=frozenset(capture),
             layer_index=index,
-            layer_mem_write=mem_write,
             layer_mem_read=mem_read,
         )
         return plan, n_used, mask_keys
 
-    def _plan_indexmem(self, n_used: list[int]):
-        """Which layers score with the indexer, write how many evicted tokens into their
-        memory, and read it. Once a layer's memory is in use, every step carries a (possibly
-        all-padding) write of at least MOVE_BUCKET rows, so decode steps share one graph."""
+    def _plan_indexmem(self):
+        """Which layers score with the indexer, and which read their latent memory (those it
+        has been written to: no readout before the first eviction)."""
         state, n_layer = self.cache.indexmem, self.model.hp.n_layer
         if state is None:
-            return (), (), ()
-        pending = self.cache.pending_evicted
+            return (), ()
         index = tuple(il in state.keys for il in range(n_layer))
-        write, read = [0] * n_layer, [False] * n_layer
-        for il in state.memory_layers:
-            if il in pending or il in state.memory_used:
-                n_real = len(pending[il][0]) if il in pending else 0
-                write[il] = max(1, -(-n_real // MOVE_BUCKET)) * MOVE_BUCKET
-                read[il] = True
-        return index, tuple(write), tuple(read)
+        return index, tuple(il in state.memory_used for il in range(n_layer))
 
     def _graph_for(self, plan: StepPlan):
         if plan != self._plan or self._graph is None:
@@ -128,24 +116,8 @@ class ForwardRunner:
                 table = self.cache.table_of(il)
                 mask = table.mask(positions, n_kv, np.arange(n_used[il], n_used[il] + n), key[2])
             g.set_input(f"mask-{m}", mask)
-        for il, n_moves in enumerate(plan.layer_moves):
-            if n_moves:
-                g.set_input(f"move_src-{il}", self._pad_moves(il, n_moves, n_used[il], 0).astype(np.int32))
-                g.set_input(f"move_dst-{il}", self._pad_moves(il, n_moves, n_used[il], 1))
         if plan.n_out < plan.n_tokens:
             g.set_input("out_ids", np.array([plan.n_tokens - 1], dtype=np.int32))
-        for il, n_rows in enumerate(plan.layer_mem_write):
-            if n_rows:
-                for name, arr in memory_write_inputs(self.cache, il, n_rows, self.model.hp.n_head_kv).items():
-                    g.set_input(name, arr)
-
-    def _pad_moves(self, il: int, n_moves: int, n_keep: int, which: int) -> np.ndarray:
-        """Real moves, then no-op moves up to the bucket size: free slots (>= n_keep, never a
-        real destination) copied onto themselves."""
-        empty = np.zeros(0, dtype=np.int64)
-        real = self.cache.pending_moves.get(il, (empty, empty))[which]
-        pad = np.arange(n_keep, n_keep + n_moves - len(real), dtype=np.int64)
-        return np.concatenate([real, pad])
 
     # --- the step ----------------------------------------------------------------------
     def step(self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False,
@@ -158,7 +130,6 @@ class ForwardRunner:
         g = self._graph_for(plan)
         self._set_inputs(g, plan, tokens, positions, n_used, mask_keys)
         self.backend.compute(g.gf)
-        self._moves_done()
         slots = {}
         for il in range(self.model.hp.n_layer):
             t = self.cache.layer_table[il]
@@ -170,6 +141,7 @@ class ForwardRunner:
         captured = {name: g.read(g.named[name]) for name in plan.capture}
         if self.evictor:
             self.evictor.after_step(self._observations(g, plan, captured, slots), len(tokens))
+            self.flush()
         return logits, {k: v for k, v in captured.items() if k in set(capture)}
 
     def _observations(self, g, plan, captured, slots) -> dict[int, LayerObservation]:
@@ -197,36 +169,35 @@ class ForwardRunner:
         cache.pending_evicted = {}
 
     def flush(self) -> None:
-        """Run queued memory writes and compaction moves now (before the cache or the memory
-        is read from outside a step)."""
+        """Run the queued memory writes and compaction moves (the step that evicted calls it;
+        so does anything that compacts the cache outside a step)."""
         cache = self.cache
         if not cache.pending_moves and not cache.pending_evicted:
             return
         g = Graph(max_nodes=64 + 48 * cache.n_layer)
         hkv = self.model.hp.n_head_kv
-        writes = {il: len(slots) for il, (slots, _) in cache.pending_evicted.items()}
-        for il, n_rows in writes.items():
-            add_memory_write(g, self.model, cache, il, n_rows)
+        for il in cache.pending_evicted:  # expanded first: they read rows the moves overwrite
+            add_memory_write(g, self.model, cache, il)
         for il, (src, dst) in cache.pending_moves.items():
             s = g.input(f"src-{il}", GGMLType.I32, len(src))
             d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
             add_compaction(g, cache.layers[il], s, d)
         inputs = {}
-        for il, n_rows in writes.items():
-            inputs.update(memory_write_inputs(cache, il, n_rows, hkv))
+        for il in cache.pending_evicted:
+            inputs.update(memory_write_inputs(cache, il, hkv))
         for il, (src, dst) in cache.pending_moves.items():
             inputs[f"src-{il}"], inputs[f"dst-{il}"] = src.astype(np.int32), dst
         self.run_once(g, inputs)
         self._moves_done()
 
     def run_once(self, g: Graph, inputs: dict[str, np.ndarray]) -> None:
-        """Allocate, fill and compute a one-off graph (cache maintenance), then free it."""
-        self.invalidate()  # the step graph must be re-placed after this one used the buffer
+        """Allocate, fill and compute a one-off graph (cache maintenance) on the maintenance
+        scheduler, leaving the step graph in place, then free it."""
         try:
-            self.backend.alloc_graph(g.gf)
+            self.backend.alloc_graph(g.gf, maintenance=True)
             for name, arr in inputs.items():
                 g.set_input(name, arr)
-            self.backend.compute(g.gf)
+            self.backend.compute(g.gf, maintenance=True)
         finally:
             g.close()
 

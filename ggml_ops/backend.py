@@ -1,8 +1,12 @@
-"""Compute devices: backend selection, weight/cache buffers and a graph scheduler.
+"""Compute devices: backend selection, weight/cache buffers and graph schedulers.
 
 The engine always computes through ``ggml_backend_sched`` with the chosen device first and the
 CPU last, as llama.cpp does, so a CUDA or Metal build of llama-cpp-python is used unchanged
 (ops a device lacks fall back to the CPU). Only the CPU path is tested on this project's machines.
+
+Two schedulers share the devices, each with its own compute buffer: one for the forward step's
+graph, which stays allocated from step to step, and one for cache-maintenance graphs (memory
+writes, compaction moves, context shifts), so that running those never displaces the step graph.
 """
 
 from __future__ import annotations
@@ -83,7 +87,8 @@ class Backend:
         backends = [self.main] if self.main == self.cpu else [self.main, self.cpu]
         arr = (ctypes.c_void_p * len(backends))(*backends)
         self.sched = C.ggml_backend_sched_new(arr, None, len(backends), GRAPH_SIZE, False, True)
-        if not self.sched:
+        self.maintenance_sched = C.ggml_backend_sched_new(arr, None, len(backends), GRAPH_SIZE, False, True)
+        if not self.sched or not self.maintenance_sched:
             raise BackendError("ggml_backend_sched_new failed")
 
     @staticmethod
@@ -157,23 +162,31 @@ class Backend:
                 C.ggml_backend_buffer_free(dummy)
             C.ggml_free(ctx)
 
-    def compute(self, graph) -> None:
-        status = C.ggml_backend_sched_graph_compute(self.sched, graph)
+    def _scheduler(self, maintenance: bool):
+        return self.maintenance_sched if maintenance else self.sched
+
+    def compute(self, graph, maintenance: bool = False) -> None:
+        """Compute ``graph``, allocated before by :meth:`alloc_graph` with the same ``maintenance``."""
+        status = C.ggml_backend_sched_graph_compute(self._scheduler(maintenance), graph)
         if status != S.GGML_STATUS_SUCCESS:
             raise BackendError(f"graph compute failed with ggml status {status}")
 
-    def alloc_graph(self, graph) -> None:
-        C.ggml_backend_sched_reset(self.sched)
-        if not C.ggml_backend_sched_alloc_graph(self.sched, graph):
+    def alloc_graph(self, graph, maintenance: bool = False) -> None:
+        """Place ``graph``'s tensors in the step scheduler's compute buffer (or the maintenance
+        one); the graph last placed in that buffer before is invalid afterwards."""
+        sched = self._scheduler(maintenance)
+        C.ggml_backend_sched_reset(sched)
+        if not C.ggml_backend_sched_alloc_graph(sched, graph):
             raise BackendError("could not allocate the compute graph (out of memory?)")
 
     def compute_buffer_bytes(self) -> int:
-        return C.ggml_backend_sched_get_buffer_size(self.sched, self.main)
+        return sum(C.ggml_backend_sched_get_buffer_size(s, self.main) for s in (self.sched, self.maintenance_sched))
 
     def close(self) -> None:
-        if getattr(self, "sched", None):
-            C.ggml_backend_sched_free(self.sched)
-            self.sched = None
+        for name in ("sched", "maintenance_sched"):
+            if getattr(self, name, None):
+                C.ggml_backend_sched_free(getattr(self, name))
+                setattr(self, name, None)
         if getattr(self, "main", None) and self.main != self.cpu:
             C.ggml_backend_free(self.main)
         self.main = None

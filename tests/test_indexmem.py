@@ -230,13 +230,14 @@ def test_memory_behind_another_policy(setup):
     assert not np.allclose(nll[False], nll[True])
 
 
-def test_flush_writes_pending_evictions_into_the_memory(setup):
+def test_the_step_that_evicts_writes_the_evicted_tokens_into_the_memory(setup):
     base, side, _ = setup
     eng = _load(base, side, True)
-    eng.token_nll(random_prompt(32, seed=8))  # 4 chunks of 8: evicts once, after the last
-    assert eng.cache.pending_evicted and not eng.cache.indexmem.memory_used
-    eng.runner.flush()
-    assert not eng.cache.pending_evicted and eng.cache.indexmem.memory_used == {0, 1}
+    eng.token_nll(random_prompt(24, seed=8))  # 3 chunks of 8: nothing evicted yet
+    assert not eng.cache.indexmem.memory_used
+    eng.token_nll(random_prompt(32, seed=8))  # the 4th chunk evicts, after its step
+    assert not eng.cache.pending_evicted and not eng.cache.pending_moves
+    assert eng.cache.indexmem.memory_used == {0, 1}
     m = np.empty((16, 16), dtype=np.float32)
     from indexmem.ggml_ops.bindings import C
     C.ggml_backend_tensor_get(eng.cache.indexmem.mem_m[0], m.ctypes.data, 0, m.nbytes)

@@ -16,28 +16,25 @@ from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
 from ...ggml_ops.reduce import sum_over_rows
-from ..cache import KVCache, add_compaction
-from ..memory_write import add_memory_write
+from ..cache import KVCache
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """The shape of one forward step; two steps with equal plans share one graph.
 
-    Per layer: visible cache slots, which mask and which write-index input it uses, how many
-    queued compaction moves run first, how many of the last queries report attention, and
-    IndexMem's parts: whether the indexer scores the cache, how many evicted tokens the latent
-    memory absorbs first, and whether its readout is added to attention."""
+    Per layer: visible cache slots, which mask and which write-index input it uses, how many of
+    the last queries report attention, and IndexMem's parts: whether the indexer scores the
+    cache and whether the latent memory's readout is added to attention. (Evictions are carried
+    out between steps, by :meth:`ForwardRunner.flush`, never inside a step graph.)"""
     n_tokens: int
     n_out: int  # rows of logits produced: n_tokens (all) or 1 (last)
     layer_n_kv: tuple[int, ...]
     layer_mask: tuple[int, ...]
     layer_idx: tuple[int, ...]
-    layer_moves: tuple[int, ...] = ()
     layer_attn: tuple[int, ...] = ()
     capture: frozenset = frozenset()
     layer_index: tuple[bool, ...] = ()
-    layer_mem_write: tuple[int, ...] = ()
     layer_mem_read: tuple[bool, ...] = ()
 
     def mask_sizes(self) -> dict[int, int]:
@@ -61,24 +58,7 @@ class Builder:
         self.masks = {m: self.g.input(f"mask-{m}", GGMLType.F16, n_kv, n)
                       for m, n_kv in plan.mask_sizes().items()}
         self.out_ids = self.g.input("out_ids", GGMLType.I32, plan.n_out) if plan.n_out < n else None
-        self.memory = {}  # layer -> (M, b) tensors the readout uses
-        self._compaction()
 
-    def _compaction(self):
-        """Evicted tokens into the latent memory, then the queued cache moves (slot src → slot
-        dst) of every layer, before anything reads the cache. Nodes run in the order they are
-        expanded, so the memory reads the evicted rows before the moves overwrite them."""
-        for il, n_rows in enumerate(self.plan.layer_mem_write):
-            if n_rows:
-                self.memory[il] = add_memory_write(self.g, self.model, self.cache, il, n_rows)
-        for il, n_moves in enumerate(self.plan.layer_moves):
-            if not n_moves:
-                continue
-            src = self.g.input(f"move_src-{il}", GGMLType.I32, n_moves)  # get_rows takes I32
-            dst = self.g.input(f"move_dst-{il}", GGMLType.I64, n_moves)
-            add_compaction(self.g, self.cache.layers[il], src, dst)
-
-    # --- naming ------------------------------------------------------------------------
     def cb(self, t, name: str, il: int = -1):
         return self.g.name(t, f"{name}-{il}" if il >= 0 else name)
 
@@ -160,8 +140,8 @@ class Builder:
     def memory_readout(self, il: int):
         """g(q)·m(q) of this step's pre-RoPE queries against the layer's latent memory."""
         state = self.cache.indexmem
-        m, b = self.memory.get(il) or (state.mem_m[il], state.mem_b[il])
-        out = memory_read(self.ctx, self.g.named[f"Qpre-{il}"], m, b, state.modules.memory(il))
+        out = memory_read(self.ctx, self.g.named[f"Qpre-{il}"], state.mem_m[il], state.mem_b[il],
+                          state.modules.memory(il))
         return self.cb(out, "kqv_mem", il)
 
     def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):
