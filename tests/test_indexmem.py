@@ -319,3 +319,17 @@ def test_gemma3_runs_indexmem_on_the_layers_it_bounds(tmp_path, budget):
     assert sorted(state.keys) == (list(range(6)) if local_bounded else [5])
     cached = eng.stats()["tokens_cached"]
     assert cached[5] <= budget + 2 and max(cached) <= max(budget, GEMMA_WINDOW) + 2 + 8
+
+
+def test_evictions_in_decoding_keep_the_decode_graph(setup):
+    """Evictions run in their own maintenance graph: decoding through several compressions
+    (memory writes and moves included) builds the decode graph once."""
+    base, side, _ = setup
+    eng = _load(base, side, True)
+    prompt = random_prompt(2 * B, seed=11)
+    prompt += list(eng.generate_tokens(prompt, max_tokens=2, stop_at_eog=False))
+    assert eng.cache.indexmem.memory_used  # the prompt overflowed the budget: memory read from now on
+    built, evicted = eng.stats()["graphs_built"], sum(eng.cache.tokens_evicted)
+    list(eng.generate_tokens(prompt, max_tokens=8 * TAU, stop_at_eog=False))  # continues the conversation
+    assert sum(eng.cache.tokens_evicted) >= evicted + 4 * TAU * eng.hparams.n_layer
+    assert eng.stats()["graphs_built"] == built
