@@ -160,3 +160,12 @@ def test_shipped_checkpoints_round_trip(name, dtype, tol, tmp_path):
             ref = weights[param.format(il=il)]
             scale = max(1.0, float(np.abs(ref).max()))
             assert np.abs(loaded.tensors[S.tensor_name(il, suffix)] - ref).max() <= tol * scale
+
+
+@pytest.mark.parametrize("name,pool_kernel", [("smollm2-135m-instruct", 31), ("gemma3-270m", None)])
+def test_shipped_sidecars_are_their_checkpoints_converted_as_documented(name, pool_kernel, tmp_path):
+    """checkpoints/README.md gives the commands that produced sidecars/; they still do, byte for byte."""
+    from indexmem.engine.indexmem import SIDECAR_DIR
+    from indexmem.engine.registry import MODELS, resolve
+    side = convert(SHIPPED / name, resolve(name), tmp_path / "side.gguf", dtype="f16", pool_kernel=pool_kernel)
+    assert side.read_bytes() == (SIDECAR_DIR / MODELS[name].sidecar).read_bytes()
