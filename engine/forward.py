@@ -161,34 +161,26 @@ class ForwardRunner:
             obs[il] = o
         return obs
 
-    def _moves_done(self) -> None:
-        cache = self.cache
-        if cache.indexmem is not None:
-            cache.indexmem.memory_used |= set(cache.pending_evicted)
-        cache.pending_moves = {}
-        cache.pending_evicted = {}
-
     def flush(self) -> None:
         """Run the queued memory writes and compaction moves (the step that evicted calls it;
         so does anything that compacts the cache outside a step)."""
         cache = self.cache
         if not cache.pending_moves and not cache.pending_evicted:
             return
-        g = Graph(max_nodes=64 + 48 * cache.n_layer)
-        hkv = self.model.hp.n_head_kv
+        g, inputs = Graph(max_nodes=64 + 48 * cache.n_layer), {}
         for il in cache.pending_evicted:  # expanded first: they read rows the moves overwrite
             add_memory_write(g, self.model, cache, il)
+            inputs.update(memory_write_inputs(cache, il, self.model.hp.n_head_kv))
         for il, (src, dst) in cache.pending_moves.items():
             s = g.input(f"src-{il}", GGMLType.I32, len(src))
             d = g.input(f"dst-{il}", GGMLType.I64, len(dst))
             add_compaction(g, cache.layers[il], s, d)
-        inputs = {}
-        for il in cache.pending_evicted:
-            inputs.update(memory_write_inputs(cache, il, hkv))
-        for il, (src, dst) in cache.pending_moves.items():
             inputs[f"src-{il}"], inputs[f"dst-{il}"] = src.astype(np.int32), dst
         self.run_once(g, inputs)
-        self._moves_done()
+        if cache.indexmem is not None:
+            cache.indexmem.memory_used |= set(cache.pending_evicted)
+        cache.pending_moves = {}
+        cache.pending_evicted = {}
 
     def run_once(self, g: Graph, inputs: dict[str, np.ndarray]) -> None:
         """Allocate, fill and compute a one-off graph (cache maintenance) on the maintenance

@@ -18,8 +18,8 @@ from .cache import KVCache
 
 
 def add_memory_write(g, model, cache: KVCache, il: int):
-    """Graph nodes writing the tokens layer ``il`` evicted last into its memory. Must be
-    expanded before the layer's compaction moves. Returns the new (M, b) tensors."""
+    """Graph nodes writing the tokens layer ``il`` evicted last into its memory (M, b updated in
+    place). Must be expanded before the layer's compaction moves."""
     hp, ctx, state = model.hp, g.ctx, cache.indexmem
     layer = cache.layers[il]
     n_rows = len(cache.pending_evicted[il][0])
@@ -37,7 +37,6 @@ def add_memory_write(g, model, cache: KVCache, il: int):
                                 row_weight, decay, state.modules.memory(il))
     g.expand(C.ggml_cpy(ctx, new_m, state.mem_m[il]))
     g.expand(C.ggml_cpy(ctx, new_b, state.mem_b[il]))
-    return new_m, new_b
 
 
 def memory_write_inputs(cache: KVCache, il: int, n_head_kv: int) -> dict[str, np.ndarray]:
