@@ -150,14 +150,18 @@ def main(
 
 
 def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None) -> dict:
-    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules
-    (rows written before results recorded their files are taken as they are)."""
+    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules.
+    Rows written before results recorded their files are taken as they are, except those that ran
+    IndexMem modules: nothing says which, so they are measured again."""
     rows = {}
     if out and out.exists():
         for line in out.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if "model_sha256" in r and (r["model_sha256"], r["indexmem_sha256"]) != (
+                if "model_sha256" not in r:
+                    if uses_modules(r["config"]):
+                        continue
+                elif (r["model_sha256"], r["indexmem_sha256"]) != (
                         model_sha256, modules_sha256 if uses_modules(r["config"]) else None):
                     continue
                 rows[(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"])] = r

@@ -56,6 +56,7 @@ def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
     case = dict(evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1)
     rows = [
         dict(case, config="tova"),  # written before rows recorded their files: taken as it is
+        dict(case, config="snapkv+mem"),  # the same, but which memory it ran is unknown: measured again
         dict(case, config="snapkv", model_sha256="M", indexmem_sha256=None),
         dict(case, config="h2o", model_sha256="other model", indexmem_sha256=None),
         dict(case, config="indexmem", model_sha256="M", indexmem_sha256="S"),
