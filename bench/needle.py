@@ -30,7 +30,8 @@ from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import python_source_text
 from .ruler.data import RulerData
 from .ruler.prompt import render_prompt
-from .specs import HEURISTICS, engine_options, modules_sha256, parse_specs, uses_modules
+from .ruler.summary import read_rows
+from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs, uses_modules
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -150,22 +151,9 @@ def main(
 
 
 def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None) -> dict:
-    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules.
-    Rows written before results recorded their files are taken as they are, except those that ran
-    IndexMem modules: nothing says which, so they are measured again."""
-    rows = {}
-    if out and out.exists():
-        for line in out.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if "model_sha256" not in r:
-                    if uses_modules(r["config"]):
-                        continue
-                elif (r["model_sha256"], r["indexmem_sha256"]) != (
-                        model_sha256, modules_sha256 if uses_modules(r["config"]) else None):
-                    continue
-                rows[(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"])] = r
-    return rows
+    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules."""
+    return {(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
+            for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)}
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -51,6 +51,17 @@ def uses_modules(spec: str) -> bool:
     return engine_options(spec, 1)["indexmem"] is not False
 
 
+def measured_with_files(row: dict, model_sha256: str, modules_sha256: str | None) -> bool:
+    """Whether a result row was measured with this model file and, if its configuration runs
+    IndexMem's modules, with these modules (``modules_sha256``). Rows written before results
+    recorded their files count for the configurations without modules; for those with modules
+    nothing says which ran, so they do not."""
+    if "model_sha256" not in row:
+        return not uses_modules(row["config"])
+    return (row["model_sha256"], row["indexmem_sha256"]) == (
+        model_sha256, modules_sha256 if uses_modules(row["config"]) else None)
+
+
 def modules_sha256(model: str, path: Path, model_sha256: str, indexmem: str | None = None) -> str | None:
     """sha256 of the IndexMem file that configurations using modules load for ``model`` (whose
     GGUF is ``path``; ``indexmem`` a sidecar given by the user), None if there is none. Results

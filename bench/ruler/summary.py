@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..specs import measured_with_files
+
 
 def read_rows(path: Path | None) -> list[dict]:
     """Rows of a JSONL result file (none if it does not exist); a torn last line is skipped."""
@@ -34,7 +36,7 @@ def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | Non
     each: processes that overlapped without --shard may both have measured an example."""
     seen, unique = set(), []
     for r in rows:
-        if r.get("model_sha256") == model_sha256 and r.get("indexmem_sha256") in (None, modules_sha256):
+        if measured_with_files(r, model_sha256, modules_sha256):
             if row_key(r) not in seen:
                 seen.add(row_key(r))
                 unique.append(r)
