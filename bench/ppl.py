@@ -9,6 +9,10 @@ Each window is prefilled in chunks of ``--n-batch`` tokens; between chunks every
 compressed to its budget (budget = (1 - ratio) x context), so later tokens are predicted from the
 compressed cache, as they would be in a long prompt. Physical eviction: the cache really holds
 only the budget.
+
+With ``--out`` the JSON is rewritten after every configuration, and a rerun into the same file
+measures only what is missing: results stand for the same settings, the same model file and, for
+configurations that run IndexMem's modules, the same IndexMem file.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from rich.table import Table
 from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
-from ..engine.registry import DEFAULT_MODEL, resolve
+from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import heldout_windows
-from .specs import HEURISTICS, engine_options, parse_specs
+from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs, uses_modules
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -49,12 +53,20 @@ def main(
 ):
     console = Console()
     path = resolve(model, console.print)
+    sha = sha256_of(path)
+    modules = modules_sha256(model, path, sha, str(indexmem) if indexmem else None)
+    settings = dict(model_sha256=sha, context=context, n_batch=n_batch, windows=windows, window=window)
+    earlier = earlier_results(out, settings, modules)
     configs = [("full", 0.0)] + [(p, float(r)) for p in parse_specs(policies) for r in ratios.split(",")]
     docs = None
     results = []
     with Progress(console=console) as progress:
         task = progress.add_task("perplexity", total=len(configs) * windows)
         for policy, ratio in configs:
+            if (policy, ratio) in earlier:
+                results.append(earlier[(policy, ratio)])
+                progress.advance(task, windows)
+                continue
             opts = engine_options(policy, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
                                   window)
             engine = Engine.load(model, n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
@@ -67,8 +79,13 @@ def main(
             results.append(dict(policy=policy, evict_ratio=ratio, budget=opts.get("budget"),
                                 ppl=float(np.exp(nll.mean())), tokens=int(nll.size),
                                 kv_bytes=engine.stats()["kv_bytes"],
-                                seconds=round(time.perf_counter() - t0, 1)))
+                                seconds=round(time.perf_counter() - t0, 1),
+                                model_sha256=sha, indexmem_sha256=modules if uses_modules(policy) else None))
             engine.close()
+            if out:
+                kept = [r for r in earlier.values() if r not in results]
+                write_atomic(out, json.dumps(dict(model=str(path), **settings, results=results + kept),
+                                             indent=2).encode())
     full = results[0]["ppl"]
     table = Table(title=f"{path.name}: perplexity on held-out text, {windows} x {context} tokens, "
                         f"chunks of {n_batch}")
@@ -78,9 +95,29 @@ def main(
         table.add_row(r["policy"], f"{r['evict_ratio']:.2f}", str(r["budget"] or "-"), f"{r['ppl']:.3f}",
                       f"{r['ppl'] / full:.3f}x", f"{r['kv_bytes']:,}")
     console.print(table)
-    if out:
-        write_atomic(out, json.dumps(dict(model=str(path), context=context, n_batch=n_batch,
-                                          results=results), indent=2).encode())
+
+
+def earlier_results(out: Path | None, settings: dict, modules_sha256: str | None) -> dict:
+    """{(configuration, ratio): row} of an earlier run into ``out`` that still stand. A file that
+    records other settings is not overwritten (error); one from before files recorded their
+    settings and model in full is measured again if what it records matches."""
+    if out is None or not Path(out).exists():
+        return {}
+    try:
+        data = json.loads(Path(out).read_text())
+        recorded = {k: data[k] for k in settings if k in data}
+        rows = list(data["results"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{out} is not a perplexity result file ({exc}); remove it or choose another --out")
+    if data.get("context") != settings["context"] or data.get("n_batch") != settings["n_batch"] or any(
+            recorded[k] != settings[k] for k in recorded):
+        raise ValueError(f"{out} holds perplexity measured with other settings "
+                         f"({', '.join(f'{k}={v}' for k, v in recorded.items())}); "
+                         "remove it or choose another --out")
+    if recorded.keys() != settings.keys():
+        return {}
+    return {(r["policy"], r["evict_ratio"]): r for r in rows
+            if measured_with_files({**r, "config": r["policy"]}, settings["model_sha256"], modules_sha256)}
 
 
 if __name__ == "__main__":

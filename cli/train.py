@@ -46,7 +46,7 @@ def extract(
     """Run the frozen model over corpus windows and cache its per-layer features (float16)."""
     from ..engine.api import Engine
     from ..train.data import token_windows
-    from ..train.features import FeatureSet, extract as run, verify_attention
+    from ..train.features import ATTENTION_TOLERANCE, FeatureSet, extract as run, verify_attention
     from ..train.retrieval import retrieval_windows
 
     # teacher features come from the full KV cache, never from an evicting one
@@ -68,7 +68,10 @@ def extract(
             annotations=annotations)
     fs = FeatureSet(out)
     err = max(verify_attention(fs, 0, il) for il in range(fs.n_layer))
-    console.print(f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.4f}")
+    console.print(f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.2%} of the output")
+    if err > ATTENTION_TOLERANCE:
+        raise ValueError(f"the features in {out} do not reproduce the model's attention (off by {err:.2%} of "
+                         f"the output, tolerance {ATTENTION_TOLERANCE:.0%}); do not train on them")
 
 
 @app.command()

@@ -85,3 +85,57 @@ def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
         assert cached_share(eng, span).tolist() == [expected] * eng.hparams.n_layer
     with pytest.raises(ValueError, match="not in the prompt"):
         value_span(eng, prompt, "no such number")
+
+
+def test_perplexity_reruns_measure_only_what_is_missing_and_never_overwrite_other_settings(
+        tmp_path, tiny_llama, monkeypatch):
+    from typer.testing import CliRunner
+
+    from indexmem.cli.bench import app
+    measured = []
+    token_nll = Engine.token_nll
+    monkeypatch.setattr(Engine, "token_nll", lambda self, doc: measured.append(1) or token_nll(self, doc))
+    out = tmp_path / "ppl.json"
+    base = ["ppl", "--model", str(tiny_llama), "--context", "96", "--windows", "1", "--n-batch", "16",
+            "--window", "8", "--out", str(out)]
+
+    def run(*extra):
+        measured.clear()
+        result = CliRunner().invoke(app, base + list(extra))
+        return result, len(measured)
+
+    result, n = run("--policies", "streaming", "--ratios", "0.5")
+    assert result.exit_code == 0, result.output
+    assert n == 2  # full KV and streaming
+    first = json.loads(out.read_text())
+    assert first["windows"] == 1 and first["window"] == 8 and len(first["model_sha256"]) == 64
+
+    result, n = run("--policies", "streaming,tova", "--ratios", "0.5")
+    assert result.exit_code == 0, result.output
+    assert n == 1  # only tova is new
+    second = json.loads(out.read_text())
+    assert second["results"][:2] == first["results"]
+    assert [r["policy"] for r in second["results"]] == ["full", "streaming", "tova"]
+
+    result, n = run("--policies", "tova", "--ratios", "0.5")
+    assert result.exit_code == 0 and n == 0
+    assert {r["policy"] for r in json.loads(out.read_text())["results"]} == {"full", "streaming", "tova"}
+
+    before = out.read_text()
+    result, n = run("--policies", "tova", "--ratios", "0.5", "--n-batch", "32")
+    assert result.exit_code == 1 and "other settings" in result.output and n == 0
+    assert out.read_text() == before
+
+    legacy = json.loads(before)
+    for key in ("model_sha256", "windows", "window"):
+        del legacy[key]
+    out.write_text(json.dumps(legacy))
+    result, n = run("--policies", "tova", "--ratios", "0.5")
+    assert result.exit_code == 0 and n == 2  # settings not recorded in full: measured again
+    assert [r["ppl"] for r in json.loads(out.read_text())["results"]] == [
+        r["ppl"] for r in json.loads(before)["results"] if r["policy"] != "streaming"]
+
+    out.write_text('{"results": [')
+    result, n = run("--policies", "tova", "--ratios", "0.5")
+    assert result.exit_code == 1 and "not a perplexity result file" in result.output and n == 0
+    assert out.read_text() == '{"results": ['

@@ -89,8 +89,13 @@ class FeatureSet:
         return out
 
 
+ATTENTION_TOLERANCE = 0.01
+"""Features are refused when softmax(QKᵀ)V from them misses the saved output by more than this
+share of the output's largest value (float16 storage gives ~0.0015 on both registry models)."""
+
+
 def verify_attention(fs: FeatureSet, seq: int = 0, il: int = 0) -> float:
-    """Max |softmax(QKᵀ)V − saved attention output| on one layer (float16 storage tolerance)."""
+    """Max |softmax(QKᵀ)V − saved attention output| on one layer, relative to max |saved output|."""
     import torch
 
     from .losses import attention
@@ -100,4 +105,4 @@ def verify_attention(fs: FeatureSet, seq: int = 0, il: int = 0) -> float:
     if fs.manifest["swa_layers"][il]:
         visible &= ~torch.ones(n, n, dtype=torch.bool).tril(-fs.manifest["sliding_window"])
     o = attention(f["q_cur"], f["k_cur"], f["v"], visible, scale=fs.manifest["kq_scale"])
-    return float((o - f["o"]).abs().max())
+    return float((o - f["o"]).abs().max() / f["o"].abs().max().clamp(min=1e-6))
