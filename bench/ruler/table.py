@@ -3,6 +3,7 @@ and needle accuracy per depth and length."""
 
 from __future__ import annotations
 
+from .paired import paired_table
 from .summary import average, average_error, config_label, config_of, depth_grid, ordered_configs, task_scores
 from .tasks import TASKS
 
@@ -13,7 +14,7 @@ def _mb(n: int) -> str:
 
 def ruler_table(rows: list[dict]) -> str:
     """One table per context length: a row per configuration, a column per task and the average
-    over tasks (only when the configuration has every task)."""
+    over tasks (only when the configuration has every task), then IndexMem's paired comparisons."""
     scores = task_scores(rows)
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     kv = {}
@@ -31,6 +32,8 @@ def ruler_table(rows: list[dict]) -> str:
             out.append(f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
                        + " | ".join(cells) + f" | {_average_cell(s, tasks)} |")
         out.append("")
+        paired = paired_table(rows, context, tasks)
+        out += paired + [""] * bool(paired)
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
     return "\n".join(out + [legend, "", "avg = mean over the tasks (each weighs the same) ± its standard error "
                                          "over the samples (from 2 samples on)."])

@@ -1,0 +1,74 @@
+"""Paired comparisons of RULER rows: two configurations on the very same examples, counted as
+wins and losses. With a handful of samples the averages' standard errors overlap; a paired count
+says whether one configuration answers what the other misses or merely differs by noise."""
+
+from __future__ import annotations
+
+from ..specs import uses_modules
+from .summary import average, config_of, ordered_configs, task_scores
+
+
+def _level(config: tuple) -> tuple:
+    """What makes two configurations comparable: the same eviction ratio or the same budget."""
+    return config[1:]
+
+
+def _level_label(level: tuple) -> str:
+    ratio, budget = level
+    return f"@ {ratio:g}" if ratio is not None else f"B={budget}"
+
+
+def best_heuristic(scores: dict[tuple, dict], level: tuple, tasks: list[str]) -> tuple | None:
+    """The configuration without IndexMem's modules (full KV aside) with the highest average at
+    ``level``; None if there is none or none has every task."""
+    ranked = [(average(scores[c], tasks), c) for c in ordered_configs(scores)
+              if c[0] != "full" and _level(c) == level and not uses_modules(c[0])
+              and average(scores[c], tasks) is not None]
+    return max(ranked, key=lambda x: x[0])[1] if ranked else None  # a tie goes to the first by name
+
+
+def wins_losses(examples: dict[tuple, dict], a: tuple, b: tuple) -> tuple[int, int, int]:
+    """(examples where ``a`` scored higher, where lower, how many both measured)."""
+    shared = examples[a].keys() & examples[b].keys()
+    wins = sum(examples[a][k] > examples[b][k] for k in shared)
+    losses = sum(examples[a][k] < examples[b][k] for k in shared)
+    return wins, losses, len(shared)
+
+
+def paired_table(rows: list[dict], context: int, tasks: list[str]) -> list[str]:
+    """Markdown lines: every configuration that runs IndexMem's modules against the best
+    heuristic of its level and, where both ran, ``indexmem`` against ``indexmem-nomem``. Empty
+    when there is nothing to pair."""
+    rows = [r for r in rows if r["context"] == context]
+    examples: dict[tuple, dict] = {}
+    for r in rows:
+        examples.setdefault(config_of(r), {})[(r["task"], r["index"], r.get("depth"))] = r["score"]
+    scores = {c: s for (c, ctx), s in task_scores(rows).items()}
+    levels = sorted({_level(c) for c in examples if uses_modules(c[0])}, key=lambda lv: (lv[0] is None, lv))
+    lines = []
+    for spec in dict.fromkeys(c[0] for c in ordered_configs(examples) if uses_modules(c[0])):
+        cells = []
+        for level in levels:
+            mine, other = (spec, *level), best_heuristic(scores, level, tasks)
+            if mine not in examples or other is None:
+                cells.append("–")
+                continue
+            w, l, n = wins_losses(examples, mine, other)
+            cells.append(f"{w}–{l} of {n} ({other[0]})")
+        lines.append(f"| {spec} vs the best heuristic | " + " | ".join(cells) + " |")
+    if any(c[0] == "indexmem" for c in examples) and any(c[0] == "indexmem-nomem" for c in examples):
+        cells = []
+        for level in levels:
+            mine, other = ("indexmem", *level), ("indexmem-nomem", *level)
+            if mine in examples and other in examples:
+                w, l, n = wins_losses(examples, mine, other)
+                cells.append(f"{w}–{l} of {n}")
+            else:
+                cells.append("–")
+        lines.append("| indexmem vs indexmem-nomem (the memory's effect) | " + " | ".join(cells) + " |")
+    if not lines or not levels:
+        return []
+    return (["Paired on the same examples (wins–losses of the examples both measured; the best heuristic is "
+             "the one with the highest avg at that level, the first by name on a tie):", "",
+             "| comparison | " + " | ".join(_level_label(lv) for lv in levels) + " |",
+             "|---|" + "---:|" * len(levels)] + lines)
