@@ -35,6 +35,13 @@ def wins_losses(examples: dict[tuple, dict], a: tuple, b: tuple) -> tuple[int, i
     return wins, losses, len(shared)
 
 
+def _cell(examples: dict[tuple, dict], a: tuple, b: tuple | None, named: bool = False) -> str:
+    if a not in examples or b is None or b not in examples:
+        return "–"
+    wins, losses, n = wins_losses(examples, a, b)
+    return f"{wins}–{losses} of {n}" + (f" ({b[0]})" if named else "")
+
+
 def paired_table(rows: list[dict], context: int, tasks: list[str]) -> list[str]:
     """Markdown lines: every configuration that runs IndexMem's modules against the best
     heuristic of its level and, where both ran, ``indexmem`` against ``indexmem-nomem``. Empty
@@ -47,24 +54,10 @@ def paired_table(rows: list[dict], context: int, tasks: list[str]) -> list[str]:
     levels = sorted({_level(c) for c in examples if uses_modules(c[0])}, key=lambda lv: (lv[0] is None, lv))
     lines = []
     for spec in dict.fromkeys(c[0] for c in ordered_configs(examples) if uses_modules(c[0])):
-        cells = []
-        for level in levels:
-            mine, other = (spec, *level), best_heuristic(scores, level, tasks)
-            if mine not in examples or other is None:
-                cells.append("–")
-                continue
-            w, l, n = wins_losses(examples, mine, other)
-            cells.append(f"{w}–{l} of {n} ({other[0]})")
+        cells = [_cell(examples, (spec, *lv), best_heuristic(scores, lv, tasks), named=True) for lv in levels]
         lines.append(f"| {spec} vs the best heuristic | " + " | ".join(cells) + " |")
     if any(c[0] == "indexmem" for c in examples) and any(c[0] == "indexmem-nomem" for c in examples):
-        cells = []
-        for level in levels:
-            mine, other = ("indexmem", *level), ("indexmem-nomem", *level)
-            if mine in examples and other in examples:
-                w, l, n = wins_losses(examples, mine, other)
-                cells.append(f"{w}–{l} of {n}")
-            else:
-                cells.append("–")
+        cells = [_cell(examples, ("indexmem", *lv), ("indexmem-nomem", *lv)) for lv in levels]
         lines.append("| indexmem vs indexmem-nomem (the memory's effect) | " + " | ".join(cells) + " |")
     if not lines or not levels:
         return []
