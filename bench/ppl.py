@@ -109,8 +109,7 @@ def earlier_results(out: Path | None, settings: dict, modules_sha256: str | None
         rows = list(data["results"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{out} is not a perplexity result file ({exc}); remove it or choose another --out")
-    if data.get("context") != settings["context"] or data.get("n_batch") != settings["n_batch"] or any(
-            recorded[k] != settings[k] for k in recorded):
+    if not {"context", "n_batch"} <= recorded.keys() or any(recorded[k] != settings[k] for k in recorded):
         raise ValueError(f"{out} holds perplexity measured with other settings "
                          f"({', '.join(f'{k}={v}' for k, v in recorded.items())}); "
                          "remove it or choose another --out")

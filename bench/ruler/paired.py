@@ -5,7 +5,7 @@ says whether one configuration answers what the other misses or merely differs b
 from __future__ import annotations
 
 from ..specs import uses_modules
-from .summary import average, config_of, ordered_configs, task_scores
+from .summary import average, config_of, ordered_configs
 
 
 def _level(config: tuple) -> tuple:
@@ -21,9 +21,9 @@ def _level_label(level: tuple) -> str:
 def best_heuristic(scores: dict[tuple, dict], level: tuple, tasks: list[str]) -> tuple | None:
     """The configuration without IndexMem's modules (full KV aside) with the highest average at
     ``level``; None if there is none or none has every task."""
-    ranked = [(average(scores[c], tasks), c) for c in ordered_configs(scores)
-              if c[0] != "full" and _level(c) == level and not uses_modules(c[0])
-              and average(scores[c], tasks) is not None]
+    candidates = [c for c in ordered_configs(scores)
+                  if c[0] != "full" and _level(c) == level and not uses_modules(c[0])]
+    ranked = [(avg, c) for c in candidates if (avg := average(scores[c], tasks)) is not None]
     return max(ranked, key=lambda x: x[0])[1] if ranked else None  # a tie goes to the first by name
 
 
@@ -42,19 +42,20 @@ def _cell(examples: dict[tuple, dict], a: tuple, b: tuple | None, named: bool = 
     return f"{wins}–{losses} of {n}" + (f" ({b[0]})" if named else "")
 
 
-def paired_table(rows: list[dict], context: int, tasks: list[str]) -> list[str]:
+def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], tasks: list[str]) -> list[str]:
     """Markdown lines: every configuration that runs IndexMem's modules against the best
     heuristic of its level and, where both ran, ``indexmem`` against ``indexmem-nomem``. Empty
-    when there is nothing to pair."""
-    rows = [r for r in rows if r["context"] == context]
+    when there is nothing to pair. ``scores``: this context's per-task scores by configuration
+    (``summary.task_scores``)."""
     examples: dict[tuple, dict] = {}
     for r in rows:
-        examples.setdefault(config_of(r), {})[(r["task"], r["index"], r.get("depth"))] = r["score"]
-    scores = {c: s for (c, ctx), s in task_scores(rows).items()}
+        if r["context"] == context:
+            examples.setdefault(config_of(r), {})[(r["task"], r["index"], r.get("depth"))] = r["score"]
     levels = sorted({_level(c) for c in examples if uses_modules(c[0])}, key=lambda lv: (lv[0] is None, lv))
+    best = {lv: best_heuristic(scores, lv, tasks) for lv in levels}
     lines = []
     for spec in dict.fromkeys(c[0] for c in ordered_configs(examples) if uses_modules(c[0])):
-        cells = [_cell(examples, (spec, *lv), best_heuristic(scores, lv, tasks), named=True) for lv in levels]
+        cells = [_cell(examples, (spec, *lv), best[lv], named=True) for lv in levels]
         lines.append(f"| {spec} vs the best heuristic | " + " | ".join(cells) + " |")
     if any(c[0] == "indexmem" for c in examples) and any(c[0] == "indexmem-nomem" for c in examples):
         cells = [_cell(examples, ("indexmem", *lv), ("indexmem-nomem", *lv)) for lv in levels]

@@ -32,7 +32,7 @@ def ruler_table(rows: list[dict]) -> str:
             out.append(f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
                        + " | ".join(cells) + f" | {_average_cell(s, tasks)} |")
         out.append("")
-        paired = paired_table(rows, context, tasks)
+        paired = paired_table(rows, context, {c: v for (c, ctx), v in scores.items() if ctx == context}, tasks)
         out += paired + [""] * bool(paired)
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
     return "\n".join(out + [legend, "", "avg = mean over the tasks (each weighs the same) ± its standard error "
