@@ -18,7 +18,7 @@ from ..errors import BackendError
 from . import structs as S
 from .bindings import C, tensor_struct
 
-GRAPH_SIZE = 8192  # max nodes per graph; a 62-layer model needs ~40 per layer
+GRAPH_SIZE = 16384  # max nodes per graph; a layer needs ~40, ~200 with an IndexMem indexer
 UNSAFE_BUFTS = {b"AMX"}  # extra CPU weight buffer types never used (see extra_weight_bufts)
 
 

@@ -3,10 +3,12 @@
 import ctypes
 
 import numpy as np
+import pytest
 
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph
+from indexmem.ggml_ops.indexmem import MAX_BLOCKS, QUERY_BLOCK, importance
 from indexmem.ggml_ops.reduce import sum_over_rows
 from indexmem.ggml_ops.structs import GGMLType, ggml_tensor
 
@@ -77,3 +79,33 @@ def test_sum_over_rows_matches_numpy():
 
     got = _run(build, {"x": x})
     np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_BLOCKS * QUERY_BLOCK + 188])
+def test_indexer_importance_matches_numpy(n_queries):
+    """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s, in blocks
+    of queries (one, several with a partial last one, and blocks grown to keep MAX_BLOCKS)."""
+    rng = np.random.default_rng(n_queries)
+    n_heads, dim, n_cached, capacity = 3, 16, 90, 90 + n_queries + 5
+    n_kv = n_cached + n_queries
+    q = rng.normal(size=(n_queries, n_heads, dim)).astype(np.float32)
+    a = rng.normal(size=(n_queries, n_heads)).astype(np.float32)
+    keys = rng.normal(size=(capacity, dim)).astype(np.float32)
+    mask = np.zeros((n_queries, n_kv), np.float16)
+    for t in range(n_queries):  # cached slots visible to all, this step's causally
+        mask[t, n_cached + t + 1:] = -np.inf
+    mask[:, 7] = -np.inf  # a slot no query may see
+
+    def build(g):
+        return importance(g.ctx, g.input("q", GGMLType.F32, dim, n_heads, n_queries),
+                          g.input("a", GGMLType.F32, n_heads, n_queries), g.input("k", GGMLType.F32, dim, capacity),
+                          n_kv, g.input("m", GGMLType.F16, n_kv, n_queries))
+
+    got = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
+    per_query = np.einsum("tj,tjs->ts", a.astype(np.float64),
+                          np.maximum(np.einsum("tjd,sd->tjs", q.astype(np.float64), keys[:n_kv]), 0.0))
+    want = (per_query + mask.astype(np.float64)).max(axis=0)
+    assert got.shape == (n_kv,)
+    # an unseen slot scores -inf, or -FLT_MAX where ggml's max pooling started from it
+    assert got[7] <= -np.finfo(np.float32).max and np.isfinite(np.delete(got, 7)).all()
+    np.testing.assert_allclose(np.delete(got, 7), np.delete(want, 7), rtol=1e-5, atol=1e-5)
