@@ -5,17 +5,12 @@ says whether one configuration answers what the other misses or merely differs b
 from __future__ import annotations
 
 from ..specs import uses_modules
-from .summary import average, config_of, ordered_configs
+from .summary import average, config_of, level_label, ordered_configs
 
 
 def _level(config: tuple) -> tuple:
     """What makes two configurations comparable: the same eviction ratio or the same budget."""
     return config[1:]
-
-
-def _level_label(level: tuple) -> str:
-    ratio, budget = level
-    return f"@ {ratio:g}" if ratio is not None else f"B={budget}"
 
 
 def best_heuristic(scores: dict[tuple, dict], level: tuple, tasks: list[str]) -> tuple | None:
@@ -64,5 +59,5 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
         return []
     return (["Paired on the same examples (wins–losses of the examples both measured; the best heuristic is "
              "the one with the highest avg at that level, the first by name on a tie):", "",
-             "| comparison | " + " | ".join(_level_label(lv) for lv in levels) + " |",
+             "| comparison | " + " | ".join(level_label(lv) for lv in levels) + " |",
              "|---|" + "---:|" * len(levels)] + lines)

@@ -51,11 +51,15 @@ def config_of(row: dict) -> tuple[str, float | None, int | None]:
     return (row["config"], row["evict_ratio"], None if row["evict_ratio"] is not None else row["budget"])
 
 
+def level_label(level: tuple) -> str:
+    """How a (ratio, budget) level is written: "@ 0.9" or "B=1024"."""
+    ratio, budget = level
+    return f"@ {ratio:g}" if ratio is not None else f"B={budget}"
+
+
 def config_label(config: tuple) -> str:
     spec, ratio, budget = config
-    if spec == "full":
-        return "full KV"
-    return f"{spec} @ {ratio:g}" if ratio is not None else f"{spec} B={budget}"
+    return "full KV" if spec == "full" else f"{spec} {level_label((ratio, budget))}"
 
 
 def evict_share(row: dict) -> float:
