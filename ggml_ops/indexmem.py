@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .bindings import C, tensor_struct
-from .reduce import sum_over_rows
+from .reduce import query_blocks, sum_over_rows
 from .structs import GGML_OP_POOL_MAX, GGMLType
 
 
@@ -60,15 +60,8 @@ def index_queries(ctx, x, q_pre, iw: IndexerWeights):
     return q, a
 
 
-# Queries scored per block in ``importance``: the block's [n_kv, block, H] score tensor stays
-# small enough to be cache-resident (64 measured best at Gemma's 4 x 32 indexer and 8.7K slots).
-# At most MAX_BLOCKS blocks per layer keep the node count of long steps bounded.
-QUERY_BLOCK = 64
-MAX_BLOCKS = 8
-
-
 def importance(ctx, q, a, key_cache, n_kv: int, mask):
-    """Max over this step's queries of the indexer score of every visible slot: [1, n_kv].
+    """Max over this step's queries of the indexer score of every visible slot: [n_kv, 1].
 
     ``q`` [d_idx, H_idx, T], ``a`` [H_idx, T]; ``key_cache`` [d_idx, capacity] F32 holds the
     index keys per slot; ``mask`` [n_kv, >= T] F16 is the layer's attention mask (-inf where a
@@ -80,10 +73,8 @@ def importance(ctx, q, a, key_cache, n_kv: int, mask):
     q_by_head = C.ggml_cont(ctx, C.ggml_permute(ctx, q, 0, 2, 1, 3))  # [d_idx, T, H_idx]
     a_by_head = C.ggml_reshape_3d(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, a)), 1, n, n_heads)
     mask32 = C.ggml_cast(ctx, mask, GGMLType.F32)
-    block = max(QUERY_BLOCK, -(-n // MAX_BLOCKS))
     best = None
-    for start in range(0, n, block):
-        size = min(block, n - start)
+    for start, size in query_blocks(n):
         scores = _block_scores(ctx, keys, q_by_head, a_by_head, mask32, start, size)  # [n_kv, size]
         by_key = C.ggml_cont(ctx, C.ggml_transpose(ctx, scores)) if size > 1 else scores
         top = C.ggml_pool_1d(ctx, by_key, GGML_OP_POOL_MAX, size, size, 0) if size > 1 else by_key

@@ -8,8 +8,8 @@ import pytest
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph
-from indexmem.ggml_ops.indexmem import MAX_BLOCKS, QUERY_BLOCK, importance
-from indexmem.ggml_ops.reduce import sum_over_rows
+from indexmem.ggml_ops.indexmem import importance
+from indexmem.ggml_ops.reduce import MAX_QUERY_BLOCKS, QUERY_BLOCK, query_blocks, sum_over_rows
 from indexmem.ggml_ops.structs import GGMLType, ggml_tensor
 
 
@@ -81,7 +81,7 @@ def test_sum_over_rows_matches_numpy():
     np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_BLOCKS * QUERY_BLOCK + 188])
+@pytest.mark.parametrize("n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_QUERY_BLOCKS * QUERY_BLOCK + 188])
 def test_indexer_importance_matches_numpy(n_queries):
     """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s, in blocks
     of queries (one, several with a partial last one, and blocks grown to keep MAX_BLOCKS)."""
@@ -101,6 +101,9 @@ def test_indexer_importance_matches_numpy(n_queries):
                           g.input("a", GGMLType.F32, n_heads, n_queries), g.input("k", GGMLType.F32, dim, capacity),
                           n_kv, g.input("m", GGMLType.F16, n_kv, n_queries))
 
+    blocks = query_blocks(n_queries)
+    assert [s for s, _ in blocks] == list(np.cumsum([0] + [n for _, n in blocks[:-1]]))
+    assert sum(n for _, n in blocks) == n_queries and len(blocks) <= MAX_QUERY_BLOCKS
     got = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
     per_query = np.einsum("tj,tjs->ts", a.astype(np.float64),
                           np.maximum(np.einsum("tjd,sd->tjs", q.astype(np.float64), keys[:n_kv]), 0.0))

@@ -18,24 +18,25 @@ def _kept(engine, il):
     return set(t.positions[: t.n_used][t.positions[: t.n_used] >= 0].tolist())
 
 
-def _steps(prompt_len=41, n_decode=30, seed=0):
-    """Prefill in chunks of N_BATCH, then single decode tokens."""
+def _steps(prompt_len=41, n_decode=40, seed=0, n_batch=N_BATCH):
+    """Prefill in chunks of ``n_batch``, then single decode tokens."""
     tokens = random_prompt(prompt_len + n_decode, seed=seed)
-    chunks = [tokens[i: i + N_BATCH] for i in range(0, prompt_len, N_BATCH)]
+    chunks = [tokens[i: i + n_batch] for i in range(0, prompt_len, n_batch)]
     return chunks + [[t] for t in tokens[prompt_len:]]
 
 
-@pytest.mark.parametrize("policy", EVICTING)
-def test_kept_set_equals_numpy_reference_step_by_step(tiny_llama, policy):
-    eng = Engine.load(str(tiny_llama), n_ctx=256, policy=policy, budget=B, sinks=SINKS,
-                      window=WINDOW, tau=TAU, n_batch=N_BATCH, seed=5, obs_window=4, pool_kernel=3)
+# H2O also with chunks of 150 queries, all of whose attention the graph sums
+@pytest.mark.parametrize("policy, n_batch, prompt_len", [(p, N_BATCH, 41) for p in EVICTING] + [("h2o", 150, 300)])
+def test_kept_set_equals_numpy_reference_step_by_step(tiny_llama, policy, n_batch, prompt_len):
+    eng = Engine.load(str(tiny_llama), n_ctx=512, policy=policy, budget=B, sinks=SINKS,
+                      window=WINDOW, tau=TAU, n_batch=n_batch, seed=5, obs_window=4, pool_kernel=3)
     hp = eng.hparams
     refs = [ReferenceLayer(policy, il, B, SINKS, WINDOW, TAU, hp.n_head, hp.n_head_kv,
                            1.0 / np.sqrt(hp.head_dim), obs_window=4, pool_kernel=3, seed=5)
             for il in range(hp.n_layer)]
     names = [f"{w}-{il}" for il in range(hp.n_layer) for w in ("Qcur", "Kcur")]
     pos, compressions, near_ties = 0, 0, 0
-    for chunk in _steps():
+    for chunk in _steps(prompt_len, n_batch=n_batch):
         positions = list(range(pos, pos + len(chunk)))
         pos += len(chunk)
         _, cap = eng.runner.step(np.array(chunk), np.array(positions), capture=names)
