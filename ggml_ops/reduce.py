@@ -16,8 +16,7 @@ def sum_over_rows(ctx, x):
 
 # Scores of many queries against a long cache are computed per block of queries, so that a
 # block's [slots x queries x heads] intermediate stays cache-sized (64 measured best for the
-# IndexMem indexer and the attention mass); at most MAX_QUERY_BLOCKS blocks keep the node count of
-# a long step bounded.
+# IndexMem indexer); at most MAX_QUERY_BLOCKS blocks keep the node count of a long step bounded.
 QUERY_BLOCK = 64
 MAX_QUERY_BLOCKS = 8
 

@@ -84,7 +84,7 @@ def test_sum_over_rows_matches_numpy():
 @pytest.mark.parametrize("n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_QUERY_BLOCKS * QUERY_BLOCK + 188])
 def test_indexer_importance_matches_numpy(n_queries):
     """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s, in blocks
-    of queries (one, several with a partial last one, and blocks grown to keep MAX_BLOCKS)."""
+    of queries (one, several with a partial last one, and blocks grown to keep within MAX_QUERY_BLOCKS)."""
     rng = np.random.default_rng(n_queries)
     n_heads, dim, n_cached, capacity = 3, 16, 90, 90 + n_queries + 5
     n_kv = n_cached + n_queries
