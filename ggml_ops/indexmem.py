@@ -92,12 +92,14 @@ def _block_scores(ctx, keys, q_by_head, a_by_head, mask32, start: int, size: int
     size): [n_kv, size]."""
     qs, as_, ms = tensor_struct(q_by_head), tensor_struct(a_by_head), tensor_struct(mask32)
     n_heads = qs.ne[2]
-    # contiguous copies of the block's queries and weights: the products below then run on ggml's
-    # fast paths (one 2-D matrix product, a broadcast multiply by contiguous rows)
-    q_block = C.ggml_cont(ctx, C.ggml_view_3d(ctx, q_by_head, qs.ne[0], size, n_heads, qs.nb[1], qs.nb[2],
-                                              start * qs.nb[1]))
-    a_block = C.ggml_cont(ctx, C.ggml_view_3d(ctx, a_by_head, 1, size, n_heads, as_.nb[1], as_.nb[2],
-                                              start * as_.nb[1]))
+    # contiguous copies of the block's queries and weights (unless the block is all of them): the
+    # products below then run on ggml's fast paths (one 2-D matrix product, a broadcast multiply
+    # by contiguous rows)
+    whole = size == qs.ne[1]
+    q_block = q_by_head if whole else C.ggml_cont(ctx, C.ggml_view_3d(
+        ctx, q_by_head, qs.ne[0], size, n_heads, qs.nb[1], qs.nb[2], start * qs.nb[1]))
+    a_block = a_by_head if whole else C.ggml_cont(ctx, C.ggml_view_3d(
+        ctx, a_by_head, 1, size, n_heads, as_.nb[1], as_.nb[2], start * as_.nb[1]))
     raw = C.ggml_mul_mat(ctx, keys, C.ggml_reshape_2d(ctx, q_block, qs.ne[0], size * n_heads))
     n_kv = tensor_struct(raw).ne[0]
     per_head = C.ggml_mul(ctx, C.ggml_relu(ctx, C.ggml_reshape_3d(ctx, raw, n_kv, size, n_heads)), a_block)
