@@ -67,7 +67,7 @@ def importance(ctx, q, a, key_cache, n_kv: int, mask):
     index keys per slot; ``mask`` [n_kv, >= T] F16 is the layer's attention mask (-inf where a
     query may not look). Composed as matrix products over blocks of queries rather than with
     ggml's lightning indexer op, whose one small dot product per (query, slot, head) made it
-    2.5-4x slower on CPU at Gemma's sizes (d_idx 32) and up to 1.9x at SmolLM2's (d_idx 8)."""
+    2.4-3.8x slower on CPU at Gemma's sizes (d_idx 32) and up to 1.9x at SmolLM2's (d_idx 8)."""
     dim, n_heads, n = (tensor_struct(q).ne[i] for i in range(3))
     keys = C.ggml_view_2d(ctx, key_cache, dim, n_kv, tensor_struct(key_cache).nb[1], 0)
     q_by_head = C.ggml_cont(ctx, C.ggml_permute(ctx, q, 0, 2, 1, 3))  # [d_idx, T, H_idx]
