@@ -23,7 +23,7 @@ from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, p
 from indexmem.bench.ruler.paired import paired_table
 from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
-from indexmem.bench.ruler.summary import measured_with, read_rows, task_scores
+from indexmem.bench.ruler.summary import measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
 from indexmem.bench.ruler.table import ruler_table
@@ -293,8 +293,8 @@ def test_rows_of_other_indexmem_modules_are_neither_resumed_nor_reported(default
     shipped = sha256_of(find_indexmem(bench.model, default_model_path, None)[0])
     case = ruler_cases(["niah_single_1"], [1024], 1)[0]
     base = dict(model_sha256=sha, context=1024, task=case.task, index=0, seed=0, depth=None, n_batch=512, score=1.0)
-    full = dict(base, config="full", evict_ratio=0.0, budget=None, indexmem_sha256=None)
-    ours = dict(base, config="indexmem-nomem", evict_ratio=0.75, budget=256, indexmem_sha256=shipped)
+    full = dict(base, config="full", evict_ratio=0.0, budget=None, indexmem_sha256=None, window=None)
+    ours = dict(base, config="indexmem-nomem", evict_ratio=0.75, budget=256, indexmem_sha256=shipped, window=64)
     stale = dict(ours, indexmem_sha256="0" * 64, score=0.0)
     out = tmp_path / "rows.jsonl"
     twice = dict(full, score=0.0)  # the same example measured again by an overlapping run
@@ -303,6 +303,28 @@ def test_rows_of_other_indexmem_modules_are_neither_resumed_nor_reported(default
     rows = run(bench, configs, [case], out)  # both rows are there, so nothing is measured
     assert rows == [full, ours]
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_model_path, tmp_path):
+    """Another recent window, prefill chunk or seed measures something else: a run with the
+    defaults leaves those rows out (and would measure its own), a run with those settings takes them."""
+    data = RulerData(write_synthetic_data(tmp_path / "data"))
+    sha = sha256_of(default_model_path)
+    case = ruler_cases(["niah_single_1"], [1024], 1)[0]
+    base = dict(model_sha256=sha, indexmem_sha256=None, config="snapkv", evict_ratio=0.75, budget=256, context=1024,
+                task=case.task, index=0, depth=None, score=1.0)
+    ours = dict(base, seed=0, n_batch=512, window=64)
+    others = [dict(ours, window=256), dict(ours, n_batch=None), dict(ours, seed=1)]
+    out = tmp_path / "rows.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in (ours, *others)))
+    configs = cache_configs(["snapkv"], [0.75])[1:]
+    assert run(Bench(model=DEFAULT_MODEL, data=data), configs, [], out) == [ours]
+    for other in others:
+        bench = Bench(model=DEFAULT_MODEL, data=data, seed=other["seed"], n_batch=other["n_batch"],
+                      window=other["window"])
+        assert run(bench, configs, [case], out) == [other]  # found, so nothing is measured
+    assert len(out.read_text().splitlines()) == 4
+    assert row_key(ours) != row_key(others[0])
 
 
 def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):

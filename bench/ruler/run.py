@@ -22,7 +22,7 @@ from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options, modules_sha256, uses_modules
 from .data import RulerData
-from .summary import measured_with, read_rows, row_key
+from .summary import measured_under, measured_with, read_rows, row_key, run_settings
 from .tasks import TASKS, generate_sample
 
 
@@ -111,16 +111,19 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
     modules = modules_sha256(bench.model, path, sha, bench.indexmem)
 
     def stored() -> list[dict]:
-        return measured_with(read_rows(out), sha, modules)
+        return measured_under(measured_with(read_rows(out), sha, modules), bench.seed, bench.n_batch, bench.window)
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
         return dict(model_sha256=sha, indexmem_sha256=modules if uses_modules(config.spec) else None,
                     config=config.spec, evict_ratio=config.evict_ratio, budget=config.budget_for(case.context),
-                    context=case.context, task=case.task, index=case.index, seed=bench.seed, depth=case.depth,
-                    n_batch=bench.n_batch)
+                    context=case.context, task=case.task, index=case.index, depth=case.depth,
+                    **run_settings(config.spec, bench.seed, bench.n_batch, bench.window))
 
     rows = stored() if out else []
+    if out and (other := len(measured_with(read_rows(out), sha, modules)) - len(rows)):
+        console.print(f"{out}: {other} rows measured with another --seed, --n-batch or --window are left out "
+                      f"(this run: {bench.seed}, {bench.n_batch or 0}, {bench.window})")
     done = {row_key(r) for r in rows}
     samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
 
@@ -146,7 +149,6 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                                                                      case.index, bench.data, depths)
                         row = dict(model=bench.model, **identity(config, case),
                                    model_fingerprint=engine.model_fingerprint,
-                                   window=None if config.spec == "full" else bench.window,
                                    **measure(engine, sample))
                         rows.append(row)
                         if out:

@@ -26,9 +26,23 @@ def read_rows(path: Path | None) -> list[dict]:
 
 
 def row_key(row: dict) -> tuple:
-    """What identifies a measurement: the same example under the same configuration, model and modules."""
+    """What identifies a measurement: the same example under the same configuration, model, modules
+    and run settings."""
     return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
-            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"])
+            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"], row.get("window"))
+
+
+def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> dict:
+    """The settings of a run that change what a row measures besides its configuration and example
+    (full KV keeps every token, so no recent window applies to it)."""
+    return dict(seed=seed, n_batch=n_batch, window=None if config == "full" else window)
+
+
+def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int) -> list[dict]:
+    """The rows measured with these run settings: a file may also hold rows of another seed,
+    prefill chunk or recent window, which neither resume nor average with these."""
+    return [r for r in rows
+            if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())]
 
 
 def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
