@@ -111,7 +111,8 @@ def main(
     path = resolve(model, console.print)
     sha = sha256_of(path)
     modules = modules_sha256(model, path, sha, str(indexmem) if indexmem else None)
-    done = _read_rows(out, sha, modules)
+    settings = run_settings(context, n_batch, window, haystack, pool_kernel)
+    done = _read_rows(out, sha, modules, settings)
     rows = list(done.values())
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(configs) * len(cases))
@@ -135,7 +136,8 @@ def main(
                 st = engine.stats()
                 row = dict(model=model, model_sha256=sha, indexmem_sha256=modules if uses_modules(spec) else None,
                            config=spec, evict_ratio=ratio, budget=opts.get("budget"),
-                           context=len(prompt), **case, answer=answer, score=int(case["value"] in answer),
+                           context=len(prompt), **settings, **case, answer=answer,
+                           score=int(case["value"] in answer),
                            kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
                            memory_bytes=st["memory_bytes"], seconds=round(time.perf_counter() - t0, 2))
                 rows.append(row)
@@ -150,10 +152,31 @@ def main(
         plot_accuracy(summary, plot, f"{model}: needle retrieval at {context} tokens")
 
 
-def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None) -> dict:
-    """Rows of ``out`` measured with this model and, where they use them, these IndexMem modules."""
+def run_settings(context: int, n_batch: int | None, window: int, haystack: str, pool_kernel: int | None) -> dict:
+    """What a row measures besides its configuration and needle (the seed is in the needle)."""
+    return dict(target_context=context, n_batch=n_batch, window=window, haystack=haystack, pool_kernel=pool_kernel)
+
+
+# Rows written before rows recorded their settings were measured with these (the commands in the
+# README), at a target length their prompt falls at most a few tokens short of.
+LEGACY_SETTINGS = dict(n_batch=None, window=64, haystack="essays", pool_kernel=None)
+LEGACY_SHORTFALL = 64
+
+
+def measured_under(row: dict, settings: dict) -> bool:
+    if "target_context" in row:
+        return all(row.get(k) == v for k, v in settings.items())
+    target = settings["target_context"]
+    return (all(settings[k] == v for k, v in LEGACY_SETTINGS.items())
+            and target - LEGACY_SHORTFALL < row["context"] <= target)
+
+
+def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, settings: dict) -> dict:
+    """Rows of ``out`` measured with this model, where they use them these IndexMem modules, and
+    these run settings."""
     return {(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
-            for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)}
+            for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)
+            and measured_under(r, settings)}
 
 
 def summarize(rows: list[dict]) -> dict:

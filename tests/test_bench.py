@@ -5,7 +5,7 @@ import json
 import pytest
 
 from indexmem import Engine
-from indexmem.bench.needle import _read_rows, build_prompt, samples, summarize
+from indexmem.bench.needle import _read_rows, build_prompt, run_settings, samples, summarize
 from indexmem.bench.retention import cached_share, value_span
 from indexmem.bench.specs import engine_options, parse_specs
 from indexmem.engine.eviction import budget_from_ratio
@@ -53,7 +53,7 @@ def test_needle_summary():
 
 
 def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
-    case = dict(evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1)
+    case = dict(evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1, context=4090)
     rows = [
         dict(case, config="tova"),  # written before rows recorded their files: taken as it is
         dict(case, config="snapkv+mem"),  # the same, but which memory it ran is unknown: measured again
@@ -64,9 +64,29 @@ def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
     ]
     out = tmp_path / "needle.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kept = {config for config, *_ in _read_rows(out, "M", "S")}
+    settings = run_settings(4096, None, 64, "essays", None)
+    kept = {config for config, *_ in _read_rows(out, "M", "S", settings)}
     assert kept == {"tova", "snapkv", "indexmem"}
-    assert _read_rows(tmp_path / "missing.jsonl", "M", "S") == {}
+    assert _read_rows(tmp_path / "missing.jsonl", "M", "S", settings) == {}
+
+
+def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
+    """Another length, prefill chunk, window, haystack or pool is another measurement; rows that
+    predate recorded settings count for the defaults at the length their prompt fits."""
+    settings = run_settings(4096, None, 64, "essays", None)
+    case = dict(config="snapkv", evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1, context=4090,
+                model_sha256="M", indexmem_sha256=None)
+    others = [dict(settings, target_context=8192), dict(settings, n_batch=512), dict(settings, window=256),
+              dict(settings, haystack="python"), dict(settings, pool_kernel=31)]
+    out = tmp_path / "needle.jsonl"
+    variants = [settings, *others]
+    for i, recorded in enumerate(variants):
+        out.write_text(json.dumps(dict(case, **recorded)) + "\n")
+        for j, asked in enumerate(variants):
+            assert len(_read_rows(out, "M", None, asked)) == (i == j)
+    out.write_text(json.dumps(case) + "\n")  # before settings were recorded
+    assert len(_read_rows(out, "M", None, settings)) == 1
+    assert all(not _read_rows(out, "M", None, other) for other in others)
 
 
 def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
