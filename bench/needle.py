@@ -163,7 +163,7 @@ LEGACY_SETTINGS = dict(n_batch=None, window=64, haystack="essays", pool_kernel=N
 LEGACY_SHORTFALL = 64
 
 
-def measured_under(row: dict, settings: dict) -> bool:
+def settings_match(row: dict, settings: dict) -> bool:
     if "target_context" in row:
         return all(row.get(k) == v for k, v in settings.items())
     target = settings["target_context"]
@@ -176,7 +176,7 @@ def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, 
     these run settings."""
     return {(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
             for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)
-            and measured_under(r, settings)}
+            and settings_match(r, settings)}
 
 
 def summarize(rows: list[dict]) -> dict:

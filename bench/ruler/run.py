@@ -122,8 +122,9 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
 
     rows = stored() if out else []
     if out and (other := len(measured_with(read_rows(out), sha, modules)) - len(rows)):
-        console.print(f"{out}: {other} rows measured with another --seed, --n-batch or --window are left out "
-                      f"(this run: {bench.seed}, {bench.n_batch or 0}, {bench.window})")
+        console.print(f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
+                      f"--n-batch or --window (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
+                      f"--window {bench.window})")
     done = {row_key(r) for r in rows}
     samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
 
