@@ -110,8 +110,10 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
     sha = sha256_of(path)
     modules = modules_sha256(bench.model, path, sha, bench.indexmem)
 
-    def stored() -> list[dict]:
-        return measured_under(measured_with(read_rows(out), sha, modules), bench.seed, bench.n_batch, bench.window)
+    def stored() -> tuple[list[dict], list[dict]]:
+        """This model's rows in ``out`` (with the current modules), and those of them with this run's settings."""
+        mine = measured_with(read_rows(out), sha, modules)
+        return mine, measured_under(mine, bench.seed, bench.n_batch, bench.window)
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
@@ -120,8 +122,8 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                     context=case.context, task=case.task, index=case.index, depth=case.depth,
                     **run_settings(config.spec, bench.seed, bench.n_batch, bench.window))
 
-    rows = stored() if out else []
-    if out and (other := len(measured_with(read_rows(out), sha, modules)) - len(rows)):
+    mine, rows = stored() if out else ([], [])
+    if other := len(mine) - len(rows):
         console.print(f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
                       f"--n-batch or --window (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
                       f"--window {bench.window})")
@@ -157,7 +159,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                         progress.advance(bar)
                 finally:
                     engine.close()
-    return stored() if out else rows
+    return stored()[1] if out else rows
 
 
 def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:
