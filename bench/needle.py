@@ -123,7 +123,7 @@ def main(
                 continue
             opts = engine_options(spec, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
                                   window)
-            if pool_kernel and opts["policy"] == "indexmem":
+            if config_settings(spec, settings)["pool_kernel"]:
                 opts["pool_kernel"] = pool_kernel
             engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,
                                  **opts)
@@ -136,7 +136,7 @@ def main(
                 st = engine.stats()
                 row = dict(model=model, model_sha256=sha, indexmem_sha256=modules if uses_modules(spec) else None,
                            config=spec, evict_ratio=ratio, budget=opts.get("budget"),
-                           context=len(prompt), **settings, **case, answer=answer,
+                           context=len(prompt), **config_settings(spec, settings), **case, answer=answer,
                            score=int(case["value"] in answer),
                            kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
                            memory_bytes=st["memory_bytes"], seconds=round(time.perf_counter() - t0, 2))
@@ -155,6 +155,14 @@ def main(
 def run_settings(context: int, n_batch: int | None, window: int, haystack: str, pool_kernel: int | None) -> dict:
     """What a row measures besides its configuration and needle (the seed is in the needle)."""
     return dict(target_context=context, n_batch=n_batch, window=window, haystack=haystack, pool_kernel=pool_kernel)
+
+
+def config_settings(spec: str, settings: dict) -> dict:
+    """The run settings that apply to ``spec``: the position pool is the indexer's, so the rows of
+    the other policies do not depend on it."""
+    if engine_options(spec, 1)["policy"] != "indexmem":
+        return dict(settings, pool_kernel=None)
+    return settings
 
 
 # Rows written before rows recorded their settings were measured with these (the commands in the
@@ -176,7 +184,7 @@ def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, 
     these run settings."""
     return {(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
             for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)
-            and settings_match(r, settings)}
+            and settings_match(r, config_settings(r["config"], settings))}
 
 
 def summarize(rows: list[dict]) -> dict:

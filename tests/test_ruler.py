@@ -23,7 +23,7 @@ from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, p
 from indexmem.bench.ruler.paired import paired_table
 from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
-from indexmem.bench.ruler.summary import measured_with, read_rows, row_key, task_scores
+from indexmem.bench.ruler.summary import complete_samples, measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
 from indexmem.bench.ruler.table import ruler_table
@@ -369,6 +369,11 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
         result = _bench(*more_args, "--samples", samples, "--report", "--table", str(tmp_path / "m.md"), cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert ((tmp_path / "m.md").read_text() == table) is same
+    # without --samples: the complete samples only, the rows of sample 1 wait for the rest of it
+    result = _bench(*more_args, "--report", "--table", str(tmp_path / "m.md"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "m.md").read_text() == table
+    assert "1 complete sample; leaving out 5 rows" in " ".join(result.stdout.split())
     nothing = _bench("ruler", "--report", "--model", str(model), "--out", str(tmp_path / "none.jsonl"), cwd=tmp_path)
     assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
     assert "holds no result rows" in " ".join(nothing.stderr.split())  # rich wraps lines
@@ -387,6 +392,17 @@ def _result_row(config, ratio, task, index, score):
     return dict(config=config, evict_ratio=ratio, budget=None if config == "full" else 1024, context=4096,
                 task=task, index=index, score=score, prompt_tokens=4096, kv_bytes=10**6, index_bytes=0,
                 memory_bytes=0)
+
+
+def test_complete_samples_counts_the_leading_samples_every_configuration_has_for_every_task():
+    rows = [_result_row(c, r, t, i, 1.0) for c, r in (("full", 0.0), ("snapkv", 0.5))
+            for t in ("niah_single_1", "vt") for i in range(3)]
+    assert complete_samples(rows) == 3
+    assert complete_samples(rows + [_result_row("snapkv", 0.5, "vt", 3, 0.0)]) == 3  # sample 3 has begun
+    gap = [r for r in rows if not (r["config"] == "snapkv" and r["task"] == "vt" and r["index"] == 1)]
+    assert complete_samples(gap) == 1  # samples 0 and 2 of snapkv's vt, not 1
+    assert complete_samples(rows + [_result_row("tova", 0.5, "vt", 0, 0.0)]) == 1  # a configuration begun late
+    assert complete_samples([]) == 0
 
 
 def test_table_averages_tasks_and_gives_the_standard_error_of_the_average(tmp_path):
@@ -416,6 +432,8 @@ def test_committed_tables_are_what_the_committed_rows_give(results):
     assert len(model) == len(model_sha) == 1, "one model per result file"
     sidecar = SIDECAR_DIR / MODELS[next(iter(model))].sidecar  # results are of registry models
     rows = measured_with(rows, *model_sha, sha256_of(sidecar))
+    complete = complete_samples(rows)  # a sample still being measured waits
+    rows = [r for r in rows if r["index"] < complete]
     table = ruler_table(rows)
     assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n"
     assert table in (ROOT / "README.md").read_text()

@@ -57,6 +57,22 @@ def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | Non
     return unique
 
 
+def complete_samples(rows: list[dict]) -> int:
+    """How many leading samples (indices 0, 1, ...) every configuration has measured for every task
+    and length in ``rows``: a table of those compares all configurations on the same examples
+    while the next sample is still being measured."""
+    indices: dict = defaultdict(set)
+    for r in rows:
+        indices[(config_of(r), r["context"], r["task"])].add(r["index"])
+    counts = []
+    for seen in indices.values():
+        n = 0
+        while n in seen:
+            n += 1
+        counts.append(n)
+    return min(counts, default=0)
+
+
 def config_of(row: dict) -> tuple[str, float | None, int | None]:
     """(configuration, eviction ratio, fixed budget): a configuration at a ratio has a budget per
     context, so only a configuration given by budget keeps it in its identity."""
