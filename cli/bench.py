@@ -92,7 +92,9 @@ def _complete_rows(rows: list[dict], samples: int | None, out: Path, model: str,
     if waiting := len(rows) - len(kept):
         console.print(f"{out}: {n} complete sample{'s' * (n != 1)}; leaving out {waiting} row"
                       f"{'s' * (waiting != 1)} of samples not every configuration and task has yet")
-    _require_rows(kept, out, model)
+    if not kept:
+        raise ValueError(f"--report: no sample in {out} is complete yet (every configuration, every task); "
+                         "--samples 1 tabulates the rows of the first as they are")
     return kept
 
 

@@ -374,6 +374,12 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "m.md").read_text() == table
     assert "1 complete sample; leaving out 5 rows" in " ".join(result.stdout.split())
+    begun = tmp_path / "begun.jsonl"  # one configuration's task has sample 1 but not 0: no sample is complete
+    begun.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]) + json.dumps(dict(rows[-1], index=1)) + "\n")
+    begun_args = [str(begun) if a == str(out) else a for a in args]
+    result = _bench(*begun_args, "--report", "--table", str(tmp_path / "b.md"), cwd=tmp_path)
+    assert result.returncode == 1 and "no sample" in result.stderr and "--samples 1" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
     nothing = _bench("ruler", "--report", "--model", str(model), "--out", str(tmp_path / "none.jsonl"), cwd=tmp_path)
     assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
     assert "holds no result rows" in " ".join(nothing.stderr.split())  # rich wraps lines
