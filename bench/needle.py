@@ -123,7 +123,8 @@ def main(
                 continue
             opts = engine_options(spec, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
                                   window)
-            if config_settings(spec, settings)["pool_kernel"]:
+            measured = config_settings(spec, settings)
+            if measured["pool_kernel"]:
                 opts["pool_kernel"] = pool_kernel
             engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,
                                  **opts)
@@ -136,7 +137,7 @@ def main(
                 st = engine.stats()
                 row = dict(model=model, model_sha256=sha, indexmem_sha256=modules if uses_modules(spec) else None,
                            config=spec, evict_ratio=ratio, budget=opts.get("budget"),
-                           context=len(prompt), **config_settings(spec, settings), **case, answer=answer,
+                           context=len(prompt), **measured, **case, answer=answer,
                            score=int(case["value"] in answer),
                            kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
                            memory_bytes=st["memory_bytes"], seconds=round(time.perf_counter() - t0, 2))

@@ -29,7 +29,7 @@ from rich.console import Console
 from ..bench import ppl as ppl_bench
 from ..bench import speed as speed_bench
 from ..bench.ruler.data import RulerData, RulerDataMissing
-from ..bench.ruler.summary import complete_samples
+from ..bench.ruler.summary import complete_samples, first_samples
 from ..bench.ruler.tasks import TASKS, parse_tasks
 from ..bench.specs import parse_specs
 from ..engine.registry import DEFAULT_MODEL
@@ -76,7 +76,7 @@ def _report_rows(rows: list[dict], samples: int | None, out: Path, model: str) -
     """The rows --report tabulates: all of them, or those of the first ``samples`` samples (so a
     table can stop at the last complete sample while the next one is being measured)."""
     if samples is not None:
-        rows = [r for r in rows if r["index"] < samples]
+        rows = first_samples(rows, samples)
     _require_rows(rows, out, model)
     return rows
 
@@ -88,7 +88,7 @@ def _complete_rows(rows: list[dict], samples: int | None, out: Path, model: str,
         return _report_rows(rows, samples, out, model)
     _require_rows(rows, out, model)
     n = complete_samples(rows)
-    kept = [r for r in rows if r["index"] < n]
+    kept = first_samples(rows, n)
     if waiting := len(rows) - len(kept):
         console.print(f"{out}: {n} complete sample{'s' * (n != 1)}; leaving out {waiting} row"
                       f"{'s' * (waiting != 1)} of samples not every configuration and task has yet")

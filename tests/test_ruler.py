@@ -23,7 +23,7 @@ from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, p
 from indexmem.bench.ruler.paired import paired_table
 from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
-from indexmem.bench.ruler.summary import complete_samples, measured_with, read_rows, row_key, task_scores
+from indexmem.bench.ruler.summary import complete_samples, first_samples, measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
 from indexmem.bench.ruler.table import ruler_table
@@ -438,8 +438,7 @@ def test_committed_tables_are_what_the_committed_rows_give(results):
     assert len(model) == len(model_sha) == 1, "one model per result file"
     sidecar = SIDECAR_DIR / MODELS[next(iter(model))].sidecar  # results are of registry models
     rows = measured_with(rows, *model_sha, sha256_of(sidecar))
-    complete = complete_samples(rows)  # a sample still being measured waits
-    rows = [r for r in rows if r["index"] < complete]
+    rows = first_samples(rows, complete_samples(rows))  # a sample still being measured waits
     table = ruler_table(rows)
     assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n"
     assert table in (ROOT / "README.md").read_text()

@@ -73,6 +73,11 @@ def complete_samples(rows: list[dict]) -> int:
     return min(counts, default=0)
 
 
+def first_samples(rows: list[dict], n: int) -> list[dict]:
+    """The rows of samples 0 .. n - 1."""
+    return [r for r in rows if r["index"] < n]
+
+
 def config_of(row: dict) -> tuple[str, float | None, int | None]:
     """(configuration, eviction ratio, fixed budget): a configuration at a ratio has a budget per
     context, so only a configuration given by budget keeps it in its identity."""
