@@ -64,7 +64,7 @@ def main(
     tau: Tau = None,
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
-    memory: Memory = False,
+    memory: Memory = None,
 ):
     if prompt is None and not sys.stdin.isatty():
         prompt = "-"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,14 +23,15 @@ Tau = Annotated[int, typer.Option(help="compress every tau tokens past the budge
 IndexMemFile = Annotated[Path, typer.Option("--indexmem", help="IndexMem sidecar GGUF (default: merged into the "
                                                                 "model, or shipped for registry models)")]
 NoIndexMem = Annotated[bool, typer.Option("--no-indexmem", help="do not load IndexMem modules")]
-Memory = Annotated[bool, typer.Option("--memory/--no-memory",
-                                      help="latent memory of evicted tokens (needs IndexMem modules)")]
+Memory = Annotated[Optional[bool], typer.Option("--memory/--no-memory", show_default=False,
+                                                help="latent memory of evicted tokens (needs IndexMem modules; "
+                                                     "default: on for gemma3-270m with indexmem, else off)")]
 
 
 def load_engine(model: str = DEFAULT_MODEL, n_ctx: int | None = None, threads: int = 1, batch: int = 512,
                 policy: str | None = None, budget: int | None = None, sinks: int = 4, window: int | None = None,
                 tau: int | None = None, indexmem: Path | None = None, no_indexmem: bool = False,
-                memory: bool = False):
+                memory: bool | None = None):
     from ..engine.api import Engine
 
     return Engine.load(model, n_threads=threads, n_ctx=n_ctx, n_batch=batch, progress=status, policy=policy,

@@ -34,7 +34,7 @@ def main(
     tau: Tau = None,
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
-    memory: Memory = False,
+    memory: Memory = None,
 ):
     try:
         import uvicorn

@@ -120,14 +120,16 @@ class Engine:
     def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
              progress=lambda msg: None, policy: str | None = None, budget: int | None = None,
              evict_ratio: float | None = None, sinks: int = 4, window: int | None = None, tau: int | None = None,
-             indexmem=None, memory: bool = False, **options) -> "Engine":
+             indexmem=None, memory: bool | None = None, **options) -> "Engine":
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
 
         IndexMem: ``indexmem`` is a sidecar GGUF, or None to use the modules merged into the
         model file or shipped with the package for a registry model (False: none). With modules
         the default policy is ``indexmem`` with the sidecar's budget. ``memory=True`` adds the
-        latent memory (behind any policy). It is off by default because the shipped memories
-        cost quality in our benchmarks (README, "IndexMem results").
+        latent memory (behind any policy), ``memory=False`` leaves it out. ``None`` (default):
+        on with the ``indexmem`` policy and a registry model's shipped sidecar when the model's
+        entry says so (``gemma3-270m``, where the memory helped in our benchmarks), else off
+        (on SmolLM2 it costs quality: README, "IndexMem results").
 
         Bounded KV cache: ``policy`` (full, indexmem, streaming, h2o, snapkv, tova, keydiff,
         random), ``budget`` tokens per layer (or ``evict_ratio`` of ``n_ctx``), ``sinks`` first
@@ -160,6 +162,8 @@ class Engine:
             policy = "indexmem" if indexmem_path else "full"
         if policy == "indexmem" and budget is None:
             budget = defaults.get("budget")
+        if memory is None:
+            memory = policy == "indexmem" and bool(defaults.get("memory"))
         if policy == "indexmem" and "pool_kernel" in defaults:
             policy_opts.setdefault("pool_kernel", defaults["pool_kernel"])
         if window is None:

@@ -29,11 +29,13 @@ SIDECAR_DIR = Path(__file__).resolve().parent.parent / "sidecars"  # trained sid
 
 
 def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, dict]:
-    """The IndexMem file to use and its defaults (budget, tau, pool_kernel when stored): ``indexmem`` if given (False:
-    none), else the model file itself when the modules are merged into it, else the sidecar
-    shipped for a registry model."""
+    """The IndexMem file to use and its defaults (budget, tau, pool_kernel when stored; memory
+    when it is the sidecar shipped for a registry model whose entry turns the memory on):
+    ``indexmem`` if given (False: none), else the model file itself when the modules are merged
+    into it, else the sidecar shipped for a registry model."""
     if indexmem is False:
         return None, {}
+    entry = MODELS.get(str(model))
     if indexmem is not None:
         path = Path(indexmem)
         if not path.is_file():
@@ -41,7 +43,6 @@ def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, 
     else:
         with open_gguf(model_path) as g:
             merged = g.get(S.K_VERSION) is not None
-        entry = MODELS.get(str(model))
         if merged:
             path = Path(model_path)
         elif entry is not None and entry.sidecar and (SIDECAR_DIR / entry.sidecar).is_file():
@@ -55,6 +56,7 @@ def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, 
     for key, value in ((S.K_BUDGET, defaults["budget"]), (S.K_TAU, defaults["tau"]), (S.K_POOL, defaults["pool_kernel"])):
         if value is not None and S.value_problem(key, value):
             raise ModelFormatError(f"{path}: {S.value_problem(key, value)}")
+    defaults["memory"] = int(entry is not None and entry.memory and path == SIDECAR_DIR / entry.sidecar)
     return path, {k: int(v) for k, v in defaults.items() if v is not None}
 
 

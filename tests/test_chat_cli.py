@@ -121,3 +121,21 @@ def test_ctrl_c_stops_the_reply_not_the_program(chat_args):
     assert term.send("short answer please").strip()
     os.write(term.fd, b"\x04")
     assert term.exit_code() == 0
+
+
+@pytest.mark.parametrize("module", ["chat", "serve"])
+@pytest.mark.parametrize("flags, memory", [([], None), (["--memory"], True), (["--no-memory"], False)])
+def test_memory_flag_left_out_lets_the_engine_choose(module, flags, memory, monkeypatch):
+    import importlib
+
+    from typer.testing import CliRunner
+    cli = importlib.import_module(f"indexmem.cli.{module}")
+    seen = {}
+
+    def fake_load_engine(*args):
+        seen["memory"] = args[-1]
+        raise SystemExit(0)
+    monkeypatch.setattr(cli, "load_engine", fake_load_engine)
+    result = CliRunner().invoke(cli.app, ["--prompt", "hi"] * (module == "chat") + flags)
+    assert result.exit_code == 0, result.output
+    assert seen == {"memory": memory}

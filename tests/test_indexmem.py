@@ -287,6 +287,30 @@ def test_registry_model_runs_indexmem_by_default(default_model_path):
     assert plain.stats()["policy"] == "full" and plain.stats()["indexmem"] is None
 
 
+def test_a_registry_entry_can_turn_the_shipped_memory_on_by_default(default_model_path, setup, monkeypatch):
+    import dataclasses
+    from indexmem.engine.registry import MODELS
+    name = "smollm2-135m-instruct"
+    assert not MODELS[name].memory and MODELS["gemma3-270m"].memory
+    monkeypatch.setitem(MODELS, name, dataclasses.replace(MODELS[name], memory=True))
+
+    def stats(**kw):
+        eng = Engine.load(name, n_ctx=2048, **kw)
+        try:
+            return eng.stats()
+        finally:
+            eng.close()
+    on = stats()
+    assert on["policy"] == "indexmem" and on["memory"] and on["memory_bytes"] > 0
+    assert not stats(memory=False)["memory"]
+    assert not stats(policy="snapkv", budget=512)["memory"]  # the default is for the indexer's policy
+    assert stats(policy="snapkv", budget=512, memory=True)["memory"]
+    base, side, _ = setup  # any other IndexMem file: its memory quality is unknown, so off
+    other = Engine.load(str(base), policy="indexmem", indexmem=str(side), budget=48)
+    assert not other.stats()["memory"]
+    other.close()
+
+
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
 def test_shipped_sidecars_were_converted_for_the_registry_files(name):
     from indexmem.convert import schema as S
