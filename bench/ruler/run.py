@@ -21,7 +21,7 @@ from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options, modules_sha256, uses_modules
-from .data import RulerData
+from .data import DISTRIBUTION as PACKAGE_NAME, RulerData
 from .summary import measured_under, measured_with, read_rows, row_key, run_settings
 from .tasks import TASKS, generate_sample
 
@@ -113,20 +113,21 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
     def stored() -> tuple[list[dict], list[dict]]:
         """This model's rows in ``out`` (with the current modules), and those of them with this run's settings."""
         mine = measured_with(read_rows(out), sha, modules)
-        return mine, measured_under(mine, bench.seed, bench.n_batch, bench.window)
+        return mine, measured_under(mine, bench.seed, bench.n_batch, bench.window, bench.data)
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
         return dict(model_sha256=sha, indexmem_sha256=modules if uses_modules(config.spec) else None,
                     config=config.spec, evict_ratio=config.evict_ratio, budget=config.budget_for(case.context),
                     context=case.context, task=case.task, index=case.index, depth=case.depth,
+                    data=bench.data.source(TASKS[case.task].needs),
                     **run_settings(config.spec, bench.seed, bench.n_batch, bench.window))
 
     mine, rows = stored() if out else ([], [])
     if other := len(mine) - len(rows):
         console.print(f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
-                      f"--n-batch or --window (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
-                      f"--window {bench.window})")
+                      f"--n-batch, --window or --data (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
+                      f"--window {bench.window}, data {bench.data.directory or PACKAGE_NAME})")
     done = {row_key(r) for r in rows}
     samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..specs import measured_with_files
+from .data import PACKAGE
+from .tasks import TASKS
 
 
 def read_rows(path: Path | None) -> list[dict]:
@@ -29,7 +31,17 @@ def row_key(row: dict) -> tuple:
     """What identifies a measurement: the same example under the same configuration, model, modules
     and run settings."""
     return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
-            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"], row.get("window"))
+            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"], row.get("window"),
+            data_of(row))
+
+
+def data_of(row: dict) -> str | None:
+    """The data a row was measured on (``RulerData.source``); rows written before rows recorded it
+    were all measured on the package's files."""
+    if "data" in row:
+        return row["data"]
+    task = TASKS.get(row["task"])
+    return PACKAGE if task is None or task.needs else None
 
 
 def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> dict:
@@ -38,11 +50,12 @@ def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> di
     return dict(seed=seed, n_batch=n_batch, window=None if config == "full" else window)
 
 
-def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int) -> list[dict]:
-    """The rows measured with these run settings: a file may also hold rows of another seed,
-    prefill chunk or recent window, which neither resume nor average with these."""
+def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int, data) -> list[dict]:
+    """The rows measured with these run settings and this ``RulerData``: a file may also hold rows
+    of another seed, prefill chunk, recent window or data, which neither resume nor average with these."""
     return [r for r in rows
-            if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())]
+            if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())
+            and data_of(r) == data.source(TASKS[r["task"]].needs if r["task"] in TASKS else ())]
 
 
 def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
