@@ -435,7 +435,9 @@ def test_complete_samples_counts_the_leading_samples_every_configuration_has_for
     assert complete_samples(rows + [_result_row("snapkv", 0.5, "vt", 3, 0.0)]) == 3  # sample 3 has begun
     gap = [r for r in rows if not (r["config"] == "snapkv" and r["task"] == "vt" and r["index"] == 1)]
     assert complete_samples(gap) == 1  # samples 0 and 2 of snapkv's vt, not 1
-    assert complete_samples(rows + [_result_row("tova", 0.5, "vt", 0, 0.0)]) == 1  # a configuration begun late
+    late = [_result_row("tova", 0.5, "vt", i, 0.0) for i in range(2)]  # a configuration begun late
+    assert complete_samples(rows + late) == 0  # it has no niah_single_1 yet
+    assert complete_samples(rows + late + [_result_row("tova", 0.5, "niah_single_1", 0, 0.0)]) == 1
     assert complete_samples([]) == 0
 
 

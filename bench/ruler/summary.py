@@ -72,14 +72,16 @@ def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | Non
 
 def complete_samples(rows: list[dict]) -> int:
     """How many leading samples (indices 0, 1, ...) every configuration has measured for every task
-    and length in ``rows``: a table of those compares all configurations on the same examples
-    while the next sample is still being measured."""
+    and length in ``rows`` (a task and length some configuration has and another has not, the
+    other has none of): a table of those compares all configurations on the same examples while
+    the next sample is still being measured."""
     indices: dict = defaultdict(set)
     for r in rows:
-        indices[(config_of(r), r["context"], r["task"])].add(r["index"])
+        indices[config_of(r), (r["context"], r["task"])].add(r["index"])
+    configs, cells = {c for c, _ in indices}, {cell for _, cell in indices}
     counts = []
-    for seen in indices.values():
-        n = 0
+    for key in ((c, cell) for c in configs for cell in cells):
+        seen, n = indices.get(key, set()), 0
         while n in seen:
             n += 1
         counts.append(n)
