@@ -121,6 +121,9 @@ def load(engine, path: str | Path) -> None:
     header, blobs = _parse(raw, path)
     mine = identity(engine)
     for key, value in mine.items():
+        if key == "memory" and header.get(key) is not value:
+            saved, flag = ("with", "memory=True (--memory)") if header.get(key) else ("without", "memory=False (--no-memory)")
+            raise SessionError(f"{path}: saved {saved} the latent memory; load it into an engine made with {flag}")
         if header.get(key) != value:
             what = "model" if key == "model_fingerprint" else key.replace("_", " ")
             raise SessionError(f"{path}: saved with another {what} than this engine has "

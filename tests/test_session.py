@@ -82,7 +82,8 @@ def test_corrupt_and_foreign_sessions_are_refused_and_change_nothing(setup, tmp_
     with pytest.raises(SessionError, match="budget"):
         Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=64, window=8,
                     tau=4, n_batch=16).load_session(path)
-    with pytest.raises(SessionError, match="memory"):
+    with pytest.raises(SessionError, match=r"saved with the latent memory; load it into an engine made with "
+                                           r"memory=True \(--memory\)"):
         _engine_no_memory = Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=False,
                                         budget=48, window=8, tau=4, n_batch=16)
         _engine_no_memory.load_session(path)
