@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..engine.registry import DEFAULT_MODEL
+from ..engine.registry import DEFAULT_MODEL, MODELS
 from .common import status
 
 Model = Annotated[str, typer.Option(help="registry name or path to a .gguf file")]
@@ -23,9 +23,11 @@ Tau = Annotated[int, typer.Option(help="compress every tau tokens past the budge
 IndexMemFile = Annotated[Path, typer.Option("--indexmem", help="IndexMem sidecar GGUF (default: merged into the "
                                                                 "model, or shipped for registry models)")]
 NoIndexMem = Annotated[bool, typer.Option("--no-indexmem", help="do not load IndexMem modules")]
-Memory = Annotated[Optional[bool], typer.Option("--memory/--no-memory", show_default=False,
-                                                help="latent memory of evicted tokens (needs IndexMem modules; "
-                                                     "default: on for gemma3-270m with indexmem, else off)")]
+_MEMORY_ON = ", ".join(m.name for m in MODELS.values() if m.memory)  # registry models whose memory is on by default
+Memory = Annotated[Optional[bool], typer.Option(
+    "--memory/--no-memory", show_default=False,
+    help=f"latent memory of evicted tokens (needs IndexMem modules; default: on for {_MEMORY_ON} with its "
+         "shipped sidecar and the indexmem policy, else off)")]
 
 
 def load_engine(model: str = DEFAULT_MODEL, n_ctx: int | None = None, threads: int = 1, batch: int = 512,
