@@ -85,14 +85,18 @@ class RulerData:
         if self._given & set(parts):
             return "given"
         if self.directory is None:
-            try:
-                return f"{DISTRIBUTION}=={importlib.metadata.version(DISTRIBUTION)}"
-            except importlib.metadata.PackageNotFoundError:
-                return PACKAGE  # not installed: rows can still be reported, as measured on the pinned version
+            return self._package_source
         digest = hashlib.sha256()
         for kind in sorted({_PART_FILE[p] for p in parts}):
             digest.update(f"{FILES[kind]}\0{self._digest(kind)}\0".encode())
         return "sha256:" + digest.hexdigest()[:16]
+
+    @cached_property
+    def _package_source(self) -> str:
+        try:
+            return f"{DISTRIBUTION}=={importlib.metadata.version(DISTRIBUTION)}"
+        except importlib.metadata.PackageNotFoundError:
+            return PACKAGE  # not installed: rows can still be reported, as measured on the pinned version
 
     def _digest(self, kind: str) -> str:
         if kind not in self._digests:
