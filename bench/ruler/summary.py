@@ -35,13 +35,17 @@ def row_key(row: dict) -> tuple:
             data_of(row))
 
 
+def data_parts(task: str) -> tuple[str, ...]:
+    """The ``RulerData`` parts a task reads (none for a task this version does not know)."""
+    return TASKS[task].needs if task in TASKS else ()
+
+
 def data_of(row: dict) -> str | None:
     """The data a row was measured on (``RulerData.source``); rows written before rows recorded it
     were all measured on the package's files."""
     if "data" in row:
         return row["data"]
-    task = TASKS.get(row["task"])
-    return PACKAGE if task is None or task.needs else None
+    return PACKAGE if data_parts(row["task"]) else None
 
 
 def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> dict:
@@ -55,7 +59,7 @@ def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int
     of another seed, prefill chunk, recent window or data, which neither resume nor average with these."""
     return [r for r in rows
             if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())
-            and data_of(r) == data.source(TASKS[r["task"]].needs if r["task"] in TASKS else ())]
+            and data_of(r) == data.source(data_parts(r["task"]))]
 
 
 def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
