@@ -160,6 +160,7 @@ def ruler(
     from ..bench.ruler.plots import compression_curves
     from ..bench.ruler.run import parse_shard, ruler_cases, run, shard_cases
     from ..bench.ruler.table import ruler_table
+    from ..bench.ruler.timing import time_table
 
     defaults = QUICK if quick else dict(lengths="4096", samples=20, policy=DEFAULT_RULER_POLICIES,
                                         ratios="0.5,0.75,0.9")
@@ -173,7 +174,8 @@ def ruler(
         rows = _complete_rows(rows, samples, out, model, console)
     text = ruler_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
-    _write_table(table or out.with_suffix(".md"), text, f"RULER, {model}")
+    _write_table(table or out.with_suffix(".md"), "\n\n".join(filter(None, [text, time_table(rows)])),
+                 f"RULER, {model}")
     if plot:
         compression_curves(rows, plot, f"RULER, {Path(model).name}")
 

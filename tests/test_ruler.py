@@ -27,6 +27,7 @@ from indexmem.bench.ruler.summary import complete_samples, first_samples, measur
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
 from indexmem.bench.ruler.table import ruler_table
+from indexmem.bench.ruler.timing import time_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
 from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
 from indexmem.engine.registry import DEFAULT_MODEL, MODELS, sha256_of
@@ -460,6 +461,24 @@ def test_table_averages_tasks_and_gives_the_standard_error_of_the_average(tmp_pa
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_time_table_sums_each_samples_seconds_and_names_its_slowest_configuration():
+    seconds = {("full", 0.0): [30.0, 50.0], ("snapkv", 0.5): [20.0, 10.0], ("h2o", 0.5): [60.0, 70.0]}
+    rows = []
+    for (config, ratio), (first, second) in seconds.items():  # niah_single_1, vt in sample 0 then 1
+        for index, s in ((0, first), (1, second)):
+            for task in ("niah_single_1", "vt"):
+                rows.append(dict(_result_row(config, ratio, task, index, 1.0), seconds=s))
+    rows.append(_result_row("full", 0.0, "qa_1", 1, 0.0))  # no time recorded: left out
+    lines = time_table(rows).splitlines()
+    # sample 1: 2 x (30 + 20 + 60) s = 220 s; medians of 30, 30, 20, 20, 60, 60 = 30
+    assert "| 1 | 6 | 0.06 | 30 | 30 | 60 (h2o @ 0.5) |" in lines
+    # sample 2: 2 x (50 + 10 + 70) s = 260 s; median of 10, 10, 50, 50, 70, 70 = 50
+    assert "| 2 | 6 | 0.07 | 50 | 50 | 70 (h2o @ 0.5) |" in lines
+    assert "| all | 12 | 0.1 | | | |" in lines  # 480 s
+    assert lines[0].startswith("4,096 tokens")
+    assert time_table([_result_row("full", 0.0, "vt", 0, 1.0)]) == ""
+
+
 @pytest.mark.parametrize("results", sorted((ROOT / "docs" / "results").glob("ruler-*.md")), ids=lambda p: p.stem)
 def test_committed_tables_are_what_the_committed_rows_give(results):
     rows = read_rows(results.with_suffix(".jsonl"))
@@ -470,7 +489,7 @@ def test_committed_tables_are_what_the_committed_rows_give(results):
     rows = measured_with(rows, *model_sha, sha256_of(sidecar))
     rows = first_samples(rows, complete_samples(rows))  # a sample still being measured waits
     table = ruler_table(rows)
-    assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n"
+    assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n\n{time_table(rows)}\n"
     assert table in (ROOT / "README.md").read_text()
 
 
