@@ -15,21 +15,18 @@ def time_table(rows: list[dict]) -> str:
     sum of the rows' seconds, prefill to the last decoded token; wall time is this over the
     processes that shared the sweep), the median example, full KV's median and the slowest
     configuration's. Empty when no row has a time."""
-    timed = [r for r in rows if r.get("seconds") is not None]
+    samples: dict = defaultdict(lambda: defaultdict(list))  # context -> sample index -> rows
+    for r in rows:
+        if r.get("seconds") is not None:
+            samples[r["context"]][r["index"]].append(r)
     out = []
-    for context in sorted({r["context"] for r in timed}):
-        samples: dict = defaultdict(list)
-        for r in timed:
-            if r["context"] == context:
-                samples[r["index"]].append(r)
+    for context in sorted(samples):
         out += [f"{context:,} tokens, compute time per sample (1 thread per process; s = seconds per example)", "",
                 "| sample | examples | compute h | median s | full KV median s | slowest median s |",
                 "|---:|---:|---:|---:|---:|---|"]
-        for index in sorted(samples):
-            out.append(_sample_line(index, samples[index]))
-        total = sum(r["seconds"] for r in timed if r["context"] == context)
-        n = sum(len(v) for v in samples.values())
-        out += [f"| all | {n:,} | {total / 3600:.1f} | | | |", ""]
+        out += [_sample_line(index, samples[context][index]) for index in sorted(samples[context])]
+        timed = [r for sample in samples[context].values() for r in sample]
+        out += [f"| all | {len(timed):,} | {sum(r['seconds'] for r in timed) / 3600:.1f} | | | |", ""]
     return "\n".join(out).rstrip()
 
 
@@ -38,7 +35,7 @@ def _sample_line(index: int, rows: list[dict]) -> str:
     for r in rows:
         by_config[config_of(r)].append(r["seconds"])
     medians = {c: statistics.median(s) for c, s in by_config.items()}
-    full = medians.get(("full", 0.0, None))
+    full = next((m for c, m in medians.items() if c[0] == "full"), None)
     slowest = max(medians, key=medians.get)
     return (f"| {index + 1} | {len(rows)} | {sum(r['seconds'] for r in rows) / 3600:.2f} | "
             f"{statistics.median(r['seconds'] for r in rows):.0f} | {'–' if full is None else f'{full:.0f}'} | "
