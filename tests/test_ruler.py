@@ -26,7 +26,7 @@ from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_len
 from indexmem.bench.ruler.summary import complete_samples, first_samples, measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
-from indexmem.bench.ruler.table import ruler_table
+from indexmem.bench.ruler.table import needles_by_depth, ruler_table
 from indexmem.bench.ruler.timing import time_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
 from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
@@ -521,3 +521,23 @@ def test_paired_counts_compare_indexmem_with_the_best_heuristic_on_the_same_exam
     assert "| indexmem vs indexmem-nomem (the memory's effect) | 0–1 of 6 | – |" in lines
     few = [r for r in rows if r["config"] in ("full", "snapkv")]
     assert not paired_table(few, 4096, {c: v for (c, _), v in task_scores(few).items()}, ["niah_single_1", "vt"])
+
+
+def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_prompt():
+    found = {  # niah_single_1 with its needle at depth 0.1 (samples 0, 1) and 0.9 (sample 2)
+        ("full", 0.0): [1, 1, 1],
+        ("streaming", 0.5): [0, 0, 1],   # keeps the recent end only
+        ("indexmem", 0.5): [1, 0, 0],
+    }
+    rows = []
+    for (config, ratio), scores in found.items():
+        for i, score in enumerate(scores):
+            rows.append(_result_row(config, ratio, "niah_single_1", i, score) | {"needle_depths": [[0.1], [0.1], [0.9]][i]})
+            # one queried needle among needles, full KV failing it: not a niah_single needle
+            rows.append(_result_row(config, ratio, "niah_multikey_2", i, 0.0) | {"needle_depths": [0.5]})
+    lines = needles_by_depth(rows)
+    assert "| configuration | 0.1 | 0.9 |" in lines
+    assert lines.index("| full KV | 2/2 | 1/1 |") < lines.index("| indexmem @ 0.5 | 1/2 | 0/1 |")
+    assert "| streaming @ 0.5 | 0/2 | 1/1 |" in lines
+    assert "\n".join(lines) in ruler_table(rows)
+    assert not needles_by_depth([r for r in rows if r["task"] == "niah_multikey_2"])

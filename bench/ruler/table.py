@@ -1,5 +1,5 @@
 """Markdown tables of RULER rows: scores (x100, as RULER reports them) per configuration and task,
-and needle accuracy per depth and length."""
+single needles found per depth, and needle accuracy per depth and length."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def _mb(n: int) -> str:
 
 def ruler_table(rows: list[dict]) -> str:
     """One table per context length: a row per configuration, a column per task and the average
-    over tasks (only when the configuration has every task), then IndexMem's paired comparisons."""
+    over tasks (only when the configuration has every task), then IndexMem's paired comparisons and
+    the single needles found by depth."""
     scores = task_scores(rows)
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     kv = {}
@@ -34,6 +35,8 @@ def ruler_table(rows: list[dict]) -> str:
         out.append("")
         paired = paired_table(rows, context, {c: v for (c, ctx), v in scores.items() if ctx == context}, tasks)
         out += paired + [""] * bool(paired)
+        by_depth = needles_by_depth([r for r in rows if r["context"] == context])
+        out += by_depth + [""] * bool(by_depth)
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
     return "\n".join(out + [legend, "", "avg = mean over the tasks (each weighs the same) ± its standard error "
                                          "over the samples (from 2 samples on)."])
@@ -44,6 +47,24 @@ def _average_cell(scores: dict, tasks: list[str]) -> str:
     if avg is None:
         return "–"
     return f"**{100 * avg:.1f}**" + ("" if err is None else f" ± {100 * err:.1f}")
+
+
+def needles_by_depth(rows: list[dict]) -> list[str]:
+    """Markdown lines: per configuration, the niah_single needles found out of those placed in
+    each depth bin of the prompt (one context's rows). A policy that keeps by recency finds the
+    late needles only; the averages cannot show where in the prompt a policy loses them. Empty
+    without niah_single rows."""
+    bins, contexts, cells = depth_grid([r for r in rows if r["task"].startswith("niah_single")])
+    if not bins or len(contexts) != 1:
+        return []
+    names = [f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}" for lo, hi in bins]
+    out = ["The niah_single needles by their depth in the prompt (found / placed):", "",
+           "| configuration | " + " | ".join(names) + " |", "|---|" + "---:|" * len(bins)]
+    for config in ordered_configs(cells):
+        counts = [cells[config].get((b, contexts[0])) for b in bins]
+        out.append(f"| {config_label(config)} | "
+                   + " | ".join("–" if c is None else f"{round(c[0] * c[1], 2):g}/{c[1]}" for c in counts) + " |")
+    return out
 
 
 def depth_table(rows: list[dict]) -> str:
