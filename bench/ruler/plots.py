@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...atomic import atomic_path
-from .summary import average, average_error, config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
+from .summary import average, average_error, bin_label, config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -119,7 +119,7 @@ def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
                     ax.text(j, i, f"{v:.2f}".rstrip("0").rstrip(".") if v not in (0, 1) else f"{v:.0f}",
                             ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(contexts)), [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts], fontsize=8)
-        ax.set_yticks(range(len(bins)), [f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}" for lo, hi in bins], fontsize=8)
+        ax.set_yticks(range(len(bins)), [bin_label(b) for b in bins], fontsize=8)
         ax.set_title(config_label(config), fontsize=9)
         ax.set_xlabel("context tokens", fontsize=8)
     axes[0][0].set_ylabel("needle depth", fontsize=8)

@@ -181,6 +181,12 @@ def depth_bins(depths: list[float], max_bins: int = 5) -> list[tuple[float, floa
     return [(i / max_bins, (i + 1) / max_bins) for i in range(max_bins)]
 
 
+def bin_label(depth_bin: tuple[float, float]) -> str:
+    """A depth bin as a table or axis shows it: the depth itself, or its range."""
+    lo, hi = depth_bin
+    return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+
 def _in_bin(depth: float, lo: float, hi: float) -> bool:
     return lo == hi == depth or lo <= depth < hi or (hi == 1.0 and depth == 1.0)
 

@@ -4,7 +4,7 @@ single needles found per depth, and needle accuracy per depth and length."""
 from __future__ import annotations
 
 from .paired import paired_table
-from .summary import average, average_error, config_label, config_of, depth_grid, ordered_configs, task_scores
+from .summary import average, average_error, bin_label, config_label, config_of, depth_grid, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -57,9 +57,8 @@ def needles_by_depth(rows: list[dict]) -> list[str]:
     bins, contexts, cells = depth_grid([r for r in rows if r["task"].startswith("niah_single")])
     if not bins or len(contexts) != 1:
         return []
-    names = [f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}" for lo, hi in bins]
     out = ["The niah_single needles by their depth in the prompt (found / placed):", "",
-           "| configuration | " + " | ".join(names) + " |", "|---|" + "---:|" * len(bins)]
+           "| configuration | " + " | ".join(bin_label(b) for b in bins) + " |", "|---|" + "---:|" * len(bins)]
     for config in ordered_configs(cells):
         counts = [cells[config].get((b, contexts[0])) for b in bins]
         out.append(f"| {config_label(config)} | "
@@ -75,8 +74,7 @@ def depth_table(rows: list[dict]) -> str:
         out += [f"{config_label(config)}", "", "| depth | " + " | ".join(f"{c:,}" for c in contexts) + " |",
                 "|---|" + "---:|" * len(contexts)]
         for b in bins:
-            name = f"{b[0]:g}" if b[0] == b[1] else f"{b[0]:g}–{b[1]:g}"
             vals = [cells[config].get((b, c)) for c in contexts]
-            out.append(f"| {name} | " + " | ".join("–" if v is None else f"{v[0]:.2f}" for v in vals) + " |")
+            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{v[0]:.2f}" for v in vals) + " |")
         out.append("")
     return "\n".join(out)
