@@ -541,3 +541,5 @@ def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_pr
     assert "| streaming @ 0.5 | 0/2 | 1/1 |" in lines
     assert "\n".join(lines) in ruler_table(rows)
     assert not needles_by_depth([r for r in rows if r["task"] == "niah_multikey_2"])
+    with pytest.raises(ValueError, match="one context length"):
+        needles_by_depth(rows + [r | {"context": 8192} for r in rows])

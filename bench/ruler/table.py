@@ -55,7 +55,9 @@ def needles_by_depth(rows: list[dict]) -> list[str]:
     late needles only; the averages cannot show where in the prompt a policy loses them. Empty
     without niah_single rows."""
     bins, contexts, cells = depth_grid([r for r in rows if r["task"].startswith("niah_single")])
-    if not bins or len(contexts) != 1:
+    if len(contexts) > 1:
+        raise ValueError(f"needles_by_depth takes one context length's rows, got {contexts}")
+    if not bins:
         return []
     out = ["The niah_single needles by their depth in the prompt (found / placed):", "",
            "| configuration | " + " | ".join(bin_label(b) for b in bins) + " |", "|---|" + "---:|" * len(bins)]
