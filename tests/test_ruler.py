@@ -26,7 +26,7 @@ from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_len
 from indexmem.bench.ruler.summary import complete_samples, first_samples, measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
-from indexmem.bench.ruler.table import needles_by_depth, ruler_table
+from indexmem.bench.ruler.table import depth_table, needles_by_depth, ruler_table
 from indexmem.bench.ruler.timing import time_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
 from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
@@ -543,3 +543,6 @@ def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_pr
     assert not needles_by_depth([r for r in rows if r["task"] == "niah_multikey_2"])
     with pytest.raises(ValueError, match="one context length"):
         needles_by_depth(rows + [r | {"context": 8192} for r in rows])
+    # the depth table shows the same cells as accuracies; multikey_2's lone needle at 0.5 is its own bin
+    table = depth_table([r for r in rows if r["config"] == "indexmem"]).splitlines()
+    assert table[table.index("| depth | 4,096 |") + 2:][:3] == ["| 0.1 | 0.50 |", "| 0.5 | 0.00 |", "| 0.9 | 0.00 |"]

@@ -192,7 +192,7 @@ def _in_bin(depth: float, lo: float, hi: float) -> bool:
 
 
 def depth_grid(rows: list[dict]) -> tuple[list[tuple[float, float]], list[int], dict[tuple, dict]]:
-    """(depth bins, context lengths, config -> {(bin, context): (mean score, samples)})."""
+    """(depth bins, context lengths, config -> {(bin, context): (summed score, samples)})."""
     placed = [(r, depth_of(r)) for r in rows]
     placed = [(r, d) for r, d in placed if d is not None]
     bins = depth_bins([d for _, d in placed])
@@ -203,7 +203,7 @@ def depth_grid(rows: list[dict]) -> tuple[list[tuple[float, float]], list[int], 
             if _in_bin(d, *b):
                 cells[config_of(r)][(b, r["context"])].append(r["score"])
                 break
-    return bins, contexts, {c: {k: (_mean(v), len(v)) for k, v in cell.items()} for c, cell in cells.items()}
+    return bins, contexts, {c: {k: (sum(v), len(v)) for k, v in cell.items()} for c, cell in cells.items()}
 
 
 def ordered_configs(configs) -> list[tuple]:

@@ -64,7 +64,7 @@ def needles_by_depth(rows: list[dict]) -> list[str]:
     for config in ordered_configs(cells):
         counts = [cells[config].get((b, contexts[0])) for b in bins]
         out.append(f"| {config_label(config)} | "
-                   + " | ".join("–" if c is None else f"{round(c[0] * c[1], 2):g}/{c[1]}" for c in counts) + " |")
+                   + " | ".join("–" if c is None else f"{round(c[0], 2):g}/{c[1]}" for c in counts) + " |")
     return out
 
 
@@ -77,6 +77,6 @@ def depth_table(rows: list[dict]) -> str:
                 "|---|" + "---:|" * len(contexts)]
         for b in bins:
             vals = [cells[config].get((b, c)) for c in contexts]
-            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{v[0]:.2f}" for v in vals) + " |")
+            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{v[0] / v[1]:.2f}" for v in vals) + " |")
         out.append("")
     return "\n".join(out)
