@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...atomic import atomic_path
-from .summary import average, average_error, bin_label, config_label, config_of, depth_grid, evict_share, ordered_configs, task_scores
+from .summary import average, average_error, bin_label, config_label, config_of, depth_accuracy, depth_grid, evict_share, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -100,11 +100,6 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _ratio(cell: tuple[float, int] | None) -> float:
-    """A depth cell's accuracy (summed score over samples); NaN where nothing was placed."""
-    return math.nan if cell is None else cell[0] / cell[1]
-
-
 def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
     """Needle accuracy by depth (rows) and context length (columns), one panel per configuration."""
     plt = _pyplot()
@@ -116,7 +111,7 @@ def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
                              squeeze=False, layout="constrained")
     image = None
     for ax, config in zip(axes[0], configs):
-        grid = [[_ratio(cells[config].get((b, c))) for c in contexts] for b in bins]
+        grid = [[depth_accuracy(cells[config].get((b, c))) for c in contexts] for b in bins]
         image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):

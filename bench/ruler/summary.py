@@ -206,6 +206,11 @@ def depth_grid(rows: list[dict]) -> tuple[list[tuple[float, float]], list[int], 
     return bins, contexts, {c: {k: (sum(v), len(v)) for k, v in cell.items()} for c, cell in cells.items()}
 
 
+def depth_accuracy(cell: tuple[float, int] | None) -> float:
+    """A `depth_grid` cell's accuracy (summed score over samples); NaN where nothing was placed."""
+    return math.nan if cell is None else cell[0] / cell[1]
+
+
 def ordered_configs(configs) -> list[tuple]:
     """Full KV first, then by eviction ratio (or budget) and name."""
     return sorted(set(configs), key=lambda c: (c[0] != "full", c[1] if c[1] is not None else 2.0,

@@ -4,7 +4,7 @@ single needles found per depth, and needle accuracy per depth and length."""
 from __future__ import annotations
 
 from .paired import paired_table
-from .summary import average, average_error, bin_label, config_label, config_of, depth_grid, ordered_configs, task_scores
+from .summary import average, average_error, bin_label, config_label, config_of, depth_accuracy, depth_grid, ordered_configs, task_scores
 from .tasks import TASKS
 
 
@@ -77,6 +77,6 @@ def depth_table(rows: list[dict]) -> str:
                 "|---|" + "---:|" * len(contexts)]
         for b in bins:
             vals = [cells[config].get((b, c)) for c in contexts]
-            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{v[0] / v[1]:.2f}" for v in vals) + " |")
+            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{depth_accuracy(v):.2f}" for v in vals) + " |")
         out.append("")
     return "\n".join(out)
