@@ -306,6 +306,21 @@ def test_rows_of_other_indexmem_modules_are_neither_resumed_nor_reported(default
     assert len(out.read_text().splitlines()) == 4
 
 
+def test_a_run_finishes_each_sample_under_every_configuration_before_the_next(tmp_path):
+    """A sweep stopped at any point leaves whole samples, which the tables can use: rows come
+    sample by sample, not configuration by configuration, and a resumed run keeps that order."""
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=4, n_ctx_train=4096)
+    bench = Bench(model=str(model), data=RulerData(write_synthetic_data(tmp_path / "data")))
+    configs = cache_configs(["snapkv"], [0.75])
+    cases = ruler_cases(["niah_single_1", "niah_single_2"], [1024], 3)
+    out = tmp_path / "rows.jsonl"
+    run(bench, configs, cases[:2], out)  # sample 0, then stopped
+    rows = run(bench, configs, cases, out)
+    order = [(r["index"], r["config"]) for r in rows]
+    assert order == [(i, c) for i in range(3) for c in ("full", "snapkv") for _ in range(2)]
+    assert [r["task"] for r in rows] == ["niah_single_1", "niah_single_2"] * 6
+
+
 def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_model_path, tmp_path):
     """Another recent window, prefill chunk or seed measures something else: a run with the
     defaults leaves those rows out (and would measure its own), a run with those settings takes them."""
