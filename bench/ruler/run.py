@@ -8,6 +8,7 @@ no more), and the answer is decoded greedily. Rows already in the file are not r
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import time
@@ -129,7 +130,6 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                       f"--n-batch, --window or --data (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
                       f"--window {bench.window}, data {bench.data.directory or PACKAGE_NAME})")
     done = {row_key(r) for r in rows}
-    samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -138,41 +138,35 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
         # Sample-major: every configuration finishes a sample before the next one starts, so a run
         # stopped at any point leaves whole samples (the tables use only those). An engine load
         # per configuration and sample costs 1-2 s against minutes of prefill.
+        contexts = dict.fromkeys(c.context for c in cases)
         for index in dict.fromkeys(c.index for c in cases):
-            for config in configs:
-                for context in dict.fromkeys(c.context for c in cases):
-                    group = [c for c in cases if c.index == index and c.context == context]
-                    todo = [c for c in group if row_key(identity(config, c)) not in done]
-                    progress.advance(bar, len(group) - len(todo))
-                    if todo:
-                        _measure_all(bench, config, context, todo, identity, samples, rows, out, progress, bar)
-            for case in [c for c in samples if c.index == index]:
-                del samples[case]
+            samples: dict[Case, dict] = {}  # prompts are built once and shared by every configuration
+            groups = {n: [c for c in cases if c.index == index and c.context == n] for n in contexts}
+            for config, context in itertools.product(configs, contexts):
+                todo = [c for c in groups[context] if row_key(identity(config, c)) not in done]
+                progress.advance(bar, len(groups[context]) - len(todo))
+                if not todo:
+                    continue
+                engine = _load(bench, config, context, max(TASKS[c.task].max_new_tokens for c in todo))
+                try:
+                    for case in todo:
+                        progress.update(bar, description=f"{config.spec} {config.evict_ratio or config.budget or ''} "
+                                                         f"{context} {case.task}")
+                        sample = samples.get(case)
+                        if sample is None:
+                            depths = None if case.depth is None else [case.depth]
+                            sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
+                                                                     case.index, bench.data, depths)
+                        row = dict(model=bench.model, **identity(config, case),
+                                   model_fingerprint=engine.model_fingerprint,
+                                   **measure(engine, sample))
+                        rows.append(row)
+                        if out:
+                            _append(out, row)
+                        progress.advance(bar)
+                finally:
+                    engine.close()
     return stored()[1] if out else rows
-
-
-def _measure_all(bench: Bench, config: CacheConfig, context: int, todo: list[Case], identity, samples: dict,
-                 rows: list[dict], out: Path | None, progress: Progress, bar) -> None:
-    """Measure ``todo`` (cases of one context) under one configuration, on one engine."""
-    engine = _load(bench, config, context, max(TASKS[c.task].max_new_tokens for c in todo))
-    try:
-        for case in todo:
-            progress.update(bar, description=f"{config.spec} {config.evict_ratio or config.budget or ''} "
-                                             f"{context} {case.task}")
-            sample = samples.get(case)
-            if sample is None:
-                depths = None if case.depth is None else [case.depth]
-                sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
-                                                         case.index, bench.data, depths)
-            row = dict(model=bench.model, **identity(config, case),
-                       model_fingerprint=engine.model_fingerprint,
-                       **measure(engine, sample))
-            rows.append(row)
-            if out:
-                _append(out, row)
-            progress.advance(bar)
-    finally:
-        engine.close()
 
 
 def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:
