@@ -494,18 +494,38 @@ def test_time_table_sums_each_samples_seconds_and_names_its_slowest_configuratio
     assert time_table([_result_row("full", 0.0, "vt", 0, 1.0)]) == ""
 
 
-@pytest.mark.parametrize("results", sorted((ROOT / "docs" / "results").glob("ruler-*.md")), ids=lambda p: p.stem)
-def test_committed_tables_are_what_the_committed_rows_give(results):
+COMMITTED_RESULTS = sorted((ROOT / "docs" / "results").glob("ruler-*.md"))
+
+
+def _tabled_rows(results):
+    """The committed rows a results table counts: the shipped sidecar's, complete samples only."""
     rows = read_rows(results.with_suffix(".jsonl"))
     model = {r["model"] for r in rows}
     model_sha = {r["model_sha256"] for r in rows}
     assert len(model) == len(model_sha) == 1, "one model per result file"
     sidecar = SIDECAR_DIR / MODELS[next(iter(model))].sidecar  # results are of registry models
     rows = measured_with(rows, *model_sha, sha256_of(sidecar))
-    rows = first_samples(rows, complete_samples(rows))  # a sample still being measured waits
+    return model.pop(), first_samples(rows, complete_samples(rows))  # a sample still being measured waits
+
+
+@pytest.mark.parametrize("results", COMMITTED_RESULTS, ids=lambda p: p.stem)
+def test_committed_tables_are_what_the_committed_rows_give(results):
+    model, rows = _tabled_rows(results)
     table = ruler_table(rows)
-    assert results.read_text() == f"RULER, {model.pop()}\n\n{table}\n\n{time_table(rows)}\n"
+    assert results.read_text() == f"RULER, {model}\n\n{table}\n\n{time_table(rows)}\n"
     assert table in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("results", COMMITTED_RESULTS, ids=lambda p: p.stem)
+def test_the_readme_heading_of_each_committed_table_gives_its_sample_and_example_counts(results):
+    _, rows = _tabled_rows(results)
+    readme = (ROOT / "README.md").read_text()
+    heading = readme[:readme.index(ruler_table(rows))].rstrip().rsplit("\n\n", 1)[-1]  # the paragraph above
+    samples = re.search(r"(\d+) samples per task", heading)
+    examples = re.search(r"\(([\d,]+) examples", heading)
+    assert samples and examples, heading
+    assert int(samples[1]) == len({r["index"] for r in rows})
+    assert int(examples[1].replace(",", "")) == len(rows)
 
 
 def test_missing_data_is_one_line_and_status_1(tmp_path):
