@@ -6,17 +6,35 @@ SQuAD, HotpotQA)."""
 
 from pathlib import Path
 
-LICENSES = ("GPL-3", "Apache-2.0", "GFDL-1.3", "GPL-2", "LGPL-2.1", "MPL-2.0", "MPL-1.1", "Artistic",
-            "CC0-1.0")
+LICENSES = (
+    "GPL-3",
+    "Apache-2.0",
+    "GFDL-1.3",
+    "GPL-2",
+    "LGPL-2.1",
+    "MPL-2.0",
+    "MPL-1.1",
+    "Artistic",
+    "CC0-1.0",
+)
 ROOT = Path("/usr/share/common-licenses")
 
 
 def python_source_text() -> str:
     """CPython standard-library sources: real text on every machine, neither training corpus
     nor evaluation data (speed runs and development runs use it)."""
-    import argparse, asyncio.base_events, email.message, inspect, json.decoder, logging, textwrap  # noqa: E401
-    return "\n".join(inspect.getsource(m) for m in (argparse, logging, email.message, textwrap,
-                                                    json.decoder, asyncio.base_events))
+    import argparse  # noqa: E401
+    import asyncio.base_events
+    import email.message
+    import inspect
+    import json.decoder
+    import logging
+    import textwrap
+
+    return "\n".join(
+        inspect.getsource(m)
+        for m in (argparse, logging, email.message, textwrap, json.decoder, asyncio.base_events)
+    )
 
 
 def heldout_text() -> str:
@@ -33,4 +51,4 @@ def heldout_windows(engine, n_tokens: int, n_windows: int) -> list[list[int]]:
     size = n_tokens - len(head)
     if len(body) < size * n_windows:
         raise ValueError(f"held-out text has {len(body)} tokens, {size * n_windows} needed")
-    return [head + body[i * size: (i + 1) * size] for i in range(n_windows)]
+    return [head + body[i * size : (i + 1) * size] for i in range(n_windows)]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 def amx_present() -> bool:
     from ..ggml_ops.backend import Backend
+
     backend = Backend("cpu", n_threads=1)
     try:
         return backend.unsafe_bufts_present()

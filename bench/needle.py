@@ -35,9 +35,11 @@ from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha2
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
-TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-            "I will quiz you about the numbers afterwards.\n{context}\n"
-            "What is the special magic number for {key} mentioned in the provided text?")
+TEMPLATE = (
+    "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the numbers afterwards.\n{context}\n"
+    "What is the special magic number for {key} mentioned in the provided text?"
+)
 ANSWER_PREFIX = " The special magic number for {key} mentioned in the provided text is"
 NEEDLE = " One of the special magic numbers for {key} is: {value}."
 ADJECTIVES = ("quiet", "amber", "brisk", "hollow", "lucky", "silver", "gentle", "rapid", "frozen", "bold")
@@ -58,8 +60,9 @@ def essays_text() -> str:
     return RulerData().essays
 
 
-def build_prompt(engine: Engine, haystack: list[int], context: int, depth: float, key: str,
-                 value: str) -> list[int]:
+def build_prompt(
+    engine: Engine, haystack: list[int], context: int, depth: float, key: str, value: str
+) -> list[int]:
     """Token ids of a prompt of at most ``context`` tokens with the needle at ``depth``."""
     n = context
     while True:
@@ -68,7 +71,9 @@ def build_prompt(engine: Engine, haystack: list[int], context: int, depth: float
         stop = text.find(".", cut)  # after the first sentence end past the depth
         at = stop + 1 if stop >= 0 else cut
         filled = text[:at] + NEEDLE.format(key=key, value=value) + text[at:]
-        tokens = render_prompt(engine, TEMPLATE.format(context=filled, key=key), ANSWER_PREFIX.format(key=key))
+        tokens = render_prompt(
+            engine, TEMPLATE.format(context=filled, key=key), ANSWER_PREFIX.format(key=key)
+        )
         if len(tokens) <= context:
             return tokens
         n -= len(tokens) - context + 8
@@ -87,14 +92,18 @@ def samples(n_per_depth: int, depths: list[float], seed: int) -> list[dict]:
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
-    policies: str = typer.Option("indexmem,indexmem-nomem," + ",".join(HEURISTICS),
-                                 help="configurations (full KV is always measured)"),
+    policies: str = typer.Option(
+        "indexmem,indexmem-nomem," + ",".join(HEURISTICS), help="configurations (full KV is always measured)"
+    ),
     ratios: str = typer.Option("0.75,0.9", help="eviction ratios"),
     context: int = typer.Option(4096, help="prompt tokens"),
     depths: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="needle depths (fraction of the essays)"),
     samples_per_depth: int = typer.Option(2, "--samples", help="needles per depth"),
-    n_batch: int = typer.Option(None, help="prefill chunk (eviction happens between chunks); default: the "
-                                           "whole prompt, compressed once before decoding"),
+    n_batch: int = typer.Option(
+        None,
+        help="prefill chunk (eviction happens between chunks); default: the "
+        "whole prompt, compressed once before decoding",
+    ),
     window: int = typer.Option(64, help="most recent tokens every policy keeps (the question)"),
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     threads: int = typer.Option(1),
@@ -121,13 +130,15 @@ def main(
             progress.advance(task, len(cases) - len(todo))
             if not todo:
                 continue
-            opts = engine_options(spec, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
-                                  window)
+            opts = engine_options(
+                spec, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None, window
+            )
             measured = config_settings(spec, settings)
             if measured["pool_kernel"]:
                 opts["pool_kernel"] = pool_kernel
-            engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context,
-                                 **opts)
+            engine = Engine.load(
+                model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch or context, **opts
+            )
             hay = engine.tokenize(haystack_text(haystack)[: context * 8], add_special=False)
             for case in todo:
                 prompt = build_prompt(engine, hay, context, case["depth"], case["key"], case["value"])
@@ -135,12 +146,23 @@ def main(
                 engine.reset()
                 answer = engine.generate(prompt, max_tokens=12)
                 st = engine.stats()
-                row = dict(model=model, model_sha256=sha, indexmem_sha256=modules if uses_modules(spec) else None,
-                           config=spec, evict_ratio=ratio, budget=opts.get("budget"),
-                           context=len(prompt), **measured, **case, answer=answer,
-                           score=int(case["value"] in answer),
-                           kv_bytes=st["kv_bytes"], index_bytes=st["index_bytes"],
-                           memory_bytes=st["memory_bytes"], seconds=round(time.perf_counter() - t0, 2))
+                row = dict(
+                    model=model,
+                    model_sha256=sha,
+                    indexmem_sha256=modules if uses_modules(spec) else None,
+                    config=spec,
+                    evict_ratio=ratio,
+                    budget=opts.get("budget"),
+                    context=len(prompt),
+                    **measured,
+                    **case,
+                    answer=answer,
+                    score=int(case["value"] in answer),
+                    kv_bytes=st["kv_bytes"],
+                    index_bytes=st["index_bytes"],
+                    memory_bytes=st["memory_bytes"],
+                    seconds=round(time.perf_counter() - t0, 2),
+                )
                 rows.append(row)
                 if out:
                     with open(out, "a") as f:
@@ -153,9 +175,13 @@ def main(
         plot_accuracy(summary, plot, f"{model}: needle retrieval at {context} tokens")
 
 
-def run_settings(context: int, n_batch: int | None, window: int, haystack: str, pool_kernel: int | None) -> dict:
+def run_settings(
+    context: int, n_batch: int | None, window: int, haystack: str, pool_kernel: int | None
+) -> dict:
     """What a row measures besides its configuration and needle (the seed is in the needle)."""
-    return dict(target_context=context, n_batch=n_batch, window=window, haystack=haystack, pool_kernel=pool_kernel)
+    return dict(
+        target_context=context, n_batch=n_batch, window=window, haystack=haystack, pool_kernel=pool_kernel
+    )
 
 
 def config_settings(spec: str, settings: dict) -> dict:
@@ -176,16 +202,21 @@ def settings_match(row: dict, settings: dict) -> bool:
     if "target_context" in row:
         return all(row.get(k) == v for k, v in settings.items())
     target = settings["target_context"]
-    return (all(settings[k] == v for k, v in LEGACY_SETTINGS.items())
-            and target - LEGACY_SHORTFALL < row["context"] <= target)
+    return (
+        all(settings[k] == v for k, v in LEGACY_SETTINGS.items())
+        and target - LEGACY_SHORTFALL < row["context"] <= target
+    )
 
 
 def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, settings: dict) -> dict:
     """Rows of ``out`` measured with this model, where they use them these IndexMem modules, and
     these run settings."""
-    return {(r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
-            for r in read_rows(out) if measured_with_files(r, model_sha256, modules_sha256)
-            and settings_match(r, config_settings(r["config"], settings))}
+    return {
+        (r["config"], r["evict_ratio"], r["depth"], r["key"], r["value"]): r
+        for r in read_rows(out)
+        if measured_with_files(r, model_sha256, modules_sha256)
+        and settings_match(r, config_settings(r["config"], settings))
+    }
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -198,8 +229,11 @@ def summarize(rows: list[dict]) -> dict:
         by_depth: dict = {}
         for r in rs:
             by_depth.setdefault(r["depth"], []).append(r["score"])
-        out[key] = dict(score=sum(r["score"] for r in rs) / len(rs), n=len(rs),
-                        by_depth={d: sum(v) / len(v) for d, v in sorted(by_depth.items())})
+        out[key] = dict(
+            score=sum(r["score"] for r in rs) / len(rs),
+            n=len(rs),
+            by_depth={d: sum(v) / len(v) for d, v in sorted(by_depth.items())},
+        )
     return out
 
 
@@ -210,31 +244,43 @@ def _print(console, summary, model, context):
         table.add_column(col, justify="right")
     for (spec, ratio), s in sorted(summary.items(), key=lambda kv: (kv[0][1], -kv[1]["score"])):
         depth = " ".join(f"{d:g}:{v:.1f}" for d, v in s["by_depth"].items())
-        table.add_row(spec, f"{ratio:.2f}", f"{s['score']:.2f}", f"{s['score'] / full:.0%}", str(s["n"]), depth)
+        table.add_row(
+            spec, f"{ratio:.2f}", f"{s['score']:.2f}", f"{s['score'] / full:.0%}", str(s["n"]), depth
+        )
     console.print(table)
 
 
 def plot_accuracy(summary: dict, path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ratios = sorted({r for (_, r) in summary if r > 0})
-    specs = sorted({s for (s, r) in summary if r > 0}, key=lambda s: -summary.get((s, ratios[-1]), {}).get("score", 0))
+    specs = sorted(
+        {s for (s, r) in summary if r > 0}, key=lambda s: -summary.get((s, ratios[-1]), {}).get("score", 0)
+    )
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(specs), 3.6))
     width = 0.8 / max(1, len(ratios))
     for i, ratio in enumerate(ratios):
-        ax.bar([j + i * width for j in range(len(specs))],
-               [summary.get((s, ratio), {}).get("score", 0) for s in specs], width, label=f"evict {ratio:g}")
+        ax.bar(
+            [j + i * width for j in range(len(specs))],
+            [summary.get((s, ratio), {}).get("score", 0) for s in specs],
+            width,
+            label=f"evict {ratio:g}",
+        )
     if ("full", 0.0) in summary:
         ax.axhline(summary[("full", 0.0)]["score"], color="k", ls="--", lw=1, label="full KV")
-    ax.set_xticks([j + width * (len(ratios) - 1) / 2 for j in range(len(specs))], specs, rotation=30, ha="right")
+    ax.set_xticks(
+        [j + width * (len(ratios) - 1) / 2 for j in range(len(specs))], specs, rotation=30, ha="right"
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     from ..atomic import atomic_path
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

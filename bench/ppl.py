@@ -40,8 +40,12 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
-    policies: str = typer.Option("indexmem,indexmem-nomem," + ",".join(HEURISTICS), "--policies", "--policy",
-                                 help="comma separated; full KV is always measured"),
+    policies: str = typer.Option(
+        "indexmem,indexmem-nomem," + ",".join(HEURISTICS),
+        "--policies",
+        "--policy",
+        help="comma separated; full KV is always measured",
+    ),
     ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios"),
     context: int = typer.Option(4096, help="tokens per window"),
     windows: int = typer.Option(2, help="disjoint held-out windows"),
@@ -67,8 +71,9 @@ def main(
                 results.append(earlier[(policy, ratio)])
                 progress.advance(task, windows)
                 continue
-            opts = engine_options(policy, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None,
-                                  window)
+            opts = engine_options(
+                policy, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None, window
+            )
             engine = Engine.load(model, n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
             docs = docs or heldout_windows(engine, context, windows)
             t0, nll = time.perf_counter(), []
@@ -76,24 +81,41 @@ def main(
                 nll.append(engine.token_nll(doc))
                 progress.advance(task)
             nll = np.concatenate(nll)
-            results.append(dict(policy=policy, evict_ratio=ratio, budget=opts.get("budget"),
-                                ppl=float(np.exp(nll.mean())), tokens=int(nll.size),
-                                kv_bytes=engine.stats()["kv_bytes"],
-                                seconds=round(time.perf_counter() - t0, 1),
-                                model_sha256=sha, indexmem_sha256=modules if uses_modules(policy) else None))
+            results.append(
+                dict(
+                    policy=policy,
+                    evict_ratio=ratio,
+                    budget=opts.get("budget"),
+                    ppl=float(np.exp(nll.mean())),
+                    tokens=int(nll.size),
+                    kv_bytes=engine.stats()["kv_bytes"],
+                    seconds=round(time.perf_counter() - t0, 1),
+                    model_sha256=sha,
+                    indexmem_sha256=modules if uses_modules(policy) else None,
+                )
+            )
             engine.close()
             if out:
                 kept = [r for r in earlier.values() if r not in results]
-                write_atomic(out, json.dumps(dict(model=str(path), **settings, results=results + kept),
-                                             indent=2).encode())
+                write_atomic(
+                    out,
+                    json.dumps(dict(model=str(path), **settings, results=results + kept), indent=2).encode(),
+                )
     full = results[0]["ppl"]
-    table = Table(title=f"{path.name}: perplexity on held-out text, {windows} x {context} tokens, "
-                        f"chunks of {n_batch}")
+    table = Table(
+        title=f"{path.name}: perplexity on held-out text, {windows} x {context} tokens, chunks of {n_batch}"
+    )
     for col in ("policy", "evict ratio", "budget", "perplexity", "vs full", "KV bytes"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r["policy"], f"{r['evict_ratio']:.2f}", str(r["budget"] or "-"), f"{r['ppl']:.3f}",
-                      f"{r['ppl'] / full:.3f}x", f"{r['kv_bytes']:,}")
+        table.add_row(
+            r["policy"],
+            f"{r['evict_ratio']:.2f}",
+            str(r["budget"] or "-"),
+            f"{r['ppl']:.3f}",
+            f"{r['ppl'] / full:.3f}x",
+            f"{r['kv_bytes']:,}",
+        )
     console.print(table)
 
 
@@ -108,15 +130,22 @@ def earlier_results(out: Path | None, settings: dict, modules_sha256: str | None
         recorded = {k: data[k] for k in settings if k in data}
         rows = list(data["results"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{out} is not a perplexity result file ({exc}); remove it or choose another --out")
+        raise ValueError(
+            f"{out} is not a perplexity result file ({exc}); remove it or choose another --out"
+        ) from exc
     if not {"context", "n_batch"} <= recorded.keys() or any(recorded[k] != settings[k] for k in recorded):
-        raise ValueError(f"{out} holds perplexity measured with other settings "
-                         f"({', '.join(f'{k}={v}' for k, v in recorded.items())}); "
-                         "remove it or choose another --out")
+        raise ValueError(
+            f"{out} holds perplexity measured with other settings "
+            f"({', '.join(f'{k}={v}' for k, v in recorded.items())}); "
+            "remove it or choose another --out"
+        )
     if recorded.keys() != settings.keys():
         return {}
-    return {(r["policy"], r["evict_ratio"]): r for r in rows
-            if measured_with_files({**r, "config": r["policy"]}, settings["model_sha256"], modules_sha256)}
+    return {
+        (r["policy"], r["evict_ratio"]): r
+        for r in rows
+        if measured_with_files({**r, "config": r["policy"]}, settings["model_sha256"], modules_sha256)
+    }
 
 
 if __name__ == "__main__":

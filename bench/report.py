@@ -1,6 +1,6 @@
 """Markdown tables from benchmark result files (RULER and needle JSONL, perplexity JSON), for the README.
 
-    python -m indexmem.bench.report docs/results/needle-smollm2-4k.jsonl docs/results/ppl-smollm2-4k.json
+python -m indexmem.bench.report docs/results/needle-smollm2-4k.jsonl docs/results/ppl-smollm2-4k.json
 """
 
 from __future__ import annotations
@@ -22,16 +22,22 @@ def needle_table(path: Path) -> str:
     summary = summarize(rows)
     full = summary[("full", 0.0)]["score"]
     ratios = sorted({r for (_, r) in summary if r > 0})
-    specs = sorted({s for (s, r) in summary if r > 0},
-                   key=lambda s: -sum(summary.get((s, r), {}).get("score", 0) for r in ratios))
-    lines = ["| configuration | " + " | ".join(f"evict {r:g}" for r in ratios) + " |",
-             "|---|" + "---:|" * len(ratios),
-             f"| full KV | " + " | ".join(f"{full:.2f}" for _ in ratios) + " |"]
+    specs = sorted(
+        {s for (s, r) in summary if r > 0},
+        key=lambda s: -sum(summary.get((s, r), {}).get("score", 0) for r in ratios),
+    )
+    lines = [
+        "| configuration | " + " | ".join(f"evict {r:g}" for r in ratios) + " |",
+        "|---|" + "---:|" * len(ratios),
+        "| full KV | " + " | ".join(f"{full:.2f}" for _ in ratios) + " |",
+    ]
     for s in specs:
         cells = []
         for r in ratios:
             v = summary.get((s, r))
-            cells.append("–" if v is None else f"{v['score']:.2f} ({v['score'] / full:.0%} of full, n={v['n']})")
+            cells.append(
+                "–" if v is None else f"{v['score']:.2f} ({v['score'] / full:.0%} of full, n={v['n']})"
+            )
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -43,12 +49,22 @@ def ppl_table(path: Path) -> str:
     ratios = sorted({r["evict_ratio"] for r in results if r["policy"] != "full"})
     specs = list(dict.fromkeys(r["policy"] for r in results if r["policy"] != "full"))
     by = {(r["policy"], r["evict_ratio"]): r for r in results}
-    lines = ["| configuration | " + " | ".join(f"evict {r:g} (B={by[(specs[0], r)]['budget']})" for r in ratios) + " |",
-             "|---|" + "---:|" * len(ratios),
-             "| full KV | " + " | ".join(f"{full:.3f}" for _ in ratios) + " |"]
+    lines = [
+        "| configuration | "
+        + " | ".join(f"evict {r:g} (B={by[(specs[0], r)]['budget']})" for r in ratios)
+        + " |",
+        "|---|" + "---:|" * len(ratios),
+        "| full KV | " + " | ".join(f"{full:.3f}" for _ in ratios) + " |",
+    ]
     for s in sorted(specs, key=lambda s: sum(by[(s, r)]["ppl"] for r in ratios if (s, r) in by)):
-        lines.append(f"| {s} | " + " | ".join(
-            f"{by[(s, r)]['ppl']:.3f} ({by[(s, r)]['ppl'] / full:.3f}x)" if (s, r) in by else "–" for r in ratios) + " |")
+        lines.append(
+            f"| {s} | "
+            + " | ".join(
+                f"{by[(s, r)]['ppl']:.3f} ({by[(s, r)]['ppl'] / full:.3f}x)" if (s, r) in by else "–"
+                for r in ratios
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

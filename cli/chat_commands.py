@@ -30,8 +30,12 @@ def stats_table(st: dict) -> Table:
     rate = lambda v: f"{v:.1f} tok/s" if v else "–"  # noqa: E731
     rows = [
         ("conversation", f"{st['conversation_tokens']} tokens"),
-        ("cache", f"{st['policy']}" + (f", budget {st['budget']} tokens/layer" if st["budget"] else ", full")
-         + (", latent memory" if st["memory"] else "")),
+        (
+            "cache",
+            f"{st['policy']}"
+            + (f", budget {st['budget']} tokens/layer" if st["budget"] else ", full")
+            + (", latent memory" if st["memory"] else ""),
+        ),
         ("cached", _per_layer(st["tokens_cached"])),
         ("evicted", _per_layer(st["tokens_evicted"])),
         ("KV cache", _mib(st["kv_bytes"])),
@@ -64,8 +68,10 @@ def run_command(line: str, conversation, console: Console) -> None:
             console.print(f"saved to {arg}", soft_wrap=True)
         elif name == "/load":
             engine.load_session(arg)
-            console.print(f"loaded {arg}: {engine.stats()['conversation_tokens']} tokens of conversation",
-                          soft_wrap=True)
+            console.print(
+                f"loaded {arg}: {engine.stats()['conversation_tokens']} tokens of conversation",
+                soft_wrap=True,
+            )
         elif name == "/reset":
             conversation.reset()
             console.print("new conversation")

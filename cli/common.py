@@ -14,6 +14,7 @@ err_console = Console(stderr=True)
 
 def clean_errors(fn):
     """Turn indexmem's own exceptions into one red line and exit status 1 (no traceback)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -21,6 +22,7 @@ def clean_errors(fn):
         except (IndexmemError, ValueError, TypeError) as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(1)
+
     return wrapper
 
 

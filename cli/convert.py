@@ -55,8 +55,11 @@ def convert(
     out: Path = typer.Option(..., "-o", "--out", help="output GGUF"),
     merge: bool = typer.Option(False, "--merge", help="write a complete model GGUF with the modules added"),
     dtype: str = typer.Option("f32", help="matrices as f32, f16 or q8_0 (vectors stay f32)"),
-    pool_kernel: int = typer.Option(None, help="store this odd max-pool width over the indexer's scores as the "
-                                                "engine's default (not given: no pooling)"),
+    pool_kernel: int = typer.Option(
+        None,
+        help="store this odd max-pool width over the indexer's scores as the "
+        "engine's default (not given: no pooling)",
+    ),
 ):
     """Convert CHECKPOINT for the model BASE into OUT."""
     from ..convert.writer import convert as run
@@ -67,6 +70,7 @@ def convert(
 
 def main():
     import sys
+
     if len(sys.argv) > 1 and sys.argv[1] == "inspect":
         app()
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,31 +14,71 @@ Model = Annotated[str, typer.Option(help="registry name or path to a .gguf file"
 NCtx = Annotated[int, typer.Option(help="context length (default: the model's; at most 8192 with full KV)")]
 Threads = Annotated[int, typer.Option(help="compute threads")]
 Batch = Annotated[int, typer.Option(help="prompt tokens per forward step")]
-Policy = Annotated[str, typer.Option(help="KV eviction: indexmem (default when IndexMem modules are available), "
-                                          "full, streaming, h2o, snapkv, tova, keydiff, random")]
+Policy = Annotated[
+    str,
+    typer.Option(
+        help="KV eviction: indexmem (default when IndexMem modules are available), "
+        "full, streaming, h2o, snapkv, tova, keydiff, random"
+    ),
+]
 Budget = Annotated[int, typer.Option(help="KV tokens kept per layer (indexmem: 1024 unless given)")]
 Sinks = Annotated[int, typer.Option(help="first tokens always kept")]
 Window = Annotated[int, typer.Option(help="most recent tokens always kept (indexmem: 64, others: 0)")]
-Tau = Annotated[int, typer.Option(help="compress every tau tokens past the budget (default 16; 1: every step)")]
-IndexMemFile = Annotated[Path, typer.Option("--indexmem", help="IndexMem sidecar GGUF (default: merged into the "
-                                                                "model, or shipped for registry models)")]
+Tau = Annotated[
+    int, typer.Option(help="compress every tau tokens past the budget (default 16; 1: every step)")
+]
+IndexMemFile = Annotated[
+    Path,
+    typer.Option(
+        "--indexmem",
+        help="IndexMem sidecar GGUF (default: merged into the model, or shipped for registry models)",
+    ),
+]
 NoIndexMem = Annotated[bool, typer.Option("--no-indexmem", help="do not load IndexMem modules")]
-_MEMORY_ON = ", ".join(m.name for m in MODELS.values() if m.memory)  # registry models whose memory is on by default
-Memory = Annotated[Optional[bool], typer.Option(
-    "--memory/--no-memory", show_default=False,
-    help=f"latent memory of evicted tokens (needs IndexMem modules; default: on for {_MEMORY_ON} with its "
-         "shipped sidecar and the indexmem policy, else off)")]
+_MEMORY_ON = ", ".join(
+    m.name for m in MODELS.values() if m.memory
+)  # registry models whose memory is on by default
+Memory = Annotated[
+    bool | None,
+    typer.Option(
+        "--memory/--no-memory",
+        show_default=False,
+        help=f"latent memory of evicted tokens (needs IndexMem modules; default: on for {_MEMORY_ON} with its "
+        "shipped sidecar and the indexmem policy, else off)",
+    ),
+]
 
 
-def load_engine(model: str = DEFAULT_MODEL, n_ctx: int | None = None, threads: int = 1, batch: int = 512,
-                policy: str | None = None, budget: int | None = None, sinks: int = 4, window: int | None = None,
-                tau: int | None = None, indexmem: Path | None = None, no_indexmem: bool = False,
-                memory: bool | None = None):
+def load_engine(
+    model: str = DEFAULT_MODEL,
+    n_ctx: int | None = None,
+    threads: int = 1,
+    batch: int = 512,
+    policy: str | None = None,
+    budget: int | None = None,
+    sinks: int = 4,
+    window: int | None = None,
+    tau: int | None = None,
+    indexmem: Path | None = None,
+    no_indexmem: bool = False,
+    memory: bool | None = None,
+):
     from ..engine.api import Engine
 
-    return Engine.load(model, n_threads=threads, n_ctx=n_ctx, n_batch=batch, progress=status, policy=policy,
-                       budget=budget, sinks=sinks, window=window, tau=tau, memory=memory,
-                       indexmem=False if no_indexmem else (str(indexmem) if indexmem else None))
+    return Engine.load(
+        model,
+        n_threads=threads,
+        n_ctx=n_ctx,
+        n_batch=batch,
+        progress=status,
+        policy=policy,
+        budget=budget,
+        sinks=sinks,
+        window=window,
+        tau=tau,
+        memory=memory,
+        indexmem=False if no_indexmem else (str(indexmem) if indexmem else None),
+    )
 
 
 def describe_cache(engine) -> str:

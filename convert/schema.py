@@ -76,11 +76,28 @@ K_POOL = "indexmem.default_pool_kernel"
 # "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
 # MIN_DEFAULT_BUDGET), "odd" (odd integer >= 1), "str", "indices" (array of integers >= 0)
 KEY_KINDS = {
-    K_VERSION: "index", K_BASE_ARCH: "str", K_BASE_LAYERS: "count", K_BASE_EMBD: "count",
-    K_BASE_HEADS: "count", K_BASE_HEADS_KV: "count", K_BASE_HEAD_DIM: "count", K_BASE_FINGERPRINT: "str",
-    K_BASE_SHA256: "str", K_LAYERS: "indices", K_MEMORY_LAYERS: "indices", K_IDX_HEADS: "count",
-    K_IDX_DIM: "count", K_MEM_DIM: "count", K_MEM_LAMBDA: "float", K_MEM_ETA: "float", K_MEM_EPS: "eps",
-    K_NORM_EPS: "eps", K_SINKS: "index", K_BUDGET: "budget", K_TAU: "count", K_POOL: "odd",
+    K_VERSION: "index",
+    K_BASE_ARCH: "str",
+    K_BASE_LAYERS: "count",
+    K_BASE_EMBD: "count",
+    K_BASE_HEADS: "count",
+    K_BASE_HEADS_KV: "count",
+    K_BASE_HEAD_DIM: "count",
+    K_BASE_FINGERPRINT: "str",
+    K_BASE_SHA256: "str",
+    K_LAYERS: "indices",
+    K_MEMORY_LAYERS: "indices",
+    K_IDX_HEADS: "count",
+    K_IDX_DIM: "count",
+    K_MEM_DIM: "count",
+    K_MEM_LAMBDA: "float",
+    K_MEM_ETA: "float",
+    K_MEM_EPS: "eps",
+    K_NORM_EPS: "eps",
+    K_SINKS: "index",
+    K_BUDGET: "budget",
+    K_TAU: "count",
+    K_POOL: "odd",
 }
 # the engine's default sinks (4) and recent window must fit in a default budget (shipped: 1024)
 MIN_DEFAULT_BUDGET = 16
@@ -99,9 +116,12 @@ def value_problem(key: str, value) -> str | None:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     valid = {
-        "count": lambda v: integer(v, 1), "index": lambda v: integer(v, 0),
-        "budget": lambda v: integer(v, MIN_DEFAULT_BUDGET), "odd": lambda v: integer(v, 1) and v % 2 == 1,
-        "float": real, "eps": lambda v: real(v) and v >= 0,
+        "count": lambda v: integer(v, 1),
+        "index": lambda v: integer(v, 0),
+        "budget": lambda v: integer(v, MIN_DEFAULT_BUDGET),
+        "odd": lambda v: integer(v, 1) and v % 2 == 1,
+        "float": real,
+        "eps": lambda v: real(v) and v >= 0,
         "str": lambda v: isinstance(v, str),
         "indices": lambda v: isinstance(v, np.ndarray) and v.dtype.kind in "iu" and bool((v >= 0).all()),
     }
@@ -109,9 +129,16 @@ def value_problem(key: str, value) -> str | None:
     if kind is None or valid[kind](value):
         return None
     shown = f"an array of {len(value)}" if isinstance(value, (list, np.ndarray)) else repr(value)[:40]
-    expected = {"count": "an integer >= 1", "index": "an integer >= 0",
-                "budget": f"an integer >= {MIN_DEFAULT_BUDGET}", "odd": "an odd integer >= 1", "float": "a finite number",
-                "eps": "a finite number >= 0", "str": "a string", "indices": "an array of integers >= 0"}[kind]
+    expected = {
+        "count": "an integer >= 1",
+        "index": "an integer >= 0",
+        "budget": f"an integer >= {MIN_DEFAULT_BUDGET}",
+        "odd": "an odd integer >= 1",
+        "float": "a finite number",
+        "eps": "a finite number >= 0",
+        "str": "a string",
+        "indices": "an array of integers >= 0",
+    }[kind]
     return f"{key} holds {shown}, expected {expected}"
 
 
@@ -140,11 +167,15 @@ def expected_shapes(sizes: dict) -> dict[str, tuple[int, ...]]:
     """ggml-order shape of each per-layer tensor for the given module sizes."""
     q_in, q_out = sizes["n_head"] * sizes["d_head"], sizes["n_idx_heads"] * sizes["d_idx"]
     return {
-        "idx_q.weight": (q_in, q_out), "idx_q_norm.weight": (q_out,),
-        "idx_k.weight": (sizes["d_model"], sizes["d_idx"]), "idx_k_norm.weight": (sizes["d_idx"],),
+        "idx_q.weight": (q_in, q_out),
+        "idx_q_norm.weight": (q_out,),
+        "idx_k.weight": (sizes["d_model"], sizes["d_idx"]),
+        "idx_k_norm.weight": (sizes["d_idx"],),
         "idx_w.weight": (sizes["d_model"], sizes["n_idx_heads"]),
-        "mem_phi.weight": (sizes["d_head"], sizes["d_mem"]), "mem_phi.bias": (sizes["d_mem"],),
-        "mem_gate.weight": (sizes["d_head"], 1), "mem_gate.bias": (1,),
+        "mem_phi.weight": (sizes["d_head"], sizes["d_mem"]),
+        "mem_phi.bias": (sizes["d_mem"],),
+        "mem_gate.weight": (sizes["d_head"], 1),
+        "mem_gate.bias": (1,),
     }
 
 
@@ -152,6 +183,9 @@ def fingerprint(tensors) -> str:
     """sha256 over the base model's tensor table: (name, ggml type, shape) of every tensor that
     is not IndexMem's own, sorted by name. Cheap (no tensor data read) and changes with any
     re-quantization or architecture change."""
-    lines = sorted(f"{t.name}:{t.ggml_type}:{','.join(map(str, t.shape))}" for t in tensors
-                   if not any(t.name.endswith("." + s) for s in LAYER_TENSORS))
+    lines = sorted(
+        f"{t.name}:{t.ggml_type}:{','.join(map(str, t.shape))}"
+        for t in tensors
+        if not any(t.name.endswith("." + s) for s in LAYER_TENSORS)
+    )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -27,6 +27,7 @@ def read_checkpoint(ckpt_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     try:
         config = json.loads((ckpt_dir / "config.json").read_text())
         from safetensors.numpy import load_file
+
         weights = load_file(str(ckpt_dir / "weights.safetensors"))
     except FileNotFoundError as exc:
         raise ModelFormatError(f"{ckpt_dir}: not a checkpoint folder ({exc.filename} missing)") from exc
@@ -37,35 +38,50 @@ def read_checkpoint(ckpt_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _check_against_base(config: dict, base, base_path: Path) -> None:
     from ..engine.hparams import read_hparams
+
     hp = read_hparams(base)
     sizes = config["sizes"]
-    pairs = [("architecture", config.get("arch"), hp.arch), ("block_count", config["n_layer"], hp.n_layer),
-             ("embedding_length", sizes["d_model"], hp.n_embd), ("head_count", sizes["n_head"], hp.n_head),
-             ("key_length", sizes["d_head"], hp.head_dim)]
+    pairs = [
+        ("architecture", config.get("arch"), hp.arch),
+        ("block_count", config["n_layer"], hp.n_layer),
+        ("embedding_length", sizes["d_model"], hp.n_embd),
+        ("head_count", sizes["n_head"], hp.n_head),
+        ("key_length", sizes["d_head"], hp.head_dim),
+    ]
     for what, ours, theirs in pairs:
         if ours != theirs:
-            raise ModelFormatError(f"checkpoint {what} is {ours} but base model {base_path} has {theirs}: "
-                                   f"the checkpoint was trained for another model")
+            raise ModelFormatError(
+                f"checkpoint {what} is {ours} but base model {base_path} has {theirs}: "
+                f"the checkpoint was trained for another model"
+            )
     if config.get("base_sha256") and config["base_sha256"] != sha256_of(base_path):
-        raise ModelFormatError(f"base model {base_path} is not the file the checkpoint was trained on "
-                               f"(sha256 differs from {config['base_sha256'][:16]}…)")
+        raise ModelFormatError(
+            f"base model {base_path} is not the file the checkpoint was trained on "
+            f"(sha256 differs from {config['base_sha256'][:16]}…)"
+        )
 
 
 def _layer_arrays(config: dict, weights: dict) -> dict[str, np.ndarray]:
-    expected = {S.tensor_name(il, suffix): param.format(il=il)
-                for il in range(config["n_layer"]) for suffix, (param, _) in S.LAYER_TENSORS.items()}
+    expected = {
+        S.tensor_name(il, suffix): param.format(il=il)
+        for il in range(config["n_layer"])
+        for suffix, (param, _) in S.LAYER_TENSORS.items()
+    }
     missing = sorted(set(expected.values()) - set(weights))
     extra = sorted(set(weights) - set(expected.values()))
     if missing or extra:
-        raise ModelFormatError(f"checkpoint tensors do not match the schema: missing {missing[:5]}, "
-                               f"unexpected {extra[:5]}")
+        raise ModelFormatError(
+            f"checkpoint tensors do not match the schema: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     shapes = S.expected_shapes(config["sizes"])
     arrays = {}
     for name, param in expected.items():
         arr = np.ascontiguousarray(weights[param], dtype=np.float32)
         want = shapes[name.split(".", 2)[2]][::-1]  # numpy order
         if tuple(arr.shape) != tuple(want):
-            raise ModelFormatError(f"checkpoint tensor {param} has shape {list(arr.shape)}, expected {list(want)}")
+            raise ModelFormatError(
+                f"checkpoint tensor {param} has shape {list(arr.shape)}, expected {list(want)}"
+            )
         arrays[name] = arr
     return arrays
 
@@ -75,26 +91,41 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: 
     layers = list(range(config["n_layer"]))
     w.add_uint32(S.K_VERSION, S.FORMAT_VERSION)
     w.add_string(S.K_BASE_ARCH, base_hp.arch)
-    for key, value in ((S.K_BASE_LAYERS, base_hp.n_layer), (S.K_BASE_EMBD, base_hp.n_embd),
-                       (S.K_BASE_HEADS, base_hp.n_head), (S.K_BASE_HEADS_KV, base_hp.n_head_kv),
-                       (S.K_BASE_HEAD_DIM, base_hp.head_dim), (S.K_IDX_HEADS, sizes["n_idx_heads"]),
-                       (S.K_IDX_DIM, sizes["d_idx"]), (S.K_MEM_DIM, sizes["d_mem"]),
-                       (S.K_SINKS, config.get("fit", {}).get("sinks", 4)), (S.K_BUDGET, 1024), (S.K_TAU, 16)):
+    for key, value in (
+        (S.K_BASE_LAYERS, base_hp.n_layer),
+        (S.K_BASE_EMBD, base_hp.n_embd),
+        (S.K_BASE_HEADS, base_hp.n_head),
+        (S.K_BASE_HEADS_KV, base_hp.n_head_kv),
+        (S.K_BASE_HEAD_DIM, base_hp.head_dim),
+        (S.K_IDX_HEADS, sizes["n_idx_heads"]),
+        (S.K_IDX_DIM, sizes["d_idx"]),
+        (S.K_MEM_DIM, sizes["d_mem"]),
+        (S.K_SINKS, config.get("fit", {}).get("sinks", 4)),
+        (S.K_BUDGET, 1024),
+        (S.K_TAU, 16),
+    ):
         w.add_uint32(key, int(value))
-    if pool_kernel is not None:  # absent, the engine does not pool (files converted before the key stay as they were)
+    if (
+        pool_kernel is not None
+    ):  # absent, the engine does not pool (files converted before the key stay as they were)
         w.add_uint32(S.K_POOL, pool_kernel)
     w.add_string(S.K_BASE_FINGERPRINT, base_fingerprint)
     w.add_string(S.K_BASE_SHA256, config.get("base_sha256", ""))
     w.add_array(S.K_LAYERS, layers)
     w.add_array(S.K_MEMORY_LAYERS, list(config.get("global_layers", layers)))
-    for key, value in ((S.K_MEM_LAMBDA, sizes["mem_lambda"]), (S.K_MEM_ETA, sizes["mem_eta"]),
-                       (S.K_MEM_EPS, sizes["mem_eps"]), (S.K_NORM_EPS, sizes["norm_eps"])):
+    for key, value in (
+        (S.K_MEM_LAMBDA, sizes["mem_lambda"]),
+        (S.K_MEM_ETA, sizes["mem_eta"]),
+        (S.K_MEM_EPS, sizes["mem_eps"]),
+        (S.K_NORM_EPS, sizes["norm_eps"]),
+    ):
         w.add_float32(key, float(value))
 
 
 def _encode(arr: np.ndarray, dtype: str):
     """(ggml type, payload) of one tensor: matrices in ``dtype``, vectors always f32."""
     import gguf
+
     Q = gguf.GGMLQuantizationType
     is_matrix = arr.ndim == 2
     if dtype == "q8_0" and is_matrix and arr.shape[-1] % 32 == 0:
@@ -106,6 +137,7 @@ def _encode(arr: np.ndarray, dtype: str):
 
 def _add_tensor(w, name: str, arr: np.ndarray, dtype: str, as_metadata: bool) -> None:
     import gguf
+
     ggml_type, payload = _encode(arr, dtype)
     if not as_metadata:
         if ggml_type == gguf.GGMLQuantizationType.Q8_0:
@@ -125,6 +157,7 @@ def _add_tensor(w, name: str, arr: np.ndarray, dtype: str, as_metadata: bool) ->
 
 def _copy_base(w, base_path: Path) -> None:
     import gguf
+
     reader = gguf.GGUFReader(str(base_path))
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
@@ -138,8 +171,15 @@ def _copy_base(w, base_path: Path) -> None:
         w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
 
 
-def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False, dtype: str = "f32",
-            progress: bool = False, pool_kernel: int | None = None) -> Path:
+def convert(
+    ckpt_dir: Path,
+    base_path: Path,
+    out_path: Path,
+    merge: bool = False,
+    dtype: str = "f32",
+    progress: bool = False,
+    pool_kernel: int | None = None,
+) -> Path:
     """``pool_kernel``: the engine's default max-pool width over the indexer's scores, stored in
     the file (None: not stored, the engine does not pool)."""
     import gguf
@@ -154,6 +194,7 @@ def convert(ckpt_dir: Path, base_path: Path, out_path: Path, merge: bool = False
     config, weights = read_checkpoint(ckpt_dir)
     with open_gguf(base_path) as base:
         from ..engine.hparams import read_hparams
+
         _check_against_base(config, base, base_path)
         if any(k.startswith(S.PREFIX) for k in base.keys()):
             raise ModelFormatError(f"{base_path} already carries IndexMem modules")

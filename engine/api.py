@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from ..convert.reader import load_indexmem
 from ..convert.schema import fingerprint
 from ..errors import ContextOverflowError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
+from . import session
 from .cache import KVCache
 from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
@@ -21,7 +22,6 @@ from .indexmem import IndexMemModules, IndexMemState, find_indexmem
 from .loader import Weights, check_tensors, open_gguf
 from .models import ARCHITECTURES
 from .policies import POLICIES
-from . import session
 from .registry import resolve
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -37,17 +37,28 @@ INDEXMEM_WINDOW = 64
 class Engine:
     """A loaded model with its own KV cache. Calls are serialized by a lock."""
 
-    def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int | None = None,
-                 n_batch: int = 512, device: str = "cpu", budget_config: BudgetConfig | None = None,
-                 indexmem_path: Path | None = None, memory: bool = False, extra_bufts: bool = True):
+    def __init__(
+        self,
+        model_path: Path,
+        n_threads: int = 1,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        device: str = "cpu",
+        budget_config: BudgetConfig | None = None,
+        indexmem_path: Path | None = None,
+        memory: bool = False,
+        extra_bufts: bool = True,
+    ):
         if n_batch < 1 or (n_ctx is not None and n_ctx < 1):
             raise ValueError(f"n_batch and n_ctx must be >= 1 (got {n_batch}, {n_ctx})")
         self.model_path = Path(model_path)
         self.budget_config = (budget_config or BudgetConfig()).validate()
         needs_modules = memory or POLICIES[self.budget_config.policy].needs_index
         if needs_modules and indexmem_path is None:
-            raise ValueError(f"policy {self.budget_config.policy!r} with memory={memory} needs IndexMem "
-                             f"modules: pass indexmem='file.gguf' (or use a registry model)")
+            raise ValueError(
+                f"policy {self.budget_config.policy!r} with memory={memory} needs IndexMem "
+                f"modules: pass indexmem='file.gguf' (or use a registry model)"
+            )
         self.indexmem_path = Path(indexmem_path) if indexmem_path else None
         self.memory = bool(memory)
         # read and pair-check the IndexMem file before any compute or allocation
@@ -59,7 +70,8 @@ class Engine:
             if cls is None:
                 raise UnsupportedModelError(
                     f"{self.model_path}: architecture {arch!r} is not supported "
-                    f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+                    f"(supported: {', '.join(sorted(ARCHITECTURES))})"
+                )
             self.hparams = read_hparams(gguf, cls.swa_default_pattern)
             self.model = cls(self.hparams)
             infos = check_tensors(gguf, self.model.tensor_specs())
@@ -72,8 +84,9 @@ class Engine:
         self.tokenizer = Tokenizer(self.model_path, chat_template, arch)
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
-        self.n_ctx = int(n_ctx or (self.hparams.n_ctx_train if bounded
-                                   else min(self.hparams.n_ctx_train, DEFAULT_N_CTX)))
+        self.n_ctx = int(
+            n_ctx or (self.hparams.n_ctx_train if bounded else min(self.hparams.n_ctx_train, DEFAULT_N_CTX))
+        )
         self.n_batch = n_batch
         self.cache, evictor = self._make_cache()
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
@@ -117,10 +130,22 @@ class Engine:
         cache.indexmem = state
 
     @classmethod
-    def load(cls, model: str = "smollm2-135m-instruct", n_threads: int = 1, n_ctx: int | None = None,
-             progress=lambda msg: None, policy: str | None = None, budget: int | None = None,
-             evict_ratio: float | None = None, sinks: int = 4, window: int | None = None, tau: int | None = None,
-             indexmem=None, memory: bool | None = None, **options) -> "Engine":
+    def load(
+        cls,
+        model: str = "smollm2-135m-instruct",
+        n_threads: int = 1,
+        n_ctx: int | None = None,
+        progress=lambda msg: None,
+        policy: str | None = None,
+        budget: int | None = None,
+        evict_ratio: float | None = None,
+        sinks: int = 4,
+        window: int | None = None,
+        tau: int | None = None,
+        indexmem=None,
+        memory: bool | None = None,
+        **options,
+    ) -> Engine:
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
 
         IndexMem: ``indexmem`` is a sidecar GGUF, or None to use the modules merged into the
@@ -141,8 +166,11 @@ class Engine:
         recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
         engine_opts = {k: options.pop(k) for k in ("n_batch", "device", "extra_bufts") if k in options}
-        policy_opts = {k: options.pop(k) for k in ("seed", "obs_window", "pool_kernel", "recent_ratio",
-                                                   "gamma") if k in options}
+        policy_opts = {
+            k: options.pop(k)
+            for k in ("seed", "obs_window", "pool_kernel", "recent_ratio", "gamma")
+            if k in options
+        }
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)}")
         if budget is not None and evict_ratio is not None:
@@ -153,9 +181,17 @@ class Engine:
             budget = budget_from_ratio(n_ctx, evict_ratio)
         # everything checkable is checked before a model is read or downloaded; an indexmem
         # budget may still come from the sidecar, so a stand-in that passes is used for it
-        stand_in = budget if budget is not None or policy not in (None, "indexmem") else sinks + (window or 0) + 1
-        BudgetConfig(policy=policy or "full", budget=stand_in, sinks=sinks, window=window or 0,
-                     tau=16 if tau is None else tau, params=policy_opts).validate()
+        stand_in = (
+            budget if budget is not None or policy not in (None, "indexmem") else sinks + (window or 0) + 1
+        )
+        BudgetConfig(
+            policy=policy or "full",
+            budget=stand_in,
+            sinks=sinks,
+            window=window or 0,
+            tau=16 if tau is None else tau,
+            params=policy_opts,
+        ).validate()
         model_path = resolve(model, progress)
         indexmem_path, defaults = find_indexmem(model, model_path, indexmem)
         if policy is None:
@@ -167,12 +203,26 @@ class Engine:
         if policy == "indexmem" and "pool_kernel" in defaults:
             policy_opts.setdefault("pool_kernel", defaults["pool_kernel"])
         if window is None:
-            window = min(INDEXMEM_WINDOW, max(0, (budget - sinks) // 2)) if policy == "indexmem" and budget else 0
-        config = BudgetConfig(policy=policy, budget=budget, sinks=sinks, window=window,
-                              tau=tau if tau is not None else defaults.get("tau", 16),
-                              params=policy_opts).validate()
-        return cls(model_path, n_threads=n_threads, n_ctx=n_ctx, budget_config=config,
-                   indexmem_path=indexmem_path, memory=memory, **engine_opts)
+            window = (
+                min(INDEXMEM_WINDOW, max(0, (budget - sinks) // 2)) if policy == "indexmem" and budget else 0
+            )
+        config = BudgetConfig(
+            policy=policy,
+            budget=budget,
+            sinks=sinks,
+            window=window,
+            tau=tau if tau is not None else defaults.get("tau", 16),
+            params=policy_opts,
+        ).validate()
+        return cls(
+            model_path,
+            n_threads=n_threads,
+            n_ctx=n_ctx,
+            budget_config=config,
+            indexmem_path=indexmem_path,
+            memory=memory,
+            **engine_opts,
+        )
 
     # --- text --------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -211,9 +261,9 @@ class Engine:
         with self._lock:
             self.reset()
             for start in range(0, len(tokens), self.n_batch):
-                logits = self.feeder.feed(tokens[start: start + self.n_batch], all_logits=True)
+                logits = self.feeder.feed(tokens[start : start + self.n_batch], all_logits=True)
                 logits = logits[: len(tokens) - 1 - start]  # the last token predicts nothing
-                targets = tokens[start + 1: start + 1 + len(logits)]
+                targets = tokens[start + 1 : start + 1 + len(logits)]
                 z = logits.astype(np.float64)
                 z -= z.max(axis=1, keepdims=True)
                 log_norm = np.log(np.exp(z).sum(axis=1))
@@ -229,8 +279,10 @@ class Engine:
         if arr.min() < 0 or arr.max() >= self.hparams.n_vocab:
             raise ValueError(f"token ids must be in [0, {self.hparams.n_vocab})")
         if limit is not None and arr.size > limit:
-            raise ContextOverflowError(f"{arr.size} tokens exceed the context of {limit} "
-                                       f"(load with a larger n_ctx, or a bounded cache)")
+            raise ContextOverflowError(
+                f"{arr.size} tokens exceed the context of {limit} "
+                f"(load with a larger n_ctx, or a bounded cache)"
+            )
         return arr.astype(np.int32)
 
     def _feed_prompt(self, tokens: np.ndarray, cancel) -> np.ndarray | None:
@@ -263,8 +315,15 @@ class Engine:
         return out
 
     # --- generation --------------------------------------------------------------------
-    def generate_tokens(self, prompt, max_tokens: int = 128, stop_at_eog: bool = True, append: bool = False,
-                        cancel: threading.Event | None = None, **sampling) -> Iterator[int]:
+    def generate_tokens(
+        self,
+        prompt,
+        max_tokens: int = 128,
+        stop_at_eog: bool = True,
+        append: bool = False,
+        cancel: threading.Event | None = None,
+        **sampling,
+    ) -> Iterator[int]:
         """Token ids continuing ``prompt`` (text or ids). The prompt is the whole conversation
         (what the cache already holds of it is reused), or with ``append=True`` only its next
         part. Generation ends at an end-of-generation token, ``max_tokens``, the end of a full
@@ -281,15 +340,25 @@ class Engine:
         with self._lock:
             self._cancel = cancel
             try:
-                first = self.feeder.feed(self._take_unfed(tokens), cancel=cancel) if append \
+                first = (
+                    self.feeder.feed(self._take_unfed(tokens), cancel=cancel)
+                    if append
                     else self._feed_prompt(tokens, cancel)
+                )
                 if first is not None:
                     yield from self.feeder.decode(sampler, first[-1], max_tokens, is_stop, cancel)
             finally:
                 self._cancel = None
 
-    def generate(self, prompt, max_tokens: int = 128, temperature: float = 0.0, seed: int | None = None,
-                 stream: bool = False, **options):
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stream: bool = False,
+        **options,
+    ):
         """Text continuation of ``prompt`` (text or token ids): a str, or with ``stream=True``
         an iterator of text pieces (never splitting a UTF-8 character). Options: those of
         :meth:`generate_tokens`."""
@@ -307,6 +376,7 @@ class Engine:
         """A :class:`Conversation` on this engine: a new one (the cache is reset), or with
         ``resume=True`` the one the cache holds (e.g. after :meth:`load_session`)."""
         from .conversation import Conversation
+
         return Conversation(self, system, resume=resume)
 
     def cancel(self) -> None:
@@ -356,7 +426,9 @@ class Engine:
             "tokens_cached": self.cache.tokens_cached(),
             "tokens_evicted": list(self.cache.tokens_evicted),
             "policy": self.budget_config.policy,
-            "policy_params": dict(self.budget_config.params),  # as given or stored in the IndexMem file; others at their defaults
+            "policy_params": dict(
+                self.budget_config.params
+            ),  # as given or stored in the IndexMem file; others at their defaults
             "budget": self.budget_config.budget if self.runner.evictor else None,
             "indexmem": str(self.indexmem_path) if self.indexmem_path else None,
             "memory": self.cache.indexmem is not None and bool(self.cache.indexmem.memory_layers),

@@ -35,7 +35,8 @@ class SlotTable:
         if self.n_used + n > self.capacity:
             raise ContextOverflowError(
                 f"KV cache full: {self.n_used} tokens cached, {n} more do not fit in "
-                f"{self.capacity} slots (load the engine with a larger n_ctx)")
+                f"{self.capacity} slots (load the engine with a larger n_ctx)"
+            )
         return np.arange(self.n_used, self.n_used + n, dtype=np.int64)
 
     def commit(self, slots: np.ndarray, positions: np.ndarray) -> None:
@@ -100,8 +101,15 @@ class KVCache(OwnsBuffer):
     """K/V tensors of every layer plus slot tables. ``layer_table`` maps each layer to a table;
     layers sharing a table always hold the same tokens in the same slots."""
 
-    def __init__(self, backend: Backend, n_layer: int, n_embd_kv: int, capacity: int,
-                 dtype: int = GGMLType.F16, layer_table: list[int] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        n_layer: int,
+        n_embd_kv: int,
+        capacity: int,
+        dtype: int = GGMLType.F16,
+        layer_table: list[int] | None = None,
+    ):
         capacity = -(-capacity // KV_PAD) * KV_PAD
         self.capacity = capacity
         self.n_layer = n_layer

@@ -11,7 +11,7 @@ session continues in another process.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import UnsupportedModelError
 
@@ -27,22 +27,24 @@ class TurnTemplate:
         u, a = {"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_REPLY}
         asked, answered = render([u], True), render([u, a], False)
         if not answered.startswith(asked + _PROBE_REPLY):
-            raise UnsupportedModelError("this chat template cannot be fed turn by turn "
-                                        "(it rewrites earlier turns); use Engine.chat")
-        self.close = answered[len(asked) + len(_PROBE_REPLY):]
+            raise UnsupportedModelError(
+                "this chat template cannot be fed turn by turn (it rewrites earlier turns); use Engine.chat"
+            )
+        self.close = answered[len(asked) + len(_PROBE_REPLY) :]
         self._answered = answered
         self._probe = [u, a]
 
     def first(self, user: str, system: str | None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + \
-            [{"role": "user", "content": user}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
         return self._render(messages, True)
 
     def next(self, user: str) -> str:
         text = self._render(self._probe + [{"role": "user", "content": user}], True)
         if not text.startswith(self._answered):
             raise UnsupportedModelError("this chat template cannot be fed turn by turn; use Engine.chat")
-        return text[len(self._answered):]
+        return text[len(self._answered) :]
 
 
 class Conversation:
@@ -64,8 +66,14 @@ class Conversation:
     def reset(self) -> None:
         self.engine.reset()
 
-    def say(self, text: str, max_tokens: int = 256, stream: bool = False,
-            cancel: threading.Event | None = None, **sampling):
+    def say(
+        self,
+        text: str,
+        max_tokens: int = 256,
+        stream: bool = False,
+        cancel: threading.Event | None = None,
+        **sampling,
+    ):
         """The reply to ``text`` (a str, or with ``stream=True`` an iterator of text pieces).
         However the reply ends (end of turn, ``max_tokens``, ``cancel``, or the caller stops
         iterating), the assistant turn is closed in the cache."""
@@ -77,8 +85,9 @@ class Conversation:
 
     def _reply(self, tokens, max_tokens, cancel, sampling) -> Iterator[str]:
         engine = self.engine
-        token_iter = engine.generate_tokens(tokens, max_tokens=max_tokens, append=True, cancel=cancel,
-                                            **sampling)
+        token_iter = engine.generate_tokens(
+            tokens, max_tokens=max_tokens, append=True, cancel=cancel, **sampling
+        )
         try:
             yield from engine._stream_text(token_iter)
         finally:

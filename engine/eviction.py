@@ -31,7 +31,7 @@ class BudgetConfig:
     def bounded(self) -> bool:
         return self.policy != "full" and self.budget is not None
 
-    def validate(self) -> "BudgetConfig":
+    def validate(self) -> BudgetConfig:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.sinks < 0 or self.window < 0:
@@ -42,8 +42,9 @@ class BudgetConfig:
             if self.budget is None:
                 raise ValueError(f"policy {self.policy!r} needs a budget (tokens per layer)")
             if self.budget < 1 or self.budget <= self.sinks + self.window:
-                raise ValueError(f"budget {self.budget} must exceed sinks + window "
-                                 f"({self.sinks} + {self.window})")
+                raise ValueError(
+                    f"budget {self.budget} must exceed sinks + window ({self.sinks} + {self.window})"
+                )
         POLICIES[self.policy].validate_params(**self.params)
         return self
 

@@ -120,8 +120,9 @@ class ForwardRunner:
             g.set_input("out_ids", np.array([plan.n_tokens - 1], dtype=np.int32))
 
     # --- the step ----------------------------------------------------------------------
-    def step(self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False,
-             capture=()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def step(
+        self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False, capture=()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Run ``tokens`` at ``positions`` through the model, appending them to the cache, then
         let the evictor compress. Returns logits [n_out, n_vocab] and captured intermediates."""
         tokens = np.asarray(tokens, dtype=np.int32)
@@ -151,9 +152,13 @@ class ForwardRunner:
             table = self.cache.table_of(il)
             o = LayerObservation(positions=table.positions[: table.n_used])
             if plan.layer_index and plan.layer_index[il]:
-                o.index_scores = g.read(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                o.index_scores = (
+                    g.read(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                )
             if plan.layer_attn[il]:
-                o.attn_mass = g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                o.attn_mass = (
+                    g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                )
             key = f"Kcur-{il}"
             if key in captured:
                 o.new_keys = captured[key].reshape(plan.n_tokens, hp.n_head_kv, hp.head_dim)

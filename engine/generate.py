@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -46,21 +46,28 @@ class Feeder:
         """Tokens that still fit (None: no limit)."""
         return None if self.unbounded else self.n_ctx - len(self.history)
 
-    def feed(self, tokens, all_logits: bool = False, cancel: threading.Event | None = None,
-             on_chunk: Callable[[int], None] | None = None) -> np.ndarray | None:
+    def feed(
+        self,
+        tokens,
+        all_logits: bool = False,
+        cancel: threading.Event | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> np.ndarray | None:
         """Append ``tokens`` to the cache in chunks; logits of every position or of the last one
         (None if ``cancel`` was set before the last chunk: the chunks fed so far stay fed)."""
         tokens = np.asarray(tokens, dtype=np.int32)
         room = self.room()
         if room is not None and len(tokens) > room:
-            raise ContextOverflowError(f"{len(tokens)} more tokens do not fit: {len(self.history)} of "
-                                       f"{self.n_ctx} context tokens are used (load with a larger n_ctx "
-                                       f"or a bounded cache)")
+            raise ContextOverflowError(
+                f"{len(tokens)} more tokens do not fit: {len(self.history)} of "
+                f"{self.n_ctx} context tokens are used (load with a larger n_ctx "
+                f"or a bounded cache)"
+            )
         outs = []
         for i in range(0, len(tokens), self.n_batch):
             if cancel is not None and cancel.is_set():
                 return None
-            chunk = tokens[i: i + self.n_batch]
+            chunk = tokens[i : i + self.n_batch]
             logits = self._step(chunk, all_logits)
             if all_logits or i + self.n_batch >= len(tokens):
                 outs.append(logits)
@@ -84,8 +91,14 @@ class Feeder:
         timing[1] += time.perf_counter() - t0
         return logits
 
-    def decode(self, sampler: Sampler, first_logits: np.ndarray, max_tokens: int,
-               is_stop: Callable[[int], bool], cancel: threading.Event | None = None) -> Iterator[int]:
+    def decode(
+        self,
+        sampler: Sampler,
+        first_logits: np.ndarray,
+        max_tokens: int,
+        is_stop: Callable[[int], bool],
+        cancel: threading.Event | None = None,
+    ) -> Iterator[int]:
         """Sample from ``first_logits``, then feed each sampled token back, until a stop token,
         ``max_tokens``, a full context or ``cancel``. The last token yielded is left in
         ``unfed``: it is fed with the next tokens, if any come."""
@@ -100,8 +113,11 @@ class Feeder:
                 pending = token
                 yield token
                 room = self.room()
-                if i == max_tokens - 1 or (room is not None and room <= 0) or \
-                        (cancel is not None and cancel.is_set()):
+                if (
+                    i == max_tokens - 1
+                    or (room is not None and room <= 0)
+                    or (cancel is not None and cancel.is_set())
+                ):
                     return
                 logits = self._step(np.array([token], dtype=np.int32), False, "decode")[0]
                 pending = None

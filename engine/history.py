@@ -53,7 +53,7 @@ class History:
             if len(prompt) < self.anchor_len or rolling_hash(prompt[: self.anchor_len]) != self.anchor_hash:
                 return 0
         mine = np.frombuffer(self.tokens, dtype=np.int32) if len(self.tokens) else np.zeros(0, np.int32)
-        theirs = np.asarray(prompt[self.anchor_len: self.anchor_len + len(mine)], dtype=np.int32)
+        theirs = np.asarray(prompt[self.anchor_len : self.anchor_len + len(mine)], dtype=np.int32)
         differ = np.flatnonzero(mine[: len(theirs)] != theirs)
         return self.anchor_len + (int(differ[0]) if len(differ) else len(theirs))
 
@@ -61,5 +61,5 @@ class History:
         """Keep the first ``n`` tokens (not before the restore point)."""
         if n < self.anchor_len:
             raise ValueError("cannot truncate a restored conversation before its restore point")
-        del self.tokens[n - self.anchor_len:]
+        del self.tokens[n - self.anchor_len :]
         self.hash = rolling_hash(self.tokens, self.anchor_hash)

@@ -61,11 +61,17 @@ def _value(gguf: GGUFFile, key: str, default, kind: str):
         return value
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value):
+    if (
+        kind == "float"
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
         return float(value)
-    raise ModelFormatError(f"{gguf.path}: metadata key {key!r} holds {_describe(value)}, expected {kind}"
-                           + (" (finite)" if kind == "float" else ""))
+    raise ModelFormatError(
+        f"{gguf.path}: metadata key {key!r} holds {_describe(value)}, expected {kind}"
+        + (" (finite)" if kind == "float" else "")
+    )
 
 
 def _describe(value) -> str:
@@ -83,8 +89,9 @@ def _per_layer_scalar(gguf: GGUFFile, key: str, n_layer: int) -> int:
             raise ModelFormatError(f"{gguf.path}: per-layer {key} ({sorted(values)}) is not supported")
         return values.pop()
     if isinstance(value, (np.ndarray, list)):
-        raise ModelFormatError(f"{gguf.path}: per-layer {key} has {_describe(value)}, expected "
-                               f"{n_layer} integers")
+        raise ModelFormatError(
+            f"{gguf.path}: per-layer {key} has {_describe(value)}, expected {n_layer} integers"
+        )
     return _value(gguf, key, _REQUIRED, "int")
 
 
@@ -96,8 +103,9 @@ def _swa_layers(gguf: GGUFFile, arch: str, n_layer: int, default_pattern: int) -
     pattern = gguf.get(key, default_pattern)
     if isinstance(pattern, (np.ndarray, list)):
         if len(pattern) != n_layer or isinstance(pattern, list):
-            raise ModelFormatError(f"{gguf.path}: sliding_window_pattern has {_describe(pattern)} "
-                                   f"for {n_layer} layers")
+            raise ModelFormatError(
+                f"{gguf.path}: sliding_window_pattern has {_describe(pattern)} for {n_layer} layers"
+            )
         return tuple(bool(p) for p in pattern)
     pattern = _value(gguf, key, default_pattern, "int")
     if pattern < 0:
@@ -111,14 +119,16 @@ def read_hparams(gguf: GGUFFile, swa_default_pattern: int = 0) -> HParams:
     # every layer has tensors: more layers than tensors is a corrupt count (and would make the
     # tensor list below as long as the count says)
     if not 0 < n_layer <= len(gguf.tensors):
-        raise ModelFormatError(f"{gguf.path}: block count {n_layer} does not fit the file's "
-                               f"{len(gguf.tensors)} tensors")
+        raise ModelFormatError(
+            f"{gguf.path}: block count {n_layer} does not fit the file's {len(gguf.tensors)} tensors"
+        )
     n_embd = _value(gguf, f"{arch}.embedding_length", _REQUIRED, "int")
     n_head = _per_layer_scalar(gguf, f"{arch}.attention.head_count", n_layer)
     n_head_kv = _value(gguf, f"{arch}.attention.head_count_kv", n_head, "int")
     if n_embd <= 0 or n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
-        raise ModelFormatError(f"{gguf.path}: inconsistent sizes (layers {n_layer}, embd {n_embd}, "
-                               f"heads {n_head}/{n_head_kv})")
+        raise ModelFormatError(
+            f"{gguf.path}: inconsistent sizes (layers {n_layer}, embd {n_embd}, heads {n_head}/{n_head_kv})"
+        )
     head_dim = _value(gguf, f"{arch}.attention.key_length", n_embd // n_head, "int")
     value_dim = _value(gguf, f"{arch}.attention.value_length", head_dim, "int")
     if value_dim != head_dim:
@@ -129,8 +139,9 @@ def read_hparams(gguf: GGUFFile, swa_default_pattern: int = 0) -> HParams:
     if not 0 < n_rot <= head_dim or n_rot % 2:  # ggml's rope aborts on these (and never returns on 0)
         raise ModelFormatError(f"{gguf.path}: rope dimension count {n_rot} does not fit heads of {head_dim}")
     n_vocab = _value(gguf, f"{arch}.vocab_size", 0, "int") or gguf.array_length("tokenizer.ggml.tokens")
-    scaling = _value(gguf, f"{arch}.rope.scaling.factor", 0.0, "float") or \
-        _value(gguf, f"{arch}.rope.scale_linear", 0.0, "float")
+    scaling = _value(gguf, f"{arch}.rope.scaling.factor", 0.0, "float") or _value(
+        gguf, f"{arch}.rope.scale_linear", 0.0, "float"
+    )
     scaling_type = _value(gguf, f"{arch}.rope.scaling.type", "linear", "str")
     if scaling_type not in ("linear", "none"):
         raise ModelFormatError(f"{gguf.path}: rope scaling type {scaling_type!r} is not supported")

@@ -17,13 +17,13 @@ import numpy as np
 from ..convert import schema as S
 from ..convert.reader import IndexMemFile
 from ..errors import ModelFormatError
-from .loader import open_gguf
-from .registry import MODELS
 from ..ggml_ops.backend import Backend, OwnsBuffer
 from ..ggml_ops.bindings import C
 from ..ggml_ops.graph import new_context
 from ..ggml_ops.indexmem import IndexerWeights, MemoryWeights
 from ..ggml_ops.structs import GGMLType
+from .loader import open_gguf
+from .registry import MODELS
 
 SIDECAR_DIR = Path(__file__).resolve().parent.parent / "sidecars"  # trained sidecars of registry models
 
@@ -51,17 +51,32 @@ def find_indexmem(model: str, model_path: Path, indexmem) -> tuple[Path | None, 
             return None, {}
     with open_gguf(path) as g:
         defaults = {"budget": g.get(S.K_BUDGET), "tau": g.get(S.K_TAU), "pool_kernel": g.get(S.K_POOL)}
-    if defaults["budget"] is None:  # the converter always writes it; the engine needs it when no budget is given
+    if (
+        defaults["budget"] is None
+    ):  # the converter always writes it; the engine needs it when no budget is given
         raise ModelFormatError(f"{path}: IndexMem key {S.K_BUDGET} is missing")
-    for key, value in ((S.K_BUDGET, defaults["budget"]), (S.K_TAU, defaults["tau"]), (S.K_POOL, defaults["pool_kernel"])):
+    for key, value in (
+        (S.K_BUDGET, defaults["budget"]),
+        (S.K_TAU, defaults["tau"]),
+        (S.K_POOL, defaults["pool_kernel"]),
+    ):
         if value is not None and S.value_problem(key, value):
             raise ModelFormatError(f"{path}: {S.value_problem(key, value)}")
     defaults["memory"] = int(entry is not None and entry.memory and path == SIDECAR_DIR / entry.sidecar)
     return path, {k: int(v) for k, v in defaults.items() if v is not None}
 
 
-_SUFFIXES = ("idx_q.weight", "idx_q_norm.weight", "idx_k.weight", "idx_k_norm.weight", "idx_w.weight",
-             "mem_phi.weight", "mem_phi.bias", "mem_gate.weight", "mem_gate.bias")
+_SUFFIXES = (
+    "idx_q.weight",
+    "idx_q_norm.weight",
+    "idx_k.weight",
+    "idx_k_norm.weight",
+    "idx_w.weight",
+    "mem_phi.weight",
+    "mem_phi.bias",
+    "mem_gate.weight",
+    "mem_gate.bias",
+)
 
 
 class IndexMemModules(OwnsBuffer):
@@ -107,30 +122,51 @@ class IndexMemModules(OwnsBuffer):
 
     def indexer(self, il: int) -> IndexerWeights:
         t = self.tensors[il]
-        return IndexerWeights(q=t["idx_q.weight"], q_norm=t["idx_q_norm.weight"], k=t["idx_k.weight"],
-                              k_norm=t["idx_k_norm.weight"], w=t["idx_w.weight"],
-                              n_heads=self.sizes["n_idx_heads"], dim=self.sizes["d_idx"],
-                              norm_eps=self.norm_eps)
+        return IndexerWeights(
+            q=t["idx_q.weight"],
+            q_norm=t["idx_q_norm.weight"],
+            k=t["idx_k.weight"],
+            k_norm=t["idx_k_norm.weight"],
+            w=t["idx_w.weight"],
+            n_heads=self.sizes["n_idx_heads"],
+            dim=self.sizes["d_idx"],
+            norm_eps=self.norm_eps,
+        )
 
     def memory(self, il: int) -> MemoryWeights:
         t = self.tensors[il]
-        return MemoryWeights(phi=t["mem_phi.weight"], phi_bias=t["mem_phi.bias"], gate=t["mem_gate.weight"],
-                             gate_bias=t["mem_gate.bias"], eps=self.mem_eps)
+        return MemoryWeights(
+            phi=t["mem_phi.weight"],
+            phi_bias=t["mem_phi.bias"],
+            gate=t["mem_gate.weight"],
+            gate_bias=t["mem_gate.bias"],
+            eps=self.mem_eps,
+        )
 
 
 class IndexMemState(OwnsBuffer):
     """Per-sequence state: index keys of the ``index_layers`` ([d_idx, capacity] each) and the
     latent memory of the ``memory_layers``. Both are zero after :meth:`clear`."""
 
-    def __init__(self, modules: IndexMemModules, backend: Backend, capacity: int,
-                 index_layers: list[int], memory_layers: list[int]):
+    def __init__(
+        self,
+        modules: IndexMemModules,
+        backend: Backend,
+        capacity: int,
+        index_layers: list[int],
+        memory_layers: list[int],
+    ):
         self.modules = modules
         self.index_layers = list(index_layers)
         self.memory_layers = list(memory_layers)
         d_idx, d_mem, d_head = modules.sizes["d_idx"], modules.sizes["d_mem"], modules.sizes["d_head"]
         self.ctx = new_context(len(self.index_layers) + 2 * len(self.memory_layers) + 1)
-        self.keys = {il: C.ggml_new_tensor_2d(self.ctx, GGMLType.F32, d_idx, capacity) for il in self.index_layers}
-        self.mem_m = {il: C.ggml_new_tensor_2d(self.ctx, GGMLType.F32, d_mem, d_head) for il in self.memory_layers}
+        self.keys = {
+            il: C.ggml_new_tensor_2d(self.ctx, GGMLType.F32, d_idx, capacity) for il in self.index_layers
+        }
+        self.mem_m = {
+            il: C.ggml_new_tensor_2d(self.ctx, GGMLType.F32, d_mem, d_head) for il in self.memory_layers
+        }
         self.mem_b = {il: C.ggml_new_tensor_1d(self.ctx, GGMLType.F32, d_mem) for il in self.memory_layers}
         self.buffer = backend.alloc_ctx_tensors(self.ctx) if (self.keys or self.mem_m) else None
         self.memory_used: set[int] = set()  # memory layers written at least once since clear()

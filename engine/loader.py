@@ -14,14 +14,15 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.bindings import C
-from ..ggml_ops.graph import new_context
 from ..ggml_ops.gguf_reader import GGUFFile, TensorInfo
+from ..ggml_ops.graph import new_context
 from ..ggml_ops.structs import SUPPORTED_WEIGHT_TYPES, GGMLType
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     """What an architecture expects of one tensor: its name and ggml-order shape."""
+
     name: str
     shape: tuple[int, ...]
     required: bool = True
@@ -38,15 +39,17 @@ def check_tensors(gguf: GGUFFile, specs: list[TensorSpec]) -> list[TensorInfo]:
             continue
         if tuple(info.shape) != tuple(spec.shape):
             raise ModelFormatError(
-                f"{gguf.path}: tensor {spec.name} has shape {list(info.shape)}, "
-                f"expected {list(spec.shape)}")
+                f"{gguf.path}: tensor {spec.name} has shape {list(info.shape)}, expected {list(spec.shape)}"
+            )
         if info.ggml_type not in SUPPORTED_WEIGHT_TYPES:
             raise UnsupportedModelError(
-                f"{gguf.path}: tensor {spec.name} has unsupported type {info.type_name}")
+                f"{gguf.path}: tensor {spec.name} has unsupported type {info.type_name}"
+            )
         if len(spec.shape) == 1 and info.ggml_type != GGMLType.F32:
             # vectors (norms, biases) enter element-wise ops, which abort on anything but f32
-            raise ModelFormatError(f"{gguf.path}: tensor {spec.name} has type {info.type_name}, "
-                                   f"expected f32 for a vector")
+            raise ModelFormatError(
+                f"{gguf.path}: tensor {spec.name} has type {info.type_name}, expected f32 for a vector"
+            )
         found.append(info)
     return found
 
@@ -91,8 +94,9 @@ class Weights:
         ctx = new_context(len(group) + 1)
         self._ctxs.append(ctx)
         for name, info in group:
-            maker = (C.ggml_new_tensor_1d, C.ggml_new_tensor_2d, C.ggml_new_tensor_3d,
-                     C.ggml_new_tensor_4d)[len(info.shape) - 1]
+            maker = (C.ggml_new_tensor_1d, C.ggml_new_tensor_2d, C.ggml_new_tensor_3d, C.ggml_new_tensor_4d)[
+                len(info.shape) - 1
+            ]
             t = maker(ctx, info.ggml_type, *info.shape)
             if C.ggml_nbytes(t) != info.nbytes:
                 raise ModelFormatError(f"{self.path}: tensor {info.name} size does not match its type")

@@ -31,10 +31,16 @@ def add_memory_write(g, model, cache: KVCache, il: int):
     k = model.rope(ctx, k, il, neg_pos)  # rotating by -position undoes RoPE
     v = C.ggml_get_rows(ctx, layer.v, slots)
     flat = hp.n_head_kv * n_rows
-    new_m, new_b = memory_write(ctx, state.mem_m[il], state.mem_b[il],
-                                C.ggml_reshape_2d(ctx, k, hp.head_dim, flat),
-                                C.ggml_reshape_2d(ctx, v, hp.head_dim, flat),
-                                row_weight, decay, state.modules.memory(il))
+    new_m, new_b = memory_write(
+        ctx,
+        state.mem_m[il],
+        state.mem_b[il],
+        C.ggml_reshape_2d(ctx, k, hp.head_dim, flat),
+        C.ggml_reshape_2d(ctx, v, hp.head_dim, flat),
+        row_weight,
+        decay,
+        state.modules.memory(il),
+    )
     g.expand(C.ggml_cpy(ctx, new_m, state.mem_m[il]))
     g.expand(C.ggml_cpy(ctx, new_b, state.mem_b[il]))
 
@@ -45,5 +51,9 @@ def memory_write_inputs(cache: KVCache, il: int, n_head_kv: int) -> dict[str, np
     slots, positions = cache.pending_evicted[il]
     # every KV head of a token stands for the ``group`` query heads that share it
     w = np.full((1, len(slots) * n_head_kv), modules.mem_eta * modules.group, dtype=np.float32)
-    return {f"mem_slots-{il}": slots.astype(np.int32), f"mem_pos-{il}": (-positions).astype(np.int32),
-            f"mem_rw-{il}": w, f"mem_decay-{il}": np.array([modules.mem_lambda], dtype=np.float32)}
+    return {
+        f"mem_slots-{il}": slots.astype(np.int32),
+        f"mem_pos-{il}": (-positions).astype(np.int32),
+        f"mem_rw-{il}": w,
+        f"mem_decay-{il}": np.array([modules.mem_lambda], dtype=np.float32),
+    }

@@ -20,10 +20,11 @@ class SamplingParams:
     repeat_last_n: int = 64
     seed: int | None = None
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         if self.top_k < 0 or not 0.0 < self.top_p <= 1.0 or not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"invalid sampling parameters: top_k={self.top_k} top_p={self.top_p} "
-                             f"min_p={self.min_p}")
+            raise ValueError(
+                f"invalid sampling parameters: top_k={self.top_k} top_p={self.top_p} min_p={self.min_p}"
+            )
         if self.repeat_penalty <= 0 or self.repeat_last_n < 0:
             raise ValueError("repeat_penalty must be > 0 and repeat_last_n >= 0")
         return self
@@ -38,7 +39,7 @@ class Sampler:
         p = self.params
         if p.repeat_penalty == 1.0 or p.repeat_last_n == 0 or not len(history):
             return logits
-        recent = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64))
+        recent = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64))
         out = logits.copy()
         vals = out[recent]
         out[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)

@@ -61,8 +61,14 @@ def identity(engine) -> dict:
         "model_fingerprint": engine.model_fingerprint,
         "indexmem_fingerprint": engine.indexmem_fingerprint,
         "memory": engine.cache.indexmem is not None and bool(engine.cache.indexmem.memory_layers),
-        "budget_config": {"policy": cfg.policy, "budget": cfg.budget, "sinks": cfg.sinks, "window": cfg.window,
-                          "tau": cfg.tau, "params": cfg.params},
+        "budget_config": {
+            "policy": cfg.policy,
+            "budget": cfg.budget,
+            "sinks": cfg.sinks,
+            "window": cfg.window,
+            "tau": cfg.tau,
+            "params": cfg.params,
+        },
         "capacity": cache.capacity,
         "layer_table": list(cache.layer_table),
         "bounded": engine.runner.evictor is not None,
@@ -76,19 +82,29 @@ def save(engine, path: str | Path) -> None:
     cache, history = engine.cache, engine.feeder.history
     recent = np.full(RECENT, -1, dtype=np.int32)
     last = np.asarray(history.recent(RECENT), dtype=np.int32)
-    recent[RECENT - len(last):] = last
+    recent[RECENT - len(last) :] = last
     positions = np.stack([t.positions for t in cache.tables]).tobytes()
     tensors = _tensors(engine)
-    policy = {f"policy.{name}": np.ascontiguousarray(arr).tobytes() for name, arr in _policy_arrays(engine).items()}
-    sizes = [("positions", len(positions))] + [(name, C.ggml_nbytes(t)) for name, t in tensors] + \
-        [(name, len(data)) for name, data in policy.items()]
+    policy = {
+        f"policy.{name}": np.ascontiguousarray(arr).tobytes() for name, arr in _policy_arrays(engine).items()
+    }
+    sizes = (
+        [("positions", len(positions))]
+        + [(name, C.ggml_nbytes(t)) for name, t in tensors]
+        + [(name, len(data)) for name, data in policy.items()]
+    )
     header = {
-        "version": VERSION, **identity(engine),
+        "version": VERSION,
+        **identity(engine),
         "n_used": [t.n_used for t in cache.tables],
-        "tokens_seen": cache.tokens_seen, "tokens_evicted": list(cache.tokens_evicted),
+        "tokens_seen": cache.tokens_seen,
+        "tokens_evicted": list(cache.tokens_evicted),
         "memory_used": sorted(cache.indexmem.memory_used) if cache.indexmem else [],
-        "history_len": len(history), "history_hash": history.hash, "recent": recent.tolist(),
-        "unfed": list(engine.feeder.unfed), "position_shift": cache.position_shift,
+        "history_len": len(history),
+        "history_hash": history.hash,
+        "recent": recent.tolist(),
+        "unfed": list(engine.feeder.unfed),
+        "position_shift": cache.position_shift,
         "blobs": [[name, size] for name, size in sizes],
     }
     head = json.dumps(header).encode()
@@ -97,13 +113,14 @@ def save(engine, path: str | Path) -> None:
     buf = np.empty(max((size for _, size in sizes), default=0), dtype=np.uint8)
     digest = hashlib.sha256()
     with atomic_file(path) as f:
+
         def put(data) -> None:
             digest.update(data)
             f.write(data)
 
         put(MAGIC + struct.pack("<I", HEADER_BYTES) + head.ljust(HEADER_BYTES))
         put(positions)
-        for name, t in tensors:
+        for _name, t in tensors:
             n = C.ggml_nbytes(t)
             C.ggml_backend_tensor_get(t, buf.ctypes.data, 0, n)
             put(memoryview(buf)[:n])
@@ -122,27 +139,41 @@ def load(engine, path: str | Path) -> None:
     mine = identity(engine)
     for key, value in mine.items():
         if key == "memory" and header.get(key) is not value:
-            saved, flag = ("with", "memory=True (--memory)") if header.get(key) else ("without", "memory=False (--no-memory)")
-            raise SessionError(f"{path}: saved {saved} the latent memory; load it into an engine made with {flag}")
+            saved, flag = (
+                ("with", "memory=True (--memory)")
+                if header.get(key)
+                else ("without", "memory=False (--no-memory)")
+            )
+            raise SessionError(
+                f"{path}: saved {saved} the latent memory; load it into an engine made with {flag}"
+            )
         if header.get(key) != value:
             what = "model" if key == "model_fingerprint" else key.replace("_", " ")
-            raise SessionError(f"{path}: saved with another {what} than this engine has "
-                               f"({header.get(key)!r} vs {value!r})")
+            raise SessionError(
+                f"{path}: saved with another {what} than this engine has ({header.get(key)!r} vs {value!r})"
+            )
     expected = _expected_sizes(engine)
-    if [name for name, _ in header["blobs"]] != list(expected) or \
-            any(size != expected[name] for name, size in header["blobs"]):
+    if [name for name, _ in header["blobs"]] != list(expected) or any(
+        size != expected[name] for name, size in header["blobs"]
+    ):
         raise SessionError(f"{path}: its buffers do not match this engine's cache")
     cache = engine.cache
     n_tables = len(cache.tables)
     positions = np.frombuffer(blobs["positions"], dtype=np.int32).reshape(n_tables, cache.capacity)
     n_used = header["n_used"]
-    if len(n_used) != n_tables or any(not 0 <= u <= cache.capacity for u in n_used) or \
-            (positions < -1).any() or len(header["tokens_evicted"]) != cache.n_layer:
+    if (
+        len(n_used) != n_tables
+        or any(not 0 <= u <= cache.capacity for u in n_used)
+        or (positions < -1).any()
+        or len(header["tokens_evicted"]) != cache.n_layer
+    ):
         raise SessionError(f"{path}: inconsistent slot tables")
     memory_layers = cache.indexmem.memory_layers if cache.indexmem is not None else []
     if not set(header["memory_used"]) <= set(memory_layers):
-        raise SessionError(f"{path}: memory written in layers {sorted(header['memory_used'])}, but this "
-                           f"engine's memory layers are {memory_layers}")
+        raise SessionError(
+            f"{path}: memory written in layers {sorted(header['memory_used'])}, but this "
+            f"engine's memory layers are {memory_layers}"
+        )
     _check_conversation(header, engine.hparams.n_vocab, path)
     # everything is validated: from here on the engine's state is replaced
     engine.runner.invalidate()
@@ -155,26 +186,36 @@ def load(engine, path: str | Path) -> None:
         C.ggml_backend_tensor_set(t, data.ctypes.data, 0, data.nbytes)
     if engine.runner.evictor:
         engine.runner.evictor.policy.load_state_arrays(
-            {name[7:]: blobs[name] for name in blobs if name.startswith("policy.")})
+            {name[7:]: blobs[name] for name in blobs if name.startswith("policy.")}
+        )
     cache.tokens_seen = int(header["tokens_seen"])
     cache.tokens_evicted = [int(x) for x in header["tokens_evicted"]]
     if cache.indexmem is not None:
         cache.indexmem.memory_used = set(header["memory_used"])
     cache.position_shift = int(header["position_shift"])
-    engine.feeder.history = History(header["history_len"], header["history_hash"],
-                                    [t for t in header["recent"] if t >= 0])
+    engine.feeder.history = History(
+        header["history_len"], header["history_hash"], [t for t in header["recent"] if t >= 0]
+    )
     engine.feeder.unfed = [int(t) for t in header["unfed"]]
 
 
 def _check_conversation(header: dict, n_vocab: int, path: Path) -> None:
     def token_list(key, most):
         v = header.get(key)
-        return isinstance(v, list) and len(v) <= most and \
-            all(isinstance(t, int) and not isinstance(t, bool) and -1 <= t < n_vocab for t in v)
+        return (
+            isinstance(v, list)
+            and len(v) <= most
+            and all(isinstance(t, int) and not isinstance(t, bool) and -1 <= t < n_vocab for t in v)
+        )
 
-    if not (_is_count(header.get("history_len")) and _is_count(header.get("position_shift"))
-            and _is_count(header.get("history_hash"), HASH_MODULUS)
-            and token_list("recent", RECENT) and token_list("unfed", 1) and -1 not in header["unfed"]):
+    if not (
+        _is_count(header.get("history_len"))
+        and _is_count(header.get("position_shift"))
+        and _is_count(header.get("history_hash"), HASH_MODULUS)
+        and token_list("recent", RECENT)
+        and token_list("unfed", 1)
+        and -1 not in header["unfed"]
+    ):
         raise SessionError(f"{path}: the conversation record is inconsistent")
 
 
@@ -193,23 +234,25 @@ def _parse(raw: bytes, path: Path) -> tuple[dict, dict[str, memoryview]]:
     body, digest = raw[:-32], raw[-32:]
     if hashlib.sha256(body).digest() != digest:
         raise SessionError(f"{path}: checksum mismatch (the file is corrupt or truncated)")
-    (n_head,) = struct.unpack("<I", body[len(MAGIC): len(MAGIC) + 4])
+    (n_head,) = struct.unpack("<I", body[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
     if n_head != HEADER_BYTES or start + n_head > len(body):
         raise SessionError(f"{path}: bad header length")
     try:
-        header = json.loads(bytes(body[start: start + n_head]))
+        header = json.loads(bytes(body[start : start + n_head]))
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or nesting deep enough to recurse out
         raise SessionError(f"{path}: unreadable header ({str(exc)[:200]})") from exc
     if not isinstance(header, dict) or header.get("version") != VERSION:
-        raise SessionError(f"{path}: session format version {header.get('version') if isinstance(header, dict) else '?'}"
-                           f" is not {VERSION}")
+        raise SessionError(
+            f"{path}: session format version {header.get('version') if isinstance(header, dict) else '?'}"
+            f" is not {VERSION}"
+        )
     _check_fields(header, path)
     blobs, at = {}, start + n_head
     for name, size in header["blobs"]:
         if at + size > len(body):
             raise SessionError(f"{path}: blob {name!r} runs past the end of the file")
-        blobs[name] = body[at: at + size]
+        blobs[name] = body[at : at + size]
         at += size
     if at != len(body):
         raise SessionError(f"{path}: {len(body) - at} unexpected bytes after the buffers")
@@ -226,15 +269,23 @@ def _is_count(v, below: int = _COUNT_LIMIT) -> bool:
 
 def _check_fields(header: dict, path: Path) -> None:
     """The header fields ``load`` reads as numbers have the right JSON types and signs."""
+
     def integers(v):
         return isinstance(v, list) and all(_is_count(x) for x in v)
 
     def blob_table(v):
-        return isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                                           and _is_count(e[1]) for e in v)
+        return isinstance(v, list) and all(
+            isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _is_count(e[1]) for e in v
+        )
 
-    checks = {"blobs": blob_table, "n_used": integers, "tokens_seen": _is_count, "tokens_evicted": integers,
-              "memory_used": integers, "history_len": _is_count}
+    checks = {
+        "blobs": blob_table,
+        "n_used": integers,
+        "tokens_seen": _is_count,
+        "tokens_evicted": integers,
+        "memory_used": integers,
+        "history_len": _is_count,
+    }
     bad = [key for key, ok in checks.items() if not ok(header.get(key))]
     if bad:
         raise SessionError(f"{path}: header fields {', '.join(bad)} are missing or malformed")

@@ -52,8 +52,7 @@ class Tokenizer:
         if n < 0:  # the buffer was too small: -n is the size needed
             n_max = -n
             buf = (self._lib.llama_token * n_max)()
-            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special,
-                                         parse_special)
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
         if n < 0:
             raise ValueError(f"text of {len(data)} bytes could not be tokenized")
         return list(buf[:n])

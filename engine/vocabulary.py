@@ -57,8 +57,10 @@ def _check(gguf: GGUFFile) -> None:
             seen.add(t)
         raise ModelFormatError(f"{path}: token {dup!r} occurs more than once in the vocabulary")
     # llama.cpp reads these through raw pointers, one element per token
-    for key, element, name in (("tokenizer.ggml.scores", S.GGUF_TYPE_FLOAT32, "float32"),
-                               ("tokenizer.ggml.token_type", S.GGUF_TYPE_INT32, "int32")):
+    for key, element, name in (
+        ("tokenizer.ggml.scores", S.GGUF_TYPE_FLOAT32, "float32"),
+        ("tokenizer.ggml.token_type", S.GGUF_TYPE_INT32, "int32"),
+    ):
         kind = gguf.value_type(key)
         if kind is not None and (kind != (S.GGUF_TYPE_ARRAY, element) or gguf.array_length(key) != n):
             raise ModelFormatError(f"{path}: {key} must be an array of {n} {name} values")
@@ -75,11 +77,15 @@ def _check_byte_tokens(gguf: GGUFFile, model, texts: list[bytes]) -> None:
     byte_ids = np.flatnonzero(types == TOKEN_TYPE_BYTE) if types is not None else []
     for i in byte_ids:
         if model not in BYTE_PIECE_VOCABS or not BYTE_TOKEN.fullmatch(texts[i]):
-            raise ModelFormatError(f"{gguf.path}: token {i} ({texts[i][:20]!r}) has the byte type, "
-                                   f"which a {model!r} vocabulary cannot decode")
+            raise ModelFormatError(
+                f"{gguf.path}: token {i} ({texts[i][:20]!r}) has the byte type, "
+                f"which a {model!r} vocabulary cannot decode"
+            )
     if model in BYTE_PIECE_VOCABS:  # their tokenizer falls back to byte tokens for unknown characters
         present = set(texts)
         missing = [b for b in range(256) if f"<0x{b:02X}>".encode() not in present]
         if missing:
-            raise ModelFormatError(f"{gguf.path}: the vocabulary lacks the byte token "
-                                   f"<0x{missing[0]:02X}> ({len(missing)} of 256 missing)")
+            raise ModelFormatError(
+                f"{gguf.path}: the vocabulary lacks the byte token "
+                f"<0x{missing[0]:02X}> ({len(missing)} of 256 missing)"
+            )

@@ -29,8 +29,12 @@ class DeviceInfo:
     kind: str  # "cpu", "gpu", "igpu", "accel"
 
 
-_KINDS = {S.BACKEND_DEVICE_TYPE_CPU: "cpu", S.BACKEND_DEVICE_TYPE_GPU: "gpu",
-          S.BACKEND_DEVICE_TYPE_IGPU: "igpu", S.BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+_KINDS = {
+    S.BACKEND_DEVICE_TYPE_CPU: "cpu",
+    S.BACKEND_DEVICE_TYPE_GPU: "gpu",
+    S.BACKEND_DEVICE_TYPE_IGPU: "igpu",
+    S.BACKEND_DEVICE_TYPE_ACCEL: "accel",
+}
 _loaded_all = False
 
 
@@ -42,11 +46,13 @@ def list_devices() -> list[DeviceInfo]:
     devices = []
     for i in range(C.ggml_backend_dev_count()):
         dev = C.ggml_backend_dev_get(i)
-        devices.append(DeviceInfo(
-            name=C.ggml_backend_dev_name(dev).decode(),
-            description=(C.ggml_backend_dev_description(dev) or b"").decode(),
-            kind=_KINDS.get(C.ggml_backend_dev_type(dev), "other"),
-        ))
+        devices.append(
+            DeviceInfo(
+                name=C.ggml_backend_dev_name(dev).decode(),
+                description=(C.ggml_backend_dev_description(dev) or b"").decode(),
+                kind=_KINDS.get(C.ggml_backend_dev_type(dev), "other"),
+            )
+        )
     return devices
 
 
@@ -93,8 +99,11 @@ class Backend:
 
     @staticmethod
     def _init_device(device: str, devices: list[DeviceInfo]):
-        wanted = [i for i, d in enumerate(devices)
-                  if (device == "auto" and d.kind in ("gpu", "igpu")) or d.name.lower() == device.lower()]
+        wanted = [
+            i
+            for i, d in enumerate(devices)
+            if (device == "auto" and d.kind in ("gpu", "igpu")) or d.name.lower() == device.lower()
+        ]
         if not wanted:
             if device == "auto":
                 return None
@@ -180,7 +189,9 @@ class Backend:
             raise BackendError("could not allocate the compute graph (out of memory?)")
 
     def compute_buffer_bytes(self) -> int:
-        return sum(C.ggml_backend_sched_get_buffer_size(s, self.main) for s in (self.sched, self.maintenance_sched))
+        return sum(
+            C.ggml_backend_sched_get_buffer_size(s, self.main) for s in (self.sched, self.maintenance_sched)
+        )
 
     def close(self) -> None:
         for name in ("sched", "maintenance_sched"):

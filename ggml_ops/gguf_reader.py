@@ -24,20 +24,32 @@ SUPPORTED_VERSIONS = (2, 3)
 _MAX_COUNT = 1 << 24  # far above any real model's tensor or key count
 
 _SCALAR_GETTERS = {
-    S.GGUF_TYPE_UINT8: "gguf_get_val_u8", S.GGUF_TYPE_INT8: "gguf_get_val_i8",
-    S.GGUF_TYPE_UINT16: "gguf_get_val_u16", S.GGUF_TYPE_INT16: "gguf_get_val_i16",
-    S.GGUF_TYPE_UINT32: "gguf_get_val_u32", S.GGUF_TYPE_INT32: "gguf_get_val_i32",
-    S.GGUF_TYPE_FLOAT32: "gguf_get_val_f32", S.GGUF_TYPE_UINT64: "gguf_get_val_u64",
-    S.GGUF_TYPE_INT64: "gguf_get_val_i64", S.GGUF_TYPE_FLOAT64: "gguf_get_val_f64",
+    S.GGUF_TYPE_UINT8: "gguf_get_val_u8",
+    S.GGUF_TYPE_INT8: "gguf_get_val_i8",
+    S.GGUF_TYPE_UINT16: "gguf_get_val_u16",
+    S.GGUF_TYPE_INT16: "gguf_get_val_i16",
+    S.GGUF_TYPE_UINT32: "gguf_get_val_u32",
+    S.GGUF_TYPE_INT32: "gguf_get_val_i32",
+    S.GGUF_TYPE_FLOAT32: "gguf_get_val_f32",
+    S.GGUF_TYPE_UINT64: "gguf_get_val_u64",
+    S.GGUF_TYPE_INT64: "gguf_get_val_i64",
+    S.GGUF_TYPE_FLOAT64: "gguf_get_val_f64",
     S.GGUF_TYPE_BOOL: "gguf_get_val_bool",
 }
 # keys whose type the GGUF spec fixes and that are used as text before any other check
 _STRING_KEYS = ("general.architecture", "general.name", "tokenizer.ggml.model", "tokenizer.chat_template")
 _ARRAY_DTYPES = {
-    S.GGUF_TYPE_UINT8: np.uint8, S.GGUF_TYPE_INT8: np.int8, S.GGUF_TYPE_UINT16: np.uint16,
-    S.GGUF_TYPE_INT16: np.int16, S.GGUF_TYPE_UINT32: np.uint32, S.GGUF_TYPE_INT32: np.int32,
-    S.GGUF_TYPE_FLOAT32: np.float32, S.GGUF_TYPE_UINT64: np.uint64, S.GGUF_TYPE_INT64: np.int64,
-    S.GGUF_TYPE_FLOAT64: np.float64, S.GGUF_TYPE_BOOL: np.bool_,
+    S.GGUF_TYPE_UINT8: np.uint8,
+    S.GGUF_TYPE_INT8: np.int8,
+    S.GGUF_TYPE_UINT16: np.uint16,
+    S.GGUF_TYPE_INT16: np.int16,
+    S.GGUF_TYPE_UINT32: np.uint32,
+    S.GGUF_TYPE_INT32: np.int32,
+    S.GGUF_TYPE_FLOAT32: np.float32,
+    S.GGUF_TYPE_UINT64: np.uint64,
+    S.GGUF_TYPE_INT64: np.int64,
+    S.GGUF_TYPE_FLOAT64: np.float64,
+    S.GGUF_TYPE_BOOL: np.bool_,
 }
 
 
@@ -128,8 +140,10 @@ class GGUFFile:
         for key in _STRING_KEYS:
             kid = self._key_ids.get(key)
             if kid is not None and C.gguf_get_kv_type(self._ctx, kid) != S.GGUF_TYPE_STRING:
-                raise ModelFormatError(f"{self.path}: metadata key {key!r} is not a string "
-                                       f"(GGUF type {C.gguf_get_kv_type(self._ctx, kid)})")
+                raise ModelFormatError(
+                    f"{self.path}: metadata key {key!r} is not a string "
+                    f"(GGUF type {C.gguf_get_kv_type(self._ctx, kid)})"
+                )
 
     # --- metadata ----------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -193,7 +207,7 @@ class GGUFFile:
             C.gguf_free(self._ctx)
             self._ctx = None
 
-    def __enter__(self) -> "GGUFFile":
+    def __enter__(self) -> GGUFFile:
         return self
 
     def __exit__(self, *exc) -> None:

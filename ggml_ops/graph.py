@@ -8,8 +8,12 @@ from . import structs as S
 from .backend import GRAPH_SIZE
 from .bindings import C, tensor_struct
 
-_NP_TO_GGML = {np.dtype(np.float32): S.GGMLType.F32, np.dtype(np.float16): S.GGMLType.F16,
-               np.dtype(np.int32): S.GGMLType.I32, np.dtype(np.int64): S.GGMLType.I64}
+_NP_TO_GGML = {
+    np.dtype(np.float32): S.GGMLType.F32,
+    np.dtype(np.float16): S.GGMLType.F16,
+    np.dtype(np.int32): S.GGMLType.I32,
+    np.dtype(np.int64): S.GGMLType.I64,
+}
 
 
 def shape_of(t) -> tuple[int, ...]:
@@ -64,8 +68,10 @@ class Graph:
         array = np.ascontiguousarray(array)
         expected = C.ggml_nbytes(t)
         if array.nbytes != expected or _NP_TO_GGML.get(array.dtype) != tensor_struct(t).type:
-            raise ValueError(f"input {name}: {array.dtype} {array.shape} does not fit tensor "
-                             f"{shape_of(t)} of {expected} bytes")
+            raise ValueError(
+                f"input {name}: {array.dtype} {array.shape} does not fit tensor "
+                f"{shape_of(t)} of {expected} bytes"
+            )
         C.ggml_backend_tensor_set(t, array.ctypes.data, 0, expected)
 
     def read(self, t, dtype=np.float32) -> np.ndarray:

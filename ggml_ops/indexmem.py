@@ -77,8 +77,9 @@ def importance(ctx, q, a, key_cache, n_kv: int, mask):
     for start, size in query_blocks(n):
         scores = _block_scores(ctx, keys, q_by_head, a_by_head, mask32, start, size)  # [n_kv, size]
         if size > 1:  # max over the block's queries: pool the rows of the transposed scores
-            scores = C.ggml_pool_1d(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, scores)), GGML_OP_POOL_MAX,
-                                    size, size, 0)
+            scores = C.ggml_pool_1d(
+                ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, scores)), GGML_OP_POOL_MAX, size, size, 0
+            )
         top = C.ggml_reshape_2d(ctx, scores, 1, n_kv)
         best = top if best is None else C.ggml_concat(ctx, best, top, 0)
     n_blocks = tensor_struct(best).ne[0]
@@ -96,10 +97,20 @@ def _block_scores(ctx, keys, q_by_head, a_by_head, mask32, start: int, size: int
     # products below then run on ggml's fast paths (one 2-D matrix product, a broadcast multiply
     # by contiguous rows)
     whole = size == qs.ne[1]
-    q_block = q_by_head if whole else C.ggml_cont(ctx, C.ggml_view_3d(
-        ctx, q_by_head, qs.ne[0], size, n_heads, qs.nb[1], qs.nb[2], start * qs.nb[1]))
-    a_block = a_by_head if whole else C.ggml_cont(ctx, C.ggml_view_3d(
-        ctx, a_by_head, 1, size, n_heads, as_.nb[1], as_.nb[2], start * as_.nb[1]))
+    q_block = (
+        q_by_head
+        if whole
+        else C.ggml_cont(
+            ctx, C.ggml_view_3d(ctx, q_by_head, qs.ne[0], size, n_heads, qs.nb[1], qs.nb[2], start * qs.nb[1])
+        )
+    )
+    a_block = (
+        a_by_head
+        if whole
+        else C.ggml_cont(
+            ctx, C.ggml_view_3d(ctx, a_by_head, 1, size, n_heads, as_.nb[1], as_.nb[2], start * as_.nb[1])
+        )
+    )
     raw = C.ggml_mul_mat(ctx, keys, C.ggml_reshape_2d(ctx, q_block, qs.ne[0], size * n_heads))
     n_kv = tensor_struct(raw).ne[0]
     per_head = C.ggml_mul(ctx, C.ggml_relu(ctx, C.ggml_reshape_3d(ctx, raw, n_kv, size, n_heads)), a_block)

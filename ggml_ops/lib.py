@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import BackendError
@@ -42,7 +42,7 @@ def _find_library(lib_dir: Path, stem: str) -> Path:
     raise BackendError(f"{stem} not found in {lib_dir}: the llama-cpp-python build is incomplete")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_libraries() -> dict[str, ctypes.CDLL]:
     """Load libggml-base, libggml-cpu and libggml once, globally, in dependency order."""
     lib_dir = llama_cpp_lib_dir()

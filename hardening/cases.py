@@ -62,7 +62,9 @@ class GGUFCases:
         mutation = self._last
         if isinstance(self.file, PatchedGGUF) and mutation.truncate_at is None:
             dest.with_suffix(".prefix.bin").write_bytes(self.file.prefix(mutation))
-            return {"patch": {"source": str(self.target.model), "prefix": dest.with_suffix(".prefix.bin").name}}
+            return {
+                "patch": {"source": str(self.target.model), "prefix": dest.with_suffix(".prefix.bin").name}
+            }
         if isinstance(self.file, PatchedGGUF):
             return {"patch": {"source": str(self.target.model), "truncate_at": mutation.truncate_at}}
         shutil.copyfile(request["path"], dest.with_suffix(".gguf"))
@@ -71,8 +73,15 @@ class GGUFCases:
 
 class SidecarCases:
     # half the cases evict with a small budget (memory on); half take the sidecar's own defaults
-    EVICTING = {"policy": "indexmem", "memory": True, "budget": 32, "window": 8, "tau": 4, "n_batch": 16,
-                "n_ctx": 512}
+    EVICTING = {
+        "policy": "indexmem",
+        "memory": True,
+        "budget": 32,
+        "window": 8,
+        "tau": 4,
+        "n_batch": 16,
+        "n_ctx": 512,
+    }
 
     def __init__(self, target: SidecarTarget, work_dir: Path):
         self.target = target
@@ -83,8 +92,16 @@ class SidecarCases:
         mutation = mutate_gguf.mutate(rng, self.file.base)
         options = self.EVICTING if rng.random() < 0.5 else {"memory": rng.random() < 0.5}
         with self.file.apply(mutation) as path:
-            yield "; ".join(mutation.what), {"op": "sidecar", "path": str(path), "model": str(self.target.model),
-                                              "options": options, "prompt": 48}
+            yield (
+                "; ".join(mutation.what),
+                {
+                    "op": "sidecar",
+                    "path": str(path),
+                    "model": str(self.target.model),
+                    "options": options,
+                    "prompt": 48,
+                },
+            )
 
     def keep(self, request: dict, dest: Path) -> dict:
         shutil.copyfile(request["path"], dest.with_suffix(".gguf"))
@@ -97,8 +114,15 @@ class SessionCases:
         digest = hashlib.sha256(json.dumps(target.config, sort_keys=True).encode()).hexdigest()[:12]
         self.base_path = Path(work_dir) / f"base-{digest}.session"
         self.path = self.base_path.with_name("case-" + self.base_path.name)
-        made = worker.run({"op": "make_session", "config": target.config, "prompt": target.prompt,
-                           "path": str(self.base_path)}, timeout)
+        made = worker.run(
+            {
+                "op": "make_session",
+                "config": target.config,
+                "prompt": target.prompt,
+                "path": str(self.base_path),
+            },
+            timeout,
+        )
         if made["outcome"] != "ok":
             raise RuntimeError(f"could not save the base session for {target.config}: {made}")
         self.history = made["history"]
@@ -109,8 +133,15 @@ class SessionCases:
         mutation = mutate_session.mutate(rng, self.raw)
         self.path.write_bytes(mutation.data)
         try:
-            yield mutation.what, {"op": "session", "path": str(self.path), "config": self.target.config,
-                                  "history": self.history}
+            yield (
+                mutation.what,
+                {
+                    "op": "session",
+                    "path": str(self.path),
+                    "config": self.target.config,
+                    "history": self.history,
+                },
+            )
         finally:
             self.path.unlink(missing_ok=True)
 

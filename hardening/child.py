@@ -35,8 +35,13 @@ class Worker:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "indexmem.hardening.worker", str(write_fd)],
-            stdin=subprocess.PIPE, stdout=self._log, stderr=self._log, pass_fds=(write_fd,), env=self.env,
-            start_new_session=True)  # a Ctrl-C in the terminal stops the parent, which then stops it
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=self._log,
+            pass_fds=(write_fd,),
+            env=self.env,
+            start_new_session=True,
+        )  # a Ctrl-C in the terminal stops the parent, which then stops it
         os.close(write_fd)
         self._results, self._buffer = read_fd, b""
 
@@ -53,8 +58,11 @@ class Worker:
         if result is None:
             self.close()
             self.restarts += 1
-            return {"outcome": "hang", "message": f"no answer within {timeout:.0f} s",
-                    "stderr": self._stderr_since(log_start)}
+            return {
+                "outcome": "hang",
+                "message": f"no answer within {timeout:.0f} s",
+                "stderr": self._stderr_since(log_start),
+            }
         if "signal" in result or "exit_code" in result:
             self._close_pipes()
             self.restarts += 1

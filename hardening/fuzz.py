@@ -20,8 +20,14 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .cases import GGUFTarget, SessionTarget, SidecarTarget, make_source
 from .child import Worker
@@ -30,8 +36,14 @@ from .report import BUGS, OUTCOMES, FuzzReport, print_summary
 KINDS = ("gguf", "sidecar", "session")
 
 
-def run_fuzz(targets: list, cases: int, seed: int = 0, failures_dir: Path | None = None,
-             timeout: float = 60.0, on_case=lambda kind, result: None) -> dict:
+def run_fuzz(
+    targets: list,
+    cases: int,
+    seed: int = 0,
+    failures_dir: Path | None = None,
+    timeout: float = 60.0,
+    on_case=lambda kind, result: None,
+) -> dict:
     """Run ``cases`` cases spread evenly over the targets' kinds; return the report."""
     kinds = [k for k in KINDS if any(t.kind == k for t in targets)]
     with tempfile.TemporaryDirectory(prefix="indexmem-fuzz-") as tmp:
@@ -39,8 +51,9 @@ def run_fuzz(targets: list, cases: int, seed: int = 0, failures_dir: Path | None
         try:
             if worker.run({"op": "ping"}, timeout)["outcome"] != "ok":
                 raise RuntimeError("the fuzz worker does not start")
-            sources = {k: [make_source(t, Path(tmp), worker, timeout) for t in targets if t.kind == k]
-                       for k in kinds}
+            sources = {
+                k: [make_source(t, Path(tmp), worker, timeout) for t in targets if t.kind == k] for k in kinds
+            }
             report = FuzzReport(seed, cases, kinds, targets)
             for i in range(cases):
                 kind, k_index = kinds[i % len(kinds)], i // len(kinds)
@@ -50,8 +63,16 @@ def run_fuzz(targets: list, cases: int, seed: int = 0, failures_dir: Path | None
                 with source.case(rng) as (what, request):
                     result = worker.run(request, timeout)
                     saved = _keep(source, request, result, failures_dir, f"{kind}-{k_index:05d}", what)
-                report.add(kind, k_index, source.target, what, result, time.perf_counter() - t0, saved,
-                           named=request["path"] in result.get("message", ""))
+                report.add(
+                    kind,
+                    k_index,
+                    source.target,
+                    what,
+                    result,
+                    time.perf_counter() - t0,
+                    saved,
+                    named=request["path"] in result.get("message", ""),
+                )
                 on_case(kind, result)
             report.restarts = worker.restarts
             return report.as_dict()
@@ -75,6 +96,7 @@ def registry_targets(models: list[str], kinds: list[str]) -> list:
     latent memory; the first model's sessions with SnapKV (policy state, no modules) as well."""
     from ..engine.indexmem import SIDECAR_DIR
     from ..engine.registry import MODELS, resolve
+
     small = {"budget": 64, "tau": 8, "n_batch": 32, "n_ctx": 1024}  # evicts within a 160-token prompt
     targets = []
     for i, name in enumerate(models):
@@ -84,10 +106,17 @@ def registry_targets(models: list[str], kinds: list[str]) -> list:
         if "sidecar" in kinds:
             targets.append(SidecarTarget(path, sidecar))
         if "session" in kinds:
-            targets.append(SessionTarget(path, {"indexmem": str(sidecar), "policy": "indexmem", "memory": True,
-                                                "window": 8, **small}, prompt=160))
+            targets.append(
+                SessionTarget(
+                    path,
+                    {"indexmem": str(sidecar), "policy": "indexmem", "memory": True, "window": 8, **small},
+                    prompt=160,
+                )
+            )
             if i == 0:
-                targets.append(SessionTarget(path, {"indexmem": False, "policy": "snapkv", **small}, prompt=160))
+                targets.append(
+                    SessionTarget(path, {"indexmem": False, "policy": "snapkv", **small}, prompt=160)
+                )
     return targets
 
 
@@ -108,6 +137,7 @@ def main(
     console = Console()
     if replay is not None:
         from .replay import replay_case
+
         console.print_json(json.dumps(replay_case(replay)))
         return
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
@@ -118,20 +148,30 @@ def main(
     failures = failures or out.with_name(out.stem + "-failures")
     shutil.rmtree(failures, ignore_errors=True)
     counts = Counter()
-    columns = (TextColumn("[bold]fuzz"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]fuzz"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("fuzz", total=cases, counts="")
 
         def on_case(kind, result):
             counts[result["outcome"]] += 1
-            progress.update(task, advance=1, counts="  ".join(f"{o} {counts[o]}" for o in OUTCOMES if counts[o]))
+            progress.update(
+                task, advance=1, counts="  ".join(f"{o} {counts[o]}" for o in OUTCOMES if counts[o])
+            )
 
         t0 = time.perf_counter()
         report = run_fuzz(targets, cases, seed, failures, timeout, on_case)
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    report["command"] = (f"python -m indexmem.hardening.fuzz --cases {cases} --kinds {','.join(kind_list)} "
-                         f"--seed {seed} --models {models}")
+    report["command"] = (
+        f"python -m indexmem.hardening.fuzz --cases {cases} --kinds {','.join(kind_list)} "
+        f"--seed {seed} --models {models}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print_summary(report, console)

@@ -19,8 +19,15 @@ from .gguf_layout import STRING, align, encode_kv, parse_layout
 from .mutate_gguf import Base, Mutation
 
 HEADER_READ_LIMIT = 64 << 20
-FILLER_KEYS = ("general.name", "general.basename", "general.finetune", "general.organization",
-               "general.license", "general.size_label", "indexmem.base.sha256")
+FILLER_KEYS = (
+    "general.name",
+    "general.basename",
+    "general.finetune",
+    "general.organization",
+    "general.license",
+    "general.size_label",
+    "indexmem.base.sha256",
+)
 
 
 def load_base(path: Path) -> Base:
@@ -39,10 +46,10 @@ def fit_header(base: Base, header: bytes) -> bytes:
     for kv in lay.kvs:
         if kv.key not in FILLER_KEYS or kv.vtype != STRING:
             continue
-        old = base.header[kv.start: kv.end]
+        old = base.header[kv.start : kv.end]
         if header.count(old) != 1:
             continue  # the mutation touched it
-        value = old[len(encode_kv(kv.key, STRING, "")):]
+        value = old[len(encode_kv(kv.key, STRING, "")) :]
         delta = (lo - len(header)) if len(header) < lo else (hi - len(header))
         if len(value) + delta < 0:
             continue

@@ -11,8 +11,19 @@ import struct
 from dataclasses import dataclass, field
 
 STRING, ARRAY = 8, 9
-SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B",
-                  10: "<Q", 11: "<q", 12: "<d"}
+SCALAR_FORMATS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<B",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 DEFAULT_ALIGNMENT = 32
 
 
@@ -87,7 +98,7 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.number("<Q")
-        raw = self.data[self.pos: self.pos + n]
+        raw = self.data[self.pos : self.pos + n]
         if len(raw) != n:
             raise ValueError("string runs past the parsed region")
         self.pos += n
@@ -169,8 +180,15 @@ def _parse_tensor(cur: _Cursor, layout: Layout) -> TensorDesc:
     ggml_type = cur.number("<I")
     layout.add(Field(cur.pos, "<Q", "tensor.offset", name))
     offset = cur.number("<Q")
-    return TensorDesc(name=name, start=start, end=cur.pos, name_start=name_start, dims=tuple(dims),
-                      ggml_type=ggml_type, offset=offset)
+    return TensorDesc(
+        name=name,
+        start=start,
+        end=cur.pos,
+        name_start=name_start,
+        dims=tuple(dims),
+        ggml_type=ggml_type,
+        offset=offset,
+    )
 
 
 def encode_string(text: str | bytes) -> bytes:

@@ -25,6 +25,7 @@ MAX_SMALL_ARRAY = 64  # arrays longer than this are never copied or retyped whol
 @dataclass(frozen=True)
 class Base:
     """An unmutated GGUF file as the mutators see it."""
+
     layout: Layout
     header: bytes  # bytes [0, layout.header_end)
     file_size: int
@@ -64,7 +65,7 @@ def edge_value(rng: random.Random, fmt: str, original):
 
 def set_field(data: bytearray, f: Field, value) -> str:
     before = read_field(data, f)
-    data[f.offset: f.offset + f.width] = pack_any(f.fmt, value)
+    data[f.offset : f.offset + f.width] = pack_any(f.fmt, value)
     return f"{f.role}{'[' + f.owner + ']' if f.owner else ''} {before} -> {read_field(data, f)}"
 
 
@@ -101,7 +102,7 @@ def byte_overwrite(rng, base):
     start, end = _span(rng, base)
     pos, n = rng.randrange(start, end), rng.randint(1, 8)
     value = rng.choice(BYTE_EDGES)
-    data[pos: pos + n] = bytes([value]) * len(data[pos: pos + n])
+    data[pos : pos + n] = bytes([value]) * len(data[pos : pos + n])
     return bytes(data), f"{n} bytes at {pos} = {value:#04x}"
 
 
@@ -125,41 +126,126 @@ def _set_role(rng, base, *roles, values=None):
 
 
 def counts(rng, base):
-    return _set_role(rng, base, "n_tensors", "n_kv", values=lambda n: [
-        0, n - 1, n + 1, n + 2, n - 3, 2 * n, 2**20, (1 << 24) - 1, 1 << 24, 2**40, 2**64 - 1])
+    return _set_role(
+        rng,
+        base,
+        "n_tensors",
+        "n_kv",
+        values=lambda n: [
+            0,
+            n - 1,
+            n + 1,
+            n + 2,
+            n - 3,
+            2 * n,
+            2**20,
+            (1 << 24) - 1,
+            1 << 24,
+            2**40,
+            2**64 - 1,
+        ],
+    )
 
 
 def tensor_dims(rng, base):
     if rng.random() < 0.25:
         return _set_role(rng, base, "tensor.n_dims", values=lambda n: [0, 1, 3, 4, 5, 8, 255, 2**32 - 1])
-    return _set_role(rng, base, "tensor.dim", values=lambda d: [
-        0, 1, d + 1, d - 1, 2 * d, d * 32, 2**31, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 1])
+    return _set_role(
+        rng,
+        base,
+        "tensor.dim",
+        values=lambda d: [
+            0,
+            1,
+            d + 1,
+            d - 1,
+            2 * d,
+            d * 32,
+            2**31,
+            2**32,
+            2**40,
+            2**62,
+            2**63 - 1,
+            2**63,
+            2**64 - 1,
+        ],
+    )
 
 
 def tensor_type(rng, base):
-    return _set_role(rng, base, "tensor.type", values=lambda t: [
-        0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 30, 31, 38, 39, 40, 64, 255, 2**31, 2**32 - 1])
+    return _set_role(
+        rng,
+        base,
+        "tensor.type",
+        values=lambda t: [
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            8,
+            10,
+            12,
+            14,
+            16,
+            20,
+            24,
+            30,
+            31,
+            38,
+            39,
+            40,
+            64,
+            255,
+            2**31,
+            2**32 - 1,
+        ],
+    )
 
 
 def kv_type(rng, base):
-    return _set_role(rng, base, "kv.type", "kv.array_type", values=lambda t: list(range(14)) + [
-        100, 2**31, 2**32 - 1])
+    return _set_role(
+        rng, base, "kv.type", "kv.array_type", values=lambda t: list(range(14)) + [100, 2**31, 2**32 - 1]
+    )
 
 
 def tensor_offset(rng, base):
     lay = base.layout
     data_size = base.file_size - lay.data_offset
     offsets = sorted(t.offset for t in lay.tensors)
-    return _set_role(rng, base, "tensor.offset", values=lambda o: [
-        data_size, data_size + lay.alignment, data_size - lay.alignment, o + 1, o + lay.alignment,
-        rng.choice(offsets), offsets[-1], 2**63, 2**64 - lay.alignment, 2**64 - 1, data_size * 2])
+    return _set_role(
+        rng,
+        base,
+        "tensor.offset",
+        values=lambda o: [
+            data_size,
+            data_size + lay.alignment,
+            data_size - lay.alignment,
+            o + 1,
+            o + lay.alignment,
+            rng.choice(offsets),
+            offsets[-1],
+            2**63,
+            2**64 - lay.alignment,
+            2**64 - 1,
+            data_size * 2,
+        ],
+    )
 
 
 def string_length(rng, base):
     if rng.random() < 0.3:
         return _string_element_length(rng, base)
-    return _set_role(rng, base, "kv.key_length", "kv.string_length", "tensor.name_length", values=lambda n: [
-        0, n - 1, n + 1, n + 7, 2**16, 2**31, 2**32, 2**63, 2**64 - 1])
+    return _set_role(
+        rng,
+        base,
+        "kv.key_length",
+        "kv.string_length",
+        "tensor.name_length",
+        values=lambda n: [0, n - 1, n + 1, n + 7, 2**16, 2**31, 2**32, 2**63, 2**64 - 1],
+    )
 
 
 def _string_element_length(rng, base):
@@ -178,8 +264,12 @@ def _string_element_length(rng, base):
 
 
 def array_count(rng, base):
-    return _set_role(rng, base, "kv.array_count", values=lambda n: [
-        0, 1, n - 1, n + 1, 2 * n, 2**28, 2**32, 2**60, 2**64 - 1])
+    return _set_role(
+        rng,
+        base,
+        "kv.array_count",
+        values=lambda n: [0, 1, n - 1, n + 1, 2 * n, 2**28, 2**32, 2**60, 2**64 - 1],
+    )
 
 
 def kv_value(rng, base):
@@ -189,7 +279,9 @@ def kv_value(rng, base):
 
 def array_element(rng, base):
     """One element of a numeric array (token types, layer lists, per-layer counts) at an edge."""
-    arrays = [kv for kv in base.layout.kvs if kv.vtype == ARRAY and kv.arr_type in SCALAR_FORMATS and kv.arr_count]
+    arrays = [
+        kv for kv in base.layout.kvs if kv.vtype == ARRAY and kv.arr_type in SCALAR_FORMATS and kv.arr_count
+    ]
     if not arrays:
         return base.header, "no numeric array"
     kv = rng.choice(arrays)
@@ -206,15 +298,17 @@ def string_bytes(rng, base):
     lay = base.layout
     spans = [(t.name_start, t.start + 8 + len(t.name.encode())) for t in lay.tensors]
     spans += [(kv.start + 8, kv.start + 8 + len(kv.key.encode())) for kv in lay.kvs]
-    spans += [(f.offset + 8, f.offset + 8 + read_field(base.header, f))
-              for f in lay.fields.get("kv.string_length", [])]
+    spans += [
+        (f.offset + 8, f.offset + 8 + read_field(base.header, f))
+        for f in lay.fields.get("kv.string_length", [])
+    ]
     spans = [(a, b) for a, b in spans if b > a]
     start, end = rng.choice(spans)
     pos = rng.randrange(start, end)
     junk = rng.choice([b"\xff", b"\xc3", b"\x00", b"\xed\xa0\x80", b"\xfe\xfe"])
     n = min(len(junk), end - pos)
     data = bytearray(base.header)
-    data[pos: pos + n] = junk[:n]
+    data[pos : pos + n] = junk[:n]
     return bytes(data), f"bytes {junk[:n]!r} at {pos}"
 
 
@@ -225,7 +319,7 @@ def transpose_tensor(rng, base):
     t = rng.choice(matrices)
     dims_at = t.end - 12 - 16  # the two u64 dims sit before the type (u32) and offset (u64)
     data = bytearray(base.header)
-    data[dims_at: dims_at + 16] = struct.pack("<QQ", t.dims[1], t.dims[0])
+    data[dims_at : dims_at + 16] = struct.pack("<QQ", t.dims[1], t.dims[0])
     return bytes(data), f"tensor {t.name} dims swapped"
 
 
@@ -239,7 +333,7 @@ def rename_duplicate_tensor(rng, base):
         return _insert_tensor_copy(rng, base)
     a, b = rng.sample(rng.choice(groups), 2)
     data = bytearray(base.header)
-    data[a.name_start: a.name_start + len(a.name.encode())] = b.name.encode()
+    data[a.name_start : a.name_start + len(a.name.encode())] = b.name.encode()
     return bytes(data), f"tensor {a.name} renamed {b.name} (duplicate)"
 
 
@@ -252,7 +346,7 @@ def rename_duplicate_key(rng, base):
         return insert_duplicate_key(rng, base)
     a, b = rng.sample(rng.choice(groups), 2)
     data = bytearray(base.header)
-    data[a.start + 8: a.start + 8 + len(a.key.encode())] = b.key.encode()
+    data[a.start + 8 : a.start + 8 + len(a.key.encode())] = b.key.encode()
     return bytes(data), f"key {a.key} renamed {b.key} (duplicate)"
 
 
@@ -263,13 +357,13 @@ def _small_kvs(base):
 
 def _add_to_count(data: bytearray, offset: int, delta: int) -> None:
     (n,) = struct.unpack_from("<Q", data, offset)
-    data[offset: offset + 8] = struct.pack("<Q", n + delta)
+    data[offset : offset + 8] = struct.pack("<Q", n + delta)
 
 
 def insert_duplicate_key(rng, base):
     """A copy of a small pair (maybe with another value) appended after the others; n_kv + 1."""
     kv = rng.choice(_small_kvs(base))
-    pair = base.header[kv.start: kv.end]
+    pair = base.header[kv.start : kv.end]
     if rng.random() < 0.5:
         pair = encode_kv(kv.key, *_other_value(rng, kv.vtype))
     head = bytearray(base.header)
@@ -282,15 +376,24 @@ def _insert_tensor_copy(rng, base):
     t = rng.choice(base.layout.tensors)
     head = bytearray(base.header)
     _add_to_count(head, 8, 1)
-    desc = base.header[t.start: t.end]
+    desc = base.header[t.start : t.end]
     return bytes(head) + desc, f"duplicate tensor descriptor {t.name} appended"
 
 
 def _other_value(rng, vtype: int):
     """(type, value) of a different kind than ``vtype``, plausible enough to be read."""
-    options = [(4, rng.choice([0, 1, 7, 2**31, 2**32 - 1])), (5, -1), (10, 2**63), (6, rng.choice(FLOAT_EDGES)),
-               (7, 1), (STRING, rng.choice(["", "12", "llama", "\u2581x" * 3, "none"])),
-               (ARRAY, (4, [1, 2, 3])), (ARRAY, (STRING, ["a", "b"])), (ARRAY, (6, [])), (12, 0.5)]
+    options = [
+        (4, rng.choice([0, 1, 7, 2**31, 2**32 - 1])),
+        (5, -1),
+        (10, 2**63),
+        (6, rng.choice(FLOAT_EDGES)),
+        (7, 1),
+        (STRING, rng.choice(["", "12", "llama", "\u2581x" * 3, "none"])),
+        (ARRAY, (4, [1, 2, 3])),
+        (ARRAY, (STRING, ["a", "b"])),
+        (ARRAY, (6, [])),
+        (12, 0.5),
+    ]
     return rng.choice([o for o in options if o[0] != vtype] or options)
 
 
@@ -299,42 +402,64 @@ def retype_key(rng, base):
     kv = rng.choice(_small_kvs(base))
     vtype, value = _other_value(rng, kv.vtype)
     pair = encode_kv(kv.key, vtype, value)
-    return base.header[: kv.start] + pair + base.header[kv.end:], f"key {kv.key} retyped to {vtype} {value!r}"
+    return base.header[: kv.start] + pair + base.header[
+        kv.end :
+    ], f"key {kv.key} retyped to {vtype} {value!r}"
 
 
 def remove_key(rng, base):
     kv = rng.choice(_small_kvs(base))
     head = bytearray(base.header)
     _add_to_count(head, 16, -1)
-    return bytes(head[: kv.start]) + bytes(head[kv.end:]), f"key {kv.key} removed"
+    return bytes(head[: kv.start]) + bytes(head[kv.end :]), f"key {kv.key} removed"
 
 
 def remove_tensor(rng, base):
     t = rng.choice(base.layout.tensors)
     head = bytearray(base.header)
     _add_to_count(head, 8, -1)
-    return bytes(head[: t.start]) + bytes(head[t.end:]), f"tensor {t.name} removed"
+    return bytes(head[: t.start]) + bytes(head[t.end :]), f"tensor {t.name} removed"
 
 
 def rename_tensor(rng, base):
     """A tensor renamed to something no architecture expects (a different length)."""
     t = rng.choice(base.layout.tensors)
     new = rng.choice([t.name + ".x", t.name[:-1], "", "blk.999.attn_q.weight", "x" * 70])
-    return (base.header[: t.start] + encode_string(new) + base.header[t.start + 8 + len(t.name.encode()):],
-            f"tensor {t.name} renamed {new!r}")
+    return (
+        base.header[: t.start] + encode_string(new) + base.header[t.start + 8 + len(t.name.encode()) :],
+        f"tensor {t.name} renamed {new!r}",
+    )
 
 
 MUTATORS = {
-    "bit_flips": bit_flips, "byte_overwrite": byte_overwrite, "field_edge": field_edge, "counts": counts,
-    "tensor_dims": tensor_dims, "tensor_type": tensor_type, "kv_type": kv_type, "tensor_offset": tensor_offset,
-    "string_length": string_length, "array_count": array_count, "kv_value": kv_value,
-    "array_element": array_element, "string_bytes": string_bytes, "transpose_tensor": transpose_tensor,
-    "duplicate_tensor": rename_duplicate_tensor, "duplicate_key": rename_duplicate_key,
-    "retype_key": retype_key, "remove_key": remove_key, "remove_tensor": remove_tensor,
+    "bit_flips": bit_flips,
+    "byte_overwrite": byte_overwrite,
+    "field_edge": field_edge,
+    "counts": counts,
+    "tensor_dims": tensor_dims,
+    "tensor_type": tensor_type,
+    "kv_type": kv_type,
+    "tensor_offset": tensor_offset,
+    "string_length": string_length,
+    "array_count": array_count,
+    "kv_value": kv_value,
+    "array_element": array_element,
+    "string_bytes": string_bytes,
+    "transpose_tensor": transpose_tensor,
+    "duplicate_tensor": rename_duplicate_tensor,
+    "duplicate_key": rename_duplicate_key,
+    "retype_key": retype_key,
+    "remove_key": remove_key,
+    "remove_tensor": remove_tensor,
     "rename_tensor": rename_tensor,
 }
 # values the engine interprets (hyper-parameters, IndexMem sizes, types) find more than random bytes
-WEIGHTS = {name: 1 for name in MUTATORS} | {"kv_value": 4, "retype_key": 3, "array_element": 2, "field_edge": 2}
+WEIGHTS = {name: 1 for name in MUTATORS} | {
+    "kv_value": 4,
+    "retype_key": 3,
+    "array_element": 2,
+    "field_edge": 2,
+}
 TRUNCATE = "truncate"
 
 
@@ -373,8 +498,10 @@ def set_typed_value(base: Base, key: str, vtype: int, value) -> Mutation:
         head = bytearray(base.header)
         _add_to_count(head, 16, 1)
         end = base.layout.kv_end
-        return Mutation(header=bytes(head[:end]) + encode_kv(key, vtype, value) + bytes(head[end:]), what=what)
-    header = base.header[: kv.start] + encode_kv(key, vtype, value) + base.header[kv.end:]
+        return Mutation(
+            header=bytes(head[:end]) + encode_kv(key, vtype, value) + bytes(head[end:]), what=what
+        )
+    header = base.header[: kv.start] + encode_kv(key, vtype, value) + base.header[kv.end :]
     return Mutation(header=header, what=what)
 
 
@@ -382,7 +509,7 @@ def without_key(base: Base, key: str) -> Mutation:
     kv = next(kv for kv in base.layout.kvs if kv.key == key)
     head = bytearray(base.header)
     _add_to_count(head, 16, -1)
-    return Mutation(header=bytes(head[: kv.start]) + bytes(head[kv.end:]), what=[f"key {key} removed"])
+    return Mutation(header=bytes(head[: kv.start]) + bytes(head[kv.end :]), what=[f"key {key} removed"])
 
 
 def set_tensor_type(base: Base, name: str, ggml_type: int) -> Mutation:

@@ -16,8 +16,30 @@ import struct
 from dataclasses import dataclass
 
 MAGIC_LEN, LEN_BYTES, DIGEST = 8, 4, 32
-WEIRD_VALUES = [None, "", "x", "1", -1, -(2**63), 2**64, 2**31, 1.5, True, False, [], {}, [None], ["a"],
-                {"a": 1}, math.nan, math.inf, [[1]], [-1], [2**40], "\u00ff" * 3]
+WEIRD_VALUES = [
+    None,
+    "",
+    "x",
+    "1",
+    -1,
+    -(2**63),
+    2**64,
+    2**31,
+    1.5,
+    True,
+    False,
+    [],
+    {},
+    [None],
+    ["a"],
+    {"a": 1},
+    math.nan,
+    math.inf,
+    [[1]],
+    [-1],
+    [2**40],
+    "\u00ff" * 3,
+]
 
 
 @dataclass
@@ -28,13 +50,13 @@ class SessionParts:
     blobs: list[tuple[str, bytes]]
 
     @classmethod
-    def parse(cls, raw: bytes) -> "SessionParts":
+    def parse(cls, raw: bytes) -> SessionParts:
         (n_head,) = struct.unpack_from("<I", raw, MAGIC_LEN)
         start = MAGIC_LEN + LEN_BYTES
-        header = json.loads(raw[start: start + n_head])
+        header = json.loads(raw[start : start + n_head])
         blobs, at = [], start + n_head
         for name, size in header["blobs"]:
-            blobs.append((name, raw[at: at + size]))
+            blobs.append((name, raw[at : at + size]))
             at += size
         return cls(raw[:MAGIC_LEN], header, n_head, blobs)
 
@@ -63,9 +85,13 @@ def _byte_edit(rng: random.Random, raw: bytes, parts: SessionParts) -> tuple[byt
     header_start = MAGIC_LEN + LEN_BYTES
     blob_start = header_start + parts.header_bytes
     region = rng.choice(["magic", "length", "header", "blobs", "anywhere"])
-    span = {"magic": (0, MAGIC_LEN), "length": (MAGIC_LEN, header_start),
-            "header": (header_start, header_start + len(json.dumps(parts.header))),
-            "blobs": (blob_start, len(raw) - DIGEST), "anywhere": (0, len(raw))}[region]
+    span = {
+        "magic": (0, MAGIC_LEN),
+        "length": (MAGIC_LEN, header_start),
+        "header": (header_start, header_start + len(json.dumps(parts.header))),
+        "blobs": (blob_start, len(raw) - DIGEST),
+        "anywhere": (0, len(raw)),
+    }[region]
     if span[1] <= span[0]:
         span = (0, len(raw))
     spots = [rng.randrange(*span) for _ in range(rng.randint(1, 6))]
@@ -186,8 +212,15 @@ def blob_table(rng, raw, parts):
 def header_text(rng, raw, parts):
     """Header text that is not the expected JSON object."""
     choice = rng.randrange(7)
-    texts = [b"[" * 60000, b"{\"a\":" * 12000, b"[]", b"17", b"\"session\"", b"null",
-             json.dumps(parts.header).encode()[:-1]]
+    texts = [
+        b"[" * 60000,
+        b'{"a":' * 12000,
+        b"[]",
+        b"17",
+        b'"session"',
+        b"null",
+        json.dumps(parts.header).encode()[:-1],
+    ]
     text = texts[choice]
     return parts.build(header_text=text), f"header text {text[:24]!r}... ({len(text)} bytes)"
 
@@ -197,7 +230,7 @@ def header_encoding(rng, raw, parts):
     text = bytearray(json.dumps(parts.header).encode())
     if rng.random() < 0.5:
         pos = rng.randrange(len(text))
-        text[pos: pos + 1] = rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00"])
+        text[pos : pos + 1] = rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00"])
         return parts.build(header_text=bytes(text)), f"header byte {pos} not UTF-8"
     padded = bytes(text) + b"\x00" * (parts.header_bytes - len(text))
     return parts.build(header_text=padded), "header padded with NULs"
@@ -253,19 +286,38 @@ def tensor_values(rng, raw, parts):
     start = rng.randrange(0, len(data) // 4) * 4
     count = rng.choice([1, 16, len(data) // 4])
     block = (pattern * count)[: len(data) - start]
-    parts.blobs[i] = (name, data[:start] + block + data[start + len(block):])
+    parts.blobs[i] = (name, data[:start] + block + data[start + len(block) :])
     return parts.build(), f"blob {name}: {len(block) // 4} words = {pattern!r}"
 
 
 MUTATORS = {
-    "raw": raw_corruption, "rehashed": rehashed_corruption, "wrong_type": wrong_type,
-    "missing_key": missing_key, "counters": counters, "layer_lists": layer_lists, "blob_table": blob_table,
-    "header_text": header_text, "header_encoding": header_encoding, "version": version,
-    "positions": positions, "tensor_values": tensor_values,
+    "raw": raw_corruption,
+    "rehashed": rehashed_corruption,
+    "wrong_type": wrong_type,
+    "missing_key": missing_key,
+    "counters": counters,
+    "layer_lists": layer_lists,
+    "blob_table": blob_table,
+    "header_text": header_text,
+    "header_encoding": header_encoding,
+    "version": version,
+    "positions": positions,
+    "tensor_values": tensor_values,
 }
-WEIGHTS = {"raw": 2, "rehashed": 3, "wrong_type": 3, "missing_key": 1, "counters": 3, "layer_lists": 2,
-           "blob_table": 3, "header_text": 1, "header_encoding": 1, "version": 1, "positions": 4,
-           "tensor_values": 2}
+WEIGHTS = {
+    "raw": 2,
+    "rehashed": 3,
+    "wrong_type": 3,
+    "missing_key": 1,
+    "counters": 3,
+    "layer_lists": 2,
+    "blob_table": 3,
+    "header_text": 1,
+    "header_encoding": 1,
+    "version": 1,
+    "positions": 4,
+    "tensor_values": 2,
+}
 
 
 def mutate(rng: random.Random, raw: bytes) -> Mutation:

@@ -53,20 +53,35 @@ class FuzzReport:
             if not named and result.get("stage") == "load":  # a later error is about use, not the file
                 self.unnamed[kind][_normalize(result.get("message", ""))] += 1
         if outcome in BUGS:
-            self.failures.append({"case": f"{kind}-{index:05d}", "target": describe_target(target), "mutation": what,
-                                  **{k: result.get(k) for k in ("outcome", "stage", "message", "traceback",
-                                                                 "stderr") if result.get(k)}, "saved": saved})
+            self.failures.append(
+                {
+                    "case": f"{kind}-{index:05d}",
+                    "target": describe_target(target),
+                    "mutation": what,
+                    **{
+                        k: result.get(k)
+                        for k in ("outcome", "stage", "message", "traceback", "stderr")
+                        if result.get(k)
+                    },
+                    "saved": saved,
+                }
+            )
 
     def as_dict(self) -> dict:
         totals = Counter()
         for c in self.counts.values():
             totals.update(c)
         return {
-            "seed": self.seed, "cases": self.cases, "kinds": self.kinds, "targets": self.targets,
+            "seed": self.seed,
+            "cases": self.cases,
+            "kinds": self.kinds,
+            "targets": self.targets,
             "totals": {o: totals[o] for o in OUTCOMES},
             "counts": {k: {o: self.counts[k][o] for o in OUTCOMES} for k in self.kinds},
-            "seconds": {**{k: round(self.seconds[k], 1) for k in self.kinds},
-                        "total": round(sum(self.seconds.values()), 1)},
+            "seconds": {
+                **{k: round(self.seconds[k], 1) for k in self.kinds},
+                "total": round(sum(self.seconds.values()), 1),
+            },
             "worker_restarts": self.restarts,
             "errors_after_load": {k: self.errors_after_load[k] for k in self.kinds},
             "errors_not_naming_the_file": {k: self.unnamed[k].most_common(10) for k in self.kinds},
@@ -93,8 +108,12 @@ def print_summary(report: dict, console: Console) -> None:
     rows.append(("total", report["totals"], report["seconds"]["total"]))
     for kind, counts, seconds in rows:
         n = sum(counts.values())
-        cells = [str(counts[o]) if o not in BUGS or not counts[o] else f"[bold red]{counts[o]}" for o in OUTCOMES]
+        cells = [
+            str(counts[o]) if o not in BUGS or not counts[o] else f"[bold red]{counts[o]}" for o in OUTCOMES
+        ]
         table.add_row(kind, str(n), *cells, f"{seconds:.0f}", f"{seconds / max(n, 1):.2f}")
     console.print(table)
     for f in report["failures"][:20]:
-        console.print(f"[red]{f['outcome']}[/] {f['case']} ({f['mutation'][:100]}): {f.get('message', '')[:200]}")
+        console.print(
+            f"[red]{f['outcome']}[/] {f['case']} ({f['mutation'][:100]}): {f.get('message', '')[:200]}"
+        )

@@ -61,35 +61,59 @@ def main(
     conversation = engine.conversation(system="You are a helpful assistant.")
     samples, turn, start = [], 0, time.perf_counter()
     session = Path(tempfile.mkdtemp()) / "soak.session"
-    with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
-                  TimeRemainingColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("soak"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tokens"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("soak", total=tokens)
         seen = 0
         while seen < tokens:
             at = (turn * turn_tokens) % max(1, len(text) - turn_tokens)
-            message = "Summarize this:\n" + engine.detokenize(text[at: at + turn_tokens])
+            message = "Summarize this:\n" + engine.detokenize(text[at : at + turn_tokens])
             conversation.say(message, max_tokens=reply_tokens)
             turn += 1
             if turn % save_every == 0:
                 engine.save_session(session)
             st = engine.stats()
             seen = st["conversation_tokens"]
-            samples.append({"tokens": seen, "rss": rss_bytes(), "seconds": time.perf_counter() - start,
-                            "cached_max": max(st["tokens_cached"]), "position_shift": st["position_shift"]})
+            samples.append(
+                {
+                    "tokens": seen,
+                    "rss": rss_bytes(),
+                    "seconds": time.perf_counter() - start,
+                    "cached_max": max(st["tokens_cached"]),
+                    "position_shift": st["position_shift"],
+                }
+            )
             bar.update(task, completed=min(seen, tokens))
     session.unlink(missing_ok=True)
     session.parent.rmdir()
     after = [s["rss"] for s in samples if s["tokens"] >= warmup * tokens]
     flat = flatness(after)
     st = engine.stats()
-    summary = {"model": str(engine.model_path.name), "policy": st["policy"], "budget": st["budget"],
-               "tokens": samples[-1]["tokens"], "turns": turn, "seconds": round(samples[-1]["seconds"], 1),
-               "rss_after_warmup_min": min(after), "rss_after_warmup_max": max(after),
-               "flatness": flat, "tolerance": tolerance, "kv_bytes": st["kv_bytes"],
-               "position_shift": st["position_shift"], "samples": samples}
-    console.print(f"{summary['tokens']} tokens in {turn} turns, {summary['seconds']} s; RSS after warm-up "
-                  f"{min(after) / 2**20:.1f}–{max(after) / 2**20:.1f} MiB, largest deviation from the median "
-                  f"{100 * flat:.2f}% (tolerance {100 * tolerance:.0f}%)")
+    summary = {
+        "model": str(engine.model_path.name),
+        "policy": st["policy"],
+        "budget": st["budget"],
+        "tokens": samples[-1]["tokens"],
+        "turns": turn,
+        "seconds": round(samples[-1]["seconds"], 1),
+        "rss_after_warmup_min": min(after),
+        "rss_after_warmup_max": max(after),
+        "flatness": flat,
+        "tolerance": tolerance,
+        "kv_bytes": st["kv_bytes"],
+        "position_shift": st["position_shift"],
+        "samples": samples,
+    }
+    console.print(
+        f"{summary['tokens']} tokens in {turn} turns, {summary['seconds']} s; RSS after warm-up "
+        f"{min(after) / 2**20:.1f}–{max(after) / 2**20:.1f} MiB, largest deviation from the median "
+        f"{100 * flat:.2f}% (tolerance {100 * tolerance:.0f}%)"
+    )
     if out:
         write_atomic(out, json.dumps(summary, indent=1).encode())
     if plot:
@@ -99,6 +123,7 @@ def main(
 
 def plot_rss(summary: dict, path: Path, warmup_tokens: float) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -110,8 +135,11 @@ def plot_rss(summary: dict, path: Path, warmup_tokens: float) -> None:
     ax.set_xlabel("conversation tokens")
     ax.set_ylabel("resident memory (MiB)")
     ax.set_ylim(0, max(ys) * 1.15)
-    ax.set_title(f"{summary['model']}, {summary['policy']} budget {summary['budget']}: RSS after warm-up within "
-                 f"{100 * summary['flatness']:.2f}% of its median", fontsize=9)
+    ax.set_title(
+        f"{summary['model']}, {summary['policy']} budget {summary['budget']}: RSS after warm-up within "
+        f"{100 * summary['flatness']:.2f}% of its median",
+        fontsize=9,
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -30,6 +30,7 @@ def load_gguf(req: dict, stage: dict) -> str:
     """A model file, loaded as a user would (default options), then a chat turn: template,
     tokenizer (with the file's special tokens), a few generated tokens, detokenized."""
     from indexmem import Engine
+
     engine = Engine.load(req["path"], n_threads=1)
     stage["stage"] = "use"
     try:
@@ -45,6 +46,7 @@ def load_sidecar(req: dict, stage: dict) -> str:
     """An IndexMem sidecar with its model: read, paired, uploaded, then a prompt (that evicts
     when the request sets a small budget)."""
     from indexmem import Engine
+
     engine = Engine.load(req["model"], indexmem=req["path"], n_threads=1, **req.get("options", {}))
     stage["stage"] = "use"
     try:
@@ -62,6 +64,7 @@ class Engines:
 
     def get(self, config: dict):
         from indexmem import Engine
+
         key = json.dumps(config, sort_keys=True)
         if key not in self._engines:
             self._engines[key] = Engine.load(config["model"], n_threads=1, **config.get("options", {}))
@@ -89,6 +92,7 @@ def load_session(req: dict, stage: dict, engines: Engines) -> str:
 
 def handle(req: dict, engines: Engines) -> dict:
     from indexmem.errors import IndexmemError
+
     op = req["op"]
     if op == "ping":
         return {"outcome": "ok", "message": "ready"}
@@ -106,8 +110,12 @@ def handle(req: dict, engines: Engines) -> dict:
     except IndexmemError as exc:
         return {"outcome": "error", "stage": stage["stage"], "message": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # noqa: BLE001 - any other exception is what the fuzzer looks for
-        return {"outcome": "other-exception", "stage": stage["stage"], "message": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=-8)}
+        return {
+            "outcome": "other-exception",
+            "stage": stage["stage"],
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=-8),
+        }
 
 
 def main() -> None:

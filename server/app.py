@@ -31,8 +31,9 @@ class ApiError(Exception):
         return JSONResponse({"error": {"message": self.message, "type": self.kind}}, status_code=self.status)
 
 
-def create_app(engine, model_id: str, max_request_bytes: int = 1 << 20, max_tokens_limit: int = 4096,
-               max_queue: int = 16) -> FastAPI:
+def create_app(
+    engine, model_id: str, max_request_bytes: int = 1 << 20, max_tokens_limit: int = 4096, max_queue: int = 16
+) -> FastAPI:
     app = FastAPI(title="indexmem", docs_url=None, redoc_url=None)
     worker = EngineWorker(engine, max_queue)
     app.state.worker = worker
@@ -47,8 +48,10 @@ def create_app(engine, model_id: str, max_request_bytes: int = 1 << 20, max_toke
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
-                                            "owned_by": "indexmem"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "indexmem"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -125,7 +128,7 @@ def _api_error_of(exc: Exception) -> ApiError:
     return ApiError(500, f"generation failed: {exc}", "server_error")
 
 
-async def _sse(job: Job, first, shape: "_Shape"):
+async def _sse(job: Job, first, shape: _Shape):
     """The events of ``job`` as server-sent events, ending with ``data: [DONE]``."""
     try:
         if shape.chat:
@@ -153,16 +156,28 @@ class _Shape:
         self.ident, self.model, self.chat, self.created = ident, model, chat, int(time.time())
 
     def _envelope(self, kind: str, choice: dict) -> dict:
-        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model,
-                "choices": [{"index": 0, **choice}]}
+        return {
+            "id": self.ident,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, **choice}],
+        }
 
     def whole(self, text: str, finish: str, n_prompt: int, n_completion: int) -> dict:
-        choice = ({"message": {"role": "assistant", "content": text}} if self.chat
-                  else {"text": text, "logprobs": None})
-        body = self._envelope("chat.completion" if self.chat else "text_completion",
-                              {**choice, "finish_reason": finish})
-        body["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-                         "total_tokens": n_prompt + n_completion}
+        choice = (
+            {"message": {"role": "assistant", "content": text}}
+            if self.chat
+            else {"text": text, "logprobs": None}
+        )
+        body = self._envelope(
+            "chat.completion" if self.chat else "text_completion", {**choice, "finish_reason": finish}
+        )
+        body["usage"] = {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": n_completion,
+            "total_tokens": n_prompt + n_completion,
+        }
         return body
 
     def chunk(self, delta, finish: str | None) -> dict:

@@ -76,7 +76,7 @@ class EngineWorker:
                     break
                 if len(pending) > hold:
                     job.emit("text", pending[: len(pending) - hold])
-                    pending = pending[len(pending) - hold:]
+                    pending = pending[len(pending) - hold :]
             else:
                 pending += dec.flush()
                 cut = _first_stop(pending, job.stops)

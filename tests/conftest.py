@@ -31,6 +31,7 @@ def tiny_llama(tiny_model_dir):
 def default_model_path():
     """The real default model (SmolLM2-135M-Instruct), fetched once through the registry."""
     from indexmem.engine.registry import DEFAULT_MODEL, resolve
+
     return resolve(DEFAULT_MODEL)
 
 
@@ -38,10 +39,22 @@ def match_llama_cpp() -> dict:
     """Engine options under which our weights sit in the same layout as in llama_cpp_reference:
     on CPUs with AMX llama.cpp is loaded without extra buffer types, so ours is too."""
     from indexmem.bench.llama_cpp_ref import amx_present
+
     return {"extra_bufts": not amx_present()}
 
 
 def llama_cpp_reference(path, n_ctx=512, n_batch=512, **kw):
     from indexmem.bench.llama_cpp_ref import open_llama_cpp
-    return open_llama_cpp(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=1,
-                         n_threads_batch=1, logits_all=True, flash_attn=True, verbose=False, **kw)
+
+    return open_llama_cpp(
+        path,
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=n_batch,
+        n_threads=1,
+        n_threads_batch=1,
+        logits_all=True,
+        flash_attn=True,
+        verbose=False,
+        **kw,
+    )

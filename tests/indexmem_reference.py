@@ -12,7 +12,6 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import torch
-
 from indexmem.train.modules import Indexer, LatentMemory
 
 
@@ -21,8 +20,16 @@ def f16(x: torch.Tensor) -> torch.Tensor:
 
 
 class ReferenceLlama:
-    def __init__(self, gguf_path, indexers: list[Indexer], memories: list[LatentMemory] | None,
-                 budget: int, sinks: int, tau: int, pool_kernel: int = 1):
+    def __init__(
+        self,
+        gguf_path,
+        indexers: list[Indexer],
+        memories: list[LatentMemory] | None,
+        budget: int,
+        sinks: int,
+        tau: int,
+        pool_kernel: int = 1,
+    ):
         r = gguf.GGUFReader(str(gguf_path))
         field = lambda key: r.fields[key].parts[r.fields[key].data[0]][0]  # noqa: E731
         self.n_layer = int(field("llama.block_count"))
@@ -89,7 +96,7 @@ class ReferenceLlama:
             self._score(il, x, q_pre, order, visible)
             o = torch.zeros(T, H, hd, dtype=torch.float64)
             for head in range(H):
-                logits = (f16(q[:, head]) @ K[:, head // (H // Hkv)].T) / hd ** 0.5
+                logits = (f16(q[:, head]) @ K[:, head // (H // Hkv)].T) / hd**0.5
                 logits = logits.masked_fill(~visible, float("-inf"))
                 o[:, head] = torch.softmax(logits, -1) @ V[:, head // (H // Hkv)]
             if self.memory_state[il] is not None:
@@ -118,8 +125,10 @@ class ReferenceLlama:
             return None
         order = sorted(cache)
         raw = [self.importance[il][s] for s in order]
-        half = self.pool_kernel // 2  # each score becomes the max over its cached neighbours in position order
-        pooled = [max(raw[max(0, i - half): i + half + 1]) for i in range(len(order))]
+        half = (
+            self.pool_kernel // 2
+        )  # each score becomes the max over its cached neighbours in position order
+        pooled = [max(raw[max(0, i - half) : i + half + 1]) for i in range(len(order))]
         scores = np.array([np.inf if s < self.sinks else v for s, v in zip(order, pooled)])
         ranked = np.lexsort((-np.array(order), -scores))  # best first, ties to the more recent
         kept = {order[i] for i in ranked[: self.budget]}

@@ -57,13 +57,16 @@ def install_kill_hook(spec: str, record: Path) -> None:
         record.write_text(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent")
         with original_path(path) as tmp:
             if point == "rename":
-                os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL) if Path(src) == tmp \
-                    else original_replace(src, dst)
+                os.replace = lambda src, dst: (
+                    os.kill(os.getpid(), signal.SIGKILL) if Path(src) == tmp else original_replace(src, dst)
+                )
             else:
+
                 def killing_open(file, mode="r", *args, **kwargs):
                     if "w" in mode and Path(os.fspath(file)) == tmp:
                         return KillingFile(file, int(point))
                     return original_open(file, mode, *args, **kwargs)
+
                 builtins.open = killing_open
             yield tmp
 
@@ -75,20 +78,44 @@ def main(writer: str, *args: str) -> None:
         install_kill_hook(os.environ["KILL_AT"], Path(os.environ["KILL_RECORD"]))
     if writer == "convert":
         from indexmem.convert.writer import convert
+
         convert(Path(args[0]), Path(args[1]), Path(args[2]), merge=len(args) > 3)
     elif writer == "session":
         from indexmem import Engine
-        engine = Engine.load(args[0], indexmem=args[1], policy="indexmem", memory=True, budget=32, window=8,
-                             tau=4, n_batch=16, n_ctx=256)
+
+        engine = Engine.load(
+            args[0],
+            indexmem=args[1],
+            policy="indexmem",
+            memory=True,
+            budget=32,
+            window=8,
+            tau=4,
+            n_batch=16,
+            n_ctx=256,
+        )
         for i in range(int(args[3]) if len(args) > 3 else 1):
             engine.logits([1] + [(37 * k + i) % 300 + 3 for k in range(60)])
             engine.save_session(args[2])
     elif writer == "train":
         from indexmem.train.fit import FitConfig, fit
+
         steps = int(args[2])
-        fit(Path(args[0]), Path(args[1]), FitConfig(stage1_steps=steps // 2, stage2_steps=steps - steps // 2,
-                                                    warmup=1, decay_steps=1, layers_per_step=0, n_trail=16,
-                                                    block=32, checkpoint_every=1, seed=3))
+        fit(
+            Path(args[0]),
+            Path(args[1]),
+            FitConfig(
+                stage1_steps=steps // 2,
+                stage2_steps=steps - steps // 2,
+                warmup=1,
+                decay_steps=1,
+                layers_per_step=0,
+                n_trail=16,
+                block=32,
+                checkpoint_every=1,
+                seed=3,
+            ),
+        )
     else:
         raise SystemExit(f"unknown writer {writer}")
 

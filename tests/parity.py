@@ -1,7 +1,6 @@
 """Helpers comparing the engine with llama.cpp on the same GGUF."""
 
 import numpy as np
-
 from conftest import llama_cpp_reference
 
 
@@ -25,6 +24,8 @@ def reference_greedy(path, prompt, n_new, n_ctx):
 def report(name, ours, ref):
     """llm.c-style one-line verdict, printed for `pytest -s` readers."""
     diff = np.abs(ours - ref)
-    print(f"{name}: maxdiff {diff.max():.3g} median {np.median(diff):.3g} "
-          f"top1 {np.mean(ours.argmax(-1) == ref.argmax(-1)):.4f}")
+    print(
+        f"{name}: maxdiff {diff.max():.3g} median {np.median(diff):.3g} "
+        f"top1 {np.mean(ours.argmax(-1) == ref.argmax(-1)):.4f}"
+    )
     return diff

@@ -10,8 +10,22 @@ def f16(x):
 
 
 class ReferenceLayer:
-    def __init__(self, policy, il, budget, sinks, window, tau, n_head, n_head_kv, kq_scale,
-                 obs_window=32, pool_kernel=5, seed=0, recent_ratio=0.5):
+    def __init__(
+        self,
+        policy,
+        il,
+        budget,
+        sinks,
+        window,
+        tau,
+        n_head,
+        n_head_kv,
+        kq_scale,
+        obs_window=32,
+        pool_kernel=5,
+        seed=0,
+        recent_ratio=0.5,
+    ):
         self.policy, self.il = policy, il
         self.budget, self.sinks, self.window, self.tau = budget, sinks, window, tau
         self.n_head, self.group = n_head, n_head // n_head_kv
@@ -64,17 +78,19 @@ class ReferenceLayer:
             return {p: float(p) for p in order}
         if self.policy == "random":
             from indexmem.engine.policies.random import token_priority  # the definition of "random"
+
             return dict(zip(order, token_priority(self.seed, self.il, np.array(order))))
         if self.policy == "keydiff":
-            unit = {p: self.raw_keys[p] / np.linalg.norm(self.raw_keys[p], axis=-1, keepdims=True)
-                    for p in order}
+            unit = {
+                p: self.raw_keys[p] / np.linalg.norm(self.raw_keys[p], axis=-1, keepdims=True) for p in order
+            }
             mean = np.mean([unit[p] for p in order], axis=0)
             mean /= np.linalg.norm(mean, axis=-1, keepdims=True)
             return {p: -float(np.mean(np.sum(unit[p] * mean, axis=-1))) for p in order}
         if self.policy == "snapkv":
             half = self.pool_kernel // 2
             vals = [self.state[p] for p in order]
-            return {p: max(vals[max(0, i - half): i + half + 1]) for i, p in enumerate(order)}
+            return {p: max(vals[max(0, i - half) : i + half + 1]) for i, p in enumerate(order)}
         return {p: self.state[p] for p in order}  # h2o, tova
 
     def _select(self):

@@ -9,7 +9,6 @@ import sys
 import gguf
 import numpy as np
 import pytest
-
 from indexmem import Engine, ModelFormatError, UnsupportedModelError
 from tiny_models import write_tiny_model
 
@@ -86,11 +85,15 @@ def test_implausible_counts_are_refused_before_parsing(good, tmp_path):
         Engine.load(str(bad))
 
 
-@pytest.mark.parametrize("edit,error,message", [
-    (dict(drop_tensor="blk.1.ffn_up.weight"), ModelFormatError, "blk.1.ffn_up.weight is missing"),
-    (dict(reshape="blk.0.attn_norm.weight"), ModelFormatError, "blk.0.attn_norm.weight has shape"),
-    (dict(arch="mamba"), UnsupportedModelError, "architecture 'mamba' is not supported"),
-], ids=["missing-tensor", "misshaped-tensor", "unknown-architecture"])
+@pytest.mark.parametrize(
+    "edit,error,message",
+    [
+        (dict(drop_tensor="blk.1.ffn_up.weight"), ModelFormatError, "blk.1.ffn_up.weight is missing"),
+        (dict(reshape="blk.0.attn_norm.weight"), ModelFormatError, "blk.0.attn_norm.weight has shape"),
+        (dict(arch="mamba"), UnsupportedModelError, "architecture 'mamba' is not supported"),
+    ],
+    ids=["missing-tensor", "misshaped-tensor", "unknown-architecture"],
+)
 def test_inconsistent_model_files(good, tmp_path, edit, error, message):
     bad = _rewrite_without(good, tmp_path / "edited.gguf", **edit)
     with pytest.raises(error, match=message):
@@ -102,7 +105,12 @@ def test_cli_exits_nonzero_with_a_message(good, tmp_path):
     bad.write_bytes(good.read_bytes()[:100])
     exe = shutil.which("indexmem-chat")
     cmd = [exe] if exe else [sys.executable, "-m", "indexmem.cli.chat"]
-    result = subprocess.run(cmd + ["--model", str(bad), "--prompt", "hi"], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        cmd + ["--model", str(bad), "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 1
     assert "error:" in result.stderr and "Traceback" not in result.stderr

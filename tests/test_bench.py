@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from indexmem import Engine
 from indexmem.bench.needle import _read_rows, build_prompt, config_settings, run_settings, samples, summarize
 from indexmem.bench.retention import cached_share, value_span
@@ -15,11 +14,14 @@ from tiny_models import WORDS
 def test_configuration_names():
     assert engine_options("full", budget_from_ratio(4096, 0.9)) == dict(policy="full", indexmem=False)
     assert engine_options("indexmem", budget_from_ratio(4096, 0.9)) == dict(
-        policy="indexmem", memory=True, budget=410, indexmem=None)
+        policy="indexmem", memory=True, budget=410, indexmem=None
+    )
     assert engine_options("indexmem-nomem", budget_from_ratio(1000, 0.75), "s.gguf") == dict(
-        policy="indexmem", memory=False, budget=250, indexmem="s.gguf")
+        policy="indexmem", memory=False, budget=250, indexmem="s.gguf"
+    )
     assert engine_options("snapkv", budget_from_ratio(1000, 0.5)) == dict(
-        policy="snapkv", memory=False, budget=500, indexmem=False)
+        policy="snapkv", memory=False, budget=500, indexmem=False
+    )
     assert engine_options("tova+mem", 500)["memory"] is True
     assert engine_options("snapkv", 500, window=64)["window"] == 64
     for bad in ("bogus", "full+mem", "indexmem-nomem,nope"):
@@ -45,8 +47,11 @@ def test_needle_prompt_holds_the_needle_at_its_depth_within_the_length(tiny_llam
 
 
 def test_needle_summary():
-    rows = [dict(config="full", evict_ratio=0.0, depth=0.5, score=1), dict(config="x", evict_ratio=0.9, depth=0.5, score=0),
-            dict(config="x", evict_ratio=0.9, depth=0.1, score=1)]
+    rows = [
+        dict(config="full", evict_ratio=0.0, depth=0.5, score=1),
+        dict(config="x", evict_ratio=0.9, depth=0.5, score=0),
+        dict(config="x", evict_ratio=0.9, depth=0.1, score=1),
+    ]
     s = summarize(rows)
     assert s[("full", 0.0)]["score"] == 1.0 and s[("x", 0.9)]["score"] == 0.5
     assert s[("x", 0.9)]["by_depth"] == {0.1: 1.0, 0.5: 0.0}
@@ -74,10 +79,24 @@ def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
     """Another length, prefill chunk, window, haystack or pool is another measurement; rows that
     predate recorded settings count for the defaults at the length their prompt fits."""
     settings = run_settings(4096, None, 64, "essays", None)
-    case = dict(config="indexmem-nomem", evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1,
-                context=4090, model_sha256="M", indexmem_sha256="S")
-    others = [dict(settings, target_context=8192), dict(settings, n_batch=512), dict(settings, window=256),
-              dict(settings, haystack="python"), dict(settings, pool_kernel=31)]
+    case = dict(
+        config="indexmem-nomem",
+        evict_ratio=0.9,
+        depth=0.5,
+        key="k",
+        value="1234567",
+        score=1,
+        context=4090,
+        model_sha256="M",
+        indexmem_sha256="S",
+    )
+    others = [
+        dict(settings, target_context=8192),
+        dict(settings, n_batch=512),
+        dict(settings, window=256),
+        dict(settings, haystack="python"),
+        dict(settings, pool_kernel=31),
+    ]
     out = tmp_path / "needle.jsonl"
     variants = [settings, *others]
     for i, recorded in enumerate(variants):
@@ -99,11 +118,21 @@ def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
     text = " ".join(WORDS[i % len(WORDS)] + ("." if i % 9 == 8 else "") for i in range(3000))
     case = samples(1, [0.2], seed=5)[0]
     for policy, expected in (("full", 1.0), ("streaming", 0.0)):
-        eng = Engine.load(str(tiny_llama), n_ctx=1024, n_batch=128, policy=policy,
-                          **({"budget": 200} if policy != "full" else {}))
-        prompt = build_prompt(eng, eng.tokenize(text, add_special=False), 900, case["depth"], case["key"], case["value"])
+        eng = Engine.load(
+            str(tiny_llama),
+            n_ctx=1024,
+            n_batch=128,
+            policy=policy,
+            **({"budget": 200} if policy != "full" else {}),
+        )
+        prompt = build_prompt(
+            eng, eng.tokenize(text, add_special=False), 900, case["depth"], case["key"], case["value"]
+        )
         span = value_span(eng, prompt, case["value"])
-        spelled = lambda idx: eng.detokenize([prompt[i] for i in idx]).replace("\u2581", " ")  # noqa: E731
+
+        def spelled(idx, eng=eng, prompt=prompt):
+            return eng.detokenize([prompt[i] for i in idx]).replace("\u2581", " ")
+
         assert case["value"] in spelled(span)
         assert case["value"] not in spelled(span[1:]) and case["value"] not in spelled(span[:-1])
         eng.generate(prompt, max_tokens=2)
@@ -114,16 +143,30 @@ def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
 
 
 def test_perplexity_reruns_measure_only_what_is_missing_and_never_overwrite_other_settings(
-        tmp_path, tiny_llama, monkeypatch):
+    tmp_path, tiny_llama, monkeypatch
+):
+    from indexmem.cli.bench import app
     from typer.testing import CliRunner
 
-    from indexmem.cli.bench import app
     measured = []
     token_nll = Engine.token_nll
     monkeypatch.setattr(Engine, "token_nll", lambda self, doc: measured.append(1) or token_nll(self, doc))
     out = tmp_path / "ppl.json"
-    base = ["ppl", "--model", str(tiny_llama), "--context", "96", "--windows", "1", "--n-batch", "16",
-            "--window", "8", "--out", str(out)]
+    base = [
+        "ppl",
+        "--model",
+        str(tiny_llama),
+        "--context",
+        "96",
+        "--windows",
+        "1",
+        "--n-batch",
+        "16",
+        "--window",
+        "8",
+        "--out",
+        str(out),
+    ]
 
     def run(*extra):
         measured.clear()
@@ -159,7 +202,8 @@ def test_perplexity_reruns_measure_only_what_is_missing_and_never_overwrite_othe
     result, n = run("--policies", "tova", "--ratios", "0.5")
     assert result.exit_code == 0 and n == 2  # settings not recorded in full: measured again
     assert [r["ppl"] for r in json.loads(out.read_text())["results"]] == [
-        r["ppl"] for r in json.loads(before)["results"] if r["policy"] != "streaming"]
+        r["ppl"] for r in json.loads(before)["results"] if r["policy"] != "streaming"
+    ]
 
     out.write_text('{"results": [')
     result, n = run("--policies", "tova", "--ratios", "0.5")

@@ -4,7 +4,6 @@ import ctypes
 
 import numpy as np
 import pytest
-
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph
@@ -46,7 +45,7 @@ def test_mul_mat_rms_norm_and_softmax_match_numpy():
 
     got = _run(build, {"a": a, "b": b})
     mm = b @ a.T
-    normed = mm / np.sqrt((mm ** 2).mean(axis=1, keepdims=True) + 1e-6)
+    normed = mm / np.sqrt((mm**2).mean(axis=1, keepdims=True) + 1e-6)
     ref = np.exp(normed - normed.max(1, keepdims=True))
     ref /= ref.sum(1, keepdims=True)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
@@ -81,7 +80,9 @@ def test_sum_over_rows_matches_numpy():
     np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_QUERY_BLOCKS * QUERY_BLOCK + 188])
+@pytest.mark.parametrize(
+    "n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_QUERY_BLOCKS * QUERY_BLOCK + 188]
+)
 def test_indexer_importance_matches_numpy(n_queries):
     """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s, in blocks
     of queries (one, several with a partial last one, and blocks grown to keep within MAX_QUERY_BLOCKS)."""
@@ -93,20 +94,28 @@ def test_indexer_importance_matches_numpy(n_queries):
     keys = rng.normal(size=(capacity, dim)).astype(np.float32)
     mask = np.zeros((n_queries, n_kv), np.float16)
     for t in range(n_queries):  # cached slots visible to all, this step's causally
-        mask[t, n_cached + t + 1:] = -np.inf
+        mask[t, n_cached + t + 1 :] = -np.inf
     mask[:, 7] = -np.inf  # a slot no query may see
 
     def build(g):
-        return importance(g.ctx, g.input("q", GGMLType.F32, dim, n_heads, n_queries),
-                          g.input("a", GGMLType.F32, n_heads, n_queries), g.input("k", GGMLType.F32, dim, capacity),
-                          n_kv, g.input("m", GGMLType.F16, n_kv, n_queries))
+        return importance(
+            g.ctx,
+            g.input("q", GGMLType.F32, dim, n_heads, n_queries),
+            g.input("a", GGMLType.F32, n_heads, n_queries),
+            g.input("k", GGMLType.F32, dim, capacity),
+            n_kv,
+            g.input("m", GGMLType.F16, n_kv, n_queries),
+        )
 
     blocks = query_blocks(n_queries)
     assert [s for s, _ in blocks] == list(np.cumsum([0] + [n for _, n in blocks[:-1]]))
     assert sum(n for _, n in blocks) == n_queries and len(blocks) <= MAX_QUERY_BLOCKS
     got = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
-    per_query = np.einsum("tj,tjs->ts", a.astype(np.float64),
-                          np.maximum(np.einsum("tjd,sd->tjs", q.astype(np.float64), keys[:n_kv]), 0.0))
+    per_query = np.einsum(
+        "tj,tjs->ts",
+        a.astype(np.float64),
+        np.maximum(np.einsum("tjd,sd->tjs", q.astype(np.float64), keys[:n_kv]), 0.0),
+    )
     want = (per_query + mask.astype(np.float64)).max(axis=0)
     assert got.shape == (n_kv,)
     # an unseen slot scores -inf, or -FLT_MAX where ggml's max pooling started from it

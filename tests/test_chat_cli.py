@@ -13,7 +13,6 @@ import termios
 import time
 
 import pytest
-
 from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
 
 TURNS = ["tell me about ships", "and the sea?", "why is it blue", "what about rivers", "and lakes"]
@@ -72,8 +71,27 @@ class Terminal:
 @pytest.fixture()
 def chat_args(setup):  # noqa: F811
     base, side, _ = setup
-    return ["--model", str(base), "--indexmem", str(side), "--policy", "indexmem", "--memory", "--budget", "48",
-            "--window", "8", "--tau", "4", "--batch", "16", "--n-ctx", "256", "--max-tokens", "16"]
+    return [
+        "--model",
+        str(base),
+        "--indexmem",
+        str(side),
+        "--policy",
+        "indexmem",
+        "--memory",
+        "--budget",
+        "48",
+        "--window",
+        "8",
+        "--tau",
+        "4",
+        "--batch",
+        "16",
+        "--n-ctx",
+        "256",
+        "--max-tokens",
+        "16",
+    ]
 
 
 def test_a_conversation_past_the_budget_saved_and_continued_in_a_new_process(chat_args, tmp_path):
@@ -129,12 +147,14 @@ def test_memory_flag_left_out_lets_the_engine_choose(module, flags, memory, monk
     import importlib
 
     from typer.testing import CliRunner
+
     cli = importlib.import_module(f"indexmem.cli.{module}")
     seen = {}
 
     def fake_load_engine(*args):
         seen["memory"] = args[-1]
         raise SystemExit(0)
+
     monkeypatch.setattr(cli, "load_engine", fake_load_engine)
     result = CliRunner().invoke(cli.app, ["--prompt", "hi"] * (module == "chat") + flags)
     assert result.exit_code == 0, result.output

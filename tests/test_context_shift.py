@@ -3,7 +3,6 @@ past the model's context."""
 
 import numpy as np
 import pytest
-
 from indexmem import ContextOverflowError, Engine
 from indexmem.engine.context_shift import shift_positions, shifted_positions
 from tiny_models import random_prompt, write_tiny_model
@@ -15,8 +14,9 @@ LOGIT_RTOL = 5e-3
 @pytest.fixture(scope="module", params=["llama", "gemma3"])
 def model(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("shift")
-    return write_tiny_model(root / f"{request.param}.gguf", request.param, seed=5, all_f32=True,
-                            n_ctx_train=4096)
+    return write_tiny_model(
+        root / f"{request.param}.gguf", request.param, seed=5, all_f32=True, n_ctx_train=4096
+    )
 
 
 def test_shifted_keys_equal_keys_written_at_the_new_positions(model):

@@ -4,7 +4,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from indexmem import Engine
 from indexmem.engine.conversation import TurnTemplate
 from indexmem.engine.loader import open_gguf
@@ -15,8 +14,18 @@ TURNS = ["tell me about ships", "and the sea?", "why is it blue", "what about ri
 
 
 def _engine(base, side, **kw):
-    return Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=48, window=8,
-                       tau=4, n_batch=16, n_ctx=256, **kw)
+    return Engine.load(
+        str(base),
+        policy="indexmem",
+        indexmem=str(side),
+        memory=True,
+        budget=48,
+        window=8,
+        tau=4,
+        n_batch=16,
+        n_ctx=256,
+        **kw,
+    )
 
 
 def _history(engine) -> list[int]:
@@ -27,12 +36,22 @@ def _history(engine) -> list[int]:
 def test_turn_parts_rebuild_the_template(which, tiny_llama, default_model_path):
     path = default_model_path if which == "smollm2" else tiny_llama
     with open_gguf(path) as g:
-        tok = Tokenizer(path, g.get("tokenizer.chat_template"), "gemma3" if which == "gemma-fallback" else "llama")
-    marker = {"chatml-fallback": "<|im_start|>user", "gemma-fallback": "<start_of_turn>user", "smollm2": "<|im_start|>"}
+        tok = Tokenizer(
+            path, g.get("tokenizer.chat_template"), "gemma3" if which == "gemma-fallback" else "llama"
+        )
+    marker = {
+        "chatml-fallback": "<|im_start|>user",
+        "gemma-fallback": "<start_of_turn>user",
+        "smollm2": "<|im_start|>",
+    }
     assert marker[which] in tok.apply_chat_template([{"role": "user", "content": "x"}])
     parts = TurnTemplate(tok.apply_chat_template)
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
     rebuilt = parts.first("Hi there", "Be brief.") + "Hello!" + parts.close + parts.next("Bye")
     assert rebuilt == tok.apply_chat_template(msgs, add_assistant=True)
     assert parts.close.strip()
@@ -53,8 +72,8 @@ def test_each_turn_feeds_only_its_own_tokens_and_closes_the_reply(setup):  # noq
         n_fed = sum(fed)
         conv.say(text, max_tokens=12)
         hist = _history(eng)
-        assert hist[before: before + len(turn_ids)] == turn_ids
-        assert hist[-len(close):] == close
+        assert hist[before : before + len(turn_ids)] == turn_ids
+        assert hist[-len(close) :] == close
         assert sum(fed) - n_fed == len(hist) - before  # nothing re-fed
     st = eng.stats()
     assert st["conversation_tokens"] > 48 and max(st["tokens_cached"]) <= 48 + 4 + 16
@@ -88,7 +107,7 @@ def test_cancel_stops_a_reply_and_leaves_the_turn_closed(setup):  # noqa: F811
             cancel.set()
     assert len(pieces) <= 4  # at most a held-back UTF-8 tail after the third piece
     close = eng.tokenize(conv.template.close, add_special=False)
-    assert _history(eng)[-len(close):] == close
+    assert _history(eng)[-len(close) :] == close
     assert conv.say(TURNS[1], max_tokens=5) is not None  # the conversation goes on
 
 

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from indexmem import ModelFormatError
 from indexmem.convert import schema as S
 from indexmem.convert.reader import load_indexmem
@@ -24,11 +23,17 @@ SHIPPED = __import__("pathlib").Path(__file__).resolve().parent.parent / "checkp
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, tiny_llama):
     from indexmem import Engine
+
     root = tmp_path_factory.mktemp("conv")
     eng = Engine.load(str(tiny_llama), n_ctx=128, n_batch=64)
     extract(eng, [random_prompt(64, seed=s) for s in range(2)], root / "feat", chunk=64)
-    fit(root / "feat", root / "ckpt", FitConfig(stage1_steps=2, stage2_steps=2, warmup=1, decay_steps=1,
-                                                 layers_per_step=0, n_trail=16, block=32))
+    fit(
+        root / "feat",
+        root / "ckpt",
+        FitConfig(
+            stage1_steps=2, stage2_steps=2, warmup=1, decay_steps=1, layers_per_step=0, n_trail=16, block=32
+        ),
+    )
     return root / "ckpt"
 
 
@@ -48,6 +53,7 @@ def test_round_trip(tiny_ckpt, tiny_llama, tmp_path, dtype, tol):
 
 def test_merged_file_runs_in_llama_cpp_unchanged(tiny_ckpt, tiny_llama, tmp_path):
     from conftest import llama_cpp_reference
+
     merged = convert(tiny_ckpt, tiny_llama, tmp_path / "merged.gguf", merge=True)
     assert load_indexmem(merged).layers  # the merged file validates against itself
     tokens = random_prompt(20, seed=1)
@@ -90,18 +96,30 @@ def test_corrupt_and_truncated_files(tiny_ckpt, tiny_llama, tmp_path):
 def test_cli_exit_codes(tiny_ckpt, tiny_llama, tmp_path):
     exe = shutil.which("indexmem-convert")
     cmd = [exe] if exe else [sys.executable, "-m", "indexmem.cli.convert"]
-    ok = subprocess.run(cmd + [str(tiny_ckpt), "--base", str(tiny_llama), "-o", str(tmp_path / "o.gguf")],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        cmd + [str(tiny_ckpt), "--base", str(tiny_llama), "-o", str(tmp_path / "o.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
-    shown = subprocess.run(cmd + ["inspect", str(tmp_path / "o.gguf")], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "COLUMNS": "200"})
+    shown = subprocess.run(
+        cmd + ["inspect", str(tmp_path / "o.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert shown.returncode == 0 and "indexmem.format_version" in shown.stdout
     other = write_tiny_model(tmp_path / "other.gguf", "llama", seed=98)
-    for args in ([str(tmp_path), "--base", str(tiny_llama)],  # not a checkpoint
-                 [str(tiny_ckpt), "--base", str(other)],  # another model
-                 [str(tiny_ckpt), "--base", str(tmp_path / "o.gguf")[:-3]]):  # no such base
-        bad = subprocess.run(cmd + args + ["-o", str(tmp_path / "p.gguf")], capture_output=True, text=True,
-                             timeout=120)
+    for args in (
+        [str(tmp_path), "--base", str(tiny_llama)],  # not a checkpoint
+        [str(tiny_ckpt), "--base", str(other)],  # another model
+        [str(tiny_ckpt), "--base", str(tmp_path / "o.gguf")[:-3]],
+    ):  # no such base
+        bad = subprocess.run(
+            cmd + args + ["-o", str(tmp_path / "p.gguf")], capture_output=True, text=True, timeout=120
+        )
         assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr, args
         assert not (tmp_path / "p.gguf").exists()
 
@@ -111,15 +129,21 @@ def test_killed_conversion_leaves_no_output_and_an_intact_base(default_model_pat
     """A merged conversion of the real default model with its shipped checkpoint takes
     seconds; interrupt it midway."""
     from indexmem.engine.registry import sha256_of
+
     ckpt = SHIPPED / "smollm2-135m-instruct"
     base = tmp_path / "base.gguf"
     shutil.copy(default_model_path, base)
     before = sha256_of(base)
     out = tmp_path / "out.gguf"
-    script = ("import sys; from indexmem.convert.writer import convert; "
-              "convert(sys.argv[1], sys.argv[2], sys.argv[3], merge=True)")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(ckpt), str(base), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    script = (
+        "import sys; from indexmem.convert.writer import convert; "
+        "convert(sys.argv[1], sys.argv[2], sys.argv[3], merge=True)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(ckpt), str(base), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob("out.gguf.*.tmp")):
         time.sleep(0.05)
@@ -135,8 +159,10 @@ def test_killed_conversion_leaves_no_output_and_an_intact_base(default_model_pat
 
 def test_shipped_smollm2_merged_runs_in_llama_cpp(default_model_path, tmp_path):
     from conftest import llama_cpp_reference
-    merged = convert(SHIPPED / "smollm2-135m-instruct", default_model_path, tmp_path / "m.gguf",
-                     merge=True, dtype="f16")
+
+    merged = convert(
+        SHIPPED / "smollm2-135m-instruct", default_model_path, tmp_path / "m.gguf", merge=True, dtype="f16"
+    )
     assert len(load_indexmem(merged).layers) == 30
     outs = []
     for path in (default_model_path, merged):
@@ -150,6 +176,7 @@ def test_shipped_smollm2_merged_runs_in_llama_cpp(default_model_path, tmp_path):
 @pytest.mark.parametrize("dtype,tol", [("f32", 0.0), ("q8_0", 2e-2)])
 def test_shipped_checkpoints_round_trip(name, dtype, tol, tmp_path):
     from indexmem.engine.registry import resolve
+
     ckpt = SHIPPED / name
     base = resolve(name)
     side = convert(ckpt, base, tmp_path / "side.gguf", dtype=dtype)
@@ -167,5 +194,8 @@ def test_shipped_sidecars_are_their_checkpoints_converted_as_documented(name, po
     """checkpoints/README.md gives the commands that produced sidecars/; they still do, byte for byte."""
     from indexmem.engine.indexmem import SIDECAR_DIR
     from indexmem.engine.registry import MODELS, resolve
-    side = convert(SHIPPED / name, resolve(name), tmp_path / "side.gguf", dtype="f16", pool_kernel=pool_kernel)
+
+    side = convert(
+        SHIPPED / name, resolve(name), tmp_path / "side.gguf", dtype="f16", pool_kernel=pool_kernel
+    )
     assert side.read_bytes() == (SIDECAR_DIR / MODELS[name].sidecar).read_bytes()

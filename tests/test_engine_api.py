@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from indexmem import ContextOverflowError, Engine
 from tiny_models import random_prompt
 
@@ -30,8 +29,9 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache(engine, tiny_llama)
     assert reused == fresh
     # and a prompt that diverges early drops the cached suffix
     other = prompt[:10] + random_prompt(10, seed=4)[1:]
-    assert list(engine.generate_tokens(other, max_tokens=8, stop_at_eog=False)) == \
-        list(fresh_engine.generate_tokens(other, max_tokens=8, stop_at_eog=False))
+    assert list(engine.generate_tokens(other, max_tokens=8, stop_at_eog=False)) == list(
+        fresh_engine.generate_tokens(other, max_tokens=8, stop_at_eog=False)
+    )
 
 
 def test_logits_are_independent_of_previous_calls(engine):

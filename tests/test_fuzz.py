@@ -7,26 +7,35 @@ import json
 import random
 
 import pytest
-
+from indexmem.ggml_ops.gguf_reader import GGUFFile
 from indexmem.hardening import mutate_gguf
 from indexmem.hardening.cases import GGUFTarget, SessionTarget, SidecarTarget
 from indexmem.hardening.child import Worker
 from indexmem.hardening.fuzz import run_fuzz
-from indexmem.hardening.report import BUGS
 from indexmem.hardening.gguf_files import PatchedGGUF, RebuiltGGUF
 from indexmem.hardening.mutate_session import SessionParts
-from indexmem.ggml_ops.gguf_reader import GGUFFile
+from indexmem.hardening.report import BUGS
 from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
 from tiny_models import write_tiny_model
 
 GGUF_TYPE_INT32, GGUF_TYPE_FLOAT32, GGUF_TYPE_STRING, GGUF_TYPE_ARRAY, GGML_TYPE_F16 = 5, 6, 8, 9, 1
-SESSION = {"policy": "indexmem", "memory": True, "budget": 32, "window": 8, "tau": 4, "n_batch": 16, "n_ctx": 256}
+SESSION = {
+    "policy": "indexmem",
+    "memory": True,
+    "budget": 32,
+    "window": 8,
+    "tau": 4,
+    "n_batch": 16,
+    "n_ctx": 256,
+}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    return {arch: write_tiny_model(root / f"{arch}.gguf", arch, seed=4) for arch in ("llama", "qwen2", "gemma3")}
+    return {
+        arch: write_tiny_model(root / f"{arch}.gguf", arch, seed=4) for arch in ("llama", "qwen2", "gemma3")
+    }
 
 
 @pytest.fixture
@@ -38,9 +47,13 @@ def worker(tmp_path):
 
 def test_quick_fuzz_of_every_kind_ends_ok_or_in_clean_errors(models, setup, tmp_path):  # noqa: F811
     base, side, _ = setup
-    targets = [GGUFTarget(models["llama"]), GGUFTarget(models["gemma3"]), SidecarTarget(base, side),
-               SessionTarget(base, {"indexmem": str(side), **SESSION}, prompt=60),
-               SessionTarget(base, {"policy": "snapkv", "budget": 32, "n_batch": 16, "n_ctx": 256}, prompt=60)]
+    targets = [
+        GGUFTarget(models["llama"]),
+        GGUFTarget(models["gemma3"]),
+        SidecarTarget(base, side),
+        SessionTarget(base, {"indexmem": str(side), **SESSION}, prompt=60),
+        SessionTarget(base, {"policy": "snapkv", "budget": 32, "n_batch": 16, "n_ctx": 256}, prompt=60),
+    ]
     report = run_fuzz(targets, cases=1500, seed=11, failures_dir=tmp_path / "failures", timeout=60)
     assert report["failures"] == [], json.dumps(report["failures"], indent=1)[:4000]
     assert all(report["totals"][o] == 0 for o in BUGS)
@@ -55,7 +68,10 @@ def test_quick_fuzz_of_every_kind_ends_ok_or_in_clean_errors(models, setup, tmp_
 
 def test_the_worker_reports_crashes_and_hangs_and_carries_on(worker):
     assert worker.run({"op": "crash"}, timeout=30) | {"stderr": ""} == {
-        "outcome": "crash", "message": "killed by SIGSEGV", "stderr": ""}
+        "outcome": "crash",
+        "message": "killed by SIGSEGV",
+        "stderr": "",
+    }
     assert worker.run({"op": "hang"}, timeout=1)["outcome"] == "hang"
     assert worker.run({"op": "ping"}, timeout=30)["outcome"] == "ok"
     assert worker.restarts == 2
@@ -65,7 +81,9 @@ def test_mutations_are_deterministic_and_really_change_the_header(models, tmp_pa
     base = RebuiltGGUF(models["llama"], tmp_path).base
     first = [mutate_gguf.mutate(random.Random(f"7:{i}"), base) for i in range(40)]
     again = [mutate_gguf.mutate(random.Random(f"7:{i}"), base) for i in range(40)]
-    assert [(m.header, m.what, m.truncate_at) for m in first] == [(m.header, m.what, m.truncate_at) for m in again]
+    assert [(m.header, m.what, m.truncate_at) for m in first] == [
+        (m.header, m.what, m.truncate_at) for m in again
+    ]
     changed = sum(m.header != base.header or m.truncate_at is not None for m in first)
     assert changed >= 36  # a few mutators can pick a value equal to the original
 
@@ -79,7 +97,7 @@ def test_the_patched_working_copy_is_restored_after_every_case(models, tmp_path)
             mutated = path.read_bytes()
             if mutation.truncate_at is None:
                 assert len(mutated) == len(original)
-                assert mutated[len(patched.prefix(mutation)):] == original[len(patched.prefix(mutation)):]
+                assert mutated[len(patched.prefix(mutation)) :] == original[len(patched.prefix(mutation)) :]
             else:
                 assert len(mutated) == min(mutation.truncate_at, len(original))
         assert patched.path.read_bytes() == original
@@ -87,6 +105,7 @@ def test_the_patched_working_copy_is_restored_after_every_case(models, tmp_path)
 
 def _gguf_findings(models):
     """(model, mutation) of each GGUF input that crashed or raised a non-indexmem error before."""
+
     def base(arch):
         return RebuiltGGUF(models[arch], models[arch].parent).base
 
@@ -96,11 +115,22 @@ def _gguf_findings(models):
         tokens, scores = g.raw_strings("tokenizer.ggml.tokens"), g.get("tokenizer.ggml.scores").tolist()
     duplicated = tokens[:300] + [tokens[301]] + tokens[301:]
     return [
-        ("llama", mutate_gguf.set_typed_value(llama, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY,
-                                              (GGUF_TYPE_STRING, duplicated))),  # llama.cpp vocab abort
-        ("llama", mutate_gguf.set_typed_value(llama, "tokenizer.ggml.model", GGUF_TYPE_STRING, "none")),  # abort
-        ("llama", mutate_gguf.set_typed_value(llama, "tokenizer.ggml.scores", GGUF_TYPE_ARRAY,
-                                              (GGUF_TYPE_FLOAT32, scores[:10]))),  # read past the end
+        (
+            "llama",
+            mutate_gguf.set_typed_value(
+                llama, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY, (GGUF_TYPE_STRING, duplicated)
+            ),
+        ),  # llama.cpp vocab abort
+        (
+            "llama",
+            mutate_gguf.set_typed_value(llama, "tokenizer.ggml.model", GGUF_TYPE_STRING, "none"),
+        ),  # abort
+        (
+            "llama",
+            mutate_gguf.set_typed_value(
+                llama, "tokenizer.ggml.scores", GGUF_TYPE_ARRAY, (GGUF_TYPE_FLOAT32, scores[:10])
+            ),
+        ),  # read past the end
         ("llama", mutate_gguf.set_value(llama, "llama.attention.layer_norm_rms_epsilon", -1.0)),  # abort
         ("qwen2", mutate_gguf.set_tensor_type(qwen2, last, GGML_TYPE_F16)),  # binary op abort
         ("llama", mutate_gguf.set_typed_value(llama, "tokenizer.chat_template", GGUF_TYPE_INT32, -1)),
@@ -136,8 +166,10 @@ def test_sidecar_findings_stay_fixed(setup, worker, tmp_path):  # noqa: F811
     ]
     for mutation in cases:
         with sidecar.apply(mutation) as path:
-            result = worker.run({"op": "sidecar", "path": str(path), "model": str(base_model), "options": {},
-                                 "prompt": 40}, timeout=60)
+            result = worker.run(
+                {"op": "sidecar", "path": str(path), "model": str(base_model), "options": {}, "prompt": 40},
+                timeout=60,
+            )
         assert result["outcome"] == "error", (mutation.what, result)
         assert str(path) in result["message"]
 
@@ -171,8 +203,9 @@ def test_session_findings_stay_fixed(setup, worker, tmp_path):  # noqa: F811
     for name, data in cases.items():
         path = tmp_path / "case.session"
         path.write_bytes(data)
-        result = worker.run({"op": "session", "path": str(path), "config": config, "history": made["history"]},
-                            timeout=60)
+        result = worker.run(
+            {"op": "session", "path": str(path), "config": config, "history": made["history"]}, timeout=60
+        )
         assert result["outcome"] == "error", (name, result)
         assert "SessionError" in result["message"] and str(path) in result["message"]
     path.write_bytes(raw)  # and the untouched file still loads and continues

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from indexmem import Engine, ModelFormatError
 from indexmem.convert.writer import convert
 from indexmem.train.fit import IndexMemModel
@@ -39,11 +38,18 @@ def random_modules(n_layer: int, sizes: IndexMemSizes, seed: int) -> IndexMemMod
 
 def write_checkpoint(model: IndexMemModel, arch: str, out_dir, memory_layers=None):
     from safetensors.torch import save_file
+
     out_dir.mkdir(parents=True, exist_ok=True)
     n_layer = len(model.indexers)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "weights.safetensors"))
-    config = {"arch": arch, "n_layer": n_layer, "sizes": model.sizes.to_dict(),
-              "global_layers": memory_layers if memory_layers is not None else list(range(n_layer))}
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "weights.safetensors")
+    )
+    config = {
+        "arch": arch,
+        "n_layer": n_layer,
+        "sizes": model.sizes.to_dict(),
+        "global_layers": memory_layers if memory_layers is not None else list(range(n_layer)),
+    }
     (out_dir / "config.json").write_text(json.dumps(config))
     return out_dir
 
@@ -60,7 +66,7 @@ def setup(tmp_path_factory):
 
 def _steps(prompt_len=41, n_decode=40, seed=0):
     tokens = random_prompt(prompt_len + n_decode, seed=seed)
-    chunks = [tokens[i: i + N_BATCH] for i in range(0, prompt_len, N_BATCH)]
+    chunks = [tokens[i : i + N_BATCH] for i in range(0, prompt_len, N_BATCH)]
     return chunks + [[t] for t in tokens[prompt_len:]]
 
 
@@ -74,6 +80,7 @@ def _near_tie_settler(engine, counter):
     """Let the reference keep the engine's set where the two differ only among tokens whose
     reference scores are within TIE_RTOL of the budget boundary; anything else is left as the
     reference chose it (and fails the comparison)."""
+
     def settle(il, kept, scores):
         ours = _kept(engine, il)
         differ = ours ^ kept
@@ -86,12 +93,24 @@ def _near_tie_settler(engine, counter):
             counter.append(il)
             return ours
         return kept
+
     return settle
 
 
 def _load(base, side, memory, **kw):
-    return Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
-                       budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH, **kw)
+    return Engine.load(
+        str(base),
+        n_ctx=256,
+        policy="indexmem",
+        indexmem=str(side),
+        memory=memory,
+        budget=B,
+        sinks=SINKS,
+        window=0,
+        tau=TAU,
+        n_batch=N_BATCH,
+        **kw,
+    )
 
 
 def _compare_every_step(eng, ref):
@@ -120,19 +139,28 @@ def test_every_step_matches_the_torch_reference(setup, memory):
     base, side, modules = setup
     modules = copy.deepcopy(modules)
     eng = _load(base, side, memory)
-    ref = ReferenceLlama(base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU)
+    ref = ReferenceLlama(
+        base, list(modules.indexers), list(modules.memories) if memory else None, B, SINKS, TAU
+    )
     worst, pos, ties = _compare_every_step(eng, ref)
     stats = eng.stats()
     assert stats["index_bytes"] == 2 * 8 * 4 * eng.cache.capacity
     assert stats["memory_bytes"] == (2 * (16 * 16 + 16) * 4 if memory else 0)
-    print(f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions, "
-          f"{len(ties)} near tie(s) settled")
+    print(
+        f"memory={memory}: worst relative logit error {worst:.2e} over {pos} positions, "
+        f"{len(ties)} near tie(s) settled"
+    )
 
 
 def test_pool_kernel_stored_in_the_file_is_the_default_and_matches_the_reference(setup, tmp_path):
     base, _, modules = setup
-    pooled = convert(write_checkpoint(modules, "llama", tmp_path / "ckpt"), base, tmp_path / "pooled.gguf",
-                     dtype="f32", pool_kernel=3)
+    pooled = convert(
+        write_checkpoint(modules, "llama", tmp_path / "ckpt"),
+        base,
+        tmp_path / "pooled.gguf",
+        dtype="f32",
+        pool_kernel=3,
+    )
     eng = _load(base, pooled, False)
     assert eng.stats()["policy_params"] == {"pool_kernel": 3} and eng.runner.evictor.policy.pool_kernel == 3
     ref = ReferenceLlama(base, list(copy.deepcopy(modules).indexers), None, B, SINKS, TAU, pool_kernel=3)
@@ -157,12 +185,14 @@ def test_a_bad_stored_pool_kernel_is_refused(setup, tmp_path):
     assert not (tmp_path / "even.gguf").exists()
     from indexmem.convert import schema as S
     from indexmem.engine.loader import open_gguf
+
     side = convert(ckpt, base, tmp_path / "ok.gguf", pool_kernel=5)
     with open_gguf(side) as g:
         assert g.get(S.K_POOL) == 5
     # a file written by another tool with an even width
     from indexmem.hardening import mutate_gguf
     from indexmem.hardening.gguf_files import RebuiltGGUF
+
     rebuilt = RebuiltGGUF(side, tmp_path)
     with rebuilt.apply(mutate_gguf.set_value(rebuilt.base, S.K_POOL, 2)) as bad:
         with pytest.raises(ModelFormatError, match="odd integer"):
@@ -188,8 +218,9 @@ def test_no_eviction_means_exactly_the_backbone(setup):
     tokens = random_prompt(60, seed=4)
     full = Engine.load(str(base), n_ctx=256, policy="full", indexmem=False).logits(tokens)
     for memory in (False, True):
-        eng = Engine.load(str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory,
-                          budget=200, n_batch=16)
+        eng = Engine.load(
+            str(base), n_ctx=256, policy="indexmem", indexmem=str(side), memory=memory, budget=200, n_batch=16
+        )
         assert eng.runner.evictor is not None
         np.testing.assert_array_equal(eng.logits(tokens), full)
 
@@ -198,8 +229,9 @@ def test_allocated_bytes_are_the_same_for_1k_and_16k_tokens(setup):
     base, side, _ = setup
     sizes, compute = [], []
     for n in (1024, 16384):
-        eng = Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=128,
-                          n_batch=256)
+        eng = Engine.load(
+            str(base), policy="indexmem", indexmem=str(side), memory=True, budget=128, n_batch=256
+        )
         eng.token_nll(random_prompt(n, seed=1))
         list(eng.generate_tokens(random_prompt(n, seed=2)[:64], max_tokens=40, stop_at_eog=False))
         st = eng.stats()
@@ -219,8 +251,9 @@ def test_memory_behind_another_policy(setup):
     tokens = random_prompt(90, seed=6)
     nll = {}
     for memory in (False, True):
-        eng = Engine.load(str(base), n_ctx=256, policy="snapkv", indexmem=str(side), memory=memory,
-                          budget=32, n_batch=16)
+        eng = Engine.load(
+            str(base), n_ctx=256, policy="snapkv", indexmem=str(side), memory=memory, budget=32, n_batch=16
+        )
         nll[memory] = eng.token_nll(tokens)
         st = eng.stats()
         assert st["index_bytes"] == 0  # snapkv does not use the indexer
@@ -240,6 +273,7 @@ def test_the_step_that_evicts_writes_the_evicted_tokens_into_the_memory(setup):
     assert eng.cache.indexmem.memory_used == {0, 1}
     m = np.empty((16, 16), dtype=np.float32)
     from indexmem.ggml_ops.bindings import C
+
     C.ggml_backend_tensor_get(eng.cache.indexmem.mem_m[0], m.ctypes.data, 0, m.nbytes)
     assert np.abs(m).max() > 0
 
@@ -265,8 +299,9 @@ def test_merged_model_uses_its_own_modules(setup, tmp_path):
     base, _, modules = setup
     ckpt = write_checkpoint(copy.deepcopy(modules), "llama", tmp_path / "ckpt")
     merged = convert(ckpt, base, tmp_path / "merged.gguf", merge=True, dtype="f32")
-    eng = Engine.load(str(merged), n_ctx=256, budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH,
-                      memory=True)
+    eng = Engine.load(
+        str(merged), n_ctx=256, budget=B, sinks=SINKS, window=0, tau=TAU, n_batch=N_BATCH, memory=True
+    )
     assert eng.budget_config.policy == "indexmem" and eng.stats()["memory"]
     ref = _load(base, convert(ckpt, base, tmp_path / "sidecar.gguf", dtype="f32"), True)
     tokens = random_prompt(70, seed=9)
@@ -289,7 +324,9 @@ def test_registry_model_runs_indexmem_by_default(default_model_path):
 
 def test_a_registry_entry_can_turn_the_shipped_memory_on_by_default(default_model_path, setup, monkeypatch):
     import dataclasses
+
     from indexmem.engine.registry import MODELS
+
     name = "smollm2-135m-instruct"
     assert not MODELS[name].memory and MODELS["gemma3-270m"].memory
     monkeypatch.setitem(MODELS, name, dataclasses.replace(MODELS[name], memory=True))
@@ -300,6 +337,7 @@ def test_a_registry_entry_can_turn_the_shipped_memory_on_by_default(default_mode
             return eng.stats()
         finally:
             eng.close()
+
     on = stats()
     assert on["policy"] == "indexmem" and on["memory"] and on["memory_bytes"] > 0
     assert not stats(memory=False)["memory"]
@@ -317,6 +355,7 @@ def test_shipped_sidecars_were_converted_for_the_registry_files(name):
     from indexmem.engine.indexmem import SIDECAR_DIR
     from indexmem.engine.loader import open_gguf
     from indexmem.engine.registry import MODELS
+
     with open_gguf(SIDECAR_DIR / MODELS[name].sidecar) as g:
         assert g.get(S.K_BASE_SHA256) == MODELS[name].sha256
         assert g.get(S.K_BUDGET) == 1024 and g.get(S.K_TAU) == 16
@@ -325,12 +364,14 @@ def test_shipped_sidecars_were_converted_for_the_registry_files(name):
 @pytest.mark.parametrize("budget", [12, 40])  # below and above the 16-token sliding window
 def test_gemma3_runs_indexmem_on_the_layers_it_bounds(tmp_path, budget):
     from tiny_models import GEMMA_WINDOW
+
     base = write_tiny_model(tmp_path / "g.gguf", "gemma3", seed=1)
     sizes = IndexMemSizes(d_model=64, n_head=4, d_head=32, n_idx_heads=2, d_idx=8, d_mem=16)
     ckpt = write_checkpoint(random_modules(6, sizes, seed=1), "gemma3", tmp_path / "ckpt", memory_layers=[5])
     side = convert(ckpt, base, tmp_path / "g.indexmem.gguf", dtype="f16")
-    eng = Engine.load(str(base), indexmem=str(side), memory=True, budget=budget, window=2, tau=2, n_batch=8,
-                      n_ctx=512)
+    eng = Engine.load(
+        str(base), indexmem=str(side), memory=True, budget=budget, window=2, tau=2, n_batch=8, n_ctx=512
+    )
     assert eng.budget_config.policy == "indexmem"
     tokens = random_prompt(120, seed=2)
     nll = eng.token_nll(tokens)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from indexmem.atomic import stale_temps, write_atomic
 from indexmem.convert.reader import load_indexmem
 from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
@@ -40,8 +39,13 @@ def _run(writer: str, *args, kill_at: str | None = None, record: Path | None = N
     env = dict(os.environ)
     if kill_at:
         env.update(KILL_AT=kill_at, KILL_RECORD=str(record))
-    return subprocess.run([sys.executable, str(CHILD), writer, *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(CHILD), writer, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _assert_killed_mid_write(result, target: Path, before: str):
@@ -108,8 +112,11 @@ def test_merged_conversion_killed_at_random_times(default_model_path, tmp_path):
     rng = random.Random(0)
     killed = 0
     for delay in (0.0, rng.uniform(0.05, 1.0), rng.uniform(1.0, 2.5)):  # the write takes ~4 s here
-        proc = subprocess.Popen([sys.executable, str(CHILD), "convert", str(ckpt), str(base), str(target),
-                                 "merge"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), "convert", str(ckpt), str(base), str(target), "merge"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while not _temps(target) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.005)
@@ -134,8 +141,11 @@ def test_training_killed_at_random_times_resumes_from_an_intact_checkpoint(tmp_p
     rng = random.Random(1)
     steps_seen = []
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, str(CHILD), "train", str(feat), str(out), "400"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), "train", str(feat), str(out), "400"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while not (out / "trainer_state.pt").exists() and time.time() < deadline:
             time.sleep(0.01)

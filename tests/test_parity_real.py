@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from indexmem import Engine
 from conftest import match_llama_cpp
+from indexmem import Engine
 from parity import reference_greedy, reference_logits, report
 
 
@@ -21,7 +20,10 @@ def real_text() -> str:
     gpl = Path("/usr/share/common-licenses/GPL-3")
     if gpl.exists():
         return gpl.read_text()
-    import argparse, logging, textwrap  # noqa: E401
+    import argparse  # noqa: E401
+    import logging
+    import textwrap
+
     return "\n\n".join(m.__doc__ or "" for m in (argparse, logging, textwrap)) * 4
 
 
@@ -41,8 +43,9 @@ def test_top1_agreement_over_512_positions_of_real_text(engine, default_model_pa
 
 
 def test_32_greedy_tokens_of_a_fixed_prompt_identical(engine, default_model_path):
-    prompt = engine.tokenize(engine.chat_prompt([{"role": "user", "content":
-                                                  "Write a short poem about the sea."}]))
+    prompt = engine.tokenize(
+        engine.chat_prompt([{"role": "user", "content": "Write a short poem about the sea."}])
+    )
     ours = list(engine.generate_tokens(prompt, max_tokens=32, stop_at_eog=False))
     assert ours == reference_greedy(default_model_path, prompt, 32, n_ctx=1024)
     assert len(set(ours)) > 5  # a real continuation, not a degenerate repeat

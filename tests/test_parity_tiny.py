@@ -9,9 +9,8 @@ identical greedy tokens. Different chunkings legitimately differ (float16 K/V pa
 
 import numpy as np
 import pytest
-
-from indexmem import Engine
 from conftest import match_llama_cpp
+from indexmem import Engine
 from parity import reference_greedy, reference_logits, report
 from tiny_models import random_prompt
 
@@ -37,8 +36,11 @@ def test_chunked_prefill_matches_llama_cpp_with_the_same_chunks(tiny_model, n_ba
     arch, path = tiny_model
     tokens = random_prompt(60, seed=4)
     eng = Engine.load(str(path), n_ctx=N_CTX, n_batch=n_batch, **match_llama_cpp())
-    _check(f"{arch} n_batch={n_batch}", eng.logits(tokens),
-           reference_logits(path, tokens, N_CTX, n_batch=n_batch))
+    _check(
+        f"{arch} n_batch={n_batch}",
+        eng.logits(tokens),
+        reference_logits(path, tokens, N_CTX, n_batch=n_batch),
+    )
 
 
 def test_32_greedy_tokens_identical_to_llama_cpp(tiny_model):

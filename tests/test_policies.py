@@ -3,7 +3,6 @@ invariants, physical compaction, identity with the unbounded engine, fixed alloc
 
 import numpy as np
 import pytest
-
 from indexmem import Engine
 from indexmem.engine.policies import POLICIES
 from policy_reference import ReferenceLayer
@@ -21,19 +20,46 @@ def _kept(engine, il):
 def _steps(prompt_len=41, n_decode=40, seed=0, n_batch=N_BATCH):
     """Prefill in chunks of ``n_batch``, then single decode tokens."""
     tokens = random_prompt(prompt_len + n_decode, seed=seed)
-    chunks = [tokens[i: i + n_batch] for i in range(0, prompt_len, n_batch)]
+    chunks = [tokens[i : i + n_batch] for i in range(0, prompt_len, n_batch)]
     return chunks + [[t] for t in tokens[prompt_len:]]
 
 
 # H2O also with chunks of 150 queries, all of whose attention the graph sums
-@pytest.mark.parametrize("policy, n_batch, prompt_len", [(p, N_BATCH, 41) for p in EVICTING] + [("h2o", 150, 300)])
+@pytest.mark.parametrize(
+    "policy, n_batch, prompt_len", [(p, N_BATCH, 41) for p in EVICTING] + [("h2o", 150, 300)]
+)
 def test_kept_set_equals_numpy_reference_step_by_step(tiny_llama, policy, n_batch, prompt_len):
-    eng = Engine.load(str(tiny_llama), n_ctx=512, policy=policy, budget=B, sinks=SINKS,
-                      window=WINDOW, tau=TAU, n_batch=n_batch, seed=5, obs_window=4, pool_kernel=3)
+    eng = Engine.load(
+        str(tiny_llama),
+        n_ctx=512,
+        policy=policy,
+        budget=B,
+        sinks=SINKS,
+        window=WINDOW,
+        tau=TAU,
+        n_batch=n_batch,
+        seed=5,
+        obs_window=4,
+        pool_kernel=3,
+    )
     hp = eng.hparams
-    refs = [ReferenceLayer(policy, il, B, SINKS, WINDOW, TAU, hp.n_head, hp.n_head_kv,
-                           1.0 / np.sqrt(hp.head_dim), obs_window=4, pool_kernel=3, seed=5)
-            for il in range(hp.n_layer)]
+    refs = [
+        ReferenceLayer(
+            policy,
+            il,
+            B,
+            SINKS,
+            WINDOW,
+            TAU,
+            hp.n_head,
+            hp.n_head_kv,
+            1.0 / np.sqrt(hp.head_dim),
+            obs_window=4,
+            pool_kernel=3,
+            seed=5,
+        )
+        for il in range(hp.n_layer)
+    ]
     names = [f"{w}-{il}" for il in range(hp.n_layer) for w in ("Qcur", "Kcur")]
     pos, compressions, near_ties = 0, 0, 0
     for chunk in _steps(prompt_len, n_batch=n_batch):
@@ -52,8 +78,9 @@ def test_kept_set_equals_numpy_reference_step_by_step(tiny_llama, policy, n_batc
                 assert len(kept) == B
                 for p in kept ^ expected:  # only float near-ties at the cut may differ
                     near_ties += 1
-                    assert abs(ref.last_scores[p] - ref.cut) <= 2e-2 * abs(ref.cut) + 1e-9, \
+                    assert abs(ref.last_scores[p] - ref.cut) <= 2e-2 * abs(ref.cut) + 1e-9, (
                         f"{policy} layer {il} step at {positions[0]}: position {p} differs"
+                    )
             ref.sync(kept, expected is not None)
     assert compressions >= 2 * hp.n_layer * 5
     assert near_ties <= compressions  # ties are rare; a wrong policy would differ everywhere
@@ -66,8 +93,9 @@ def test_budget_sinks_positions_and_physical_compaction(tiny_llama, policy):
     rng = np.random.default_rng(hash(policy) % 1000)
     for trial in range(3):
         budget, tau = int(rng.integers(8, 40)), int(rng.integers(1, 9))
-        eng = Engine.load(str(tiny_llama), n_ctx=512, policy=policy, budget=budget, sinks=SINKS,
-                          tau=tau, n_batch=N_BATCH)
+        eng = Engine.load(
+            str(tiny_llama), n_ctx=512, policy=policy, budget=budget, sinks=SINKS, tau=tau, n_batch=N_BATCH
+        )
         hp = eng.hparams
         names = [f"Kcur-{il}" for il in range(hp.n_layer)]
         key_of = [dict() for _ in range(hp.n_layer)]
@@ -92,6 +120,7 @@ def test_budget_sinks_positions_and_physical_compaction(tiny_llama, policy):
 
 def _read_k(eng, il, n):
     from indexmem.ggml_ops.bindings import C
+
     out = np.empty((n, eng.hparams.n_embd_kv), dtype=np.float16)
     C.ggml_backend_tensor_get(eng.cache.layers[il].k, out.ctypes.data, 0, out.nbytes)
     return out
@@ -127,16 +156,19 @@ def test_bounded_generation_runs_past_the_budget(tiny_llama):
     assert min(eng.stats()["tokens_evicted"]) >= 300 - 34
 
 
-@pytest.mark.parametrize("options,message", [
-    (dict(policy="snapkv", budget=3, sinks=4), "must exceed sinks"),
-    (dict(policy="h2o", budget=64, tau=-1), "tau must be >= 1"),
-    (dict(policy="h2o", budget=64, tau=0), "tau must be >= 1"),
-    (dict(policy="lru", budget=64), "unknown policy"),
-    (dict(policy="tova"), "needs a budget"),
-    (dict(policy="tova", budget=10, evict_ratio=0.5, n_ctx=100), "not both"),
-    (dict(policy="tova", evict_ratio=1.5, n_ctx=100), "evict_ratio"),
-    (dict(policy="snapkv", budget=64, pool_kernel=4), "odd pool_kernel"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(policy="snapkv", budget=3, sinks=4), "must exceed sinks"),
+        (dict(policy="h2o", budget=64, tau=-1), "tau must be >= 1"),
+        (dict(policy="h2o", budget=64, tau=0), "tau must be >= 1"),
+        (dict(policy="lru", budget=64), "unknown policy"),
+        (dict(policy="tova"), "needs a budget"),
+        (dict(policy="tova", budget=10, evict_ratio=0.5, n_ctx=100), "not both"),
+        (dict(policy="tova", evict_ratio=1.5, n_ctx=100), "evict_ratio"),
+        (dict(policy="snapkv", budget=64, pool_kernel=4), "odd pool_kernel"),
+    ],
+)
 def test_bad_options_fail_before_any_work(tmp_path, options, message):
     # the model path does not even exist: validation must come first
     with pytest.raises(ValueError, match=message):
@@ -150,6 +182,7 @@ def test_sliding_window_layers_keep_their_window(tiny_model_dir):
     (moved) slots in float16: on this chaotic random model that is <= 0.5 against logits of
     std ~8.6, with identical top-1 everywhere. A wrong mask or a lost token shows as O(std)."""
     from tiny_models import GEMMA_WINDOW, write_tiny_model
+
     path = write_tiny_model(tiny_model_dir / "gemma-swa.gguf", "gemma3", seed=4)
     tokens = random_prompt(100, seed=12)
     full = Engine.load(str(path), n_ctx=256, n_batch=8).logits(tokens)

@@ -16,7 +16,12 @@ def _example(name: str) -> str:
 
 def test_the_embedding_example_runs(tmp_path, default_model_path):
     checks = "\nassert answer.strip() and 'Paris' in later.chat(messages, max_tokens=16)\n"
-    result = subprocess.run([sys.executable, "-c", _example("embedding") + checks], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _example("embedding") + checks],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "chat.session").exists()

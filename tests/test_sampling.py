@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from indexmem.engine.sampling import Sampler, SamplingParams
 
 
@@ -34,8 +33,9 @@ def test_greedy_is_argmax():
     assert Sampler(SamplingParams(temperature=0.0)).sample(logits) == int(np.argmax(logits))
 
 
-@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.0), (5, 1.0, 0.0), (0, 0.8, 0.0),
-                                                (0, 1.0, 0.2), (20, 0.9, 0.05)])
+@pytest.mark.parametrize(
+    "top_k,top_p,min_p", [(0, 1.0, 0.0), (5, 1.0, 0.0), (0, 0.8, 0.0), (0, 1.0, 0.2), (20, 0.9, 0.05)]
+)
 def test_candidate_distribution_matches_reference(top_k, top_p, min_p):
     logits = np.random.default_rng(1).normal(scale=2.0, size=64).astype(np.float32)
     sampler = Sampler(SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p))

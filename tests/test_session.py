@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from indexmem import Engine
 from indexmem.engine.session import SessionError
 from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
@@ -10,8 +9,17 @@ from tiny_models import random_prompt
 
 
 def _engine(base, side, **kw):
-    return Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=48, window=8,
-                       tau=4, n_batch=16, **kw)
+    return Engine.load(
+        str(base),
+        policy="indexmem",
+        indexmem=str(side),
+        memory=True,
+        budget=48,
+        window=8,
+        tau=4,
+        n_batch=16,
+        **kw,
+    )
 
 
 def _run(eng, n_prompt, n_decode, seed):
@@ -72,20 +80,43 @@ def test_corrupt_and_foreign_sessions_are_refused_and_change_nothing(setup, tmp_
     raw = path.read_bytes()
     target = _engine(base, side)
     before = target.logits(random_prompt(30, seed=6))
-    cases = {"flipped": raw[:200] + bytes([raw[200] ^ 1]) + raw[201:], "truncated": raw[: len(raw) // 2],
-             "empty": b"", "not a session": b"GGUF" + raw[4:]}
+    cases = {
+        "flipped": raw[:200] + bytes([raw[200] ^ 1]) + raw[201:],
+        "truncated": raw[: len(raw) // 2],
+        "empty": b"",
+        "not a session": b"GGUF" + raw[4:],
+    }
     for name, data in cases.items():
         bad = tmp_path / f"{name}.session"
         bad.write_bytes(data)
         with pytest.raises(SessionError):
             target.load_session(bad)
     with pytest.raises(SessionError, match="budget"):
-        Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=True, budget=64, window=8,
-                    tau=4, n_batch=16).load_session(path)
-    with pytest.raises(SessionError, match=r"saved with the latent memory; load it into an engine made with "
-                                           r"memory=True \(--memory\)"):
-        _engine_no_memory = Engine.load(str(base), policy="indexmem", indexmem=str(side), memory=False,
-                                        budget=48, window=8, tau=4, n_batch=16)
+        Engine.load(
+            str(base),
+            policy="indexmem",
+            indexmem=str(side),
+            memory=True,
+            budget=64,
+            window=8,
+            tau=4,
+            n_batch=16,
+        ).load_session(path)
+    with pytest.raises(
+        SessionError,
+        match=r"saved with the latent memory; load it into an engine made with "
+        r"memory=True \(--memory\)",
+    ):
+        _engine_no_memory = Engine.load(
+            str(base),
+            policy="indexmem",
+            indexmem=str(side),
+            memory=False,
+            budget=48,
+            window=8,
+            tau=4,
+            n_batch=16,
+        )
         _engine_no_memory.load_session(path)
     with pytest.raises(SessionError):
         target.load_session(tmp_path / "missing.session")

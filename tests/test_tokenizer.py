@@ -1,7 +1,6 @@
 """Tokenizer and chat template come from llama.cpp; streaming never splits a UTF-8 character."""
 
 import pytest
-
 from indexmem import Engine
 from indexmem.engine.tokenizer import StreamDecoder
 
@@ -15,6 +14,7 @@ def engine(default_model_path):
 
 def test_tokens_match_llama_cpp(engine, default_model_path):
     from conftest import llama_cpp_reference
+
     ref = llama_cpp_reference(default_model_path, n_ctx=512)
     assert engine.tokenize(TEXT) == ref.tokenize(TEXT.encode(), add_bos=True, special=True)
     assert engine.detokenize(engine.tokenize(TEXT, add_special=False)) == TEXT
@@ -40,7 +40,9 @@ def _splits_a_character(b: bytes) -> bool:
 
 
 def test_chatml_template(engine):
-    prompt = engine.chat_prompt([{"role": "system", "content": "Be brief."},
-                                 {"role": "user", "content": "Hi"}])
-    assert prompt == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                      "<|im_start|>assistant\n")
+    prompt = engine.chat_prompt(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -1,11 +1,9 @@
 """Teacher features come from the engine and reproduce its attention output."""
 
 import numpy as np
-import torch
-
 from indexmem import Engine
 from indexmem.train.features import ATTENTION_TOLERANCE, FeatureSet, extract, verify_attention
-from tiny_models import random_prompt, write_tiny_model
+from tiny_models import random_prompt
 
 
 def test_extracted_features_reproduce_the_attention_output(tmp_path, tiny_model):
@@ -35,7 +33,10 @@ def test_features_match_a_direct_capture(tmp_path, tiny_llama):
     eng.reset()
     _, cap = eng.runner.step(np.array(tokens), np.arange(30), capture=["Qpre-1", "kqv_out-0"])
     fs = FeatureSet(tmp_path / "f")
-    np.testing.assert_allclose(fs.layer(0, 1)["q_pre"].reshape(30, -1).numpy(),
-                               cap["Qpre-1"].reshape(30, -1).astype(np.float16).astype(np.float32))
-    np.testing.assert_allclose(fs.layer(0, 0)["o"].numpy(),
-                               cap["kqv_out-0"].reshape(30, -1).astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(
+        fs.layer(0, 1)["q_pre"].reshape(30, -1).numpy(),
+        cap["Qpre-1"].reshape(30, -1).astype(np.float16).astype(np.float32),
+    )
+    np.testing.assert_allclose(
+        fs.layer(0, 0)["o"].numpy(), cap["kqv_out-0"].reshape(30, -1).astype(np.float16).astype(np.float32)
+    )

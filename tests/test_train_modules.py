@@ -4,9 +4,15 @@ import math
 
 import pytest
 import torch
-
-from indexmem.train.losses import (attention, indexer_importance, kl_loss, memory_loss, naive_kl_loss,
-                                   teacher_logits, window_importance)
+from indexmem.train.losses import (
+    attention,
+    indexer_importance,
+    kl_loss,
+    memory_loss,
+    naive_kl_loss,
+    teacher_logits,
+    window_importance,
+)
 from indexmem.train.modules import Indexer, IndexMemSizes, LatentMemory
 
 SIZES = IndexMemSizes.paper(d_model=32, n_head=8, d_head=16)  # H_idx 2, d_idx 2, d_mem 4
@@ -66,7 +72,7 @@ def test_window_importance_is_the_max_over_the_window_queries_at_or_after_each_k
     A = idx.scores(q, a, idx.keys(x))
     assert imp.shape == (s1,)
     for t in range(s1):
-        assert torch.allclose(imp[t], A[max(s0, t):s1, t].max(), atol=1e-6)
+        assert torch.allclose(imp[t], A[max(s0, t) : s1, t].max(), atol=1e-6)
     # queries outside the window never count
     q2 = q_pre.clone()
     q2[:s0] *= 100.0
@@ -81,7 +87,7 @@ def test_teacher_min_distance_counts_only_distant_queries(block):
     got = teacher_logits(q_cur, k_cur, block=block, min_distance=10)
     for t in range(40):
         if t + 10 < 40:
-            assert torch.allclose(got[t], T[t + 10:, t].max())
+            assert torch.allclose(got[t], T[t + 10 :, t].max())
         else:
             assert got[t] == float("-inf")
     # keys the teacher does not score drop out of the loss instead of making it nan
@@ -95,8 +101,9 @@ def test_streaming_kl_equals_naive(block):
     torch.manual_seed(2)
     idx = Indexer(SIZES)
     x, q_pre, q_cur, k_cur = _features(n=50)
-    streamed = kl_loss(teacher_logits(q_cur, k_cur, block=block),
-                       indexer_importance(idx, x, q_pre, block=block))
+    streamed = kl_loss(
+        teacher_logits(q_cur, k_cur, block=block), indexer_importance(idx, x, q_pre, block=block)
+    )
     assert torch.allclose(streamed, naive_kl_loss(idx, x, q_pre, q_cur, k_cur), atol=1e-5)
     assert streamed >= 0
 
@@ -134,7 +141,7 @@ def test_memory_write_and_read_follow_the_equations():
     b_ref = 0.5 * (2.0 * (fk[:4] ** 2).sum(0)) + 2.0 * (fk[4:] ** 2).sum(0)
     assert torch.allclose(M, M_ref, atol=1e-5) and torch.allclose(b, b_ref, atol=1e-5)
     fq = mem.phi(q)
-    ref = torch.sigmoid(mem.gate(q)) * (fq @ M_ref) / ((fq ** 2) @ b_ref + s.mem_eps).unsqueeze(-1)
+    ref = torch.sigmoid(mem.gate(q)) * (fq @ M_ref) / ((fq**2) @ b_ref + s.mem_eps).unsqueeze(-1)
     assert torch.allclose(mem.read((M, b), q), ref, atol=1e-5)
 
 

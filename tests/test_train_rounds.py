@@ -5,7 +5,6 @@ the engine's after the same chunks, for every scorer."""
 import numpy as np
 import pytest
 import torch
-
 from indexmem import Engine
 from indexmem.convert.writer import convert
 from indexmem.train.features import FeatureSet, extract
@@ -25,17 +24,20 @@ def case(tmp_path_factory):
     modules = random_modules(2, sizes, seed=1)
     side = convert(write_checkpoint(modules, "llama", root / "ckpt"), base, root / "side.gguf", dtype="f32")
     tokens = random_prompt(N, seed=4)
-    extract(Engine.load(str(base), n_ctx=256, n_batch=CHUNK, policy="full"), [tokens], root / "feat", chunk=CHUNK)
+    extract(
+        Engine.load(str(base), n_ctx=256, n_batch=CHUNK, policy="full"), [tokens], root / "feat", chunk=CHUNK
+    )
     return base, side, modules, tokens, FeatureSet(root / "feat")
 
 
 def _engine_cache(base, side, scorer, tokens, layer, **opts):
     if scorer == "indexmem":
         opts["indexmem"] = str(side)
-    eng = Engine.load(str(base), n_ctx=256, n_batch=CHUNK, policy=scorer, budget=BUDGET, sinks=SINKS,
-                      window=RECENT, **opts)
+    eng = Engine.load(
+        str(base), n_ctx=256, n_batch=CHUNK, policy=scorer, budget=BUDGET, sinks=SINKS, window=RECENT, **opts
+    )
     for start in range(0, len(tokens), CHUNK):
-        piece = tokens[start: start + CHUNK]
+        piece = tokens[start : start + CHUNK]
         eng.runner.step(np.array(piece), np.arange(start, start + len(piece)))
     return sorted(_kept(eng, layer))
 
@@ -44,8 +46,9 @@ def _engine_cache(base, side, scorer, tokens, layer, **opts):
 def test_first_layer_cache_is_the_engines(case, scorer):
     base, side, modules, tokens, fs = case
     f = fs.layer(0, 0)
-    simulated = chunked_cache(f, scorer, BUDGET, CHUNK, fs.manifest["kq_scale"], SINKS, RECENT,
-                              modules.indexers[0])
+    simulated = chunked_cache(
+        f, scorer, BUDGET, CHUNK, fs.manifest["kq_scale"], SINKS, RECENT, modules.indexers[0]
+    )
     assert len(simulated) == BUDGET
     assert simulated.tolist() == _engine_cache(base, side, scorer, tokens, layer=0)
 
@@ -60,7 +63,9 @@ def test_a_carried_importance_changes_what_indexmem_keeps(case):
     base, side, modules, tokens, fs = case
     f, scale = fs.layer(0, 0), fs.manifest["kq_scale"]
     fresh = chunked_cache(f, "indexmem", BUDGET, CHUNK, scale, SINKS, RECENT, modules.indexers[0], gamma=0.0)
-    carried = chunked_cache(f, "indexmem", BUDGET, CHUNK, scale, SINKS, RECENT, modules.indexers[0], gamma=1.0)
+    carried = chunked_cache(
+        f, "indexmem", BUDGET, CHUNK, scale, SINKS, RECENT, modules.indexers[0], gamma=1.0
+    )
     assert not torch.equal(fresh, carried)
     assert carried.tolist() == _engine_cache(base, side, "indexmem", tokens, layer=0, gamma=1.0)
     with pytest.raises(ValueError, match="indexer"):

@@ -12,10 +12,59 @@ import gguf
 import numpy as np
 
 Q = gguf.GGMLQuantizationType
-WORDS = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "are", "with",
-         "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "hot",
-         "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when",
-         "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time"]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "that",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "his",
+    "they",
+    "be",
+    "at",
+    "one",
+    "have",
+    "this",
+    "from",
+    "or",
+    "had",
+    "by",
+    "hot",
+    "word",
+    "but",
+    "what",
+    "some",
+    "we",
+    "can",
+    "out",
+    "other",
+    "were",
+    "all",
+    "there",
+    "when",
+    "up",
+    "use",
+    "your",
+    "how",
+    "said",
+    "an",
+    "each",
+    "she",
+    "which",
+    "do",
+    "their",
+    "time",
+]
 
 ARCH_DEFAULTS = {
     # n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff
@@ -50,14 +99,21 @@ def _add(writer, name, array, qtype=Q.F32):
         writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
-def write_tiny_model(path: str | Path, arch: str, seed: int = 0, all_f32: bool = False,
-                     n_ctx_train: int = 2048, **overrides) -> Path:
+def write_tiny_model(
+    path: str | Path, arch: str, seed: int = 0, all_f32: bool = False, n_ctx_train: int = 2048, **overrides
+) -> Path:
     """Write a tiny ``arch`` model to ``path`` and return it (``all_f32``: no quantized or f16
     weights, for references that should not emulate ggml's quantized matmuls)."""
     cfg = {**ARCH_DEFAULTS[arch], **overrides}
     rng = np.random.default_rng(seed)
     n_layer, n_embd, n_head, n_head_kv, hd, n_ff = (
-        cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["n_head_kv"], cfg["head_dim"], cfg["n_ff"])
+        cfg["n_layer"],
+        cfg["n_embd"],
+        cfg["n_head"],
+        cfg["n_head_kv"],
+        cfg["head_dim"],
+        cfg["n_ff"],
+    )
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
 

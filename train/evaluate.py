@@ -34,6 +34,7 @@ ROUNDS_CHUNK, ROUNDS_RECENT = 128, 16
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[IndexMemModel, dict]:
     from safetensors.torch import load_file
+
     config = json.loads((Path(ckpt_dir) / "config.json").read_text())
     model = IndexMemModel(config["n_layer"], IndexMemSizes(**config["sizes"]))
     model.load_state_dict(load_file(str(Path(ckpt_dir) / "weights.safetensors")))
@@ -58,25 +59,30 @@ def heuristic_scores(probs: torch.Tensor, accumulated: torch.Tensor | None = Non
     }
 
 
-def chunk_scores(model, il: int, f: dict, probs: torch.Tensor, end: int, chunk: int) -> dict[str, torch.Tensor]:
+def chunk_scores(
+    model, il: int, f: dict, probs: torch.Tensor, end: int, chunk: int
+) -> dict[str, torch.Tensor]:
     """Every scorer's importance of the keys [0, end) when the queries [end - chunk, end) decide.
     ``probs`` are the causal attention probabilities of the whole sequence: a query before ``end``
     sees no key after it, so their first ``end`` rows and columns are those of the prefix alone.
     H2O's accumulated attention counts every query so far, as it does in the engine."""
     probs = probs[:, :end, :end]
-    scores = heuristic_scores(probs[:, end - chunk:, :], accumulated=probs)
-    scores["indexmem"] = window_importance(model.indexers[il], f["x"], f["q_pre"], end - chunk, end, grad=False)
+    scores = heuristic_scores(probs[:, end - chunk :, :], accumulated=probs)
+    scores["indexmem"] = window_importance(
+        model.indexers[il], f["x"], f["q_pre"], end - chunk, end, grad=False
+    )
     return scores
 
 
-def fact_shares(scores: dict[str, torch.Tensor], facts: torch.Tensor, end: int, ratios, sinks: int,
-                recent: int):
+def fact_shares(
+    scores: dict[str, torch.Tensor], facts: torch.Tensor, end: int, ratios, sinks: int, recent: int
+):
     """(scorer, ratio, share of the ``facts`` token positions kept) when the text [0, end) is
     compressed once by ``scores``; the ``recent`` last tokens are protected as the engine's recent
     window protects them."""
     for name, score in scores.items():
         score = score.clone()
-        score[end - recent:] = float("inf")
+        score[end - recent :] = float("inf")
         for ratio in ratios:
             keep = keep_top(score, max(sinks + recent, round(end * (1 - ratio))), sinks)
             yield name, ratio, float(torch.isin(facts, keep).float().mean())
@@ -87,9 +93,20 @@ def _means(values: dict[str, dict[float, list[float]]]) -> dict[str, dict[str, f
 
 
 @torch.no_grad()
-def evaluate_model(fs: FeatureSet, model: IndexMemModel, layers: list[int], ratios=(0.75, 0.9), sinks: int = 4,
-                   n_trail: int = 64, memory_ratio: float = 0.9, chunk: int = FACT_CHUNK, recent: int = 64,
-                   rounds_chunk: int = ROUNDS_CHUNK, rounds_recent: int = ROUNDS_RECENT, gamma: float = 0.0) -> dict:
+def evaluate_model(
+    fs: FeatureSet,
+    model: IndexMemModel,
+    layers: list[int],
+    ratios=(0.75, 0.9),
+    sinks: int = 4,
+    n_trail: int = 64,
+    memory_ratio: float = 0.9,
+    chunk: int = FACT_CHUNK,
+    recent: int = 64,
+    rounds_chunk: int = ROUNDS_CHUNK,
+    rounds_recent: int = ROUNDS_RECENT,
+    gamma: float = 0.0,
+) -> dict:
     """Every figure of the module docstring for ``model`` on the ``layers`` of ``fs``; fact recall
     only when the features' manifest says where the facts are. ``gamma``: the indexmem policy's
     carry-over in the chunked-prefill simulation."""
@@ -116,12 +133,14 @@ def evaluate_model(fs: FeatureSet, model: IndexMemModel, layers: list[int], rati
             if spans is not None:
                 end = starts[seq]
                 facts = torch.cat([torch.arange(a, b) for a, b in spans[seq]])
-                for name, ratio, share in fact_shares(chunk_scores(model, il, f, probs, end, chunk), facts, end,
-                                                      ratios, sinks, recent):
+                for name, ratio, share in fact_shares(
+                    chunk_scores(model, il, f, probs, end, chunk), facts, end, ratios, sinks, recent
+                ):
                     facts_kept.setdefault(name, {}).setdefault(ratio, []).append(share)
                 budgets = {ratio: budget_from_ratio(n, ratio) for ratio in ratios}
-                for name, ratio, share in fact_shares_chunked(f, facts, budgets, rounds_chunk, scale, sinks,
-                                                              rounds_recent, model.indexers[il], gamma):
+                for name, ratio, share in fact_shares_chunked(
+                    f, facts, budgets, rounds_chunk, scale, sinks, rounds_recent, model.indexers[il], gamma
+                ):
                     facts_kept_chunked.setdefault(name, {}).setdefault(ratio, []).append(share)
             case = memory_case(model.indexers[il], f, n_trail, memory_ratio, sinks, scale)
             o_full, o_kept = case[:2]
@@ -130,13 +149,18 @@ def evaluate_model(fs: FeatureSet, model: IndexMemModel, layers: list[int], rati
     without = sum(residual["without_memory"]) / len(residual["without_memory"])
     with_mem = sum(residual["with_memory"]) / len(residual["with_memory"])
     return {
-        "sequences": fs.n_sequences, "layers": layers,
+        "sequences": fs.n_sequences,
+        "layers": layers,
         "recall": _means(recall),
         "residual_at_evict_ratio": memory_ratio,
-        "residual_without_memory": without, "residual_with_memory": with_mem,
+        "residual_without_memory": without,
+        "residual_with_memory": with_mem,
         "residual_reduction": 1.0 - with_mem / without,
-        **({"fact_recall": _means(facts_kept),
-            "fact_recall_chunked": _means(facts_kept_chunked)} if facts_kept else {}),
+        **(
+            {"fact_recall": _means(facts_kept), "fact_recall_chunked": _means(facts_kept_chunked)}
+            if facts_kept
+            else {}
+        ),
     }
 
 

@@ -17,8 +17,13 @@ from ..atomic import atomic_file, write_atomic
 from ..engine.registry import sha256_of
 
 KINDS = {  # file stem -> graph intermediate
-    "x": "attn_norm", "q_pre": "Qpre", "q_cur": "Qcur", "k_pre": "Kpre", "k_cur": "Kcur",
-    "v": "Vcur", "o": "kqv_out",
+    "x": "attn_norm",
+    "q_pre": "Qpre",
+    "q_cur": "Qcur",
+    "k_pre": "Kpre",
+    "k_cur": "Kcur",
+    "v": "Vcur",
+    "o": "kqv_out",
 }
 
 
@@ -27,8 +32,15 @@ def kq_scale(engine) -> float:
     return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
 
 
-def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512, on_sequence=None,
-            source: str = "", annotations: dict | None = None) -> dict:
+def extract(
+    engine,
+    sequences: list[list[int]],
+    out_dir: Path,
+    chunk: int = 512,
+    on_sequence=None,
+    source: str = "",
+    annotations: dict | None = None,
+) -> dict:
     """Run every sequence through the engine (full KV) and save its per-layer features.
     ``annotations`` (per-sequence lists, e.g. where spliced facts are) go into the manifest."""
     hp = engine.hparams
@@ -38,7 +50,7 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
         engine.reset()
         parts = {name: [] for name in names}
         for start in range(0, len(tokens), chunk):
-            piece = np.asarray(tokens[start: start + chunk], dtype=np.int32)
+            piece = np.asarray(tokens[start : start + chunk], dtype=np.int32)
             _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=names)
             for name in names:
                 parts[name].append(cap[name].reshape(len(piece), -1))
@@ -49,11 +61,21 @@ def extract(engine, sequences: list[list[int]], out_dir: Path, chunk: int = 512,
         if on_sequence:
             on_sequence(i)
     manifest = {
-        "model_path": str(engine.model_path), "model_sha256": sha256_of(engine.model_path),
-        "arch": hp.arch, "n_layer": hp.n_layer, "d_model": hp.n_embd, "n_head": hp.n_head,
-        "n_head_kv": hp.n_head_kv, "d_head": hp.head_dim, "kq_scale": kq_scale(engine),
-        "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)], "sliding_window": hp.sliding_window,
-        "seq_len": len(sequences[0]), "n_sequences": len(sequences), "kinds": KINDS, "source": source,
+        "model_path": str(engine.model_path),
+        "model_sha256": sha256_of(engine.model_path),
+        "arch": hp.arch,
+        "n_layer": hp.n_layer,
+        "d_model": hp.n_embd,
+        "n_head": hp.n_head,
+        "n_head_kv": hp.n_head_kv,
+        "d_head": hp.head_dim,
+        "kq_scale": kq_scale(engine),
+        "swa_layers": [hp.is_swa(il) for il in range(hp.n_layer)],
+        "sliding_window": hp.sliding_window,
+        "seq_len": len(sequences[0]),
+        "n_sequences": len(sequences),
+        "kinds": KINDS,
+        "source": source,
         **(annotations or {}),
     }
     write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -68,10 +90,15 @@ class FeatureSet:
         self.manifest = json.loads((self.root / "manifest.json").read_text())
         m = self.manifest
         self.n_sequences, self.n_layer = m["n_sequences"], m["n_layer"]
-        self.shapes = {"x": (m["d_model"],), "q_pre": (m["n_head"], m["d_head"]),
-                       "q_cur": (m["n_head"], m["d_head"]), "k_pre": (m["n_head_kv"], m["d_head"]),
-                       "k_cur": (m["n_head_kv"], m["d_head"]), "v": (m["n_head_kv"], m["d_head"]),
-                       "o": (m["n_head"] * m["d_head"],)}
+        self.shapes = {
+            "x": (m["d_model"],),
+            "q_pre": (m["n_head"], m["d_head"]),
+            "q_cur": (m["n_head"], m["d_head"]),
+            "k_pre": (m["n_head_kv"], m["d_head"]),
+            "k_cur": (m["n_head_kv"], m["d_head"]),
+            "v": (m["n_head_kv"], m["d_head"]),
+            "o": (m["n_head"] * m["d_head"],),
+        }
         self._maps = {}
 
     def _array(self, seq: int, stem: str):
@@ -82,6 +109,7 @@ class FeatureSet:
 
     def layer(self, seq: int, il: int) -> dict:
         import torch
+
         out = {}
         for stem, shape in self.shapes.items():
             arr = np.asarray(self._array(seq, stem)[il], dtype=np.float32)
@@ -99,6 +127,7 @@ def verify_attention(fs: FeatureSet, seq: int = 0, il: int = 0) -> float:
     import torch
 
     from .losses import attention
+
     f = fs.layer(seq, il)
     n = f["x"].shape[0]
     visible = torch.ones(n, n, dtype=torch.bool).tril()

@@ -90,8 +90,9 @@ def kept_attention_residual(f: dict, keep: torch.Tensor, prefix: int, scale: flo
     return f["o"][prefix:], o_kept
 
 
-def memory_case(indexer, f: dict, n_trail: int, evict_ratio: float, sinks: int, scale: float,
-                block: int = 256):
+def memory_case(
+    indexer, f: dict, n_trail: int, evict_ratio: float, sinks: int, scale: float, block: int = 256
+):
     """The stage-2 setting: the indexer evicts ``evict_ratio`` of the prefix, the trailing
     ``n_trail`` queries attend to what is kept. Returns the arguments of :func:`memory_loss`
     after the memory: (o_full, o_kept, trailing pre-RoPE queries, evicted keys, evicted values)."""
@@ -106,7 +107,9 @@ def memory_case(indexer, f: dict, n_trail: int, evict_ratio: float, sinks: int, 
 
 
 class Trainer:
-    def __init__(self, features: FeatureSet, out_dir: Path, cfg: FitConfig, sizes: IndexMemSizes | None = None):
+    def __init__(
+        self, features: FeatureSet, out_dir: Path, cfg: FitConfig, sizes: IndexMemSizes | None = None
+    ):
         self.fs, self.out_dir, self.cfg = features, Path(out_dir), cfg
         m = features.manifest
         self.sizes = sizes or IndexMemSizes.paper(m["d_model"], m["n_head"], m["d_head"])
@@ -122,9 +125,13 @@ class Trainer:
     def teacher(self, seq: int, il: int, f: dict) -> torch.Tensor:
         key = (seq, il)
         if key not in self._teacher:
-            self._teacher[key] = teacher_logits(f["q_cur"], f["k_cur"], self.cfg.block,
-                                                scale=self.fs.manifest["kq_scale"],
-                                                min_distance=self.cfg.teacher_min_distance)
+            self._teacher[key] = teacher_logits(
+                f["q_cur"],
+                f["k_cur"],
+                self.cfg.block,
+                scale=self.fs.manifest["kq_scale"],
+                min_distance=self.cfg.teacher_min_distance,
+            )
         return self._teacher[key]
 
     def layer_loss(self, seq: int, il: int, stage: int) -> tuple[torch.Tensor, dict]:
@@ -146,8 +153,15 @@ class Trainer:
 
     def memory_loss(self, f: dict, il: int) -> torch.Tensor:
         cfg = self.cfg
-        case = memory_case(self.model.indexers[il], f, cfg.n_trail, cfg.evict_ratio, cfg.sinks,
-                           self.fs.manifest["kq_scale"], cfg.block)
+        case = memory_case(
+            self.model.indexers[il],
+            f,
+            cfg.n_trail,
+            cfg.evict_ratio,
+            cfg.sinks,
+            self.fs.manifest["kq_scale"],
+            cfg.block,
+        )
         return memory_loss(self.model.memories[il], *case)
 
     def train_step(self) -> dict:
@@ -170,20 +184,31 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.step += 1
-        record = {"step": self.step, "stage": stage, "lr": lr_at(self.step - 1, cfg),
-                  **{k: sum(v) / len(v) for k, v in totals.items()}}
+        record = {
+            "step": self.step,
+            "stage": stage,
+            "lr": lr_at(self.step - 1, cfg),
+            **{k: sum(v) / len(v) for k, v in totals.items()},
+        }
         self.history.append(record)
         return record
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self, final: bool = False) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                 "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": self.history}
+        state = {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
         with atomic_file(self.out_dir / "trainer_state.pt") as f:
             torch.save(state, f)
         if final:
             from safetensors.torch import save as to_safetensors
+
             tensors = {k: v.contiguous() for k, v in self.model.state_dict().items()}
             write_atomic(self.out_dir / "weights.safetensors", to_safetensors(tensors))
 
@@ -200,8 +225,14 @@ class Trainer:
         return True
 
 
-def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_config: dict | None = None,
-        size_overrides: dict | None = None) -> dict:
+def fit(
+    features_dir: Path,
+    out_dir: Path,
+    cfg: FitConfig,
+    on_step=None,
+    extra_config: dict | None = None,
+    size_overrides: dict | None = None,
+) -> dict:
     """Train (or resume) and write the checkpoint. ``size_overrides`` replaces the paper's module
     sizes (e.g. ``n_idx_heads``, ``d_idx``, ``d_mem``)."""
     fs = FeatureSet(features_dir)
@@ -219,15 +250,25 @@ def fit(features_dir: Path, out_dir: Path, cfg: FitConfig, on_step=None, extra_c
     trainer.save(final=True)
     last = trainer.history[-20:]
     summary = {
-        "model": fs.manifest["model_path"], "base_sha256": fs.manifest["model_sha256"],
-        "arch": fs.manifest["arch"], "n_layer": fs.n_layer, "sizes": trainer.sizes.to_dict(),
-        "global_layers": trainer.global_layers, "fit": asdict(cfg), "steps": trainer.step,
-        "data": {"features": str(features_dir), "source": fs.manifest.get("source", ""),
-                 "seq_len": fs.manifest["seq_len"], "n_sequences": fs.n_sequences},
+        "model": fs.manifest["model_path"],
+        "base_sha256": fs.manifest["model_sha256"],
+        "arch": fs.manifest["arch"],
+        "n_layer": fs.n_layer,
+        "sizes": trainer.sizes.to_dict(),
+        "global_layers": trainer.global_layers,
+        "fit": asdict(cfg),
+        "steps": trainer.step,
+        "data": {
+            "features": str(features_dir),
+            "source": fs.manifest.get("source", ""),
+            "seq_len": fs.manifest["seq_len"],
+            "n_sequences": fs.n_sequences,
+        },
         "train_seconds_this_run": round(time.time() - t0, 1),
         "final_index_loss": sum(r["index"] for r in last) / len(last),
-        "final_mem_loss": (sum(r["mem"] for r in last if "mem" in r) /
-                           max(1, sum(1 for r in last if "mem" in r))),
+        "final_mem_loss": (
+            sum(r["mem"] for r in last if "mem" in r) / max(1, sum(1 for r in last if "mem" in r))
+        ),
         **(extra_config or {}),
     }
     write_atomic(Path(out_dir) / "config.json", json.dumps(summary, indent=2).encode())

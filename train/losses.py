@@ -68,8 +68,13 @@ def window_importance(indexer, x, q_pre, s0: int, s1: int, block: int = 256, gra
     every query of the window; t >= s0 only by the queries at or after them."""
     q, a = indexer.queries(x[s0:s1], q_pre[s0:s1])
     k = indexer.keys(x[:s1])
-    return streaming_max(lambda b0, b1: indexer.scores(q[b0 - s0:b1 - s0], a[b0 - s0:b1 - s0], k),
-                         s1, block, grad, start=s0)
+    return streaming_max(
+        lambda b0, b1: indexer.scores(q[b0 - s0 : b1 - s0], a[b0 - s0 : b1 - s0], k),
+        s1,
+        block,
+        grad,
+        start=s0,
+    )
 
 
 def kl_loss(teacher, student, sinks: int = 4):

@@ -26,7 +26,7 @@ class IndexMemSizes:
     mem_eps: float = 1e-6
 
     @classmethod
-    def paper(cls, d_model: int, n_head: int, d_head: int, **overrides) -> "IndexMemSizes":
+    def paper(cls, d_model: int, n_head: int, d_head: int, **overrides) -> IndexMemSizes:
         """H_idx = max(1, H/4), d_idx = d_head/8, d_mem = d_model/8 (the paper's sizes)."""
         sizes = dict(n_idx_heads=max(1, n_head // 4), d_idx=max(1, d_head // 8), d_mem=max(1, d_model // 8))
         return cls(d_model=d_model, n_head=n_head, d_head=d_head, **{**sizes, **overrides})
@@ -89,8 +89,10 @@ class LatentMemory(nn.Module):
         """Fold evicted pairs k, v [N, d_head] (every head of every evicted token) into (M, b)."""
         M, b = state
         fk = self.phi(k)
-        return (self.s.mem_lambda * M + self.s.mem_eta * fk.transpose(0, 1) @ v,
-                self.s.mem_lambda * b + self.s.mem_eta * (fk * fk).sum(0))
+        return (
+            self.s.mem_lambda * M + self.s.mem_eta * fk.transpose(0, 1) @ v,
+            self.s.mem_lambda * b + self.s.mem_eta * (fk * fk).sum(0),
+        )
 
     def read(self, state, q):
         """g(q) * φ(q)ᵀM / ((φ(q) ⊙ φ(q))ᵀ b + ε) for queries q [..., d_head]."""

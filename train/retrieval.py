@@ -14,21 +14,81 @@ from dataclasses import dataclass
 
 from .data import token_windows
 
-ADJECTIVES = ["amber", "silent", "crooked", "northern", "gilded", "hollow", "scarlet", "frozen", "velvet",
-              "ancient", "bitter", "copper", "distant", "emerald", "narrow", "painted", "quiet", "rusted"]
-NOUNS = ["lantern", "harbour", "orchard", "chapel", "bridge", "cellar", "tower", "meadow", "vessel",
-         "archive", "garden", "mill", "quarry", "stable", "theatre", "well", "workshop", "vault"]
-WORDS = ["marigold", "anchor", "thimble", "falcon", "lattice", "quill", "saffron", "tundra", "walnut",
-         "cobalt", "juniper", "paddock", "riddle", "sparrow", "tinder", "velour", "wicker", "zephyr"]
+ADJECTIVES = [
+    "amber",
+    "silent",
+    "crooked",
+    "northern",
+    "gilded",
+    "hollow",
+    "scarlet",
+    "frozen",
+    "velvet",
+    "ancient",
+    "bitter",
+    "copper",
+    "distant",
+    "emerald",
+    "narrow",
+    "painted",
+    "quiet",
+    "rusted",
+]
+NOUNS = [
+    "lantern",
+    "harbour",
+    "orchard",
+    "chapel",
+    "bridge",
+    "cellar",
+    "tower",
+    "meadow",
+    "vessel",
+    "archive",
+    "garden",
+    "mill",
+    "quarry",
+    "stable",
+    "theatre",
+    "well",
+    "workshop",
+    "vault",
+]
+WORDS = [
+    "marigold",
+    "anchor",
+    "thimble",
+    "falcon",
+    "lattice",
+    "quill",
+    "saffron",
+    "tundra",
+    "walnut",
+    "cobalt",
+    "juniper",
+    "paddock",
+    "riddle",
+    "sparrow",
+    "tinder",
+    "velour",
+    "wicker",
+    "zephyr",
+]
 
 # (statement, question); {s} is the subject, {v} the value
 TEMPLATES = [
     ("The key to the {s} is numbered {v}.", "What number is the key to the {s}?", "number"),
     ("Write this down: the password for the {s} is {v}.", "What is the password for the {s}?", "word"),
-    ("According to the ledger, the {s} holds exactly {v} barrels.", "How many barrels does the {s} hold?",
-     "number"),
-    ("The watchman of the {s} changes at {v} every night.", "At what time does the watchman of the {s} change?",
-     "time"),
+    (
+        "According to the ledger, the {s} holds exactly {v} barrels.",
+        "How many barrels does the {s} hold?",
+        "number",
+    ),
+    (
+        "The watchman of the {s} changes at {v} every night.",
+        "At what time does the watchman of the {s} change?",
+        "time",
+    ),
     ("Remember that the {s} was sold for {v} crowns.", "For how many crowns was the {s} sold?", "number"),
 ]
 
@@ -43,7 +103,7 @@ class Fact:
 def _value(kind: str, rng: random.Random) -> str:
     if kind == "number":
         digits = rng.randrange(4, 9)
-        return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+        return str(rng.randrange(10 ** (digits - 1), 10**digits))
     if kind == "word":
         return rng.choice(WORDS)
     return f"{rng.randrange(1, 13)}:{rng.randrange(60):02d}"
@@ -68,8 +128,9 @@ class RetrievalWindow:
     questions_start: int  # first token of the questions
 
 
-def retrieval_windows(engine, text: str, length: int, count: int, facts_per_window: int,
-                      seed: int = 0) -> list[RetrievalWindow]:
+def retrieval_windows(
+    engine, text: str, length: int, count: int, facts_per_window: int, seed: int = 0
+) -> list[RetrievalWindow]:
     """``count`` windows of exactly ``length`` tokens: a corpus window (see ``token_windows``)
     with ``facts_per_window`` facts spliced in at random depths (5-90% of the haystack, at token
     boundaries) and the questions with their answers, in shuffled order, at the end."""
@@ -81,8 +142,9 @@ def retrieval_windows(engine, text: str, length: int, count: int, facts_per_wind
         facts = random_facts(facts_per_window, rng)
         fact_tokens = [engine.tokenize(f"\n{f.statement}\n", add_special=False) for f in facts]
         asked = rng.sample(facts, len(facts))
-        tail = engine.tokenize("\n\n" + "\n".join(f"Question: {f.question} Answer: {f.answer}" for f in asked),
-                               add_special=False)
+        tail = engine.tokenize(
+            "\n\n" + "\n".join(f"Question: {f.question} Answer: {f.answer}" for f in asked), add_special=False
+        )
         hay_len = length - head_len - sum(map(len, fact_tokens)) - len(tail)
         if hay_len < length // 2:
             raise ValueError(f"{facts_per_window} facts leave too little haystack in {length} tokens")

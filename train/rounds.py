@@ -46,8 +46,17 @@ def _decay(importance: torch.Tensor, gamma: float) -> torch.Tensor:
     return out
 
 
-def chunked_cache(f: dict, scorer: str, budget: int, chunk: int, scale: float, sinks: int = 4,
-                  recent: int = 16, indexer=None, gamma: float = 0.0) -> torch.Tensor:
+def chunked_cache(
+    f: dict,
+    scorer: str,
+    budget: int,
+    chunk: int,
+    scale: float,
+    sinks: int = 4,
+    recent: int = 16,
+    indexer=None,
+    gamma: float = 0.0,
+) -> torch.Tensor:
     """Positions left in the cache after the whole sequence of ``f`` has been prefilled in
     ``chunk``-token chunks with ``scorer`` compressing to ``budget`` after every chunk."""
     if scorer not in SCORERS:
@@ -97,8 +106,17 @@ def chunked_cache(f: dict, scorer: str, budget: int, chunk: int, scale: float, s
     return cached
 
 
-def fact_shares_chunked(f: dict, facts: torch.Tensor, budgets: dict[float, int], chunk: int, scale: float,
-                        sinks: int, recent: int, indexer=None, gamma: float = 0.0):
+def fact_shares_chunked(
+    f: dict,
+    facts: torch.Tensor,
+    budgets: dict[float, int],
+    chunk: int,
+    scale: float,
+    sinks: int,
+    recent: int,
+    indexer=None,
+    gamma: float = 0.0,
+):
     """(scorer, ratio, share of the ``facts`` positions still cached) for one sequence and layer,
     ``budgets`` mapping each eviction ratio to its budget."""
     for scorer in SCORERS:

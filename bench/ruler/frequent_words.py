@@ -10,22 +10,24 @@ from .prompt import fit_length, render_prompt
 
 NOISE_WORD = "..."
 
-TEMPLATE = ("Read the following coded text and track the frequency of each coded word. Find the three most "
-            "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
-            "the dots '....'. What are the three most frequently appeared words in the above coded text?")
+TEMPLATE = (
+    "Read the following coded text and track the frequency of each coded word. Find the three most "
+    "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+    "the dots '....'. What are the three most frequently appeared words in the above coded text?"
+)
 ANSWER_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
 
 
 def zeta(alpha: float, terms: int = 10_000) -> float:
     """Riemann zeta for alpha > 1: a partial sum plus its Euler-Maclaurin tail."""
-    head = sum(k ** -alpha for k in range(1, terms))
-    return head + terms ** (1 - alpha) / (alpha - 1) + 0.5 * terms ** -alpha
+    head = sum(k**-alpha for k in range(1, terms))
+    return head + terms ** (1 - alpha) / (alpha - 1) + 0.5 * terms**-alpha
 
 
 def counts(n_words: int, vocab_size: int, alpha: float) -> list[int]:
     """How often each rank appears in a text of about ``n_words`` words."""
     z = zeta(alpha)
-    return [int(n_words * k ** -alpha / z) for k in range(1, vocab_size + 1)]
+    return [int(n_words * k**-alpha / z) for k in range(1, vocab_size + 1)]
 
 
 def generate(tokenizer, target: int, rng: random.Random, alpha: float = 2.0, word_length: int = 6) -> dict:

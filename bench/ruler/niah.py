@@ -15,29 +15,39 @@ from dataclasses import dataclass
 from .prompt import fit_length, insert_at_depths, join_with_and, render_prompt, split_sentences
 from .words import ADJECTIVES, NOUNS
 
-NOISE = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+NOISE = (
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+)
 NEEDLE = "One of the special magic {kind} for {key} is: {value}."
 # RULER draws each needle's depth from 40 evenly spaced points between 0 and 100%
 DEPTH_GRID = tuple(round(i / 39, 4) for i in range(40))
 
-_ONE = ("A special magic {kind} is hidden within the following text. Make sure to memorize it. "
-        "I will quiz you about the {kind} afterwards.\n{context}\n"
-        "What is the special magic {kind} for {query} mentioned in the provided text?")
+_ONE = (
+    "A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind} afterwards.\n{context}\n"
+    "What is the special magic {kind} for {query} mentioned in the provided text?"
+)
 _ONE_PREFIX = " The special magic {kind} for {query} mentioned in the provided text is"
-_MANY = ("Some special magic {kinds} are hidden within the following text. Make sure to memorize it. "
-         "I will quiz you about the {kinds} afterwards.\n{context}\n"
-         "What are all the special magic {kinds} for {query} mentioned in the provided text?")
+_MANY = (
+    "Some special magic {kinds} are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kinds} afterwards.\n{context}\n"
+    "What are all the special magic {kinds} for {query} mentioned in the provided text?"
+)
 _MANY_PREFIX = " The special magic {kinds} for {query} mentioned in the provided text are"
 
 
 @dataclass(frozen=True)
 class NiahVariant:
-    haystack: str = "essay"   # essay | noise | needle
-    keys: str = "words"       # words | numbers | uuids
+    haystack: str = "essay"  # essay | noise | needle
+    keys: str = "words"  # words | numbers | uuids
     values: str = "numbers"
-    n_keys: int = 1           # needles with distinct keys
-    n_values: int = 1         # needles (values) per key
-    n_queries: int = 1        # keys asked for
+    n_keys: int = 1  # needles with distinct keys
+    n_values: int = 1  # needles (values) per key
+    n_queries: int = 1  # keys asked for
 
 
 def random_item(kind: str, rng: random.Random) -> str:
@@ -50,8 +60,14 @@ def random_item(kind: str, rng: random.Random) -> str:
     raise ValueError(f"unknown needle kind {kind!r}: numbers, words or uuids")
 
 
-def generate(variant: NiahVariant, tokenizer, target: int, rng: random.Random,
-             essay_words: list[str] | None = None, depths: list[float] | None = None) -> dict:
+def generate(
+    variant: NiahVariant,
+    tokenizer,
+    target: int,
+    rng: random.Random,
+    essay_words: list[str] | None = None,
+    depths: list[float] | None = None,
+) -> dict:
     """A prompt of about ``target`` tokens and the values it asks for. ``depths`` (one per
     needle, fractions of the haystack) places the needles; by default they are drawn."""
     n_keys = max(variant.n_keys, variant.n_queries)
@@ -79,8 +95,9 @@ def generate(variant: NiahVariant, tokenizer, target: int, rng: random.Random,
 
     def render(n: int) -> list[int]:
         context = haystack.context(n, needles, depths)
-        return render_prompt(tokenizer, template.format(kind=kind, kinds=kind, context=context, query=query),
-                             answer_prefix)
+        return render_prompt(
+            tokenizer, template.format(kind=kind, kinds=kind, context=context, query=query), answer_prefix
+        )
 
     n, ids = fit_length(render, target, haystack.n_max(target))
     return dict(input_ids=ids, answers=answers, depths=list(depths), haystack_units=n)
@@ -112,8 +129,11 @@ class _Haystack:
         while len(self._lines) < n:
             key = random_item(self.variant.keys, self._rng)
             if key not in self._taken:
-                self._lines.append(NEEDLE.format(kind=self.variant.values, key=key,
-                                                 value=random_item(self.variant.values, self._rng)))
+                self._lines.append(
+                    NEEDLE.format(
+                        kind=self.variant.values, key=key, value=random_item(self.variant.values, self._rng)
+                    )
+                )
         return self._lines[:n]
 
     def context(self, n: int, needles: list[str], depths: list[float]) -> str:

@@ -16,8 +16,9 @@ def _level(config: tuple) -> tuple:
 def best_heuristic(scores: dict[tuple, dict], level: tuple, tasks: list[str]) -> tuple | None:
     """The configuration without IndexMem's modules (full KV aside) with the highest average at
     ``level``; None if there is none or none has every task."""
-    candidates = [c for c in ordered_configs(scores)
-                  if c[0] != "full" and _level(c) == level and not uses_modules(c[0])]
+    candidates = [
+        c for c in ordered_configs(scores) if c[0] != "full" and _level(c) == level and not uses_modules(c[0])
+    ]
     ranked = [(avg, c) for c in candidates if (avg := average(scores[c], tasks)) is not None]
     return max(ranked, key=lambda x: x[0])[1] if ranked else None  # a tie goes to the first by name
 
@@ -57,7 +58,10 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
         lines.append("| indexmem vs indexmem-nomem (the memory's effect) | " + " | ".join(cells) + " |")
     if not lines or not levels:
         return []
-    return (["Paired on the same examples (wins–losses of the examples both measured; the best heuristic is "
-             "the one with the highest avg at that level, the first by name on a tie):", "",
-             "| comparison | " + " | ".join(level_label(lv) for lv in levels) + " |",
-             "|---|" + "---:|" * len(levels)] + lines)
+    return [
+        "Paired on the same examples (wins–losses of the examples both measured; the best heuristic is "
+        "the one with the highest avg at that level, the first by name on a tie):",
+        "",
+        "| comparison | " + " | ".join(level_label(lv) for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ] + lines

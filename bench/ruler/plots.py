@@ -8,7 +8,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...atomic import atomic_path
-from .summary import average, average_error, bin_label, config_label, config_of, depth_accuracy, depth_grid, evict_share, ordered_configs, task_scores
+from .summary import (
+    average,
+    average_error,
+    bin_label,
+    config_label,
+    config_of,
+    depth_accuracy,
+    depth_grid,
+    evict_share,
+    ordered_configs,
+    task_scores,
+)
 from .tasks import TASKS
 
 
@@ -19,6 +30,7 @@ def _pyplot():
         raise RuntimeError("plots need matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -48,7 +60,9 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     panels = (["average"] if len(tasks) > 1 else []) + tasks
     ncols = min(5, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows + 0.6), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows + 0.6), squeeze=False, sharex=True
+    )
 
     def y_of(s: dict, panel: str) -> tuple[float | None, float | None]:
         """The panel's score and its standard error (drawn on the average panel only)."""
@@ -71,9 +85,20 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
             if xye:
                 x, y, e = zip(*xye)
                 label = spec if len(contexts) == 1 else f"{spec}, {ctx:,}"
-                ax.errorbar(x, y, yerr=e if any(e) else None, marker=markers[k % len(markers)], ms=3.5, lw=1.1,
-                            elinewidth=0.7, capsize=1.5, alpha=0.85, ls=styles[contexts.index(ctx) % len(styles)],
-                            color=f"C{k % 10}", label=label)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=e if any(e) else None,
+                    marker=markers[k % len(markers)],
+                    ms=3.5,
+                    lw=1.1,
+                    elinewidth=0.7,
+                    capsize=1.5,
+                    alpha=0.85,
+                    ls=styles[contexts.index(ctx) % len(styles)],
+                    color=f"C{k % 10}",
+                    label=label,
+                )
         for ctx in contexts:
             if ctx in full and y_of(full[ctx], panel)[0] is not None:
                 ax.plot([0.0], [100 * y_of(full[ctx], panel)[0]], "k*", ms=7)
@@ -85,7 +110,7 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlim(-0.03, 1.0)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("eviction ratio", fontsize=8)
@@ -94,7 +119,9 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(4, len(labels)))
-    fig.suptitle(title + " (star: full KV; bars on the average: ± its standard error)", fontsize=10, x=0.01, ha="left")
+    fig.suptitle(
+        title + " (star: full KV; bars on the average: ± its standard error)", fontsize=10, x=0.01, ha="left"
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 * (nrows == 1)))
     _save(fig, path)
     plt.close(fig)
@@ -107,8 +134,13 @@ def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
     if not bins:
         raise ValueError("no needle rows with a depth to plot")
     configs = ordered_configs(cells)
-    fig, axes = plt.subplots(1, len(configs), figsize=(1.2 + 0.9 * len(contexts) * len(configs) + 0.6 * len(configs), 3.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(configs),
+        figsize=(1.2 + 0.9 * len(contexts) * len(configs) + 0.6 * len(configs), 3.6),
+        squeeze=False,
+        layout="constrained",
+    )
     image = None
     for ax, config in zip(axes[0], configs):
         grid = [[depth_accuracy(cells[config].get((b, c))) for c in contexts] for b in bins]
@@ -116,9 +148,17 @@ def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.2f}".rstrip("0").rstrip(".") if v not in (0, 1) else f"{v:.0f}",
-                            ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(contexts)), [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts], fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}".rstrip("0").rstrip(".") if v not in (0, 1) else f"{v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                    )
+        ax.set_xticks(
+            range(len(contexts)), [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts], fontsize=8
+        )
         ax.set_yticks(range(len(bins)), [bin_label(b) for b in bins], fontsize=8)
         ax.set_title(config_label(config), fontsize=9)
         ax.set_xlabel("context tokens", fontsize=8)

@@ -7,7 +7,7 @@ continues it. ``fit_length`` finds how much haystack makes the prompt as long as
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # length a fitted prompt may fall short of its target before the search stops early (the 2% the
 # suite promises is then met wherever one haystack unit is shorter than 2% of the target)
@@ -49,7 +49,9 @@ def fit_length(render: Callable[[int], list[int]], target: int, n_max: int) -> t
 
     lo, hi = 0, None  # render(lo) fits, render(hi) does not
     if length(0) > target:
-        raise PromptTooLong(f"the task's fixed text alone has {length(0)} tokens, more than the {target} asked for")
+        raise PromptTooLong(
+            f"the task's fixed text alone has {length(0)} tokens, more than the {target} asked for"
+        )
     enough = target - int(target * EARLY_STOP)
     for step in range(64):
         if length(lo) >= enough or lo == n_max or (hi is not None and hi - lo <= 1):
@@ -72,8 +74,9 @@ def fit_length(render: Callable[[int], list[int]], target: int, n_max: int) -> t
         else:
             hi = guess
     if lo == n_max and length(lo) < target * (1 - TOLERANCE):
-        raise HaystackTooShort(f"all of the haystack ({n_max} units) makes {length(lo)} tokens, "
-                               f"short of the {target} asked for")
+        raise HaystackTooShort(
+            f"all of the haystack ({n_max} units) makes {length(lo)} tokens, short of the {target} asked for"
+        )
     return lo, seen[lo]
 
 

@@ -16,13 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
 from ..specs import engine_options, modules_sha256, uses_modules
-from .data import DISTRIBUTION as PACKAGE_NAME, RulerData
+from .data import DISTRIBUTION as PACKAGE_NAME
+from .data import RulerData
 from .summary import data_parts, measured_under, measured_with, read_rows, row_key, run_settings
 from .tasks import TASKS, generate_sample
 
@@ -30,6 +38,7 @@ from .tasks import TASKS, generate_sample
 @dataclass(frozen=True)
 class CacheConfig:
     """A configuration name (``bench.specs``) at an eviction ratio or a fixed budget."""
+
     spec: str
     evict_ratio: float | None = None
     budget: int | None = None
@@ -84,23 +93,29 @@ def shard_cases(cases: list[Case], shard: tuple[int, int]) -> list[Case]:
     """Every N-th case from the K-th: N processes given the same cases and --out split every
     configuration evenly and append to one file."""
     k, n = shard
-    return cases[k - 1::n]
+    return cases[k - 1 :: n]
 
 
 @dataclass
 class Bench:
     """What stays the same across a sweep."""
+
     model: str
     data: RulerData
     seed: int = 0
     threads: int = 1
     n_batch: int | None = 512  # None: the whole prompt in one chunk, compressed once before decoding
-    window: int = 64           # recent tokens every evicting configuration keeps
+    window: int = 64  # recent tokens every evicting configuration keeps
     indexmem: str | None = None
 
 
-def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path | None,
-        console: Console | None = None) -> list[dict]:
+def run(
+    bench: Bench,
+    configs: list[CacheConfig],
+    cases: list[Case],
+    out: Path | None,
+    console: Console | None = None,
+) -> list[dict]:
     """Run every case under every configuration; returns the rows of this model in ``out`` (old
     and new, including what other processes appended meanwhile) or, without ``out``, the new ones."""
     console = console or Console()
@@ -118,21 +133,37 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
-        return dict(model_sha256=sha, indexmem_sha256=modules if uses_modules(config.spec) else None,
-                    config=config.spec, evict_ratio=config.evict_ratio, budget=config.budget_for(case.context),
-                    context=case.context, task=case.task, index=case.index, depth=case.depth,
-                    data=bench.data.source(data_parts(case.task)),
-                    **run_settings(config.spec, bench.seed, bench.n_batch, bench.window))
+        return dict(
+            model_sha256=sha,
+            indexmem_sha256=modules if uses_modules(config.spec) else None,
+            config=config.spec,
+            evict_ratio=config.evict_ratio,
+            budget=config.budget_for(case.context),
+            context=case.context,
+            task=case.task,
+            index=case.index,
+            depth=case.depth,
+            data=bench.data.source(data_parts(case.task)),
+            **run_settings(config.spec, bench.seed, bench.n_batch, bench.window),
+        )
 
     mine, rows = stored() if out else ([], [])
     if other := len(mine) - len(rows):
-        console.print(f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
-                      f"--n-batch, --window or --data (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
-                      f"--window {bench.window}, data {bench.data.directory or PACKAGE_NAME})")
+        console.print(
+            f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
+            f"--n-batch, --window or --data (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
+            f"--window {bench.window}, data {bench.data.directory or PACKAGE_NAME})"
+        )
     done = {row_key(r) for r in rows}
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("RULER", total=len(configs) * len(cases))
         # Sample-major: every configuration finishes a sample before the next one starts, so a run
@@ -150,16 +181,23 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
                 engine = _load(bench, config, context, max(TASKS[c.task].max_new_tokens for c in todo))
                 try:
                     for case in todo:
-                        progress.update(bar, description=f"{config.spec} {config.evict_ratio or config.budget or ''} "
-                                                         f"{context} {case.task}")
+                        progress.update(
+                            bar,
+                            description=f"{config.spec} {config.evict_ratio or config.budget or ''} "
+                            f"{context} {case.task}",
+                        )
                         sample = samples.get(case)
                         if sample is None:
                             depths = None if case.depth is None else [case.depth]
-                            sample = samples[case] = generate_sample(case.task, engine, context, bench.seed,
-                                                                     case.index, bench.data, depths)
-                        row = dict(model=bench.model, **identity(config, case),
-                                   model_fingerprint=engine.model_fingerprint,
-                                   **measure(engine, sample))
+                            sample = samples[case] = generate_sample(
+                                case.task, engine, context, bench.seed, case.index, bench.data, depths
+                            )
+                        row = dict(
+                            model=bench.model,
+                            **identity(config, case),
+                            model_fingerprint=engine.model_fingerprint,
+                            **measure(engine, sample),
+                        )
                         rows.append(row)
                         if out:
                             _append(out, row)
@@ -172,7 +210,9 @@ def run(bench: Bench, configs: list[CacheConfig], cases: list[Case], out: Path |
 def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) -> Engine:
     n_ctx = context + max_new_tokens + 8
     opts = engine_options(config.spec, config.budget_for(context), bench.indexmem, bench.window)
-    return Engine.load(bench.model, n_threads=bench.threads, n_ctx=n_ctx, n_batch=bench.n_batch or n_ctx, **opts)
+    return Engine.load(
+        bench.model, n_threads=bench.threads, n_ctx=n_ctx, n_batch=bench.n_batch or n_ctx, **opts
+    )
 
 
 def measure(engine: Engine, sample: dict) -> dict:
@@ -183,12 +223,22 @@ def measure(engine: Engine, sample: dict) -> dict:
     answer = engine.generate(sample["input_ids"], max_tokens=task.max_new_tokens)
     seconds = time.perf_counter() - t0
     st = engine.stats()
-    return dict(prompt_tokens=sample["length"], needle_depths=sample["depths"], answers=sample["answers"],
-                answer=answer, score=task.metric(answer, sample["answers"]), policy=st["policy"],
-                policy_params=st["policy_params"], memory=st["memory"], kv_bytes=st["kv_bytes"],
-                index_bytes=st["index_bytes"],
-                memory_bytes=st["memory_bytes"], prefill_tok_s=_round(st.get("prompt_tok_s")),
-                decode_tok_s=_round(st.get("decode_tok_s")), seconds=round(seconds, 2))
+    return dict(
+        prompt_tokens=sample["length"],
+        needle_depths=sample["depths"],
+        answers=sample["answers"],
+        answer=answer,
+        score=task.metric(answer, sample["answers"]),
+        policy=st["policy"],
+        policy_params=st["policy_params"],
+        memory=st["memory"],
+        kv_bytes=st["kv_bytes"],
+        index_bytes=st["index_bytes"],
+        memory_bytes=st["memory_bytes"],
+        prefill_tok_s=_round(st.get("prompt_tok_s")),
+        decode_tok_s=_round(st.get("decode_tok_s")),
+        seconds=round(seconds, 2),
+    )
 
 
 def _round(x):

@@ -30,9 +30,21 @@ def read_rows(path: Path | None) -> list[dict]:
 def row_key(row: dict) -> tuple:
     """What identifies a measurement: the same example under the same configuration, model, modules
     and run settings."""
-    return (row["model_sha256"], row.get("indexmem_sha256"), row["config"], row["evict_ratio"], row["budget"],
-            row["context"], row["task"], row["index"], row["seed"], row["depth"], row["n_batch"], row.get("window"),
-            data_of(row))
+    return (
+        row["model_sha256"],
+        row.get("indexmem_sha256"),
+        row["config"],
+        row["evict_ratio"],
+        row["budget"],
+        row["context"],
+        row["task"],
+        row["index"],
+        row["seed"],
+        row["depth"],
+        row["n_batch"],
+        row.get("window"),
+        data_of(row),
+    )
 
 
 def data_parts(task: str) -> tuple[str, ...]:
@@ -57,9 +69,12 @@ def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> di
 def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int, data) -> list[dict]:
     """The rows measured with these run settings and this ``RulerData``: a file may also hold rows
     of another seed, prefill chunk, recent window or data, which neither resume nor average with these."""
-    return [r for r in rows
-            if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())
-            and data_of(r) == data.source(data_parts(r["task"]))]
+    return [
+        r
+        for r in rows
+        if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())
+        and data_of(r) == data.source(data_parts(r["task"]))
+    ]
 
 
 def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
@@ -213,5 +228,6 @@ def depth_accuracy(cell: tuple[float, int] | None) -> float:
 
 def ordered_configs(configs) -> list[tuple]:
     """Full KV first, then by eviction ratio (or budget) and name."""
-    return sorted(set(configs), key=lambda c: (c[0] != "full", c[1] if c[1] is not None else 2.0,
-                                               -(c[2] or 0), c[0]))
+    return sorted(
+        set(configs), key=lambda c: (c[0] != "full", c[1] if c[1] is not None else 2.0, -(c[2] or 0), c[0])
+    )

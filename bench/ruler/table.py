@@ -4,7 +4,17 @@ single needles found per depth, and needle accuracy per depth and length."""
 from __future__ import annotations
 
 from .paired import paired_table
-from .summary import average, average_error, bin_label, config_label, config_of, depth_accuracy, depth_grid, ordered_configs, task_scores
+from .summary import (
+    average,
+    average_error,
+    bin_label,
+    config_label,
+    config_of,
+    depth_accuracy,
+    depth_grid,
+    ordered_configs,
+    task_scores,
+)
 from .tasks import TASKS
 
 
@@ -24,22 +34,37 @@ def ruler_table(rows: list[dict]) -> str:
     n = {k: min(v.n for v in s.values()) for k, s in scores.items()}
     out = []
     for context in sorted({c for _, c in scores}):
-        out += [f"{context:,} tokens, score x100 (n = samples per task, cache MB = KV + index + memory allocated)", "",
-                "| configuration | cache MB | n | " + " | ".join(TASKS[t].short for t in tasks) + " | avg |",
-                "|---|---:|---:|" + "---:|" * (len(tasks) + 1)]
+        out += [
+            f"{context:,} tokens, score x100 (n = samples per task, cache MB = KV + index + memory allocated)",
+            "",
+            "| configuration | cache MB | n | " + " | ".join(TASKS[t].short for t in tasks) + " | avg |",
+            "|---|---:|---:|" + "---:|" * (len(tasks) + 1),
+        ]
         for config in ordered_configs(c for c, ctx in scores if ctx == context):
             s = scores[(config, context)]
             cells = [f"{100 * s[t].mean:.1f}" if t in s else "–" for t in tasks]
-            out.append(f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
-                       + " | ".join(cells) + f" | {_average_cell(s, tasks)} |")
+            out.append(
+                f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
+                + " | ".join(cells)
+                + f" | {_average_cell(s, tasks)} |"
+            )
         out.append("")
-        paired = paired_table(rows, context, {c: v for (c, ctx), v in scores.items() if ctx == context}, tasks)
+        paired = paired_table(
+            rows, context, {c: v for (c, ctx), v in scores.items() if ctx == context}, tasks
+        )
         out += paired + [""] * bool(paired)
         by_depth = needles_by_depth([r for r in rows if r["context"] == context])
         out += by_depth + [""] * bool(by_depth)
     legend = ", ".join(f"{TASKS[t].short} = {t}" for t in tasks)
-    return "\n".join(out + [legend, "", "avg = mean over the tasks (each weighs the same) ± its standard error "
-                                         "over the samples (from 2 samples on)."])
+    return "\n".join(
+        out
+        + [
+            legend,
+            "",
+            "avg = mean over the tasks (each weighs the same) ± its standard error "
+            "over the samples (from 2 samples on).",
+        ]
+    )
 
 
 def _average_cell(scores: dict, tasks: list[str]) -> str:
@@ -59,12 +84,19 @@ def needles_by_depth(rows: list[dict]) -> list[str]:
         raise ValueError(f"needles_by_depth takes one context length's rows, got {contexts}")
     if not bins:
         return []
-    out = ["The niah_single needles by their depth in the prompt (found / placed):", "",
-           "| configuration | " + " | ".join(bin_label(b) for b in bins) + " |", "|---|" + "---:|" * len(bins)]
+    out = [
+        "The niah_single needles by their depth in the prompt (found / placed):",
+        "",
+        "| configuration | " + " | ".join(bin_label(b) for b in bins) + " |",
+        "|---|" + "---:|" * len(bins),
+    ]
     for config in ordered_configs(cells):
         counts = [cells[config].get((b, contexts[0])) for b in bins]
-        out.append(f"| {config_label(config)} | "
-                   + " | ".join("–" if c is None else f"{round(c[0], 2):g}/{c[1]}" for c in counts) + " |")
+        out.append(
+            f"| {config_label(config)} | "
+            + " | ".join("–" if c is None else f"{round(c[0], 2):g}/{c[1]}" for c in counts)
+            + " |"
+        )
     return out
 
 
@@ -73,10 +105,18 @@ def depth_table(rows: list[dict]) -> str:
     bins, contexts, cells = depth_grid(rows)
     out = []
     for config in ordered_configs(cells):
-        out += [f"{config_label(config)}", "", "| depth | " + " | ".join(f"{c:,}" for c in contexts) + " |",
-                "|---|" + "---:|" * len(contexts)]
+        out += [
+            f"{config_label(config)}",
+            "",
+            "| depth | " + " | ".join(f"{c:,}" for c in contexts) + " |",
+            "|---|" + "---:|" * len(contexts),
+        ]
         for b in bins:
             vals = [cells[config].get((b, c)) for c in contexts]
-            out.append(f"| {bin_label(b)} | " + " | ".join("–" if v is None else f"{depth_accuracy(v):.2f}" for v in vals) + " |")
+            out.append(
+                f"| {bin_label(b)} | "
+                + " | ".join("–" if v is None else f"{depth_accuracy(v):.2f}" for v in vals)
+                + " |"
+            )
         out.append("")
     return "\n".join(out)

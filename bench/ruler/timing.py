@@ -21,9 +21,12 @@ def time_table(rows: list[dict]) -> str:
             samples[r["context"]][r["index"]].append(r)
     out = []
     for context in sorted(samples):
-        out += [f"{context:,} tokens, compute time per sample (1 thread per process; s = seconds per example)", "",
-                "| sample | examples | compute h | median s | full KV median s | slowest median s |",
-                "|---:|---:|---:|---:|---:|---|"]
+        out += [
+            f"{context:,} tokens, compute time per sample (1 thread per process; s = seconds per example)",
+            "",
+            "| sample | examples | compute h | median s | full KV median s | slowest median s |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
         out += [_sample_line(index, samples[context][index]) for index in sorted(samples[context])]
         timed = [r for sample in samples[context].values() for r in sample]
         out += [f"| all | {len(timed):,} | {sum(r['seconds'] for r in timed) / 3600:.1f} | | | |", ""]
@@ -37,6 +40,8 @@ def _sample_line(index: int, rows: list[dict]) -> str:
     medians = {c: statistics.median(s) for c, s in by_config.items()}
     full = next((m for c, m in medians.items() if c[0] == "full"), None)
     slowest = max(medians, key=medians.get)
-    return (f"| {index + 1} | {len(rows)} | {sum(r['seconds'] for r in rows) / 3600:.2f} | "
-            f"{statistics.median(r['seconds'] for r in rows):.0f} | {'–' if full is None else f'{full:.0f}'} | "
-            f"{medians[slowest]:.0f} ({config_label(slowest)}) |")
+    return (
+        f"| {index + 1} | {len(rows)} | {sum(r['seconds'] for r in rows) / 3600:.2f} | "
+        f"{statistics.median(r['seconds'] for r in rows):.0f} | {'–' if full is None else f'{full:.0f}'} | "
+        f"{medians[slowest]:.0f} ({config_label(slowest)}) |"
+    )

@@ -10,10 +10,14 @@ import string
 from .niah import NOISE
 from .prompt import fit_length, insert_at_depths, render_prompt
 
-TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-            "{context}\nQuestion: Find all variables that are assigned the value {value} in the text above.")
-ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {count} variables "
-                 "are assigned the value {value}, they are: ")
+TEMPLATE = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    "{context}\nQuestion: Find all variables that are assigned the value {value} in the text above."
+)
+ANSWER_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {count} variables "
+    "are assigned the value {value}, they are: "
+)
 EXAMPLE_NOISE = 20  # noise sentences of the solved example
 
 
@@ -56,9 +60,14 @@ def generate(tokenizer, target: int, rng: random.Random, n_chains: int = 1, n_ho
     depths = _draw_depths(rng, chains)
     example_chains = _chains(rng, 1, n_hops, taken)
     example_names, _, example_value = example_chains[0]
-    example = (TEMPLATE.format(context=_context(EXAMPLE_NOISE, example_chains, _draw_depths(rng, example_chains)),
-                               value=example_value)
-               + ANSWER_PREFIX.format(count=n_hops + 1, value=example_value) + " ".join(example_names))
+    example = (
+        TEMPLATE.format(
+            context=_context(EXAMPLE_NOISE, example_chains, _draw_depths(rng, example_chains)),
+            value=example_value,
+        )
+        + ANSWER_PREFIX.format(count=n_hops + 1, value=example_value)
+        + " ".join(example_names)
+    )
     names, _, value = chains[0]
     answer_prefix = ANSWER_PREFIX.format(count=n_hops + 1, value=value)
 

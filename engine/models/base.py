@@ -27,8 +27,10 @@ class DecoderModel:
             TensorSpec("output.weight", (hp.n_embd, hp.n_vocab), required=False),
         ]
         for il in range(hp.n_layer):
-            specs += [TensorSpec(f"blk.{il}.{name}", shape, required)
-                      for name, shape, required in self.layer_tensors()]
+            specs += [
+                TensorSpec(f"blk.{il}.{name}", shape, required)
+                for name, shape, required in self.layer_tensors()
+            ]
         return specs
 
     def layer_tensors(self) -> list[tuple[str, tuple[int, ...], bool]]:
@@ -61,8 +63,9 @@ class DecoderModel:
         hp = self.hp
         mode, base, scale, factors = self.rope_args(il)
         factors = self.weights.get(factors) if factors else None
-        return C.ggml_rope_ext(ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale,
-                               0.0, 1.0, 32.0, 1.0)
+        return C.ggml_rope_ext(
+            ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale, 0.0, 1.0, 32.0, 1.0
+        )
 
     def build(self, b):
         raise NotImplementedError

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
-from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
 from ...ggml_ops.reduce import sum_over_rows
+from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
 from ..cache import KVCache
 
 
@@ -27,6 +27,7 @@ class StepPlan:
     the last queries report attention, and IndexMem's parts: whether the indexer scores the
     cache and whether the latent memory's readout is added to attention. (Evictions are carried
     out between steps, by :meth:`ForwardRunner.flush`, never inside a step graph.)"""
+
     n_tokens: int
     n_out: int  # rows of logits produced: n_tokens (all) or 1 (last)
     layer_n_kv: tuple[int, ...]
@@ -55,8 +56,9 @@ class Builder:
         self.tokens = self.g.input("tokens", GGMLType.I32, n)
         self.pos = self.g.input("pos", GGMLType.I32, n)
         self.kv_idx = {i: self.g.input(f"kv_idx-{i}", GGMLType.I64, n) for i in set(plan.layer_idx)}
-        self.masks = {m: self.g.input(f"mask-{m}", GGMLType.F16, n_kv, n)
-                      for m, n_kv in plan.mask_sizes().items()}
+        self.masks = {
+            m: self.g.input(f"mask-{m}", GGMLType.F16, n_kv, n) for m, n_kv in plan.mask_sizes().items()
+        }
         self.out_ids = self.g.input("out_ids", GGMLType.I32, plan.n_out) if plan.n_out < n else None
 
     def cb(self, t, name: str, il: int = -1):
@@ -140,8 +142,9 @@ class Builder:
     def memory_readout(self, il: int):
         """g(q)·m(q) of this step's pre-RoPE queries against the layer's latent memory."""
         state = self.cache.indexmem
-        out = memory_read(self.ctx, self.g.named[f"Qpre-{il}"], state.mem_m[il], state.mem_b[il],
-                          state.modules.memory(il))
+        out = memory_read(
+            self.ctx, self.g.named[f"Qpre-{il}"], state.mem_m[il], state.mem_b[il], state.modules.memory(il)
+        )
         return self.cb(out, "kqv_mem", il)
 
     def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):
@@ -150,11 +153,25 @@ class Builder:
         a policy asks for are multiplied, never a full L x L matrix."""
         ctx, n, hp = self.ctx, self.n_tokens, self.hp
         first = n - n_queries
-        qs = C.ggml_view_3d(ctx, q, hp.head_dim, hp.n_head, n_queries, tensor_struct(q).nb[1],
-                            tensor_struct(q).nb[2], first * tensor_struct(q).nb[2])
+        qs = C.ggml_view_3d(
+            ctx,
+            q,
+            hp.head_dim,
+            hp.n_head,
+            n_queries,
+            tensor_struct(q).nb[1],
+            tensor_struct(q).nb[2],
+            first * tensor_struct(q).nb[2],
+        )
         qs = C.ggml_cont(ctx, C.ggml_permute(ctx, qs, 0, 2, 1, 3))  # [hd, w, H]
-        ms = C.ggml_view_2d(ctx, mask, tensor_struct(mask).ne[0], n_queries, tensor_struct(mask).nb[1],
-                            first * tensor_struct(mask).nb[1])
+        ms = C.ggml_view_2d(
+            ctx,
+            mask,
+            tensor_struct(mask).ne[0],
+            n_queries,
+            tensor_struct(mask).nb[1],
+            first * tensor_struct(mask).nb[1],
+        )
         kq = C.ggml_mul_mat(ctx, kview, qs)  # [n_kv, w, H]
         probs = C.ggml_soft_max_ext(ctx, kq, ms, kq_scale, 0.0)
         n_kv = tensor_struct(kq).ne[0]

@@ -9,6 +9,16 @@ from .snapkv import SnapKVPolicy
 from .streaming import StreamingPolicy
 from .tova import TOVAPolicy
 
-POLICIES = {cls.name: cls for cls in (FullPolicy, StreamingPolicy, H2OPolicy, SnapKVPolicy,
-                                      TOVAPolicy, KeyDiffPolicy, RandomPolicy,
-                                      IndexMemPolicy)}
+POLICIES = {
+    cls.name: cls
+    for cls in (
+        FullPolicy,
+        StreamingPolicy,
+        H2OPolicy,
+        SnapKVPolicy,
+        TOVAPolicy,
+        KeyDiffPolicy,
+        RandomPolicy,
+        IndexMemPolicy,
+    )
+}

@@ -15,6 +15,7 @@ import numpy as np
 @dataclass
 class LayerObservation:
     """What one forward step showed about one layer's cache slots [0, n_kv)."""
+
     positions: np.ndarray  # position held by each slot (-1: empty), after this step's tokens
     attn_mass: np.ndarray | None = None  # attention probability mass each slot received
     new_keys: np.ndarray | None = None  # [n_new, n_head_kv, head_dim] post-RoPE keys of this step
