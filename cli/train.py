@@ -214,6 +214,59 @@ def evaluate(
         write_atomic(out, json.dumps(result, indent=2).encode())
 
 
+@app.command()
+@clean_errors
+def memory(
+    model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
+    indexmem: Path = typer.Option(
+        None, help="IndexMem file to start from (default: the model's shipped sidecar)"
+    ),
+    corpus: Path = typer.Option(Path("data/corpus"), help="output of `prepare`"),
+    out: Path = typer.Option(..., help="checkpoint folder (resumed if it exists)"),
+    steps: int = typer.Option(400),
+    lr: float = typer.Option(1e-3),
+    seq_len: int = typer.Option(2048, help="tokens per training window"),
+    windows: int = typer.Option(400, help="training windows (3 in 5 retrieval-shaped)"),
+    heldout: int = typer.Option(6, help="held-out windows for the before/after measure"),
+    ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios drawn per step"),
+    gate_penalty: float = typer.Option(1e-3, help="times the mean gate, added to the loss"),
+    seed: int = typer.Option(0),
+):
+    """End-to-end latent-memory fit: the student runs the engine's bounded procedure (every layer
+    evicting and reading) and the memories learn to match the full-KV model's next-token
+    distributions after the evicted text (KL). Backbone and indexer frozen; resumable."""
+    from ..engine.indexmem import find_indexmem
+    from ..engine.registry import resolve
+    from ..train.memory_fit import MemoryFitConfig
+    from ..train.memory_run import fit_memory
+
+    model_path = resolve(model, status)
+    indexmem_path, _ = find_indexmem(model, model_path, indexmem)
+    if indexmem_path is None:
+        raise ValueError(f"{model}: no IndexMem file to start from; pass --indexmem")
+    cfg = MemoryFitConfig(
+        steps=steps,
+        lr=lr,
+        ratios=tuple(float(r) for r in ratios.split(",")),
+        gate_penalty=gate_penalty,
+        seed=seed,
+    )
+    with _progress() as progress:
+        task = progress.add_task("memory fit", total=steps, info="")
+
+        def on_step(r):
+            info = f"KL {r['kl']:.4f} gate {r['gate']:.3f} ({r['kind']}, evict {r['ratio']})"
+            progress.update(task, completed=r["step"], info=info)
+
+        def on_phase(msg):
+            progress.update(task, info=msg)
+
+        report = fit_memory(
+            model_path, indexmem_path, corpus, out, cfg, seq_len, windows, heldout, on_step, on_phase
+        )
+    console.print_json(json.dumps(report, default=str))
+
+
 def main():
     app()
 

@@ -105,14 +105,15 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: 
         (S.K_TAU, 16),
     ):
         w.add_uint32(key, int(value))
-    if (
-        pool_kernel is not None
-    ):  # absent, the engine does not pool (files converted before the key stay as they were)
-        w.add_uint32(S.K_POOL, pool_kernel)
+    pool_kernel = pool_kernel if pool_kernel is not None else config.get("pool_kernel")
+    # absent, the engine does not pool (files converted before the key stay as they were)
+    if pool_kernel is not None:
+        w.add_uint32(S.K_POOL, int(pool_kernel))
     w.add_string(S.K_BASE_FINGERPRINT, base_fingerprint)
     w.add_string(S.K_BASE_SHA256, config.get("base_sha256", ""))
     w.add_array(S.K_LAYERS, layers)
-    w.add_array(S.K_MEMORY_LAYERS, list(config.get("global_layers", layers)))
+    # the end-to-end memory fit records the layers whose memory earned its keep
+    w.add_array(S.K_MEMORY_LAYERS, list(config.get("memory_layers", config.get("global_layers", layers))))
     for key, value in (
         (S.K_MEM_LAMBDA, sizes["mem_lambda"]),
         (S.K_MEM_ETA, sizes["mem_eta"]),
@@ -181,7 +182,8 @@ def convert(
     pool_kernel: int | None = None,
 ) -> Path:
     """``pool_kernel``: the engine's default max-pool width over the indexer's scores, stored in
-    the file (None: not stored, the engine does not pool)."""
+    the file (None: the checkpoint's ``pool_kernel`` if its config has one, else not stored and
+    the engine does not pool)."""
     import gguf
 
     if dtype not in DTYPES:

@@ -126,6 +126,7 @@ class RetrievalWindow:
     facts: list[Fact]  # in the order they appear in the haystack
     fact_spans: list[tuple[int, int]]  # token range [start, end) of each fact's statement
     questions_start: int  # first token of the questions
+    asked: list[Fact]  # the facts in the order the questions ask for them
 
 
 def retrieval_windows(
@@ -156,5 +157,5 @@ def retrieval_windows(
             seq += toks
             prev = cut
         seq += hay[prev:hay_len]
-        windows.append(RetrievalWindow(seq + tail, facts, spans, len(seq)))
+        windows.append(RetrievalWindow(seq + tail, facts, spans, len(seq), asked))
     return windows

@@ -1,0 +1,188 @@
+"""End-to-end fitting of the latent memory (issue 43): every layer evicting and reading at once.
+
+The differentiable student (``train/student``) runs the engine's bounded procedure on a
+training window (chunked prefill, the frozen indexer evicting after every chunk, the evicted
+tokens written into each memory layer, the gated readouts added to attention); its next-token
+distributions on the window's targets, which come after the evicted text, are fitted to the
+full-KV model's (KL). Only the memories learn (φ and the gate); the backbone and the indexer
+stay frozen. The chunks before the first target run without gradients; the chunks holding
+targets run with them, the memory states rebuilt from the recorded evictions so the loss
+reaches φ on the write side too (what earlier chunks' readouts did to the cached keys and values
+is held fixed). A small penalty on the mean gate closes the memories that do not earn their
+keep; layers whose gate stays near zero are then dropped (no write, no readout).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..atomic import atomic_file, write_atomic
+from .student.cache import BoundedSettings
+from .student.model import Student
+from .targets import TargetWindow
+
+
+@dataclass
+class MemoryFitConfig:
+    steps: int = 400
+    lr: float = 1e-3
+    final_lr: float = 1e-5
+    warmup: int = 20
+    weight_decay: float = 0.0
+    chunk: int = 512  # prefill chunk, the engine's n_batch
+    ratios: tuple[float, ...] = (0.5, 0.75, 0.9)  # eviction ratio drawn per step
+    sinks: int = 4
+    window: int = 64  # recent tokens kept (the engine's and RULER's default)
+    tau: int = 16
+    gate_penalty: float = 1e-3  # times the mean gate over memory layers
+    seed: int = 0
+    checkpoint_every: int = 10
+
+
+def lr_at(step: int, cfg: MemoryFitConfig) -> float:
+    """Linear warmup, then cosine decay to ``final_lr``."""
+    import math
+
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def budget_for(n_tokens: int, ratio: float, cfg: MemoryFitConfig) -> int:
+    return max(cfg.sinks + cfg.window + 1, round(n_tokens * (1 - ratio)))
+
+
+def kl_at_targets(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher ‖ student) of the next-token distributions."""
+    log_t = F.log_softmax(teacher_logits, -1)
+    return (log_t.exp() * (log_t - F.log_softmax(student_logits, -1))).sum(-1).mean()
+
+
+def run_window(student: Student, window: TargetWindow, chunk: int, grad: bool = False) -> torch.Tensor:
+    """Logits at the window's targets, fed chunk by chunk from an empty cache; with ``grad``
+    the chunks holding targets build a graph for the backward pass."""
+    student.reset()
+    tokens, targets = window.tokens, torch.as_tensor(window.targets)
+    first = int(targets.min())
+    out = []
+    for c0 in range(0, int(targets.max()) + 1, chunk):
+        c1 = min(c0 + chunk, len(tokens))
+        here = targets[(targets >= c0) & (targets < c1)] - c0
+        logits = student.step(
+            tokens[c0:c1], logits_at=here.tolist() if len(here) else None, grad=grad and c1 > first
+        )
+        if logits is not None:
+            out.append(logits)
+    return torch.cat(out)
+
+
+class MemoryTrainer:
+    def __init__(
+        self,
+        backbone,
+        modules,
+        memory_layers,
+        pool_kernel: int,
+        windows: list[TargetWindow],
+        out_dir: Path,
+        cfg: MemoryFitConfig,
+    ):
+        self.backbone, self.modules, self.cfg = backbone, modules, cfg
+        self.memory_layers, self.pool_kernel = list(memory_layers), pool_kernel
+        self.windows, self.out_dir = windows, Path(out_dir)
+        for p in modules.indexers.parameters():
+            p.requires_grad_(False)
+        self.params = [p for il in self.memory_layers for p in modules.memories[il].parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = random.Random(cfg.seed)
+        self.order = list(range(len(windows)))
+        self.rng.shuffle(self.order)
+        self.step = 0
+        self.history: list[dict] = []
+        self.teacher = Student(backbone)
+
+    def student(self, budget: int, memory: bool = True) -> Student:
+        cfg = self.cfg
+        settings = BoundedSettings(budget, cfg.sinks, cfg.window, cfg.tau, self.pool_kernel)
+        memories = {il: self.modules.memories[il] for il in self.memory_layers} if memory else None
+        return Student(self.backbone, settings, list(self.modules.indexers), memories)
+
+    def train_step(self) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        window = self.windows[self.order[self.step % len(self.order)]]
+        ratio = self.rng.choice(cfg.ratios)
+        with torch.no_grad():
+            target = run_window(self.teacher, window, cfg.chunk)
+        student = self.student(budget_for(len(window.tokens), ratio, cfg))
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        self.opt.zero_grad()
+        kl = kl_at_targets(target, run_window(student, window, cfg.chunk, grad=True))
+        gates = [g for values in student.gates.values() for g in values if g.requires_grad]
+        gate = torch.stack(gates).mean() if gates else torch.zeros(())
+        loss = kl + cfg.gate_penalty * gate
+        if loss.requires_grad:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+        self.step += 1
+        record = {
+            "step": self.step,
+            "kl": kl.item(),
+            "gate": gate.item(),
+            "ratio": ratio,
+            "kind": window.kind,
+            "tokens": len(window.tokens),
+            "seconds": round(time.time() - t0, 2),
+        }
+        self.history.append(record)
+        return record
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "memories": {il: self.modules.memories[il].state_dict() for il in self.memory_layers},
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "rng": self.rng.getstate(),
+            "order": self.order,
+            "history": self.history,
+        }
+        with atomic_file(self.out_dir / "memory_fit_state.pt") as f:
+            torch.save(state, f)
+
+    def resume(self) -> bool:
+        path = self.out_dir / "memory_fit_state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        for il, sd in state["memories"].items():
+            self.modules.memories[il].load_state_dict(sd)
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.order, self.history = state["step"], state["order"], state["history"]
+        self.rng.setstate(state["rng"])
+        return True
+
+
+def write_checkpoint(out_dir: Path, modules, config: dict) -> None:
+    """``weights.safetensors`` (every layer's indexer and memory) and ``config.json``, the
+    folder ``indexmem-convert`` reads."""
+    from safetensors.torch import save as to_safetensors
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in modules.state_dict().items()}
+    write_atomic(out_dir / "weights.safetensors", to_safetensors(tensors))
+    write_atomic(out_dir / "config.json", json.dumps(config, indent=2).encode())
+
+
+def fit_config_dict(cfg: MemoryFitConfig) -> dict:
+    return asdict(cfg)

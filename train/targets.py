@@ -1,0 +1,66 @@
+"""Training windows for the end-to-end memory fit: token sequences and the positions whose
+next-token distributions the bounded model must match, always after the text it evicted.
+
+- retrieval windows (``retrieval.py``): the answers to the questions at the end, asked about
+  facts spliced into the haystack, which chunked prefill has mostly evicted by then;
+- plain windows (``data.token_windows``): the last ``tail`` tokens, a continuation of text whose
+  start the bounded cache no longer holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data import token_windows
+from .retrieval import retrieval_windows
+
+
+@dataclass
+class TargetWindow:
+    tokens: list[int]
+    targets: list[int]  # positions t whose prediction of tokens[t + 1] is scored
+    kind: str  # "retrieval" or "plain"
+
+
+def answer_targets(tokenize, window) -> list[int] | None:
+    """Positions predicting the answer tokens of a retrieval window (the token before each
+    answer token), found by tokenizing the tail up to each answer; None when the tail's
+    tokenization is not the concatenation of those prefixes (then the window is skipped)."""
+    tail_tokens = window.tokens[window.questions_start :]
+    targets, text = [], "\n\n"
+    for i, fact in enumerate(window.asked):
+        text += ("\n" if i else "") + f"Question: {fact.question} Answer:"
+        start = len(tokenize(text))
+        text += f" {fact.answer}"
+        end = len(tokenize(text))
+        if tokenize(text) != tail_tokens[:end]:
+            return None
+        targets += [window.questions_start + t - 1 for t in range(start, end)]
+    return targets
+
+
+def retrieval_targets(tokenizer, text: str, length: int, count: int, facts: int, seed: int):
+    def tokenize(s, add_special=False):
+        return tokenizer.encode(s, add_special=add_special)
+
+    out = []
+    for w in retrieval_windows(_Tokenizing(tokenizer), text, length, count, facts, seed):
+        targets = answer_targets(tokenize, w)
+        if targets:
+            out.append(TargetWindow(w.tokens, targets, "retrieval"))
+    return out
+
+
+def plain_targets(tokenizer, text: str, length: int, count: int, tail: int) -> list[TargetWindow]:
+    windows = token_windows(_Tokenizing(tokenizer), text, length, count)
+    return [TargetWindow(w, list(range(length - tail - 1, length - 1)), "plain") for w in windows]
+
+
+class _Tokenizing:
+    """What ``data.token_windows`` and ``retrieval.retrieval_windows`` call: ``tokenize``."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special)
