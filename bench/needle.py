@@ -27,6 +27,7 @@ from rich.table import Table
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
+from ..plotting import pyplot, save_png
 from .heldout import python_source_text
 from .ruler.data import RulerData
 from .ruler.prompt import render_prompt
@@ -121,7 +122,7 @@ def main(
     sha = sha256_of(path)
     modules = modules_sha256(model, path, sha, str(indexmem) if indexmem else None)
     settings = run_settings(context, n_batch, window, haystack, pool_kernel)
-    done = _read_rows(out, sha, modules, settings)
+    done = measured_rows(out, sha, modules, settings)
     rows = list(done.values())
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(configs) * len(cases))
@@ -208,7 +209,7 @@ def settings_match(row: dict, settings: dict) -> bool:
     )
 
 
-def _read_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, settings: dict) -> dict:
+def measured_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, settings: dict) -> dict:
     """Rows of ``out`` measured with this model, where they use them these IndexMem modules, and
     these run settings."""
     return {
@@ -251,14 +252,11 @@ def _print(console, summary, model, context):
 
 
 def plot_accuracy(summary: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ratios = sorted({r for (_, r) in summary if r > 0})
     specs = sorted(
-        {s for (s, r) in summary if r > 0}, key=lambda s: -summary.get((s, ratios[-1]), {}).get("score", 0)
+        {s for (s, r) in summary if r > 0},
+        key=lambda s: (-summary.get((s, ratios[-1]), {}).get("score", 0), s),
     )
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(specs), 3.6))
     width = 0.8 / max(1, len(ratios))
@@ -279,11 +277,7 @@ def plot_accuracy(summary: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path, 120)
 
 
 if __name__ == "__main__":

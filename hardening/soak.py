@@ -22,12 +22,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..atomic import atomic_path, write_atomic
+from ..atomic import write_atomic
 from ..bench.heldout import heldout_text, python_source_text
 from ..engine.api import Engine
 from ..engine.registry import DEFAULT_MODEL
+from ..plotting import pyplot, save_png
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+WARMUP = 0.1  # share of the tokens before memory must be flat
 
 
 def rss_bytes() -> int:
@@ -49,7 +53,7 @@ def main(
     turn_tokens: int = typer.Option(400, help="tokens per user message"),
     reply_tokens: int = typer.Option(32, help="tokens per reply at most"),
     save_every: int = typer.Option(25, help="save the session every this many turns"),
-    warmup: float = typer.Option(0.1, help="share of the tokens before memory must be flat"),
+    warmup: float = typer.Option(WARMUP, help="share of the tokens before memory must be flat"),
     tolerance: float = typer.Option(0.05, help="allowed deviation of RSS from its median after warm-up"),
     threads: int = typer.Option(1),
     out: Path = typer.Option(None, help="JSON: the samples and the figures"),
@@ -105,6 +109,7 @@ def main(
         "rss_after_warmup_max": max(after),
         "flatness": flat,
         "tolerance": tolerance,
+        "warmup_tokens": warmup * tokens,
         "kv_bytes": st["kv_bytes"],
         "position_shift": st["position_shift"],
         "samples": samples,
@@ -117,21 +122,23 @@ def main(
     if out:
         write_atomic(out, json.dumps(summary, indent=1).encode())
     if plot:
-        plot_rss(summary, plot, warmup * tokens)
+        plot_rss(summary, plot)
     raise typer.Exit(0 if flat <= tolerance else 1)
 
 
-def plot_rss(summary: dict, path: Path, warmup_tokens: float) -> None:
-    import matplotlib
+def warmup_tokens(summary: dict) -> float:
+    """Where the warm-up ended; a summary written before it was recorded ran with the default
+    share, of a requested length it streamed a little past."""
+    return summary.get("warmup_tokens", WARMUP * summary["tokens"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot_rss(summary: dict, path: Path) -> None:
+    plt = pyplot()
     xs = [s["tokens"] for s in summary["samples"]]
     ys = [s["rss"] / 2**20 for s in summary["samples"]]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(xs, ys, lw=1)
-    ax.axvline(warmup_tokens, color="grey", ls="--", lw=1, label="end of warm-up")
+    ax.axvline(warmup_tokens(summary), color="grey", ls="--", lw=1, label="end of warm-up")
     ax.set_xlabel("conversation tokens")
     ax.set_ylabel("resident memory (MiB)")
     ax.set_ylim(0, max(ys) * 1.15)
@@ -142,9 +149,7 @@ def plot_rss(summary: dict, path: Path, warmup_tokens: float) -> None:
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path, 120)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ import json
 
 import pytest
 from indexmem import Engine
-from indexmem.bench.needle import _read_rows, build_prompt, config_settings, run_settings, samples, summarize
+from indexmem.bench.needle import (
+    build_prompt,
+    config_settings,
+    measured_rows,
+    run_settings,
+    samples,
+    summarize,
+)
 from indexmem.bench.retention import cached_share, value_span
 from indexmem.bench.specs import engine_options, parse_specs
 from indexmem.engine.eviction import budget_from_ratio
@@ -70,9 +77,9 @@ def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
     out = tmp_path / "needle.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = run_settings(4096, None, 64, "essays", None)
-    kept = {config for config, *_ in _read_rows(out, "M", "S", settings)}
+    kept = {config for config, *_ in measured_rows(out, "M", "S", settings)}
     assert kept == {"tova", "snapkv", "indexmem"}
-    assert _read_rows(tmp_path / "missing.jsonl", "M", "S", settings) == {}
+    assert measured_rows(tmp_path / "missing.jsonl", "M", "S", settings) == {}
 
 
 def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
@@ -102,14 +109,14 @@ def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
     for i, recorded in enumerate(variants):
         out.write_text(json.dumps(dict(case, **recorded)) + "\n")
         for j, asked in enumerate(variants):
-            assert len(_read_rows(out, "M", "S", asked)) == (i == j)
+            assert len(measured_rows(out, "M", "S", asked)) == (i == j)
     out.write_text(json.dumps(case) + "\n")  # before settings were recorded
-    assert len(_read_rows(out, "M", "S", settings)) == 1
-    assert all(not _read_rows(out, "M", "S", other) for other in others)
+    assert len(measured_rows(out, "M", "S", settings)) == 1
+    assert all(not measured_rows(out, "M", "S", other) for other in others)
     # the pool is the indexer's: a heuristic's row holds under any --pool-kernel, and records none
     heuristic = dict(case, config="snapkv", indexmem_sha256=None, **settings)
     out.write_text(json.dumps(heuristic) + "\n")
-    assert len(_read_rows(out, "M", "S", dict(settings, pool_kernel=31))) == 1
+    assert len(measured_rows(out, "M", "S", dict(settings, pool_kernel=31))) == 1
     assert config_settings("snapkv", dict(settings, pool_kernel=31))["pool_kernel"] is None
     assert config_settings("indexmem", dict(settings, pool_kernel=31))["pool_kernel"] == 31
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from ...atomic import atomic_path
+from ...plotting import pyplot, save_png
 from .summary import (
     average,
     average_error,
@@ -22,33 +23,25 @@ from .summary import (
 )
 from .tasks import TASKS
 
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise RuntimeError("plots need matplotlib: pip install matplotlib") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 _DODGE = 0.008  # horizontal offset between configurations' markers, in eviction ratio
+_DPI = 110
+_STYLES = ["-", "--", ":", "-."]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+@dataclass(frozen=True)
+class Curves:
+    """What a compression-curve panel draws from a set of rows: per (spec, context) its points
+    (mean eviction share, per-task scores), full KV's scores per context, and the tasks."""
+
+    tasks: list[str]
+    contexts: list[int]
+    lines: dict
+    full: dict
 
 
-def compression_curves(rows: list[dict], path: Path, title: str) -> None:
-    """Score against eviction ratio, one line per configuration (and context length when there are
-    several), one panel for the average over tasks and one per task. Every line starts at full KV."""
-    plt = _pyplot()
+def curves(rows: list[dict]) -> Curves:
     scores = task_scores(rows)
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    contexts = sorted({ctx for _, ctx in scores})
     shares: dict = defaultdict(list)
     for r in rows:
         shares[(config_of(r), r["context"])].append(evict_share(r))
@@ -56,60 +49,79 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
     for (config, ctx), s in scores.items():
         if config[0] != "full":
             lines[(config[0], ctx)].append((sum(shares[(config, ctx)]) / len(shares[(config, ctx)]), s))
-    full = {ctx: s for (config, ctx), s in scores.items() if config[0] == "full"}
-    panels = (["average"] if len(tasks) > 1 else []) + tasks
+    return Curves(
+        tasks=[t for t in TASKS if any(r["task"] == t for r in rows)],
+        contexts=sorted({ctx for _, ctx in scores}),
+        lines=dict(lines),
+        full={ctx: s for (config, ctx), s in scores.items() if config[0] == "full"},
+    )
+
+
+def _y_of(c: Curves, s: dict, panel: str) -> tuple[float | None, float | None]:
+    """The panel's score and its standard error (drawn on the average panel only)."""
+    if panel == "average":
+        return average(s, c.tasks), average_error(s, c.tasks)
+    return (s[panel].mean, None) if panel in s else (None, None)
+
+
+def draw_panel(ax, c: Curves, panel: str, specs: list[str]) -> None:
+    """One panel ("average" or a task): a line per configuration (and context), each starting at
+    full KV's star; ``specs`` fixes every configuration's colour and marker across panels."""
+    for (spec, ctx), points in sorted(c.lines.items()):
+        pts = sorted(points, key=lambda p: p[0])
+        if ctx in c.full:
+            pts = [(0.0, c.full[ctx])] + pts
+        k = specs.index(spec)
+        dodge = _DODGE * (k - (len(specs) - 1) / 2)  # lines with equal scores stay visible side by side
+        xye = [(x + dodge * (x > 0), *_y_of(c, s, panel)) for x, s in pts]
+        xye = [(x, 100 * y, 100 * (e or 0.0)) for x, y, e in xye if y is not None]
+        if xye:
+            x, y, e = zip(*xye)
+            ax.errorbar(
+                x,
+                y,
+                yerr=e if any(e) else None,
+                marker=_MARKERS[k % len(_MARKERS)],
+                ms=3.5,
+                lw=1.1,
+                elinewidth=0.7,
+                capsize=1.5,
+                alpha=0.85,
+                ls=_STYLES[c.contexts.index(ctx) % len(_STYLES)],
+                color=f"C{k % 10}",
+                label=spec if len(c.contexts) == 1 else f"{spec}, {ctx:,}",
+            )
+    for ctx in c.contexts:
+        if ctx in c.full and _y_of(c, c.full[ctx], panel)[0] is not None:
+            ax.plot([0.0], [100 * _y_of(c, c.full[ctx], panel)[0]], "k*", ms=7)
+    if panel == "average":
+        ax.set_ylim(bottom=-1)  # averages sit low: let the axis fit them and their error bars
+    else:
+        ax.set_ylim(-3, 103)
+    ax.set_xlim(-0.03, 1.0)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+def _specs(*all_curves: Curves) -> list[str]:
+    return sorted({spec for c in all_curves for spec, _ in c.lines})
+
+
+def compression_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Score against eviction ratio, one line per configuration (and context length when there are
+    several), one panel for the average over tasks and one per task. Every line starts at full KV."""
+    plt = pyplot()
+    c = curves(rows)
+    panels = (["average"] if len(c.tasks) > 1 else []) + c.tasks
     ncols = min(5, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(3.0 * ncols, 2.5 * nrows + 0.6), squeeze=False, sharex=True
     )
-
-    def y_of(s: dict, panel: str) -> tuple[float | None, float | None]:
-        """The panel's score and its standard error (drawn on the average panel only)."""
-        if panel == "average":
-            return average(s, tasks), average_error(s, tasks)
-        return (s[panel].mean, None) if panel in s else (None, None)
-
-    styles = ["-", "--", ":", "-."]
-    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    specs = sorted({s for s, _ in lines})
+    specs = _specs(c)
     for ax, panel in zip(axes.flat, panels):
-        for (spec, ctx), points in sorted(lines.items()):
-            pts = sorted(points, key=lambda p: p[0])
-            if ctx in full:
-                pts = [(0.0, full[ctx])] + pts
-            k = specs.index(spec)
-            dodge = _DODGE * (k - (len(specs) - 1) / 2)  # lines with equal scores stay visible side by side
-            xye = [(x + dodge * (x > 0), *y_of(s, panel)) for x, s in pts]
-            xye = [(x, 100 * y, 100 * (e or 0.0)) for x, y, e in xye if y is not None]
-            if xye:
-                x, y, e = zip(*xye)
-                label = spec if len(contexts) == 1 else f"{spec}, {ctx:,}"
-                ax.errorbar(
-                    x,
-                    y,
-                    yerr=e if any(e) else None,
-                    marker=markers[k % len(markers)],
-                    ms=3.5,
-                    lw=1.1,
-                    elinewidth=0.7,
-                    capsize=1.5,
-                    alpha=0.85,
-                    ls=styles[contexts.index(ctx) % len(styles)],
-                    color=f"C{k % 10}",
-                    label=label,
-                )
-        for ctx in contexts:
-            if ctx in full and y_of(full[ctx], panel)[0] is not None:
-                ax.plot([0.0], [100 * y_of(full[ctx], panel)[0]], "k*", ms=7)
+        draw_panel(ax, c, panel, specs)
         ax.set_title(panel if panel == "average" else f"{panel} ({TASKS[panel].short})", fontsize=9)
-        if panel == "average":
-            ax.set_ylim(bottom=-1)  # averages sit low: let the axis fit them and their error bars
-        else:
-            ax.set_ylim(-3, 103)
-        ax.set_xlim(-0.03, 1.0)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     for ax in axes[-1]:
@@ -123,13 +135,35 @@ def compression_curves(rows: list[dict], path: Path, title: str) -> None:
         title + " (star: full KV; bars on the average: ± its standard error)", fontsize=10, x=0.01, ha="left"
     )
     fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 * (nrows == 1)))
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path, _DPI)
+
+
+def average_panels(named_rows: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
+    """The average panel of ``compression_curves`` for several result sets side by side (say one
+    per model), each configuration in the same colour in every panel."""
+    plt = pyplot()
+    all_curves = [(name, curves(rows)) for name, rows in named_rows]
+    specs = _specs(*(c for _, c in all_curves))
+    fig, axes = plt.subplots(1, len(all_curves), figsize=(4.6 * len(all_curves), 3.4), squeeze=False)
+    for ax, (name, c) in zip(axes[0], all_curves):
+        draw_panel(ax, c, "average", specs)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("eviction ratio", fontsize=8)
+    axes[0][0].set_ylabel("average score", fontsize=8)
+    seen: dict = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="lower center", fontsize=8, ncol=min(7, len(seen)))
+    fig.suptitle(title + " (star: full KV; bars: ± standard error)", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    save_png(fig, path, _DPI)
 
 
 def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
     """Needle accuracy by depth (rows) and context length (columns), one panel per configuration."""
-    plt = _pyplot()
+    plt = pyplot()
     bins, contexts, cells = depth_grid(rows)
     if not bins:
         raise ValueError("no needle rows with a depth to plot")
@@ -165,5 +199,4 @@ def depth_heatmaps(rows: list[dict], path: Path, title: str) -> None:
     axes[0][0].set_ylabel("needle depth", fontsize=8)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03, pad=0.02, label="accuracy")
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path, _DPI)

@@ -120,6 +120,11 @@ def config_of(row: dict) -> tuple[str, float | None, int | None]:
     return (row["config"], row["evict_ratio"], None if row["evict_ratio"] is not None else row["budget"])
 
 
+def cache_bytes(rows: list[dict]) -> dict[tuple, int]:
+    """(config, context) -> the cache a row of it allocated: KV + index keys + latent memory."""
+    return {(config_of(r), r["context"]): r["kv_bytes"] + r["index_bytes"] + r["memory_bytes"] for r in rows}
+
+
 def level_label(level: tuple) -> str:
     """How a (ratio, budget) level is written: "@ 0.9" or "B=1024"."""
     ratio, budget = level

@@ -8,17 +8,18 @@ from .summary import (
     average,
     average_error,
     bin_label,
+    cache_bytes,
     config_label,
-    config_of,
     depth_accuracy,
     depth_grid,
     ordered_configs,
     task_scores,
 )
 from .tasks import TASKS
+from .timing import time_table
 
 
-def _mb(n: int) -> str:
+def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f}"
 
 
@@ -28,9 +29,7 @@ def ruler_table(rows: list[dict]) -> str:
     the single needles found by depth."""
     scores = task_scores(rows)
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    kv = {}
-    for r in rows:
-        kv[(config_of(r), r["context"])] = r["kv_bytes"] + r["index_bytes"] + r["memory_bytes"]
+    kv = cache_bytes(rows)
     n = {k: min(v.n for v in s.values()) for k, s in scores.items()}
     out = []
     for context in sorted({c for _, c in scores}):
@@ -44,7 +43,7 @@ def ruler_table(rows: list[dict]) -> str:
             s = scores[(config, context)]
             cells = [f"{100 * s[t].mean:.1f}" if t in s else "–" for t in tasks]
             out.append(
-                f"| {config_label(config)} | {_mb(kv[(config, context)])} | {n[(config, context)]} | "
+                f"| {config_label(config)} | {megabytes(kv[(config, context)])} | {n[(config, context)]} | "
                 + " | ".join(cells)
                 + f" | {_average_cell(s, tasks)} |"
             )
@@ -120,3 +119,14 @@ def depth_table(rows: list[dict]) -> str:
             )
         out.append("")
     return "\n".join(out)
+
+
+def ruler_report(rows: list[dict], model: str) -> str:
+    """The markdown file ``indexmem-bench ruler`` writes beside its rows: the scores, then what
+    each sample cost."""
+    return f"RULER, {model}\n\n" + "\n\n".join(filter(None, [ruler_table(rows), time_table(rows)])) + "\n"
+
+
+def niah_report(rows: list[dict], task: str, model: str) -> str:
+    """The markdown file ``indexmem-bench niah`` writes beside its rows."""
+    return f"{task} accuracy by depth and length, {model}\n\n{depth_table(rows)}\n"

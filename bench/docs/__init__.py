@@ -1,0 +1,1 @@
+"""The documentation's tables, figures and plots, generated from the committed result files."""

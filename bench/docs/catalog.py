@@ -1,0 +1,97 @@
+"""Every committed result file the documentation shows, and where.
+
+Adding a result file is adding a line here; ``python -m indexmem.bench.docs`` then writes its
+tables (and plots) into the named document, under the section named (a heading; added at the end
+of the document if missing). A model's headline in README.md appears once a ``headline`` RULER
+file of it exists and has a complete sample; its decode ratio comes from its ``headline`` speed file.
+A listed file that does not exist yet is skipped (say, a sweep being measured on another branch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESULTS_DOC = "docs/results.md"
+
+
+@dataclass(frozen=True)
+class Result:
+    model: str  # registry name
+    bench: str  # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak (sections.py)
+    file: str  # from the repository root
+    doc: str = RESULTS_DOC
+    section: str | None = None  # the heading the block sits under (default: the model's name)
+    headline: bool = False  # feeds the model's README headline (ruler: quality and cache; speed: decode)
+    modules: str | None = (
+        None  # sha256 prefix of the IndexMem file whose rows to show (default: the shipped one)
+    )
+    context: int | None = None  # needle: the prompt length asked for
+    plot: str | None = None  # PNG drawn from the rows shown, from the repository root
+
+    @property
+    def block(self) -> str:
+        """The name of the block in the document (the file, and the modules when chosen)."""
+        return self.file + (f"@{self.modules}" if self.modules else "")
+
+    @property
+    def heading(self) -> str:
+        return self.section or self.model
+
+
+SMOLLM2, GEMMA = "smollm2-135m-instruct", "gemma3-270m"
+QWEN_05B = "qwen2.5-coder-0.5b-instruct"
+R = "docs/results/"
+HARDENING_DOC, TRAINING_DOC = "docs/hardening.md", "docs/training.md"
+
+RESULTS = [
+    # SmolLM2-135M-Instruct
+    Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k.jsonl", headline=True, plot=R + "ruler-smollm2-4k.png"),
+    Result(SMOLLM2, "needle", R + "needle-smollm2-4k.jsonl", context=4096, plot=R + "needle-smollm2-4k.png"),
+    Result(SMOLLM2, "niah", R + "niah-smollm2.jsonl", plot=R + "niah-smollm2.png"),
+    Result(SMOLLM2, "ppl", R + "ppl-smollm2-4k.json"),
+    Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
+    Result(SMOLLM2, "speed", R + "smollm2.json"),
+    Result(SMOLLM2, "ppl", R + "ppl_smollm2.json"),
+    Result(SMOLLM2, "speed", R + "bounded_streaming.json"),
+    Result(SMOLLM2, "speed", R + "bounded_snapkv.json"),
+    Result(SMOLLM2, "speed", R + "bounded_h2o.json"),
+    Result(
+        SMOLLM2, "ruler", R + "ruler-smollm2-4k.jsonl", modules="f5f1e780", section="Earlier IndexMem files"
+    ),
+    Result(
+        SMOLLM2,
+        "ruler",
+        R + "ablation-pool7-smollm2-4k.jsonl",
+        modules="c8498a81",
+        section="Earlier IndexMem files",
+    ),
+    Result(
+        SMOLLM2, "ruler", R + "ruler-smollm2-4k.jsonl", modules="74f73adb", section="Earlier IndexMem files"
+    ),
+    # Gemma 3 270M
+    Result(GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", headline=True, plot=R + "ruler-gemma3-16k.png"),
+    Result(GEMMA, "needle", R + "needle-gemma-8k.jsonl", context=8192, plot=R + "needle-gemma-8k.png"),
+    Result(GEMMA, "ppl", R + "ppl-gemma-8k.json"),
+    Result(GEMMA, "speed", R + "speed-gemma3-16k-memory.json", headline=True),
+    Result(GEMMA, "speed", R + "speed-gemma3-16k.json"),
+    Result(GEMMA, "speed", R + "gemma.json"),
+    Result(
+        GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", modules="332fca0d", section="Earlier IndexMem files"
+    ),
+    # Qwen2.5-Coder (being measured)
+    Result(QWEN_05B, "ruler", R + "ruler-qwen05b-4k.jsonl", headline=True, plot=R + "ruler-qwen05b-4k.png"),
+    # training: the shipped checkpoints, how they were fitted and their held-out evaluation
+    Result(SMOLLM2, "train-config", "checkpoints/smollm2-135m-instruct/config.json", doc=TRAINING_DOC),
+    Result(
+        SMOLLM2, "train-eval", "checkpoints/smollm2-135m-instruct/eval_heldout_facts.json", doc=TRAINING_DOC
+    ),
+    Result(SMOLLM2, "train-eval", "checkpoints/smollm2-135m-instruct/eval_heldout.json", doc=TRAINING_DOC),
+    Result(GEMMA, "train-config", "checkpoints/gemma3-270m/config.json", doc=TRAINING_DOC),
+    Result(GEMMA, "train-eval", "checkpoints/gemma3-270m/eval_heldout_facts.json", doc=TRAINING_DOC),
+    Result(GEMMA, "train-eval", "checkpoints/gemma3-270m/eval_heldout.json", doc=TRAINING_DOC),
+    # hardening
+    Result(SMOLLM2, "fuzz", R + "fuzz-report.json", doc=HARDENING_DOC, section="Fuzzing"),
+    Result(SMOLLM2, "soak", R + "soak.json", doc=HARDENING_DOC, section="Soak", plot=R + "soak.png"),
+]
+
+HEADLINE_PLOT = R + "headline.png"

@@ -1,0 +1,260 @@
+"""What each kind of result file becomes in the documentation: a markdown block (a caption with the
+file's own counts and settings, then its tables, reusing each benchmark's table code) and the files
+drawn from the same rows (plots, RULER's report beside its rows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...atomic import write_atomic
+from ...engine.indexmem import SIDECAR_DIR
+from ...engine.registry import MODELS, sha256_of
+from ...hardening.report import markdown_summary
+from ...hardening.soak import plot_rss
+from ...markdown import table
+from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
+from ..report import needle_table, ppl_table
+from ..ruler.plots import compression_curves, depth_heatmaps
+from ..ruler.summary import complete_samples, first_samples, measured_with, read_rows
+from ..ruler.table import depth_table, megabytes, niah_report, ruler_report, ruler_table
+from ..speed_results import read_speed, speed_caption, speed_table
+from .catalog import Result
+
+Writer = Callable[[Path], None]  # writes one output file at the path it is given
+
+
+@dataclass
+class Section:
+    text: str
+    outputs: dict[str, Writer] = field(default_factory=dict)  # repository path -> its writer
+    rows: list[dict] = field(default_factory=list)  # the result rows shown (RULER: for the headline)
+
+
+def link(target: str, doc: str) -> str:
+    """``target`` (from the repository root) as a relative link from ``doc``."""
+    return os.path.relpath(target, os.path.dirname(doc) or ".")
+
+
+def _text_writer(text: str) -> Writer:
+    return lambda path: write_atomic(path, text.encode())
+
+
+def modules_sha256(entry: Result, rows: list[dict]) -> str | None:
+    """The IndexMem file whose rows to show: the one the entry names by a sha256 prefix, else the
+    sidecar shipped for the model (None: it has none, so only configurations without modules)."""
+    if entry.modules:
+        found = {
+            r["indexmem_sha256"] for r in rows if (r.get("indexmem_sha256") or "").startswith(entry.modules)
+        }
+        if len(found) != 1:
+            raise ValueError(f"{entry.file}: {len(found)} IndexMem files start with {entry.modules}")
+        return found.pop()
+    sidecar = MODELS[entry.model].sidecar
+    return sha256_of(SIDECAR_DIR / sidecar) if sidecar else None
+
+
+def ruler_rows(entry: Result, root: Path) -> list[dict]:
+    """The rows a RULER table shows: this model's, with the chosen IndexMem file, complete samples only."""
+    rows = read_rows(root / entry.file)
+    rows = measured_with(rows, MODELS[entry.model].sha256, modules_sha256(entry, rows))
+    return first_samples(rows, complete_samples(rows))
+
+
+def _modules_note(rows: list[dict]) -> str:
+    shas = sorted({r["indexmem_sha256"][:8] for r in rows if r.get("indexmem_sha256")})
+    return f"; IndexMem file sha256 {', '.join(s + '…' for s in shas)}" if shas else ""
+
+
+def ruler(entry: Result, root: Path) -> Section | None:
+    rows = ruler_rows(entry, root)
+    if not rows:
+        return None
+    contexts = sorted({r["context"] for r in rows})
+    samples = len({r["index"] for r in rows})
+    caption = (
+        f"**RULER, {entry.model}, {' and '.join(f'{c:,}' for c in contexts)} tokens**: "
+        f"{len({r['task'] for r in rows})} tasks, {samples} sample{'s' * (samples != 1)} per task "
+        f"({len(rows):,} examples){_modules_note(rows)}."
+    )
+    outputs, parts = {}, [caption, ruler_table(rows)]
+    if entry.plot:
+        outputs[entry.plot] = lambda path: compression_curves(rows, path, f"RULER, {entry.model}")
+        parts.append(f"![RULER compression curves, {entry.model}]({link(entry.plot, entry.doc)})")
+    if entry.modules is None:  # the report `indexmem-bench ruler` keeps beside the rows
+        report = str(Path(entry.file).with_suffix(".md"))
+        outputs[report] = _text_writer(ruler_report(rows, entry.model))
+        parts.append(f"What each sample cost to measure: [{Path(report).name}]({link(report, entry.doc)}).")
+    return Section("\n\n".join(parts), outputs, rows)
+
+
+def niah(entry: Result, root: Path) -> Section | None:
+    rows = [r for r in ruler_rows(entry, root) if r["depth"] is not None]
+    if not rows:
+        return None
+    (task,) = {r["task"] for r in rows}
+    caption = f"**{task} by needle depth and prompt length, {entry.model}**: accuracy{_modules_note(rows)}."
+    outputs = {str(Path(entry.file).with_suffix(".md")): _text_writer(niah_report(rows, task, entry.model))}
+    parts = [caption, depth_table(rows).rstrip()]
+    if entry.plot:
+        title = f"{task}, {entry.model}: accuracy by needle depth and context length"
+        outputs[entry.plot] = lambda path: depth_heatmaps(rows, path, title)
+        parts.append(f"![needle depth x length, {entry.model}]({link(entry.plot, entry.doc)})")
+    return Section("\n\n".join(parts), outputs, rows)
+
+
+def needle(entry: Result, root: Path) -> Section | None:
+    settings = dict(LEGACY_SETTINGS, target_context=entry.context)  # the needle command's defaults
+    path = root / entry.file
+    modules = modules_sha256(entry, read_rows(path))
+    rows = list(measured_rows(path, MODELS[entry.model].sha256, modules, settings).values())
+    if not rows:
+        return None
+    caption = (
+        f"**Needle in a haystack, {entry.model}, {entry.context:,}-token prompts**: share of the needles "
+        f"found (n = needles per configuration and ratio){_modules_note(rows)}."
+    )
+    outputs, parts = {}, [caption, needle_table(rows)]
+    if entry.plot:
+        title = f"{entry.model}: needle retrieval at {entry.context} tokens"
+        outputs[entry.plot] = lambda path: plot_accuracy(summarize(rows), path, title)
+        parts.append(f"![needle, {entry.model}]({link(entry.plot, entry.doc)})")
+    return Section("\n\n".join(parts), outputs, rows)
+
+
+def ppl(entry: Result, root: Path) -> Section:
+    data = json.loads((root / entry.file).read_text())
+    full = next(r for r in data["results"] if r["policy"] == "full")
+    windows, rest = divmod(
+        full["tokens"], data["context"] - 1
+    )  # each window predicts all but its first token
+    text = f"{windows} × {data['context']:,}" if windows and not rest else f"{full['tokens']:,}"
+    budgets = sorted({(r["evict_ratio"], r["kv_bytes"]) for r in data["results"] if r["policy"] != "full"})
+    caption = (
+        f"**Perplexity, {entry.model}**: {text} tokens of held-out text, prefilled in chunks of "
+        f"{data['n_batch']} with every layer compressed to its budget B between chunks. KV MB allocated: "
+        f"full KV {megabytes(full['kv_bytes'])}, "
+        + ", ".join(f"evict {ratio:g} {megabytes(kv)}" for ratio, kv in budgets)
+        + "."
+    )
+    return Section(f"{caption}\n\n{ppl_table(data)}")
+
+
+def speed(entry: Result, root: Path) -> Section:
+    data = read_speed(root / entry.file)
+    return Section(f"**Speed, {entry.model}**: {speed_caption(data)}\n\n{speed_table(data)}")
+
+
+EVAL_TABLES = {  # key in the evaluation file -> what it measures
+    "fact_recall": "share of the facts' tokens kept when the text before the questions is compressed once "
+    "by the queries just before them",
+    "fact_recall_chunked": "share of the facts' tokens still cached after a simulated chunked prefill, "
+    "compressed after every chunk",
+    "recall": "share of the teacher's max-pooled attention (over all queries) kept when the sequence is "
+    "compressed once (METHOD.md's measure)",
+}
+
+
+def train_eval(entry: Result, root: Path) -> Section:
+    data = json.loads((root / entry.file).read_text())
+    caption = (
+        f"**{entry.model}, `{Path(entry.file).name}`**: {data['sequences']} held-out sequences, "
+        f"{len(data['layers'])} layers."
+    )
+    parts = [caption]
+    for key, what in EVAL_TABLES.items():
+        if key in data:
+            ratios = sorted({r for by_ratio in data[key].values() for r in by_ratio}, key=float)
+            rows = [[name, *(f"{by_ratio[r]:.3f}" for r in ratios)] for name, by_ratio in data[key].items()]
+            parts += [
+                f"{what[0].upper() + what[1:]}:",
+                table(["scores", *(f"evict {r}" for r in ratios)], rows),
+            ]
+    parts.append(
+        f"Latent memory at evict {data['residual_at_evict_ratio']:g}: attention-output residual "
+        f"‖o_full − o_attn(kept)‖² {data['residual_without_memory']:.2f} → {data['residual_with_memory']:.2f} "
+        f"with the memory's readout added ({100 * data['residual_reduction']:.1f}% less)."
+    )
+    return Section("\n\n".join(parts))
+
+
+def _data_source(source: str) -> str:
+    """A training config's data as the reader needs it: without the feature folder's path."""
+    m = re.fullmatch(r"\S+ \((.*?)\), (.*)", source)
+    return f"{m[2]}, from the {m[1]}" if m else source
+
+
+def train_config(entry: Result, root: Path) -> Section:
+    c = json.loads((root / entry.file).read_text())
+    fit, sizes = c["fit"], c["sizes"]
+    always = (
+        f" plus layers {', '.join(map(str, fit['always_layers']))} at every step"
+        if fit["always_layers"]
+        else ""
+    )
+    objective = (
+        f"the indexer's importance from one window of {fit['student_window']} queries, the teacher's from "
+        f"queries at least {fit['teacher_min_distance']} tokens later"
+        if fit["student_window"]
+        else "METHOD.md's objective"
+    )
+    text = (
+        f"**{entry.model}, `{Path(entry.file).name}`**: {c['steps']:,} steps ({fit['stage1_steps']} indexer only, "
+        f"{fit['stage2_steps']} joint), {fit['layers_per_step']} random layers per step{always}; "
+        f"{objective}. Indexer: {sizes['n_idx_heads']} heads of {sizes['d_idx']}; latent memory of "
+        f"{sizes['d_mem']}. Data: {_data_source(c['data']['source'])}. Trained in "
+        f"{c['train_seconds_this_run'] / 60:.1f} min (the run's own count, one thread of this machine); final "
+        f"losses: index {c['final_index_loss']:.3f}, memory {c['final_mem_loss']:.2f}."
+    )
+    return Section(text)
+
+
+def fuzz(entry: Result, root: Path) -> Section:
+    report = json.loads((root / entry.file).read_text())
+    caption = (
+        f"**{report['cases']:,} cases, seed {report['seed']}** ({report['wall_seconds'] / 60:.1f} min, "
+        f"{report['worker_restarts']} worker restarts): `{report['command']}`"
+    )
+    return Section(f"{caption}\n\n{markdown_summary(report)}")
+
+
+def soak(entry: Result, root: Path) -> Section:
+    s = json.loads((root / entry.file).read_text())
+    mib = 2**20
+    text = (
+        f"**{s['tokens']:,} tokens in {s['turns']} turns** through {s['model']}, {s['policy']} with a "
+        f"budget of {s['budget']:,} ({s['seconds'] / 60:.0f} min; {s['position_shift']:,} positions shifted "
+        f"back by the end; KV cache {megabytes(s['kv_bytes'])} MB). After the warm-up the resident set "
+        f"stayed within **{100 * s['flatness']:.2f}%** of its median "
+        f"({s['rss_after_warmup_min'] / mib:.1f}–{s['rss_after_warmup_max'] / mib:.1f} MiB; "
+        f"the tolerance is {100 * s['tolerance']:.0f}%)."
+    )
+    outputs, parts = {}, [text]
+    if entry.plot:
+        outputs[entry.plot] = lambda path: plot_rss(s, path)
+        parts.append(f"![RSS over the conversation]({link(entry.plot, entry.doc)})")
+    return Section("\n\n".join(parts), outputs)
+
+
+RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
+    "ruler": ruler,
+    "niah": niah,
+    "needle": needle,
+    "ppl": ppl,
+    "speed": speed,
+    "train-eval": train_eval,
+    "train-config": train_config,
+    "fuzz": fuzz,
+    "soak": soak,
+}
+
+
+def render(entry: Result, root: Path) -> Section | None:
+    """The entry's block and outputs; None while its file does not exist or has no complete sample."""
+    if not (root / entry.file).exists():
+        return None
+    return RENDERERS[entry.bench](entry, root)
