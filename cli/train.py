@@ -267,6 +267,44 @@ def memory(
     console.print_json(json.dumps(report, default=str))
 
 
+@app.command()
+@clean_errors
+def auto(
+    model: str = typer.Argument(..., help="registry name or .gguf path"),
+    out: Path = typer.Option(None, help="sidecar to write (default: <model>.indexmem.gguf here)"),
+    hours: float = typer.Option(3.0, help="time budget, split between the stages"),
+    threads: int = typer.Option(2, help="compute threads (engine and torch)"),
+    disk_cap: float = typer.Option(10.0, help="GB of features on disk at any time"),
+    seq_len: int = typer.Option(2048, help="tokens per training window"),
+    work: Path = typer.Option(None, help="work folder (default: OUT with .work); a rerun resumes it"),
+):
+    """From a GGUF to a validated IndexMem sidecar in one resumable run: corpus, teacher features
+    (streamed in shards under the disk cap), the indexer, the latent memory (end to end), and a
+    check through the engine. Prints its plan first; killed and run again, it continues."""
+    import torch
+
+    from ..engine.registry import MODELS
+    from ..train.auto import make_plan
+    from ..train.auto_run import STAGES, AutoRun
+
+    torch.set_num_threads(threads)
+    stem = model if model in MODELS else Path(model).stem
+    out = out or Path(f"{stem}.indexmem.gguf")
+    plan = make_plan(model, out, hours, threads, disk_cap, seq_len, work, progress=status)
+    for line in plan.describe():
+        console.print(line, highlight=False)
+    with _progress() as progress:
+        tasks = {
+            stage: progress.add_task(stage, total=1, info="") for stage in ("corpus", "features", *STAGES[1:])
+        }
+
+        def on_progress(stage, done, total, info=""):
+            progress.update(tasks[stage], completed=done, total=max(total, 1), info=info)
+
+        report = AutoRun(plan, on_progress).run()
+    console.print_json(json.dumps(report, default=str))
+
+
 def main():
     app()
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..atomic import atomic_file, write_atomic
 from ..engine.registry import sha256_of
 
-KINDS = {  # file stem -> graph intermediate
+KINDS = {  # file stem -> graph intermediate (every kind: stage 1 and the per-layer stage 2)
     "x": "attn_norm",
     "q_pre": "Qpre",
     "q_cur": "Qcur",
@@ -25,6 +25,11 @@ KINDS = {  # file stem -> graph intermediate
     "v": "Vcur",
     "o": "kqv_out",
 }
+
+
+# what the indexer's fit needs: its inputs (x, pre-RoPE Q) and the teacher's logits (Q, K as
+# attention uses them)
+INDEXER_KINDS = {stem: KINDS[stem] for stem in ("x", "q_pre", "q_cur", "k_cur")}
 
 
 def kq_scale(engine) -> float:
@@ -40,12 +45,14 @@ def extract(
     on_sequence=None,
     source: str = "",
     annotations: dict | None = None,
+    kinds: dict[str, str] = KINDS,
 ) -> dict:
-    """Run every sequence through the engine (full KV) and save its per-layer features.
-    ``annotations`` (per-sequence lists, e.g. where spliced facts are) go into the manifest."""
+    """Run every sequence through the engine (full KV) and save its per-layer features of
+    ``kinds``. ``annotations`` (per-sequence lists, e.g. where spliced facts are) go into the
+    manifest."""
     hp = engine.hparams
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"{graph}-{il}" for graph in KINDS.values() for il in range(hp.n_layer)]
+    names = [f"{graph}-{il}" for graph in kinds.values() for il in range(hp.n_layer)]
     for i, tokens in enumerate(sequences):
         engine.reset()
         parts = {name: [] for name in names}
@@ -54,7 +61,7 @@ def extract(
             _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=names)
             for name in names:
                 parts[name].append(cap[name].reshape(len(piece), -1))
-        for stem, graph in KINDS.items():
+        for stem, graph in kinds.items():
             stacked = np.stack([np.concatenate(parts[f"{graph}-{il}"]) for il in range(hp.n_layer)])
             with atomic_file(out_dir / f"seq{i:04d}.{stem}.npy") as f:
                 np.save(f, stacked.astype(np.float16))
@@ -74,7 +81,7 @@ def extract(
         "sliding_window": hp.sliding_window,
         "seq_len": len(sequences[0]),
         "n_sequences": len(sequences),
-        "kinds": KINDS,
+        "kinds": kinds,
         "source": source,
         **(annotations or {}),
     }
@@ -99,6 +106,7 @@ class FeatureSet:
             "v": (m["n_head_kv"], m["d_head"]),
             "o": (m["n_head"] * m["d_head"],),
         }
+        self.shapes = {stem: shape for stem, shape in self.shapes.items() if stem in m["kinds"]}
         self._maps = {}
 
     def _array(self, seq: int, stem: str):

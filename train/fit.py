@@ -122,6 +122,13 @@ class Trainer:
         self._teacher: dict[tuple[int, int], torch.Tensor] = {}
         self.global_layers = [il for il, swa in enumerate(m["swa_layers"]) if not swa]
 
+    def use_features(self, features: FeatureSet) -> None:
+        """Train on another feature set of the same model from the next step on (features are
+        streamed in shards by ``indexmem-train auto``)."""
+        if features.manifest["n_layer"] != self.fs.n_layer:
+            raise ValueError("a feature shard of another model")
+        self.fs, self._teacher = features, {}
+
     def teacher(self, seq: int, il: int, f: dict) -> torch.Tensor:
         key = (seq, il)
         if key not in self._teacher:
@@ -225,6 +232,26 @@ class Trainer:
         return True
 
 
+def checkpoint_config(trainer: Trainer, data: dict, extra: dict | None = None) -> dict:
+    """The ``config.json`` of a fitted checkpoint: what it was trained for, on what, and how."""
+    m, last = trainer.fs.manifest, trainer.history[-20:]
+    with_mem = [r["mem"] for r in last if "mem" in r]
+    return {
+        "model": m["model_path"],
+        "base_sha256": m["model_sha256"],
+        "arch": m["arch"],
+        "n_layer": trainer.fs.n_layer,
+        "sizes": trainer.sizes.to_dict(),
+        "global_layers": trainer.global_layers,
+        "fit": asdict(trainer.cfg),
+        "steps": trainer.step,
+        "data": data,
+        "final_index_loss": sum(r["index"] for r in last) / max(1, len(last)),
+        "final_mem_loss": sum(with_mem) / max(1, len(with_mem)),
+        **(extra or {}),
+    }
+
+
 def fit(
     features_dir: Path,
     out_dir: Path,
@@ -248,28 +275,13 @@ def fit(
         if trainer.step % cfg.checkpoint_every == 0:
             trainer.save()
     trainer.save(final=True)
-    last = trainer.history[-20:]
-    summary = {
-        "model": fs.manifest["model_path"],
-        "base_sha256": fs.manifest["model_sha256"],
-        "arch": fs.manifest["arch"],
-        "n_layer": fs.n_layer,
-        "sizes": trainer.sizes.to_dict(),
-        "global_layers": trainer.global_layers,
-        "fit": asdict(cfg),
-        "steps": trainer.step,
-        "data": {
-            "features": str(features_dir),
-            "source": fs.manifest.get("source", ""),
-            "seq_len": fs.manifest["seq_len"],
-            "n_sequences": fs.n_sequences,
-        },
-        "train_seconds_this_run": round(time.time() - t0, 1),
-        "final_index_loss": sum(r["index"] for r in last) / len(last),
-        "final_mem_loss": (
-            sum(r["mem"] for r in last if "mem" in r) / max(1, sum(1 for r in last if "mem" in r))
-        ),
-        **(extra_config or {}),
+    data = {
+        "features": str(features_dir),
+        "source": fs.manifest.get("source", ""),
+        "seq_len": fs.manifest["seq_len"],
+        "n_sequences": fs.n_sequences,
     }
+    extra = {"train_seconds_this_run": round(time.time() - t0, 1), **(extra_config or {})}
+    summary = checkpoint_config(trainer, data, extra)
     write_atomic(Path(out_dir) / "config.json", json.dumps(summary, indent=2).encode())
     return summary

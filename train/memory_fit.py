@@ -169,6 +169,7 @@ class MemoryTrainer:
             self.modules.memories[il].load_state_dict(sd)
         self.opt.load_state_dict(state["opt"])
         self.step, self.order, self.history = state["step"], state["order"], state["history"]
+        self.cfg.steps = state.get("steps", self.cfg.steps)
         self.rng.setstate(state["rng"])
         return True
 

@@ -21,6 +21,7 @@ from .student.model import load_backbone
 from .student.sidecar import modules_from_file
 from .targets import plain_targets, retrieval_targets
 
+MEASURED_STEPS = 3  # with a time budget, the steps that set the step count
 GATE_FLOOR = 0.05  # a memory layer whose mean held-out gate ends below this is shut
 
 
@@ -56,7 +57,10 @@ def fit_memory(
     n_heldout: int = 6,
     on_step=None,
     on_phase=None,
+    seconds: float | None = None,
 ) -> dict:
+    """``seconds``: a time budget for the training steps; the step count then follows from the
+    first steps' mean time (and is kept when the run resumes)."""
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     phase = on_phase or (lambda msg: None)
@@ -79,10 +83,12 @@ def fit_memory(
         phase("held-out before: with the starting memory")
         report["before"] = heldout.kl(memory=True)
         _write_json(report_path, report)
-    trainer.resume()
+    resumed = trainer.resume()
     t0 = time.time()
     while trainer.step < cfg.steps:
         record = trainer.train_step()
+        if seconds and not resumed and trainer.step == MEASURED_STEPS:
+            cfg.steps = max(MEASURED_STEPS, int(seconds / ((time.time() - t0) / MEASURED_STEPS)))
         if on_step:
             on_step(record)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:

@@ -93,6 +93,55 @@ TEMPLATES = [
 ]
 
 
+# more wordings and kinds of value, for runs that ask for variety (``templates=BROAD``)
+BROAD = TEMPLATES + [
+    ("The code for the {s} is {v}.", "What is the code for the {s}?", "code"),
+    ("Note for later: the {s} opens on {v}.", "On what date does the {s} open?", "date"),
+    ("In the records, the keeper of the {s} is named {v}.", "Who is the keeper of the {s}?", "name"),
+    ("Its serial reads {v}; that is the {s}.", "What does the serial of the {s} read?", "hex"),
+    (
+        "Remember this: {v} is the number you need for the {s}.",
+        "Which number do you need for the {s}?",
+        "number",
+    ),
+    ("config: {s} = {v}", "What value does the config set for the {s}?", "number"),
+    ("The {s} is painted {v}, as everyone in town knows.", "What colour is the {s} painted?", "colour"),
+]
+NAMES = [
+    "Agnes",
+    "Bartholomew",
+    "Cordelia",
+    "Desmond",
+    "Eleanor",
+    "Fitzgerald",
+    "Gwendolyn",
+    "Horatio",
+    "Imogen",
+    "Jasper",
+    "Lavinia",
+    "Mortimer",
+    "Ophelia",
+    "Percival",
+    "Rosalind",
+    "Thaddeus",
+]
+COLOURS = ["ochre", "teal", "crimson", "ivory", "slate grey", "mustard", "lilac", "indigo", "umber"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
 @dataclass
 class Fact:
     statement: str
@@ -106,15 +155,26 @@ def _value(kind: str, rng: random.Random) -> str:
         return str(rng.randrange(10 ** (digits - 1), 10**digits))
     if kind == "word":
         return rng.choice(WORDS)
+    if kind == "code":
+        letters = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(2))
+        return f"{letters}-{rng.randrange(1000, 10000)}-{rng.choice('ABCDEFGH')}"
+    if kind == "date":
+        return f"{rng.randrange(1, 29)} {rng.choice(MONTHS)}"
+    if kind == "name":
+        return rng.choice(NAMES)
+    if kind == "hex":
+        return "".join(rng.choice("0123456789abcdef") for _ in range(rng.randrange(8, 13)))
+    if kind == "colour":
+        return rng.choice(COLOURS)
     return f"{rng.randrange(1, 13)}:{rng.randrange(60):02d}"
 
 
-def random_facts(count: int, rng: random.Random) -> list[Fact]:
-    """``count`` facts about distinct subjects."""
+def random_facts(count: int, rng: random.Random, templates=TEMPLATES) -> list[Fact]:
+    """``count`` facts about distinct subjects, each in one of ``templates``' wordings."""
     subjects = rng.sample([f"{a} {n}" for a in ADJECTIVES for n in NOUNS], count)
     facts = []
     for subject in subjects:
-        statement, question, kind = rng.choice(TEMPLATES)
+        statement, question, kind = rng.choice(templates)
         value = _value(kind, rng)
         facts.append(Fact(statement.format(s=subject, v=value), question.format(s=subject), value))
     return facts
@@ -130,7 +190,7 @@ class RetrievalWindow:
 
 
 def retrieval_windows(
-    engine, text: str, length: int, count: int, facts_per_window: int, seed: int = 0
+    engine, text: str, length: int, count: int, facts_per_window: int, seed: int = 0, templates=TEMPLATES
 ) -> list[RetrievalWindow]:
     """``count`` windows of exactly ``length`` tokens: a corpus window (see ``token_windows``)
     with ``facts_per_window`` facts spliced in at random depths (5-90% of the haystack, at token
@@ -140,7 +200,7 @@ def retrieval_windows(
     windows = []
     for body in token_windows(engine, text, length, count):
         head, hay = body[:head_len], body[head_len:]
-        facts = random_facts(facts_per_window, rng)
+        facts = random_facts(facts_per_window, rng, templates)
         fact_tokens = [engine.tokenize(f"\n{f.statement}\n", add_special=False) for f in facts]
         asked = rng.sample(facts, len(facts))
         tail = engine.tokenize(

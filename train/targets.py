@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .data import token_windows
-from .retrieval import retrieval_windows
+from .retrieval import BROAD, retrieval_windows
 
 
 @dataclass
@@ -22,12 +22,12 @@ class TargetWindow:
     kind: str  # "retrieval" or "plain"
 
 
-def answer_targets(tokenize, window) -> list[int] | None:
-    """Positions predicting the answer tokens of a retrieval window (the token before each
-    answer token), found by tokenizing the tail up to each answer; None when the tail's
-    tokenization is not the concatenation of those prefixes (then the window is skipped)."""
+def answer_spans(tokenize, window) -> list[tuple[int, int]] | None:
+    """Token range [start, end) of each answer in a retrieval window's tail, in the order asked,
+    found by tokenizing the tail up to each answer; None when the tail's tokenization is not the
+    concatenation of those prefixes (then the window is skipped)."""
     tail_tokens = window.tokens[window.questions_start :]
-    targets, text = [], "\n\n"
+    spans, text = [], "\n\n"
     for i, fact in enumerate(window.asked):
         text += ("\n" if i else "") + f"Question: {fact.question} Answer:"
         start = len(tokenize(text))
@@ -35,8 +35,14 @@ def answer_targets(tokenize, window) -> list[int] | None:
         end = len(tokenize(text))
         if tokenize(text) != tail_tokens[:end]:
             return None
-        targets += [window.questions_start + t - 1 for t in range(start, end)]
-    return targets
+        spans.append((window.questions_start + start, window.questions_start + end))
+    return spans
+
+
+def answer_targets(tokenize, window) -> list[int] | None:
+    """Positions predicting the answer tokens (the token before each one)."""
+    spans = answer_spans(tokenize, window)
+    return None if spans is None else [t - 1 for a, b in spans for t in range(a, b)]
 
 
 def retrieval_targets(tokenizer, text: str, length: int, count: int, facts: int, seed: int):
@@ -44,7 +50,7 @@ def retrieval_targets(tokenizer, text: str, length: int, count: int, facts: int,
         return tokenizer.encode(s, add_special=add_special)
 
     out = []
-    for w in retrieval_windows(_Tokenizing(tokenizer), text, length, count, facts, seed):
+    for w in retrieval_windows(_Tokenizing(tokenizer), text, length, count, facts, seed, BROAD):
         targets = answer_targets(tokenize, w)
         if targets:
             out.append(TargetWindow(w.tokens, targets, "retrieval"))

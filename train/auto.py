@@ -1,0 +1,136 @@
+"""``indexmem-train auto``: one resumable run from a GGUF to a validated IndexMem sidecar.
+
+Stages, each recorded in ``state.json`` of the work folder when it ends, so a run killed and
+started again goes on where it stopped:
+
+1. corpus: the three-domain training corpus (``data.prepare``), shared by every model;
+2. indexer: teacher features of training windows (retrieval-shaped and plain) are extracted by
+   the engine in shards no larger than the disk cap; the indexer (stage 1) trains on a shard
+   for its share of the steps, then the shard is deleted;
+3. memory: the latent memory is fitted end to end with the student (``memory_run``);
+4. validation: the sidecar, converted to float16, is loaded by the engine next to the model and
+   answers held-out retrieval windows with a bounded cache, beside full KV.
+
+The time budget (``hours``) is split between the stages; the number of feature tokens and of
+steps follow from rates measured on this machine at the start of each stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..engine.registry import cache_dir, resolve
+
+# share of the time budget per stage (the rest: conversion and validation)
+SHARES = {"features": 0.42, "indexer": 0.2, "memory": 0.28}
+MIN_TOKENS = 320_000  # ten times the 32K tokens the shipped SmolLM2 indexer was fitted on
+POOL_KERNEL = 31  # about a needle's length: a span the indexer points into is kept whole
+
+
+@dataclass
+class AutoPlan:
+    model: str
+    model_path: str
+    out: str
+    work: str
+    hours: float
+    threads: int
+    disk_cap: float  # bytes
+    seq_len: int
+    n_layer: int
+    bytes_per_token: int  # of the indexer's features, all layers
+    prefill_tok_s: float
+    tokens: int
+    shards: list[int] = field(default_factory=list)  # windows per shard
+    weights_bytes: int = 0
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work)
+
+    @property
+    def seconds(self) -> float:
+        return self.hours * 3600
+
+    def describe(self) -> list[str]:
+        gb = 1e9
+        feat = self.tokens / self.prefill_tok_s
+        return [
+            f"model {self.model} ({self.n_layer} layers), work folder {self.work}, output {self.out}",
+            f"time budget {self.hours:g} h on {self.threads} thread(s)",
+            f"1. corpus: literature, technical prose, source code ({cache_dir() / 'corpus'})",
+            f"2. indexer: {self.tokens:,} tokens of features in {len(self.shards)} shard(s) of "
+            f"{self.seq_len}-token windows (~{feat / 3600:.1f} h at {self.prefill_tok_s:.0f} tok/s), "
+            f"then ~{self.seconds * SHARES['indexer'] / 3600:.1f} h of fitting",
+            f"3. memory: ~{self.seconds * SHARES['memory'] / 3600:.1f} h of end-to-end fitting",
+            "4. validation: held-out retrieval windows through the engine, bounded and full",
+            f"disk: at most {self.shard_bytes() / gb:.1f} GB of features at a time (cap {self.disk_cap / gb:.1f} GB)",
+            f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the float32 student)",
+        ]
+
+    def shard_bytes(self) -> int:
+        return max(self.shards, default=0) * self.seq_len * self.bytes_per_token
+
+    def peak_ram(self) -> int:
+        # float32 weights of the student, twice for the teacher's and the student's activations
+        return int(self.weights_bytes * 1.3) + 2 * self.seq_len * self.bytes_per_token
+
+
+def feature_bytes_per_token(hp) -> int:
+    """float16 bytes of x, pre-RoPE Q, Q and K per token, all layers."""
+    return 2 * hp.n_layer * (hp.n_embd + 2 * hp.n_embd_q + hp.n_embd_kv)
+
+
+def make_plan(
+    model: str,
+    out: Path,
+    hours: float = 3.0,
+    threads: int = 2,
+    disk_cap_gb: float = 10.0,
+    seq_len: int = 2048,
+    work: Path | None = None,
+    progress=lambda msg: None,
+    min_tokens: int = MIN_TOKENS,
+) -> AutoPlan:
+    from ..engine.api import Engine
+
+    model_path = resolve(model, progress)
+    work = Path(work) if work else Path(out).with_suffix(".work")
+    progress("measuring the prefill rate")
+    engine = Engine.load(str(model_path), n_threads=threads, n_ctx=seq_len, policy="full", indexmem=False)
+    try:
+        tokens = engine.tokenize("The quick brown fox jumps over the lazy dog. " * 200)[: min(512, seq_len)]
+        t0 = time.time()
+        engine.logits(tokens)
+        rate = len(tokens) / (time.time() - t0)
+        hp = engine.hparams
+        weights = engine.model.weights.nbytes
+    finally:
+        engine.close()
+    per_token = feature_bytes_per_token(hp)
+    n_tokens = max(min_tokens, int(hours * 3600 * SHARES["features"] * rate))
+    n_windows = -(-n_tokens // seq_len)
+    per_shard = max(1, int(disk_cap_gb * 1e9 * 0.9 // (seq_len * per_token)))
+    shards = [min(per_shard, n_windows - i) for i in range(0, n_windows, per_shard)]
+    # the student holds every weight in float32: about 4 / (bits per weight / 8) of the file
+    weights_f32 = int(
+        4 * hp.n_layer * (3 * hp.n_embd * hp.n_ff + 2 * hp.n_embd * hp.n_embd_q) + 8 * hp.n_embd * hp.n_vocab
+    )
+    return AutoPlan(
+        model=model,
+        model_path=str(model_path),
+        out=str(out),
+        work=str(work),
+        hours=hours,
+        threads=threads,
+        disk_cap=disk_cap_gb * 1e9,
+        seq_len=seq_len,
+        n_layer=hp.n_layer,
+        bytes_per_token=per_token,
+        prefill_tok_s=rate,
+        tokens=n_windows * seq_len,
+        shards=shards,
+        weights_bytes=max(weights, weights_f32),
+    )
