@@ -63,10 +63,12 @@ def _run_child(model_path: str, text: str) -> str | None:
     if done.returncode == 0 and done.stdout.strip() == b"ok":
         return None
     stderr = done.stderr.decode("utf-8", "replace")
-    reasons = [m.group(1).strip() for m in _REASON.finditer(stderr)]
+    reasons = list(dict.fromkeys(m.group(1).strip() for m in _REASON.finditer(stderr)))
+    if len(reasons) > 1 and "failed to parse grammar" in reasons:
+        reasons.remove("failed to parse grammar")  # the generic line after the specific one
     if done.returncode < 0:
         return f"llama.cpp failed on this grammar (signal {-done.returncode})"
-    return "invalid grammar: " + ("; ".join(dict.fromkeys(reasons)) or stderr.strip()[-500:] or "refused")
+    return "invalid grammar: " + ("; ".join(reasons) or stderr.strip()[-500:] or "refused")
 
 
 def _child(model_path: str) -> int:

@@ -45,7 +45,9 @@ class SamplingParams:
     dry_multiplier: float = 0.0  # 0: off
     dry_base: float = 1.75
     dry_allowed_length: int = 2
-    dry_last_n: int = 1024  # tokens DRY looks back over
+    # tokens DRY looks back over (llama.cpp: the whole context); 256 is what a restored session
+    # remembers (history.RECENT), so a restored conversation samples as the uninterrupted one
+    dry_last_n: int = 256
     dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
     mirostat: int = 0  # 1, 2: mirostat v1 / v2 instead of top-k ... temperature
     mirostat_tau: float = 5.0
