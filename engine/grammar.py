@@ -16,6 +16,10 @@ from .tokenizer import _import_llama_cpp
 
 MAX_GRAMMAR_BYTES = 256 << 10
 JSON_OBJECT_SCHEMA = {"type": "object"}  # what OpenAI's {"type": "json_object"} promises
+# The converter shipped with llama-cpp-python lets raw control characters into strings, which
+# JSON forbids (llama.cpp's own converter excludes them); its rule is replaced by llama.cpp's.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 def grammar_from_schema(schema) -> str:
@@ -26,7 +30,7 @@ def grammar_from_schema(schema) -> str:
         text = schema if isinstance(schema, str) else json.dumps(schema)
         if not isinstance(json.loads(text), dict | bool):
             raise ValueError("a JSON schema is an object (or true/false)")
-        return json_schema_to_gbnf(text)
+        return json_schema_to_gbnf(text).replace(_LOOSE_CHAR, _JSON_CHAR)
     except Exception as exc:  # the converter raises what it meets: ValueError, KeyError, assertions
         raise GrammarError(f"invalid JSON schema: {type(exc).__name__}: {exc}") from exc
 

@@ -158,7 +158,8 @@ class SamplerChain:
                 data.apply(self.grammar.sampler)
         else:
             data.apply(self.grammar.sampler)
-        if data.n_allowed() == 0:
+        # refused candidates go: left at -inf, llama.cpp's distribution can still pick one
+        if data.keep_allowed() == 0:
             raise GrammarError("the grammar allows no token at this point of the reply")
         data.apply(self.post)
         return data.selected()

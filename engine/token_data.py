@@ -66,6 +66,14 @@ class TokenData:
             raise RuntimeError(f"the sampler chain selected no candidate (index {i} of {self.struct.size})")
         return int(self.view()[i]["id"])
 
+    def keep_allowed(self) -> int:
+        """Drop the candidates a grammar refused (logit -inf); how many are left."""
+        view = self.view()
+        allowed = view[np.isfinite(view["logit"])]  # a copy: the view may be our own buffer
+        self.buffer[: len(allowed)] = allowed
+        self._point(len(allowed))
+        return len(allowed)
+
     def n_allowed(self) -> int:
         """Candidates whose logit a grammar left finite."""
         return int(np.isfinite(self.view()["logit"]).sum())

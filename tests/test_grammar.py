@@ -14,7 +14,11 @@ from tiny_models import write_tiny_model
 
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "pets": {"type": "array"}},
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "pets": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    },
     "required": ["name", "age"],
 }
 BAD_GRAMMARS = {
