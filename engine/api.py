@@ -27,6 +27,7 @@ from .registry import resolve
 from .sampler_chain import SamplerChain
 from .sampling import GREEDY, SamplingParams, chat_defaults, gguf_sampling
 from .tokenizer import StreamDecoder, Tokenizer
+from .vocab_prefixes import VocabPrefixes
 
 DEFAULT_N_CTX = 8192
 # Recent tokens the indexmem policy always keeps unless told otherwise. A token is judged by the
@@ -97,6 +98,7 @@ class Engine:
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
         self.feeder = Feeder(self.runner, n_batch, self.n_ctx, self.budget_config.sinks)
         self._cancel: threading.Event | None = None  # of the generation running now
+        self._vocab_prefixes: VocabPrefixes | None = None
 
     def _make_cache(self) -> tuple[KVCache, Evictor | None]:
         hp, cfg = self.hparams, self.budget_config
@@ -349,8 +351,21 @@ class Engine:
         if isinstance(prompt, str):
             prompt = self.tokenize(prompt, add_special=not append)
         tokens = self._check_tokens(prompt, None if self.feeder.unbounded else self.n_ctx)
-        constraint = GrammarSampler(text, self.tokenizer.vocab, self.model_path) if text else None
+        constraint = (
+            GrammarSampler(text, self.tokenizer.vocab, self.model_path, self._prefixes()) if text else None
+        )
         return self._generate(tokens, max_tokens, stop_at_eog, append, cancel, params, constraint)
+
+    def _prefixes(self) -> VocabPrefixes:
+        """The vocabulary's spelling index for grammars, built at the first grammar."""
+        if self._vocab_prefixes is None:
+            self._vocab_prefixes = VocabPrefixes(self.tokenizer, self._n_sampled)
+        return self._vocab_prefixes
+
+    @property
+    def _n_sampled(self) -> int:
+        """Tokens the sampler chooses among: those with both a logit and a vocabulary entry."""
+        return min(self.hparams.n_vocab, self.tokenizer.n_vocab)
 
     def _generate(self, tokens, max_tokens, stop_at_eog, append, cancel, params, constraint):
         is_stop = self.tokenizer.is_eog if stop_at_eog else (lambda token: False)
@@ -366,8 +381,7 @@ class Engine:
                 )
                 if first is not None:
                     recent = self.feeder.history.recent(params.history_needed)
-                    n_vocab = min(self.hparams.n_vocab, self.tokenizer.n_vocab)
-                    chain = SamplerChain(params, self.tokenizer.vocab, n_vocab, recent, constraint)
+                    chain = SamplerChain(params, self.tokenizer.vocab, self._n_sampled, recent, constraint)
                     constraint = None  # the chain owns it now
                     yield from self.feeder.decode(chain, first[-1], max_tokens, is_stop, cancel)
             finally:

@@ -51,10 +51,13 @@ def grammar_text(grammar: str | None = None, json_schema=None) -> str | None:
 
 
 class GrammarSampler:
-    """llama.cpp's grammar sampler for a grammar that the checker accepted."""
+    """llama.cpp's grammar sampler for a grammar that the checker accepted. ``prefixes``
+    (:class:`VocabPrefixes`) narrows the candidates it is given; it is dropped for a grammar
+    that names tokens (``<...>``), which llama.cpp matches by id."""
 
-    def __init__(self, text: str, vocab, model_path):
+    def __init__(self, text: str, vocab, model_path, prefixes=None):
         check_grammar(model_path, text)
+        self.prefixes = None if "<" in text else prefixes
         self._lib = _import_llama_cpp()
         self.sampler = self._lib.llama_sampler_init_grammar(vocab, text.encode(), b"root")
         if not self.sampler:

@@ -6,9 +6,14 @@ temperature), then the seeded distribution, or greedy, or mirostat. It is split 
 the leading penalties/DRY (they only change logits), and ``post``, the rest.
 
 A grammar is checked the way llama.cpp's ``common_sampler`` does it: sample without it, and only
-if the grammar refuses that token, sample again with the grammar applied first. The second pass
-applies the grammar to a shortlist of the best candidates when the chain's next sampler is top-k
-(top-k of the allowed tokens only depends on the best of them; the full vocabulary is the fallback).
+if the grammar refuses that token, sample again with the grammar applied first. That second pass
+picks what the whole vocabulary would give, with less work for the grammar:
+
+- it gives the grammar only the tokens whose first bytes it allows (:mod:`vocab_prefixes`): the
+  others it would refuse anyway, and penalties and DRY treat each candidate on its own;
+- when the chain goes on with top-k (or greedy), the grammar first sees only the best
+  ``SHORTLIST`` candidates: if k of them are allowed, they are the k best allowed tokens, and
+  nothing after top-k looks at any other token.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .sampling import DEFAULT_SEED, SamplingParams
 from .token_data import TokenData
 from .tokenizer import _import_llama_cpp
 
-SHORTLIST = 256  # candidates the grammar sees first when a sampler refused the chain's pick
+SHORTLIST = 256
 MIROSTAT_M = 100  # llama.cpp's
 
 
@@ -35,6 +40,7 @@ class SamplerChain:
         self.n_vocab = int(n_vocab)
         self._vocab = vocab
         self.pre = self.post = self.grammar = self._shortlist = None
+        self._top_k = None  # k when top-k (greedy: 1) is the first thing the chain does after pre
         try:
             self._build(vocab)
             self.grammar = grammar  # a checked llama_sampler (grammar.GrammarSampler), owned by us
@@ -45,7 +51,8 @@ class SamplerChain:
             self.close()
             raise
         self.data = TokenData(self.n_vocab)
-        self._one = TokenData(1)
+        self._one = TokenData(1, self.n_vocab)
+        self._probes = TokenData(self.n_vocab)
 
     # --- building ----------------------------------------------------------------------------
     def _build(self, vocab) -> None:
@@ -57,19 +64,18 @@ class SamplerChain:
         seed = DEFAULT_SEED if p.seed is None else p.seed
         if p.greedy:
             post = [self._sampler(c, vocab) for c in post_letters if c in "ed"]
-            self._needed = 1 if not any(post) else None
+            self._top_k = None if any(post) else 1
             post.append(lib.llama_sampler_init_greedy())
         elif p.mirostat:
             post = [lib.llama_sampler_init_temp(p.temperature), self._mirostat(seed)]
-            self._needed = None
         else:
             post = [self._sampler(c, vocab) for c in post_letters]
             active = [c for c, s in zip(post_letters, post) if s is not None]
-            self._needed = p.top_k if active[:1] == ["k"] else None
+            self._top_k = p.top_k if active[:1] == ["k"] else None
             post.append(lib.llama_sampler_init_dist(seed))
         self.post = self._chain(post)
-        if self._needed:
-            self._shortlist = self._checked(lib.llama_sampler_init_top_k(max(SHORTLIST, 4 * self._needed)))
+        if self._top_k:
+            self._shortlist = self._checked(lib.llama_sampler_init_top_k(max(SHORTLIST, 4 * self._top_k)))
 
     def _mirostat(self, seed: int):
         p, lib = self.params, self._lib
@@ -146,15 +152,14 @@ class SamplerChain:
         return self._one.n_allowed() == 1
 
     def _sample_constrained(self, logits: np.ndarray) -> int:
-        data = self.data
-        data.fill(logits)
-        data.apply(self.pre)
-        if self._shortlist is not None:
+        data, prefixes = self.data, self.grammar.prefixes
+        ids = None if prefixes is None else prefixes.candidates(self._grammar_allows)
+        self._candidates(logits, ids)
+        if self._shortlist is not None and data.struct.size > SHORTLIST:
             data.apply(self._shortlist)
             data.apply(self.grammar.sampler)
-            if data.n_allowed() < self._needed:  # too few allowed among the best: all of them
-                data.fill(logits)
-                data.apply(self.pre)
+            if data.n_allowed() < self._top_k:  # too few allowed among the best: all of them
+                self._candidates(logits, ids)
                 data.apply(self.grammar.sampler)
         else:
             data.apply(self.grammar.sampler)
@@ -163,6 +168,19 @@ class SamplerChain:
             raise GrammarError("the grammar allows no token at this point of the reply")
         data.apply(self.post)
         return data.selected()
+
+    def _candidates(self, logits: np.ndarray, ids: np.ndarray | None) -> None:
+        """The tokens ``ids`` (None: all) with their logits, penalties and DRY applied."""
+        if ids is None:
+            self.data.fill(logits)
+        else:
+            self.data.fill_ids(ids, logits)
+        self.data.apply(self.pre)
+
+    def _grammar_allows(self, ids: np.ndarray) -> np.ndarray:
+        self._probes.fill_ids(ids)
+        self._probes.apply(self.grammar.sampler)
+        return np.isfinite(self._probes.view()["logit"])
 
     def accept(self, token: int) -> None:
         """``token`` was chosen: penalties, DRY, mirostat and the grammar move on."""

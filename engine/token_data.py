@@ -16,13 +16,15 @@ TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32
 
 
 class TokenData:
-    """Room for ``capacity`` candidates (token id, logit, probability)."""
+    """Room for ``capacity`` candidates (token id, logit, probability) of a vocabulary of
+    ``n_vocab`` tokens (default: ``capacity``)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, n_vocab: int | None = None):
         self._lib = _import_llama_cpp()
         if ctypes.sizeof(self._lib.llama_token_data) != TOKEN_DATA.itemsize:
             raise RuntimeError("llama_token_data does not have the layout this module assumes")
         self.capacity = int(capacity)
+        self.capacity_ids = int(n_vocab or capacity)  # ids must be below this
         self.buffer = np.zeros(self.capacity, TOKEN_DATA)
         self.struct = self._lib.llama_token_data_array()
         self._ids = np.arange(self.capacity, dtype=np.int32)
@@ -35,6 +37,15 @@ class TokenData:
         self.buffer["logit"] = logits[: self.capacity]
         self.buffer["p"] = 0.0
         self._point(self.capacity)
+
+    def fill_ids(self, ids: np.ndarray, logits: np.ndarray | None = None) -> None:
+        """Only the tokens ``ids`` (checked in range), with their logits (or 0)."""
+        if len(ids) > self.capacity or (len(ids) and (ids.min() < 0 or ids.max() >= self.capacity_ids)):
+            raise ValueError("token ids out of range")
+        n = len(ids)
+        self.buffer["id"][:n] = ids
+        self.buffer["logit"][:n] = 0.0 if logits is None else logits[ids]
+        self._point(n)
 
     def set_one(self, token: int, logit: float = 0.0) -> None:
         self.buffer[0] = (token, logit, 0.0)

@@ -93,21 +93,33 @@ def test_json_schema_replies_parse_and_validate(smol):
         assert conforms(json.loads(text), PERSON), text
 
 
-@pytest.mark.parametrize("params", [GREEDY, SamplingParams(seed=4), SamplingParams(top_k=5, seed=9)])
-def test_the_shortlist_picks_what_the_whole_vocabulary_would(smol, params):
-    """The second pass applies the grammar to the best candidates first; with top-k next in the
-    chain that must pick exactly what applying it to the whole vocabulary picks."""
+SECOND_PASS = {
+    "greedy": GREEDY,
+    "seeded": SamplingParams(seed=4),
+    "top-k 5": SamplingParams(top_k=5, seed=9),
+    "chat defaults, penalties": None,
+}
+
+
+@pytest.mark.parametrize("name", list(SECOND_PASS))
+def test_the_second_pass_picks_what_the_whole_vocabulary_would(smol, name):
+    """The second pass gives the grammar only the tokens whose first bytes it allows; that must
+    pick exactly what applying it to the whole vocabulary picks."""
+    params = SECOND_PASS[name] or smol.sampling_defaults.with_(seed=2, repeat_penalty=1.2)
     vocab, n = smol.tokenizer.vocab, smol.tokenizer.n_vocab
     grammar = grammar_from_schema(PERSON)
 
-    def chain():
-        return SamplerChain(params, vocab, n, grammar=GrammarSampler(grammar, vocab, smol.model_path))
+    def chain(prefixes):
+        constraint = GrammarSampler(grammar, vocab, smol.model_path, prefixes)
+        return SamplerChain(params, vocab, n, history=[28, 29, 30], grammar=constraint)
 
-    fast, full = chain(), chain()
-    full._shortlist = None
+    fast, full = chain(smol._prefixes()), chain(None)
+    assert len(smol._prefixes().candidates(fast._grammar_allows)) < n // 10  # "{" and few others
+    second_passes, first_pass = [], fast._sample_constrained
+    fast._sample_constrained = lambda logits: second_passes.append(1) or first_pass(logits)
     rng = np.random.default_rng(0)
     picks = []
-    for _ in range(40):
+    for _ in range(60):
         logits = rng.normal(scale=4, size=n).astype(np.float32)
         token = fast.sample(logits)
         assert full.sample(logits) == token
@@ -116,9 +128,30 @@ def test_the_shortlist_picks_what_the_whole_vocabulary_would(smol, params):
         fast.accept(token)
         full.accept(token)
         picks.append(token)
-    assert len(picks) > 5
+    assert len(picks) > 5 and len(second_passes) >= 3
     fast.close()
     full.close()
+
+
+def test_refused_tokens_are_never_picked(smol):
+    """Fewer allowed tokens than top-k: none of the refused ones may be drawn."""
+    vocab, n = smol.tokenizer.vocab, smol.tokenizer.n_vocab
+    grammar = 'root ::= [a-c]+ "."'
+    check = GrammarSampler(grammar, vocab, smol.model_path)
+    chain = SamplerChain(
+        SamplingParams(temperature=2.0, seed=1),
+        vocab,
+        n,
+        grammar=GrammarSampler(grammar, vocab, smol.model_path),
+    )
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        token = chain.sample(rng.normal(scale=2, size=n).astype(np.float32))
+        allowed = chain._one
+        allowed.set_one(token)
+        allowed.apply(check.sampler)
+        assert allowed.n_allowed() == 1, smol.tokenizer.piece(token)
+    chain.close()
 
 
 def test_a_refused_grammar_leaves_the_conversation_untouched(tiny):
