@@ -19,6 +19,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -52,7 +53,8 @@ def start_server(model: str, queue: int, max_tokens: int) -> tuple[subprocess.Po
         "--max-request-bytes",
         str(MAX_BODY),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the server runs
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -61,7 +63,8 @@ def start_server(model: str, queue: int, max_tokens: int) -> tuple[subprocess.Po
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise SystemExit(f"the server did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    log.seek(0)
+    raise SystemExit(f"the server did not start: {log.read().decode(errors='replace')[-2000:]}")
 
 
 class Tally:

@@ -75,7 +75,10 @@ class TokenData:
         i = self.struct.selected
         if not 0 <= i < self.struct.size:
             raise RuntimeError(f"the sampler chain selected no candidate (index {i} of {self.struct.size})")
-        return int(self.view()[i]["id"])
+        token = int(self.view()[i]["id"])
+        if not 0 <= token < self.capacity_ids:
+            raise RuntimeError(f"the sampler chain selected token {token}, outside the vocabulary")
+        return token
 
     def keep_allowed(self) -> int:
         """Drop the candidates a grammar refused (logit -inf); how many are left."""
