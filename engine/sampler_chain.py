@@ -38,7 +38,6 @@ class SamplerChain:
         self._lib = _import_llama_cpp()
         self.params = params.validate()
         self.n_vocab = int(n_vocab)
-        self._vocab = vocab
         self.pre = self.post = self.grammar = self._shortlist = None
         self._top_k = None  # k when top-k (greedy: 1) is the first thing the chain does after pre
         try:
