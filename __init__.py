@@ -8,6 +8,7 @@ print(eng.generate("The capital of France is", max_tokens=16))
 from .errors import (
     BackendError,
     ContextOverflowError,
+    GrammarError,
     IndexmemError,
     ModelFormatError,
     RegistryError,
@@ -22,6 +23,7 @@ __all__ = [
     "ModelFormatError",
     "UnsupportedModelError",
     "ContextOverflowError",
+    "GrammarError",
     "RegistryError",
 ]
 

@@ -23,3 +23,7 @@ class ContextOverflowError(IndexmemError):
 
 class RegistryError(IndexmemError):
     """A named model could not be fetched, assembled or verified."""
+
+
+class GrammarError(IndexmemError):
+    """A GBNF grammar or JSON schema that cannot constrain generation (or a reply it cannot finish)."""

@@ -30,6 +30,19 @@ from .engine_options import (
     describe_cache,
     load_engine,
 )
+from .sampling_options import (
+    DryMultiplier,
+    GrammarFile,
+    Json,
+    MinP,
+    RepeatPenalty,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+    reply_grammar,
+    sampling_for,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -62,12 +75,15 @@ def main(
     prompt: str = typer.Option(None, help="answer this one prompt and exit ('-' reads stdin)"),
     system: str = typer.Option(None, help="system message"),
     max_tokens: int = typer.Option(256, help="tokens per reply at most"),
-    temperature: float = typer.Option(0.0, help="0 = greedy"),
-    top_k: int = typer.Option(40),
-    top_p: float = typer.Option(0.95),
-    min_p: float = typer.Option(0.05),
-    repeat_penalty: float = typer.Option(1.0),
-    seed: int = typer.Option(None),
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    min_p: MinP = None,
+    repeat_penalty: RepeatPenalty = None,
+    dry_multiplier: DryMultiplier = None,
+    seed: Seed = None,
+    grammar_file: GrammarFile = None,
+    json_mode: Json = False,
     n_ctx: NCtx = None,
     threads: Threads = 1,
     batch: Batch = 512,
@@ -87,14 +103,18 @@ def main(
     engine = load_engine(
         model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
     )
-    opts = dict(
-        max_tokens=max_tokens,
+    sampling = sampling_for(
+        engine,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         min_p=min_p,
         repeat_penalty=repeat_penalty,
+        dry_multiplier=dry_multiplier,
         seed=seed,
+    )
+    opts = dict(
+        max_tokens=max_tokens, sampling=sampling, grammar=reply_grammar(engine, grammar_file, json_mode)
     )
     conversation = engine.conversation(system)
     if prompt is not None:

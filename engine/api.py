@@ -17,14 +17,17 @@ from .cache import KVCache
 from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
 from .generate import Feeder
+from .grammar import GrammarSampler, grammar_text
 from .hparams import read_hparams
 from .indexmem import IndexMemModules, IndexMemState, find_indexmem
 from .loader import Weights, check_tensors, open_gguf
 from .models import ARCHITECTURES
 from .policies import POLICIES
 from .registry import resolve
-from .sampling import Sampler, SamplingParams
+from .sampler_chain import SamplerChain
+from .sampling import GREEDY, SamplingParams, chat_defaults, gguf_sampling
 from .tokenizer import StreamDecoder, Tokenizer
+from .vocab_prefixes import VocabPrefixes
 
 DEFAULT_N_CTX = 8192
 # Recent tokens the indexmem policy always keeps unless told otherwise. A token is judged by the
@@ -77,11 +80,14 @@ class Engine:
             infos = check_tensors(gguf, self.model.tensor_specs())
             self.model_fingerprint = fingerprint(gguf.tensors.values())
             chat_template = gguf.get("tokenizer.chat_template")
+            self.model_sampling = gguf_sampling(gguf.get)  # general.sampling.* the file sets
             self.backend = Backend(device=device, n_threads=n_threads)
             self.model.weights = Weights(gguf, infos, self.backend, extra_bufts)
         self.indexmem = IndexMemModules(imf, self.backend, self.hparams.n_head_kv) if imf else None
         self.indexmem_fingerprint = self.indexmem.fingerprint if self.indexmem else None
         self.tokenizer = Tokenizer(self.model_path, chat_template, arch)
+        # what indexmem-chat and indexmem-serve sample with unless told otherwise
+        self.sampling_defaults = chat_defaults(self.model_sampling)
         bounded = self.budget_config.bounded
         # a bounded cache does not grow with the context, so the model's full context is allowed
         self.n_ctx = int(
@@ -92,6 +98,7 @@ class Engine:
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
         self.feeder = Feeder(self.runner, n_batch, self.n_ctx, self.budget_config.sinks)
         self._cancel: threading.Event | None = None  # of the generation running now
+        self._vocab_prefixes: VocabPrefixes | None = None
 
     def _make_cache(self) -> tuple[KVCache, Evictor | None]:
         hp, cfg = self.hparams, self.budget_config
@@ -322,21 +329,48 @@ class Engine:
         stop_at_eog: bool = True,
         append: bool = False,
         cancel: threading.Event | None = None,
-        **sampling,
+        sampling: SamplingParams | None = None,
+        grammar: str | None = None,
+        json_schema=None,
+        **overrides,
     ) -> Iterator[int]:
         """Token ids continuing ``prompt`` (text or ids). The prompt is the whole conversation
         (what the cache already holds of it is reused), or with ``append=True`` only its next
         part. Generation ends at an end-of-generation token, ``max_tokens``, the end of a full
-        cache's context, or when ``cancel`` (or :meth:`cancel`) is set. Sampling options: see
-        SamplingParams."""
+        cache's context, or when ``cancel`` (or :meth:`cancel`) is set.
+
+        Sampling: ``sampling`` (a SamplingParams; default greedy, and
+        ``engine.sampling_defaults`` samples as indexmem-chat does) with any of its fields
+        overridden by keyword (``temperature=0.7, seed=1``). ``grammar`` (GBNF text) or
+        ``json_schema`` (a dict) constrains the reply; a bad one raises GrammarError here,
+        before anything is fed."""
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        params = (sampling or GREEDY).with_(**overrides)
+        text = grammar_text(grammar if grammar is not None else params.grammar, json_schema)
         if isinstance(prompt, str):
             prompt = self.tokenize(prompt, add_special=not append)
         tokens = self._check_tokens(prompt, None if self.feeder.unbounded else self.n_ctx)
-        sampler = Sampler(SamplingParams(**sampling))
+        constraint = (
+            GrammarSampler(text, self.tokenizer.vocab, self.model_path, self._prefixes()) if text else None
+        )
+        return self._generate(tokens, max_tokens, stop_at_eog, append, cancel, params, constraint)
+
+    def _prefixes(self) -> VocabPrefixes:
+        """The vocabulary's spelling index for grammars, built at the first grammar."""
+        if self._vocab_prefixes is None:
+            self._vocab_prefixes = VocabPrefixes(self.tokenizer, self._n_sampled)
+        return self._vocab_prefixes
+
+    @property
+    def _n_sampled(self) -> int:
+        """Tokens the sampler chooses among: those with both a logit and a vocabulary entry."""
+        return min(self.hparams.n_vocab, self.tokenizer.n_vocab)
+
+    def _generate(self, tokens, max_tokens, stop_at_eog, append, cancel, params, constraint):
         is_stop = self.tokenizer.is_eog if stop_at_eog else (lambda token: False)
         cancel = cancel or threading.Event()
+        chain = None
         with self._lock:
             self._cancel = cancel
             try:
@@ -346,23 +380,21 @@ class Engine:
                     else self._feed_prompt(tokens, cancel)
                 )
                 if first is not None:
-                    yield from self.feeder.decode(sampler, first[-1], max_tokens, is_stop, cancel)
+                    recent = self.feeder.history.recent(params.history_needed)
+                    chain = SamplerChain(params, self.tokenizer.vocab, self._n_sampled, recent, constraint)
+                    constraint = None  # the chain owns it now
+                    yield from self.feeder.decode(chain, first[-1], max_tokens, is_stop, cancel)
             finally:
                 self._cancel = None
+                for owned in (chain, constraint):
+                    if owned is not None:
+                        owned.close()
 
-    def generate(
-        self,
-        prompt,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        stream: bool = False,
-        **options,
-    ):
+    def generate(self, prompt, max_tokens: int = 128, stream: bool = False, **options):
         """Text continuation of ``prompt`` (text or token ids): a str, or with ``stream=True``
         an iterator of text pieces (never splitting a UTF-8 character). Options: those of
-        :meth:`generate_tokens`."""
-        it = self.generate_tokens(prompt, max_tokens, temperature=temperature, seed=seed, **options)
+        :meth:`generate_tokens` (sampling, grammar, json_schema, cancel, ...)."""
+        it = self.generate_tokens(prompt, max_tokens, **options)
         pieces = self._stream_text(it)
         return pieces if stream else "".join(pieces)
 

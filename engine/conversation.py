@@ -76,7 +76,9 @@ class Conversation:
     ):
         """The reply to ``text`` (a str, or with ``stream=True`` an iterator of text pieces).
         However the reply ends (end of turn, ``max_tokens``, ``cancel``, or the caller stops
-        iterating), the assistant turn is closed in the cache."""
+        iterating), the assistant turn is closed in the cache. ``sampling`` options, ``grammar``
+        and ``json_schema``: as :meth:`Engine.generate_tokens` (a grammar holds this reply only;
+        a bad one raises GrammarError before the turn is fed)."""
         first = not self.started
         turn = self.template.first(text, self.system) if first else self.template.next(text)
         tokens = self.engine.tokenize(turn, add_special=first)

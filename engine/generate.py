@@ -12,7 +12,7 @@ from ..errors import ContextOverflowError
 from .context_shift import shift_positions
 from .forward import ForwardRunner
 from .history import History
-from .sampling import Sampler
+from .sampler_chain import SamplerChain
 
 
 class Feeder:
@@ -93,7 +93,7 @@ class Feeder:
 
     def decode(
         self,
-        sampler: Sampler,
+        chain: SamplerChain,
         first_logits: np.ndarray,
         max_tokens: int,
         is_stop: Callable[[int], bool],
@@ -107,9 +107,10 @@ class Feeder:
             for i in range(max_tokens):
                 if cancel is not None and cancel.is_set():
                     return
-                token = sampler.sample(logits, self.history.recent(sampler.params.repeat_last_n))
+                token = chain.sample(logits)
                 if is_stop(token):
                     return
+                chain.accept(token)
                 pending = token
                 yield token
                 room = self.room()

@@ -43,6 +43,13 @@ class Tokenizer:
         self.chat_template = chat_template
         self.fallback_template = FALLBACK_TEMPLATES.get(arch, "chatml")
 
+    @property
+    def vocab(self):
+        """llama.cpp's ``llama_vocab *`` (valid while this tokenizer is open)."""
+        if not self._model:
+            raise RuntimeError("the tokenizer is closed")
+        return self._vocab
+
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS where the model's vocab asks for it."""
         data = text.encode("utf-8")

@@ -3,7 +3,9 @@ not), /v1/models and /health, on one engine behind an :class:`EngineWorker`.
 
 Bodies are read up to ``max_request_bytes`` (413 past it), parsed and validated before a job is
 queued (400 on malformed JSON or fields, with OpenAI's error shape), and ``max_tokens`` is
-capped by the server's limit (400 above it).
+capped by the server's limit (400 above it). A grammar or JSON schema (``response_format``) is
+converted and checked before the job is queued: a bad one is a 400. A client that goes away
+before its reply is complete cancels its job, streaming or not.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from ..engine.grammar_check import check_grammar
 from ..errors import ContextOverflowError, IndexmemError
 from .schemas import ChatRequest, CompletionRequest
 from .worker import Busy, EngineWorker, Job
@@ -61,41 +64,47 @@ def create_app(
             prompt = engine.chat_prompt(messages)
         except IndexmemError as exc:
             raise ApiError(400, str(exc)) from exc
-        return await _complete(req, prompt, chat=True)
+        return await _complete(req, prompt, chat=True, request=request)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await _parse(request, CompletionRequest, max_request_bytes)
-        return await _complete(req, req.prompt, chat=False)
+        return await _complete(req, req.prompt, chat=False, request=request)
 
-    async def _complete(req, prompt: str, chat: bool):
+    async def _complete(req, prompt: str, chat: bool, request: Request):
         max_tokens = req.token_limit() or max_tokens_limit
         if max_tokens > max_tokens_limit:
             raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {max_tokens_limit}")
-        job = Job(prompt, max_tokens, req.sampling(), req.stop, asyncio.get_running_loop())
+        sampling, grammar = await _constraints(req)
+        job = Job(prompt, max_tokens, sampling, grammar, req.stop, asyncio.get_running_loop())
         try:
             worker.submit(job)
         except Busy as exc:
             raise ApiError(503, f"server busy: {exc}", "server_error") from exc
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        shape = _Shape(ident, model_id, chat)
+        shape = _Shape(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", model_id, chat)
+        watcher = asyncio.create_task(_cancel_when_gone(request, job))
         try:
             first = await job.events.get()  # errors before the first token still get a status code
+            if first[0] == "error":
+                raise _api_error_of(first[1])
+            if req.stream:  # from here the stream itself notices a client that leaves
+                return StreamingResponse(_sse(job, first, shape), media_type="text/event-stream")
+            return await _whole(job, first, shape)
         except asyncio.CancelledError:
             job.cancel.set()
             raise
-        if first[0] == "error":
-            raise _api_error_of(first[1])
-        if req.stream:
-            return StreamingResponse(_sse(job, first, shape), media_type="text/event-stream")
-        text, event = [], first
-        while event[0] == "text":
-            text.append(event[1])
-            event = await job.events.get()
-        if event[0] == "error":
-            raise _api_error_of(event[1])
-        _, finish, n_prompt, n_completion = event
-        return shape.whole("".join(text), finish, n_prompt, n_completion)
+        finally:
+            watcher.cancel()
+
+    async def _constraints(req):
+        """The request's sampling parameters and checked grammar (400 if either is bad)."""
+        try:
+            sampling, grammar = req.sampling(engine.sampling_defaults), req.grammar_text()
+            if grammar is not None:  # parsed in a child process: off the event loop
+                await asyncio.to_thread(check_grammar, engine.model_path, grammar)
+        except (ValueError, TypeError, IndexmemError) as exc:
+            raise ApiError(400, str(exc)) from exc
+        return sampling, grammar
 
     return app
 
@@ -118,6 +127,26 @@ async def _parse(request: Request, model, limit: int):
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise ApiError(400, f"invalid request: {details}") from exc
+
+
+async def _whole(job: Job, first, shape: _Shape) -> dict:
+    text, event = [], first
+    while event[0] == "text":
+        text.append(event[1])
+        event = await job.events.get()
+    if event[0] == "error":
+        raise _api_error_of(event[1])
+    _, finish, n_prompt, n_completion = event
+    return shape.whole("".join(text), finish, n_prompt, n_completion)
+
+
+async def _cancel_when_gone(request: Request, job: Job, every: float = 0.25) -> None:
+    """Cancel ``job`` if its client disconnects before the reply is handed over."""
+    while not job.cancel.is_set():
+        if await request.is_disconnected():
+            job.cancel.set()
+            return
+        await asyncio.sleep(every)
 
 
 def _api_error_of(exc: Exception) -> ApiError:

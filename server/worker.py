@@ -12,6 +12,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from ..engine.sampling import SamplingParams
 from ..engine.tokenizer import StreamDecoder
 
 
@@ -23,7 +24,8 @@ class Busy(Exception):
 class Job:
     prompt: str
     max_tokens: int
-    sampling: dict
+    sampling: SamplingParams
+    grammar: str | None  # GBNF, already checked
     stops: list[str]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -65,7 +67,9 @@ class EngineWorker:
         dec = StreamDecoder(engine.tokenizer)
         hold = max((len(s) for s in job.stops), default=1) - 1  # text a stop string may still begin in
         pending, n_tokens, finish = "", 0, "stop"
-        tokens = engine.generate_tokens(ids, max_tokens=job.max_tokens, cancel=job.cancel, **job.sampling)
+        tokens = engine.generate_tokens(
+            ids, max_tokens=job.max_tokens, cancel=job.cancel, sampling=job.sampling, grammar=job.grammar
+        )
         try:
             for token in tokens:
                 n_tokens += 1

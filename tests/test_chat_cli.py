@@ -89,6 +89,8 @@ def chat_args(setup):  # noqa: F811
         "16",
         "--n-ctx",
         "256",
+        "--seed",
+        "1",
         "--max-tokens",
         "16",
     ]

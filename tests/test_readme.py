@@ -9,6 +9,7 @@ the server's port, and the test command only collects the suite, which `.ci/run`
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ RUN_HERE = {
     "convert",
     "train",
     "docs",
+    "json",
 }
 
 
@@ -145,6 +147,13 @@ def test_the_configurations_example_runs_and_the_full_cache_is_the_largest(tmp_p
     kv_bytes = [int(line.split()[0].replace(",", "")) for line in result.stdout.splitlines()]
     assert len(kv_bytes) == 4 and kv_bytes[-1] > max(kv_bytes[:-1])  # full KV last
     assert kv_bytes[2] < kv_bytes[0]  # SnapKV's budget of 512 below IndexMem's default
+
+
+def test_the_json_example_prints_json_that_follows_its_schema(tmp_path, default_model_path):
+    result = _python(_example("json"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reply = json.loads(result.stdout)
+    assert isinstance(reply["city"], str) and isinstance(reply["country"], str)
 
 
 def _free_port() -> int:

@@ -2,60 +2,18 @@
 streaming and not, chat and text completions, and bad requests that get 4xx while the server
 keeps serving."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
+from serving import running_server
 
 openai = pytest.importorskip("openai")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama):
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "indexmem.cli.serve",
-        "--model",
-        str(tiny_llama),
-        "--port",
-        str(port),
-        "--n-ctx",
-        "256",
-        "--batch",
-        "32",
-        "--max-request-bytes",
-        "4096",
-        "--max-tokens",
-        "64",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start: {proc.stdout.read().decode(errors='replace')[-3000:]}")
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    proc.wait(30)
+    options = ["--n-ctx", "256", "--batch", "32", "--max-request-bytes", "4096", "--max-tokens", "64"]
+    with running_server(tiny_llama, *options) as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -100,10 +100,17 @@ def _add(writer, name, array, qtype=Q.F32):
 
 
 def write_tiny_model(
-    path: str | Path, arch: str, seed: int = 0, all_f32: bool = False, n_ctx_train: int = 2048, **overrides
+    path: str | Path,
+    arch: str,
+    seed: int = 0,
+    all_f32: bool = False,
+    n_ctx_train: int = 2048,
+    metadata: dict | None = None,
+    **overrides,
 ) -> Path:
     """Write a tiny ``arch`` model to ``path`` and return it (``all_f32``: no quantized or f16
-    weights, for references that should not emulate ggml's quantized matmuls)."""
+    weights, for references that should not emulate ggml's quantized matmuls; ``metadata``:
+    extra keys, ints as int32, floats as float32)."""
     cfg = {**ARCH_DEFAULTS[arch], **overrides}
     rng = np.random.default_rng(seed)
     n_layer, n_embd, n_head, n_head_kv, hd, n_ff = (
@@ -141,6 +148,9 @@ def write_tiny_model(
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
+    for key, value in (metadata or {}).items():
+        add = {int: w.add_int32, float: w.add_float32, str: w.add_string}[type(value)]
+        add(key, value)
 
     add = (lambda writer, name, array, qtype=Q.F32: _add(writer, name, array)) if all_f32 else _add
 
