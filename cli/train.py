@@ -276,6 +276,7 @@ def auto(
     threads: int = typer.Option(2, help="compute threads (engine and torch)"),
     disk_cap: float = typer.Option(10.0, help="GB of features on disk at any time"),
     seq_len: int = typer.Option(2048, help="tokens per training window"),
+    tokens: int = typer.Option(None, help="feature tokens (default: what the time allows, >= 320,000)"),
     work: Path = typer.Option(None, help="work folder (default: OUT with .work); a rerun resumes it"),
 ):
     """From a GGUF to a validated IndexMem sidecar in one resumable run: corpus, teacher features
@@ -290,7 +291,7 @@ def auto(
     torch.set_num_threads(threads)
     stem = model if model in MODELS else Path(model).stem
     out = out or Path(f"{stem}.indexmem.gguf")
-    plan = make_plan(model, out, hours, threads, disk_cap, seq_len, work, progress=status)
+    plan = make_plan(model, out, hours, threads, disk_cap, seq_len, work, progress=status, tokens=tokens)
     for line in plan.describe():
         console.print(line, highlight=False)
     with _progress() as progress:

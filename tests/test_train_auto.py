@@ -15,17 +15,21 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture()
-def corpus(tmp_path, monkeypatch):
-    """A corpus already built in the cache (``prepare`` would download its packages)."""
-    monkeypatch.setenv("INDEXMEM_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "cache" / "corpus"
+def small_corpus(root):
+    """A corpus as ``prepare`` leaves it (which would download its packages), of the tiny
+    model's words."""
     root.mkdir(parents=True)
     lines = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12)) + "." for i in range(30000)]
     (root / "train.txt").write_text("\n".join(lines[:25000]))
     (root / "heldout.txt").write_text("\n".join(lines[25000:]))
     (root / "corpus.json").write_text("{}")
     return root
+
+
+@pytest.fixture()
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDEXMEM_CACHE", str(tmp_path / "cache"))
+    return small_corpus(tmp_path / "cache" / "corpus")
 
 
 def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):

@@ -92,8 +92,10 @@ def make_plan(
     seq_len: int = 2048,
     work: Path | None = None,
     progress=lambda msg: None,
-    min_tokens: int = MIN_TOKENS,
+    tokens: int | None = None,
 ) -> AutoPlan:
+    """``tokens``: feature tokens for the indexer (default: what the time budget allows at the
+    measured prefill rate, at least ``MIN_TOKENS``)."""
     from ..engine.api import Engine
 
     model_path = resolve(model, progress)
@@ -110,7 +112,7 @@ def make_plan(
     finally:
         engine.close()
     per_token = feature_bytes_per_token(hp)
-    n_tokens = max(min_tokens, int(hours * 3600 * SHARES["features"] * rate))
+    n_tokens = tokens or max(MIN_TOKENS, int(hours * 3600 * SHARES["features"] * rate))
     n_windows = -(-n_tokens // seq_len)
     per_shard = max(1, int(disk_cap_gb * 1e9 * 0.9 // (seq_len * per_token)))
     shards = [min(per_shard, n_windows - i) for i in range(0, n_windows, per_shard)]
