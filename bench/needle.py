@@ -32,7 +32,7 @@ from .heldout import python_source_text
 from .ruler.data import RulerData
 from .ruler.prompt import render_prompt
 from .ruler.summary import read_rows
-from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs, uses_modules
+from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -150,7 +150,7 @@ def main(
                 row = dict(
                     model=model,
                     model_sha256=sha,
-                    indexmem_sha256=modules if uses_modules(spec) else None,
+                    indexmem_sha256=modules.for_config(spec) if modules else None,
                     config=spec,
                     evict_ratio=ratio,
                     budget=opts.get("budget"),
@@ -209,7 +209,7 @@ def settings_match(row: dict, settings: dict) -> bool:
     )
 
 
-def measured_rows(out: Path | None, model_sha256: str, modules_sha256: str | None, settings: dict) -> dict:
+def measured_rows(out: Path | None, model_sha256: str, modules_sha256, settings: dict) -> dict:
     """Rows of ``out`` measured with this model, where they use them these IndexMem modules, and
     these run settings."""
     return {

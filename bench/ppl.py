@@ -32,7 +32,7 @@ from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import heldout_windows
-from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs, uses_modules
+from .specs import HEURISTICS, engine_options, measured_with_files, modules_sha256, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -91,7 +91,7 @@ def main(
                     kv_bytes=engine.stats()["kv_bytes"],
                     seconds=round(time.perf_counter() - t0, 1),
                     model_sha256=sha,
-                    indexmem_sha256=modules if uses_modules(policy) else None,
+                    indexmem_sha256=modules.for_config(policy) if modules else None,
                 )
             )
             engine.close()
@@ -119,7 +119,7 @@ def main(
     console.print(table)
 
 
-def earlier_results(out: Path | None, settings: dict, modules_sha256: str | None) -> dict:
+def earlier_results(out: Path | None, settings: dict, modules_sha256) -> dict:
     """{(configuration, ratio): row} of an earlier run into ``out`` that still stand. A file that
     records other settings is not overwritten (error); one from before files recorded their
     settings and model in full is measured again if what it records matches."""

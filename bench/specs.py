@@ -6,9 +6,12 @@ latent memory behind it)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..convert import schema as S
 from ..engine.indexmem import find_indexmem
+from ..engine.loader import open_gguf
 from ..engine.policies import POLICIES
 from ..engine.registry import sha256_of
 
@@ -53,25 +56,51 @@ def uses_modules(spec: str) -> bool:
     return engine_options(spec, 1)["indexmem"] is not False
 
 
-def measured_with_files(row: dict, model_sha256: str, modules_sha256: str | None) -> bool:
+@dataclass(frozen=True)
+class ModulesFile:
+    """An IndexMem file as result rows name it: its sha256, and that of the file whose indexer it
+    carries unchanged (itself, unless the file says it only retrained the memory)."""
+
+    sha256: str
+    indexer_sha256: str
+
+    def for_config(self, spec: str) -> str | None:
+        """The sha256 a row of configuration ``spec`` records: none without modules, the
+        indexer's lineage without the memory, the file itself with it."""
+        if not uses_modules(spec):
+            return None
+        return self.sha256 if engine_options(spec, 1)["memory"] else self.indexer_sha256
+
+
+def modules_file(path: Path, sha256: str | None = None) -> ModulesFile:
+    with open_gguf(path) as g:
+        parent = g.get(S.K_INDEXER_FROM)
+    sha256 = sha256 or sha256_of(path)
+    return ModulesFile(sha256, parent or sha256)
+
+
+def measured_with_files(row: dict, model_sha256: str, modules: ModulesFile | None) -> bool:
     """Whether a result row was measured with this model file and, if its configuration runs
-    IndexMem's modules, with these modules (``modules_sha256``). Rows written before results
-    recorded their files count for the configurations without modules; for those with modules
-    nothing says which ran, so they do not."""
+    IndexMem's modules, with these modules (a configuration without the memory: with their
+    indexer). Rows written before results recorded their files count for the configurations
+    without modules; for those with modules nothing says which ran, so they do not."""
     if "model_sha256" not in row:
         return not uses_modules(row["config"])
-    return (row["model_sha256"], row["indexmem_sha256"]) == (
-        model_sha256,
-        modules_sha256 if uses_modules(row["config"]) else None,
-    )
+    expected = modules.for_config(row["config"]) if modules else None
+    if uses_modules(row["config"]) and expected is None:
+        return False
+    return (row["model_sha256"], row["indexmem_sha256"]) == (model_sha256, expected)
 
 
-def modules_sha256(model: str, path: Path, model_sha256: str, indexmem: str | None = None) -> str | None:
-    """sha256 of the IndexMem file that configurations using modules load for ``model`` (whose
-    GGUF is ``path``; ``indexmem`` a sidecar given by the user), None if there is none. Results
-    record it, so rows measured with other modules, say before a retraining, are neither resumed
-    nor reported."""
+def modules_sha256(
+    model: str, path: Path, model_sha256: str, indexmem: str | None = None
+) -> ModulesFile | None:
+    """The IndexMem file that configurations using modules load for ``model`` (whose GGUF is
+    ``path``; ``indexmem`` a sidecar given by the user), None if there is none. Results record
+    its sha256 (``ModulesFile.for_config``), so rows measured with other modules, say before a
+    retraining, are neither resumed nor reported."""
     found, _ = find_indexmem(model, path, indexmem)
     if found is None:
         return None
-    return model_sha256 if Path(found).resolve() == Path(path).resolve() else sha256_of(found)
+    merged = Path(found).resolve() == Path(path).resolve()
+    return modules_file(found, model_sha256 if merged else None)

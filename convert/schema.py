@@ -21,6 +21,7 @@ Keys (namespace ``indexmem.``):
 | ``indexmem.norm_eps`` | f32 | epsilon of the indexer's RMSNorms |
 | ``indexmem.sinks`` / ``indexmem.default_budget`` / ``indexmem.default_tau`` | u32 | eviction defaults |
 | ``indexmem.default_pool_kernel`` | u32 | optional: odd width of the max-pool over positions applied to the indexer's scores before the top-B (absent: 1, no pooling) |
+| ``indexmem.indexer_from`` | str | optional: sha256 of the IndexMem file whose indexer (weights and pool) this one carries unchanged, when only the memory was retrained; results measured without the memory stay valid across the two |
 
 In a merged model the IndexMem tensors cannot sit in the GGUF tensor table: llama.cpp refuses a
 file with tensors it does not expect. There each tensor is stored as metadata instead:
@@ -71,6 +72,7 @@ K_SINKS = "indexmem.sinks"
 K_BUDGET = "indexmem.default_budget"
 K_TAU = "indexmem.default_tau"
 K_POOL = "indexmem.default_pool_kernel"
+K_INDEXER_FROM = "indexmem.indexer_from"
 
 # what each key must hold: "count" (integer >= 1), "index" (integer >= 0), "float" (finite),
 # "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
@@ -98,6 +100,7 @@ KEY_KINDS = {
     K_BUDGET: "budget",
     K_TAU: "count",
     K_POOL: "odd",
+    K_INDEXER_FROM: "str",
 }
 # the engine's default sinks (4) and recent window must fit in a default budget (shipped: 1024)
 MIN_DEFAULT_BUDGET = 16

@@ -111,6 +111,8 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: 
         w.add_uint32(S.K_POOL, int(pool_kernel))
     w.add_string(S.K_BASE_FINGERPRINT, base_fingerprint)
     w.add_string(S.K_BASE_SHA256, config.get("base_sha256", ""))
+    if config.get("indexer_from"):
+        w.add_string(S.K_INDEXER_FROM, config["indexer_from"])
     w.add_array(S.K_LAYERS, layers)
     # the end-to-end memory fit records the layers whose memory earned its keep
     w.add_array(S.K_MEMORY_LAYERS, list(config.get("memory_layers", config.get("global_layers", layers))))

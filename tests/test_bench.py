@@ -13,7 +13,7 @@ from indexmem.bench.needle import (
     summarize,
 )
 from indexmem.bench.retention import cached_share, value_span
-from indexmem.bench.specs import engine_options, parse_specs
+from indexmem.bench.specs import ModulesFile, engine_options, measured_with_files, parse_specs
 from indexmem.engine.eviction import budget_from_ratio
 from tiny_models import WORDS
 
@@ -64,6 +64,30 @@ def test_needle_summary():
     assert s[("x", 0.9)]["by_depth"] == {0.1: 1.0, 0.5: 0.0}
 
 
+S = ModulesFile("S", "S")
+
+
+def test_rows_without_the_memory_carry_over_to_a_file_that_retrained_only_the_memory():
+    """A file whose memory was retrained on a frozen indexer (``indexmem.indexer_from``) keeps the
+    indexer-only rows of its parent; rows with a memory are its own."""
+    child = ModulesFile("child", indexer_sha256="parent")
+    row = dict(model_sha256="M")
+    assert measured_with_files(dict(row, config="indexmem-nomem", indexmem_sha256="parent"), "M", child)
+    assert not measured_with_files(dict(row, config="indexmem-nomem", indexmem_sha256="child"), "M", child)
+    assert measured_with_files(dict(row, config="indexmem", indexmem_sha256="child"), "M", child)
+    assert not measured_with_files(dict(row, config="indexmem", indexmem_sha256="parent"), "M", child)
+    assert not measured_with_files(dict(row, config="snapkv+mem", indexmem_sha256="parent"), "M", child)
+    assert measured_with_files(dict(row, config="snapkv", indexmem_sha256=None), "M", child)
+    assert not measured_with_files(dict(row, config="indexmem", indexmem_sha256=None), "M", None)
+    assert [child.for_config(c) for c in ("full", "tova", "indexmem-nomem", "indexmem", "h2o+mem")] == [
+        None,
+        None,
+        "parent",
+        "child",
+        "child",
+    ]
+
+
 def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
     case = dict(evict_ratio=0.9, depth=0.5, key="k", value="1234567", score=1, context=4090)
     rows = [
@@ -77,9 +101,9 @@ def test_needle_resumes_only_rows_measured_with_the_same_files(tmp_path):
     out = tmp_path / "needle.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = run_settings(4096, None, 64, "essays", None)
-    kept = {config for config, *_ in measured_rows(out, "M", "S", settings)}
+    kept = {config for config, *_ in measured_rows(out, "M", S, settings)}
     assert kept == {"tova", "snapkv", "indexmem"}
-    assert measured_rows(tmp_path / "missing.jsonl", "M", "S", settings) == {}
+    assert measured_rows(tmp_path / "missing.jsonl", "M", S, settings) == {}
 
 
 def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
@@ -109,14 +133,14 @@ def test_needle_resumes_only_rows_measured_with_the_same_settings(tmp_path):
     for i, recorded in enumerate(variants):
         out.write_text(json.dumps(dict(case, **recorded)) + "\n")
         for j, asked in enumerate(variants):
-            assert len(measured_rows(out, "M", "S", asked)) == (i == j)
+            assert len(measured_rows(out, "M", S, asked)) == (i == j)
     out.write_text(json.dumps(case) + "\n")  # before settings were recorded
-    assert len(measured_rows(out, "M", "S", settings)) == 1
-    assert all(not measured_rows(out, "M", "S", other) for other in others)
+    assert len(measured_rows(out, "M", S, settings)) == 1
+    assert all(not measured_rows(out, "M", S, other) for other in others)
     # the pool is the indexer's: a heuristic's row holds under any --pool-kernel, and records none
     heuristic = dict(case, config="snapkv", indexmem_sha256=None, **settings)
     out.write_text(json.dumps(heuristic) + "\n")
-    assert len(measured_rows(out, "M", "S", dict(settings, pool_kernel=31))) == 1
+    assert len(measured_rows(out, "M", S, dict(settings, pool_kernel=31))) == 1
     assert config_settings("snapkv", dict(settings, pool_kernel=31))["pool_kernel"] is None
     assert config_settings("indexmem", dict(settings, pool_kernel=31))["pool_kernel"] == 31
 

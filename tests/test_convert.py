@@ -199,3 +199,25 @@ def test_shipped_sidecars_are_their_checkpoints_converted_as_documented(name, po
         SHIPPED / name, resolve(name), tmp_path / "side.gguf", dtype="f16", pool_kernel=pool_kernel
     )
     assert side.read_bytes() == (SIDECAR_DIR / MODELS[name].sidecar).read_bytes()
+
+
+def test_a_memory_retrain_records_its_indexer_lineage_and_the_memory_layers(tiny_ckpt, tiny_llama, tmp_path):
+    """``indexer_from``, ``memory_layers`` and ``pool_kernel`` of a checkpoint's config (as the
+    end-to-end memory fit writes them) reach the sidecar, where results and the engine read them."""
+    import json
+
+    from indexmem.bench.specs import modules_file
+
+    retrained = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, retrained)
+    config = json.loads((retrained / "config.json").read_text())
+    config.update(indexer_from="ab" * 32, memory_layers=[1], pool_kernel=5)
+    (retrained / "config.json").write_text(json.dumps(config))
+    out = convert(retrained, tiny_llama, tmp_path / "side.gguf")
+    meta = load_indexmem(out, base_path=tiny_llama).meta
+    assert meta[S.K_INDEXER_FROM] == "ab" * 32 and list(meta[S.K_MEMORY_LAYERS]) == [1]
+    assert meta[S.K_POOL] == 5
+    assert modules_file(out).indexer_sha256 == "ab" * 32
+    plain = convert(tiny_ckpt, tiny_llama, tmp_path / "plain.gguf")
+    assert S.K_INDEXER_FROM not in load_indexmem(plain, base_path=tiny_llama).meta
+    assert modules_file(plain).indexer_sha256 == modules_file(plain).sha256

@@ -41,6 +41,7 @@ from indexmem.bench.ruler.summary import (
 from indexmem.bench.ruler.table import depth_table, needles_by_depth, ruler_table
 from indexmem.bench.ruler.tasks import TASKS, generate_sample, parse_tasks
 from indexmem.bench.ruler.timing import time_table
+from indexmem.bench.specs import modules_file
 from indexmem.engine.indexmem import SIDECAR_DIR, find_indexmem
 from indexmem.engine.registry import DEFAULT_MODEL, MODELS, sha256_of
 from tiny_models import write_tiny_model
@@ -639,7 +640,7 @@ def _tabled_rows(results):
     model_sha = {r["model_sha256"] for r in rows}
     assert len(model) == len(model_sha) == 1, "one model per result file"
     sidecar = SIDECAR_DIR / MODELS[next(iter(model))].sidecar  # results are of registry models
-    rows = measured_with(rows, *model_sha, sha256_of(sidecar))
+    rows = measured_with(rows, *model_sha, modules_file(sidecar))
     return model.pop(), first_samples(rows, complete_samples(rows))  # a sample still being measured waits
 
 

@@ -116,6 +116,8 @@ def fit_memory(
         "fit": {"sinks": cfg.sinks},
         "memory_fit": asdict(cfg),
         "started_from": {"indexmem": str(indexmem_path), "sha256": sha256_of(indexmem_path)},
+        # the indexer is frozen: results measured without the memory carry over
+        "indexer_from": settings["indexer_from"] or sha256_of(indexmem_path),
         "data": {"corpus": str(corpus), "seq_len": seq_len, "windows": len(windows), "heldout": len(held)},
         "steps": trainer.step,
         "final_kl": sum(r["kl"] for r in trainer.history[-20:]) / max(1, len(trainer.history[-20:])),

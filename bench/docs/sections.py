@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...atomic import write_atomic
 from ...engine.indexmem import SIDECAR_DIR
-from ...engine.registry import MODELS, sha256_of
+from ...engine.registry import MODELS
 from ...hardening.report import markdown_summary
 from ...hardening.soak import plot_rss
 from ...markdown import table
@@ -22,6 +22,7 @@ from ..report import needle_table, ppl_table
 from ..ruler.plots import compression_curves, depth_heatmaps
 from ..ruler.summary import complete_samples, first_samples, measured_with, read_rows
 from ..ruler.table import depth_table, megabytes, niah_report, ruler_report, ruler_table
+from ..specs import ModulesFile, modules_file
 from ..speed_results import read_speed, speed_caption, speed_table
 from .catalog import Result
 
@@ -44,7 +45,7 @@ def _text_writer(text: str) -> Writer:
     return lambda path: write_atomic(path, text.encode())
 
 
-def modules_sha256(entry: Result, rows: list[dict]) -> str | None:
+def modules_sha256(entry: Result, rows: list[dict]) -> ModulesFile | None:
     """The IndexMem file whose rows to show: the one the entry names by a sha256 prefix, else the
     sidecar shipped for the model (None: it has none, so only configurations without modules)."""
     if entry.modules:
@@ -53,9 +54,10 @@ def modules_sha256(entry: Result, rows: list[dict]) -> str | None:
         }
         if len(found) != 1:
             raise ValueError(f"{entry.file}: {len(found)} IndexMem files start with {entry.modules}")
-        return found.pop()
+        sha = found.pop()
+        return ModulesFile(sha, sha)
     sidecar = MODELS[entry.model].sidecar
-    return sha256_of(SIDECAR_DIR / sidecar) if sidecar else None
+    return modules_file(SIDECAR_DIR / sidecar) if sidecar else None
 
 
 def ruler_rows(entry: Result, root: Path) -> list[dict]:

@@ -28,7 +28,7 @@ from rich.progress import (
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
-from ..specs import engine_options, modules_sha256, uses_modules
+from ..specs import engine_options, modules_sha256
 from .data import DISTRIBUTION as PACKAGE_NAME
 from .data import RulerData
 from .summary import data_parts, measured_under, measured_with, read_rows, row_key, run_settings
@@ -135,7 +135,7 @@ def run(
         """The fields of a row that ``row_key`` reads."""
         return dict(
             model_sha256=sha,
-            indexmem_sha256=modules if uses_modules(config.spec) else None,
+            indexmem_sha256=modules.for_config(config.spec) if modules else None,
             config=config.spec,
             evict_ratio=config.evict_ratio,
             budget=config.budget_for(case.context),

@@ -77,7 +77,7 @@ def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int
     ]
 
 
-def measured_with(rows: list[dict], model_sha256: str, modules_sha256: str | None) -> list[dict]:
+def measured_with(rows: list[dict], model_sha256: str, modules_sha256) -> list[dict]:
     """The rows of one model measured with these IndexMem modules (or none: heuristics), once
     each: processes that overlapped without --shard may both have measured an example."""
     seen, unique = set(), []

@@ -45,5 +45,6 @@ def modules_from_file(path: str | Path, base_path: str | Path) -> tuple[IndexMem
         "budget": int(meta.get(S.K_BUDGET, 1024)),
         "tau": int(meta.get(S.K_TAU, 16)),
         "sinks": int(meta.get(S.K_SINKS, 4)),
+        "indexer_from": meta.get(S.K_INDEXER_FROM),
     }
     return model, settings
