@@ -2,7 +2,8 @@
 
 ``full`` (no eviction), ``indexmem`` (indexer + latent memory), ``indexmem-nomem`` (indexer
 only), any heuristic (``snapkv``, ``tova``, ...) and ``<heuristic>+mem`` (the heuristic with the
-latent memory behind it)."""
+latent memory behind it); ``indexmem+recall`` and ``indexmem-nomem+recall`` add the recall tier
+(its store on disk)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     default)."""
     if spec == "full":
         return dict(policy="full", indexmem=False)
+    if spec in ("indexmem+recall", "indexmem-nomem+recall"):
+        return dict(engine_options(spec[: -len("+recall")], budget, indexmem, window), recall="disk")
     policy, memory = spec, False
     if spec == "indexmem":
         memory = True
@@ -34,8 +37,8 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
         policy, memory = spec[:-4], True
     if policy not in POLICIES or policy == "full":
         raise ValueError(
-            f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem, "
-            f"a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
+            f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem (either with "
+            f"+recall), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
         )
     uses_modules = memory or policy == "indexmem"
     opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)

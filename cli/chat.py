@@ -23,6 +23,7 @@ from .engine_options import (
     NCtx,
     NoIndexMem,
     Policy,
+    RecallTier,
     Sinks,
     Tau,
     Threads,
@@ -95,13 +96,26 @@ def main(
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
+    recall: RecallTier = None,
 ):
     if prompt is None and not sys.stdin.isatty():
         prompt = "-"
     if prompt == "-":
         prompt = sys.stdin.read()
     engine = load_engine(
-        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+        model,
+        n_ctx,
+        threads,
+        batch,
+        policy,
+        budget,
+        sinks,
+        window,
+        tau,
+        indexmem,
+        no_indexmem,
+        memory,
+        recall,
     )
     sampling = sampling_for(
         engine,

@@ -48,6 +48,15 @@ Memory = Annotated[
     ),
 ]
 
+RecallTier = Annotated[
+    str | None,
+    typer.Option(
+        "--recall",
+        help="disk or ram: keep evicted tokens (on disk in a temporary folder, or in RAM) and bring "
+        "them back when the indexer's later queries want them (indexmem policy)",
+    ),
+]
+
 
 def load_engine(
     model: str = DEFAULT_MODEL,
@@ -62,6 +71,7 @@ def load_engine(
     indexmem: Path | None = None,
     no_indexmem: bool = False,
     memory: bool | None = None,
+    recall: str | None = None,
 ):
     from ..engine.api import Engine
 
@@ -77,6 +87,7 @@ def load_engine(
         window=window,
         tau=tau,
         memory=memory,
+        recall=recall,
         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None),
     )
 
@@ -85,4 +96,8 @@ def describe_cache(engine) -> str:
     st = engine.stats()
     if not st["budget"]:
         return "full KV cache"
-    return f"{st['policy']}, budget {st['budget']} tokens/layer" + (", latent memory" if st["memory"] else "")
+    return (
+        f"{st['policy']}, budget {st['budget']} tokens/layer"
+        + (", latent memory" if st["memory"] else "")
+        + (f", recall from {st['recall']}" if st["recall"] else "")
+    )

@@ -18,6 +18,7 @@ from .engine_options import (
     NCtx,
     NoIndexMem,
     Policy,
+    RecallTier,
     Sinks,
     Tau,
     Threads,
@@ -49,6 +50,7 @@ def main(
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
+    recall: RecallTier = None,
 ):
     try:
         import uvicorn
@@ -59,7 +61,19 @@ def main(
             f"the server needs its extra: pip install 'indexmem[serve]' ({exc})"
         ) from exc
     engine = load_engine(
-        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+        model,
+        n_ctx,
+        threads,
+        batch,
+        policy,
+        budget,
+        sinks,
+        window,
+        tau,
+        indexmem,
+        no_indexmem,
+        memory,
+        recall,
     )
     model_id = Path(model).stem if model.endswith(".gguf") else model
     app_ = create_app(

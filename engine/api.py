@@ -12,6 +12,7 @@ from ..convert.reader import load_indexmem
 from ..convert.schema import fingerprint
 from ..errors import ContextOverflowError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
+from ..ggml_ops.bindings import tensor_struct
 from . import session
 from .cache import KVCache
 from .eviction import BudgetConfig, Evictor, budget_from_ratio
@@ -51,6 +52,7 @@ class Engine:
         indexmem_path: Path | None = None,
         memory: bool = False,
         extra_bufts: bool = True,
+        recall: str | None = None,
     ):
         if n_batch < 1 or (n_ctx is not None and n_ctx < 1):
             raise ValueError(f"n_batch and n_ctx must be >= 1 (got {n_batch}, {n_ctx})")
@@ -64,6 +66,12 @@ class Engine:
             )
         self.indexmem_path = Path(indexmem_path) if indexmem_path else None
         self.memory = bool(memory)
+        if recall is not None and (recall not in ("disk", "ram") or self.budget_config.policy != "indexmem"):
+            raise ValueError(
+                f"recall={recall!r}: the recall tier is 'disk' or 'ram', and needs the indexmem policy "
+                f"(its indexer scores the stored tokens), not {self.budget_config.policy!r}"
+            )
+        self.recall_where = recall
         # read and pair-check the IndexMem file before any compute or allocation
         imf = load_indexmem(self.indexmem_path, base_path=self.model_path) if self.indexmem_path else None
         self._lock = threading.RLock()
@@ -96,6 +104,7 @@ class Engine:
         self.n_batch = n_batch
         self.cache, evictor = self._make_cache()
         self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
+        self.recall = self._make_recall(evictor) if recall else None
         self.feeder = Feeder(self.runner, n_batch, self.n_ctx, self.budget_config.sinks)
         self._cancel: threading.Event | None = None  # of the generation running now
         self._vocab_prefixes: VocabPrefixes | None = None
@@ -136,6 +145,21 @@ class Engine:
         cache.record_evicted = set(memory_layers)
         cache.indexmem = state
 
+    def _make_recall(self, evictor: Evictor | None):
+        """The recall tier over the layers the indexer decides (engine/recall.py)."""
+        from .recall import Recall
+        from .recall_store import RecallStore
+
+        state = self.cache.indexmem
+        if evictor is None or state is None or not state.index_layers:
+            raise ValueError("recall needs a bounded cache with the indexmem policy")
+        row_bytes = tensor_struct(self.cache.layers[0].k).nb[1]
+        store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
+        pool = self.budget_config.params.get("pool_kernel", 1)
+        recall = Recall(store, pool_kernel=pool, exact_memory=self.indexmem.mem_lambda == 1.0)
+        evictor.recall = self.runner.recall = recall
+        return recall
+
     @classmethod
     def load(
         cls,
@@ -151,6 +175,7 @@ class Engine:
         tau: int | None = None,
         indexmem=None,
         memory: bool | None = None,
+        recall: str | None = None,
         **options,
     ) -> Engine:
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
@@ -170,7 +195,9 @@ class Engine:
         budget. Policy parameters: ``gamma`` (indexmem), ``pool_kernel`` (indexmem: default the
         IndexMem file's, else 1; snapkv),
         ``seed`` (random), ``obs_window`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
-        recent tokens). ``extra_bufts=False`` keeps quantized weights in their file layout
+        recent tokens). ``recall`` ("disk" or "ram", with the indexmem policy): evicted tokens are
+        stored and brought back when the indexer's later queries want them (engine/recall.py).
+        ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
         engine_opts = {k: options.pop(k) for k in ("n_batch", "device", "extra_bufts") if k in options}
         policy_opts = {
@@ -228,6 +255,7 @@ class Engine:
             budget_config=config,
             indexmem_path=indexmem_path,
             memory=memory,
+            recall=recall,
             **engine_opts,
         )
 
@@ -250,6 +278,8 @@ class Engine:
                 self.cache.indexmem.clear()
             if self.runner.evictor:
                 self.runner.evictor.clear()
+            if self.recall is not None:
+                self.recall.clear()
             self.feeder.reset()
 
     def logits(self, tokens) -> np.ndarray:
@@ -443,7 +473,7 @@ class Engine:
 
     # --- introspection -----------------------------------------------------------------
     def stats(self) -> dict:
-        state = self.cache.indexmem
+        state, recall = self.cache.indexmem, self.recall
         index_bytes = state.index_bytes if state else 0
         memory_bytes = state.memory_bytes if state else 0
         return {
@@ -465,6 +495,15 @@ class Engine:
             "indexmem": str(self.indexmem_path) if self.indexmem_path else None,
             "memory": self.cache.indexmem is not None and bool(self.cache.indexmem.memory_layers),
             "cache_buffers": {"kv": self.cache.nbytes, "index_keys": index_bytes, "memory": memory_bytes},
+            # what stays in RAM whatever the conversation's length, and the recall store beside it
+            "ram_bytes": self.cache.nbytes
+            + index_bytes
+            + memory_bytes
+            + (recall.store.ram_bytes if recall else 0),
+            "recall": self.recall_where,
+            "recall_store_bytes": recall.store.disk_bytes if recall else 0,
+            "recall_store_tokens": sum(recall.store.live(il) for il in recall.layers) if recall else 0,
+            "tokens_recalled": dict(recall.recalled) if recall else {},
             "kv_bytes": self.cache.nbytes,
             "index_bytes": index_bytes,
             "memory_bytes": memory_bytes,
@@ -476,6 +515,8 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self.runner.invalidate()
+            if self.recall is not None:
+                self.recall.close()
             if self.cache.indexmem is not None:
                 self.cache.indexmem.close()
             if self.indexmem is not None:

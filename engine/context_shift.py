@@ -7,7 +7,8 @@ cached key is re-rotated ``delta`` positions back (RoPE rotations compose, so ro
 key by ``new - old`` is the same as having stored it at ``new``). Relative distances between
 the recent tokens are unchanged; tokens older than ``delta`` positions, apart from the sinks,
 gather at the first position after the sinks. Index keys and the latent memory carry no
-position, so they are untouched.
+position, so they are untouched. The recall tier's store is emptied: its keys were rotated for
+positions that no longer exist.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def shift_positions(runner: ForwardRunner, delta: int, sinks: int) -> None:
     if delta <= 0:
         raise ValueError(f"a context shift moves positions back by > 0, not {delta}")
     runner.flush()  # queued memory writes un-rotate evicted keys by their old positions
+    if runner.recall is not None:
+        runner.recall.clear()  # stored keys carry their old rotation: they cannot come back
     cache, model = runner.cache, runner.model
     hp = model.hp
     new = [shifted_positions(t.positions, delta, sinks) for t in cache.tables]

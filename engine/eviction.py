@@ -72,6 +72,7 @@ class Evictor:
         self.cache = cache
         self.policy = POLICIES[config.policy](cache.n_layer, cache.capacity, **config.params)
         self.rules = [self._rule(w) for w in layer_windows]
+        self.recall = None  # the recall tier (engine/recall.py): stored tokens compete for the budget
 
     def _rule(self, sliding_window: int) -> LayerRule:
         c = self.config
@@ -97,6 +98,8 @@ class Evictor:
             rule = self.rules[il]
             if rule.by_policy and il in observations:
                 self.policy.observe(il, observations[il])
+                if self.recall is not None and observations[il].index_queries is not None:
+                    self.recall.observe(il, *observations[il].index_queries)
             table = self.cache.table_of(il)
             over = table.n_used - rule.budget
             if over > 0 and (n_tokens > 1 or over >= self.config.tau):
@@ -104,7 +107,7 @@ class Evictor:
 
     def _compress(self, il: int, rule: LayerRule) -> None:
         table = self.cache.table_of(il)
-        positions = table.positions[: table.n_used]
+        positions = table.positions[: table.n_used].copy()
         if rule.by_policy:
             scores = self.policy.scores(il, positions, rule.budget).astype(np.float64).copy()
         else:
@@ -113,13 +116,28 @@ class Evictor:
         protected = (positions < rule.sinks) | (positions > newest - rule.window)
         scores[protected] = np.inf
         scores[positions < 0] = -np.inf
-        # highest score first; ties go to the more recent token
-        order = np.lexsort((-positions, -scores))
-        keep = np.sort(order[: rule.budget])
+        recall = self.recall if rule.by_policy and self.recall and il in self.recall.layers else None
+        entries, stored_pos, stored_scores = recall.candidates(il) if recall else ((), (), ())
+        # cached tokens and stored candidates ranked together; highest score first, ties go to
+        # the more recent token
+        all_pos = np.concatenate([positions, stored_pos]).astype(np.int64)
+        order = np.lexsort((-all_pos, -np.concatenate([scores, stored_scores])))[: rule.budget]
+        keep = np.sort(order[order < len(positions)])
+        back = order[order >= len(positions)] - len(positions)
+        if recall:
+            gone = np.setdiff1d(np.flatnonzero(positions >= 0), keep, assume_unique=True)
+            recall.pending_store[il] = (gone, positions[gone])
         src, dst = self.cache.compact(il, keep)
         self.policy.move(il, src, dst, len(keep))
+        if len(back):
+            slots = np.arange(len(keep), len(keep) + len(back))
+            table.commit(slots, np.asarray(stored_pos)[back])
+            recall.pending_recall[il] = (slots, np.asarray(entries)[back])
+            self.cache.tokens_evicted[il] -= len(back)
         if rule.by_policy:
             self.policy.compressed(il)
+        if recall:
+            recall.compressed(il)
 
     def clear(self) -> None:
         self.policy.clear()

@@ -45,6 +45,7 @@ class ForwardRunner:
         self._plan: StepPlan | None = None
         self._graph = None
         self.graphs_built = 0
+        self.recall = None  # the recall tier (engine/recall.py), when the engine has one
 
     # --- planning ----------------------------------------------------------------------
     def _mask_key(self, il: int, n_used: int):
@@ -75,6 +76,7 @@ class ForwardRunner:
             capture=frozenset(capture),
             layer_index=index,
             layer_mem_read=mem_read,
+            index_queries=self.recall is not None,
         )
         return plan, n_used, mask_keys
 
@@ -155,6 +157,13 @@ class ForwardRunner:
                 o.index_scores = (
                     g.read(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
                 )
+                if plan.index_queries:
+                    sizes = self.cache.indexmem.modules.sizes
+                    heads, dim = sizes["n_idx_heads"], sizes["d_idx"]
+                    o.index_queries = (
+                        g.read(g.named[f"idx_q-{il}"]).reshape(-1, heads, dim),
+                        g.read(g.named[f"idx_a-{il}"]).reshape(-1, heads),
+                    )
             if plan.layer_attn[il]:
                 o.attn_mass = (
                     g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
@@ -169,8 +178,11 @@ class ForwardRunner:
     def flush(self) -> None:
         """Run the queued memory writes and compaction moves (the step that evicted calls it;
         so does anything that compacts the cache outside a step)."""
-        cache = self.cache
+        cache, recall = self.cache, self.recall
+        if recall is not None:
+            recall.store_evicted(cache)  # before the moves overwrite the evicted rows
         if not cache.pending_moves and not cache.pending_evicted:
+            self._write_recalled()
             return
         g, inputs = Graph(max_nodes=64 + 48 * cache.n_layer), {}
         for il in cache.pending_evicted:  # expanded first: they read rows the moves overwrite
@@ -186,6 +198,11 @@ class ForwardRunner:
             cache.indexmem.memory_used |= set(cache.pending_evicted)
         cache.pending_moves = {}
         cache.pending_evicted = {}
+        self._write_recalled()
+
+    def _write_recalled(self) -> None:
+        if self.recall is not None and self.recall.pending_recall:
+            self.recall.write_recalled(self)  # into the slots the moves left free
 
     def run_once(self, g: Graph, inputs: dict[str, np.ndarray]) -> None:
         """Allocate, fill and compute a one-off graph (cache maintenance) on the maintenance

@@ -64,16 +64,24 @@ class Feeder:
                 f"or a bounded cache)"
             )
         outs = []
-        for i in range(0, len(tokens), self.n_batch):
+        for chunk in self._chunks(tokens, all_logits):
             if cancel is not None and cancel.is_set():
                 return None
-            chunk = tokens[i : i + self.n_batch]
             logits = self._step(chunk, all_logits)
-            if all_logits or i + self.n_batch >= len(tokens):
-                outs.append(logits)
+            outs.append(logits)
             if on_chunk:
                 on_chunk(len(chunk))
-        return np.concatenate(outs, axis=0) if outs else None
+        return np.concatenate(outs if all_logits else outs[-1:], axis=0) if outs else None
+
+    def _chunks(self, tokens: np.ndarray, all_logits: bool) -> list[np.ndarray]:
+        """``tokens`` in steps of ``n_batch``. With the recall tier the last token gets a step of
+        its own: the compression after the chunk before it may bring evicted tokens back, and
+        the logits the next token is sampled from should see them."""
+        body = (
+            tokens[:-1] if self.runner.recall is not None and not all_logits and len(tokens) > 1 else tokens
+        )
+        chunks = [body[i : i + self.n_batch] for i in range(0, len(body), self.n_batch)]
+        return chunks + ([tokens[-1:]] if len(body) < len(tokens) else [])
 
     def _step(self, chunk: np.ndarray, all_logits: bool, kind: str = "prompt") -> np.ndarray:
         t0 = time.perf_counter()

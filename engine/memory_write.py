@@ -17,12 +17,12 @@ from ..ggml_ops.structs import GGMLType
 from .cache import KVCache
 
 
-def add_memory_write(g, model, cache: KVCache, il: int):
-    """Graph nodes writing the tokens layer ``il`` evicted last into its memory (M, b updated in
-    place). Must be expanded before the layer's compaction moves."""
+def add_memory_write(g, model, cache: KVCache, il: int, n_rows: int | None = None):
+    """Graph nodes writing ``n_rows`` cached tokens of layer ``il`` into its memory (M, b updated
+    in place): by default the tokens it evicted last, expanded before the compaction moves."""
     hp, ctx, state = model.hp, g.ctx, cache.indexmem
     layer = cache.layers[il]
-    n_rows = len(cache.pending_evicted[il][0])
+    n_rows = len(cache.pending_evicted[il][0]) if n_rows is None else n_rows
     slots = g.input(f"mem_slots-{il}", GGMLType.I32, n_rows)
     neg_pos = g.input(f"mem_pos-{il}", GGMLType.I32, n_rows)
     row_weight = g.input(f"mem_rw-{il}", GGMLType.F32, 1, hp.n_head_kv * n_rows)
@@ -45,15 +45,21 @@ def add_memory_write(g, model, cache: KVCache, il: int):
     g.expand(C.ggml_cpy(ctx, new_b, state.mem_b[il]))
 
 
-def memory_write_inputs(cache: KVCache, il: int, n_head_kv: int) -> dict[str, np.ndarray]:
-    """Input arrays of :func:`add_memory_write` for the tokens layer ``il`` evicted last."""
+def memory_write_inputs(
+    cache: KVCache, il: int, n_head_kv: int, slots=None, positions=None, sign: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Input arrays of :func:`add_memory_write`: the tokens layer ``il`` evicted last, or
+    ``slots`` at ``positions``. ``sign=-1`` takes tokens back out (no decay: the recall tier
+    undoes a write this way, exactly when lambda is 1)."""
     modules = cache.indexmem.modules
-    slots, positions = cache.pending_evicted[il]
+    if slots is None:
+        slots, positions = cache.pending_evicted[il]
     # every KV head of a token stands for the ``group`` query heads that share it
-    w = np.full((1, len(slots) * n_head_kv), modules.mem_eta * modules.group, dtype=np.float32)
+    w = np.full((1, len(slots) * n_head_kv), sign * modules.mem_eta * modules.group, dtype=np.float32)
+    decay = modules.mem_lambda if sign > 0 else 1.0
     return {
-        f"mem_slots-{il}": slots.astype(np.int32),
-        f"mem_pos-{il}": (-positions).astype(np.int32),
+        f"mem_slots-{il}": np.asarray(slots).astype(np.int32),
+        f"mem_pos-{il}": (-np.asarray(positions)).astype(np.int32),
         f"mem_rw-{il}": w,
-        f"mem_decay-{il}": np.array([modules.mem_lambda], dtype=np.float32),
+        f"mem_decay-{il}": np.array([decay], dtype=np.float32),
     }

@@ -79,6 +79,14 @@ def save(engine, path: str | Path) -> None:
     """Stream the state into the file one tensor at a time, so that saving needs no more memory
     than the largest tensor (a process that saves often keeps a flat footprint)."""
     engine.runner.flush()  # queued memory writes and moves land in the buffers first
+    recall = engine.recall
+    if recall is not None and any(recall.store.live(il) for il in recall.layers):
+        # the store grows with the conversation, and a session file has a fixed size
+        raise SessionError(
+            "a session cannot be saved while the recall tier holds evicted tokens: session files "
+            "have a fixed size and the store grows with the conversation (save before it fills, or "
+            "load the engine without recall)"
+        )
     cache, history = engine.cache, engine.feeder.history
     recent = np.full(RECENT, -1, dtype=np.int32)
     last = np.asarray(history.recent(RECENT), dtype=np.int32)
@@ -197,6 +205,8 @@ def load(engine, path: str | Path) -> None:
         header["history_len"], header["history_hash"], [t for t in header["recent"] if t >= 0]
     )
     engine.feeder.unfed = [int(t) for t in header["unfed"]]
+    if engine.recall is not None:
+        engine.recall.clear()  # what the store held belonged to the conversation replaced
 
 
 def _check_conversation(header: dict, n_vocab: int, path: Path) -> None:

@@ -36,7 +36,7 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=5, all_f32=True, n_ctx_train=4096)
     out = tmp_path / "tiny.indexmem.gguf"
     plan = make_plan(
-        str(model), out, hours=0.0005, threads=1, disk_cap_gb=0.008, seq_len=2048, min_tokens=256 * 12
+        str(model), out, hours=0.0005, threads=1, disk_cap_gb=0.008, seq_len=2048, tokens=2048 * 12
     )
     assert len(plan.shards) >= 2, plan.shards  # the disk cap splits the features
     assert plan.shard_bytes() <= plan.disk_cap

@@ -103,10 +103,10 @@ def make_plan(
     progress("measuring the prefill rate")
     engine = Engine.load(str(model_path), n_threads=threads, n_ctx=seq_len, policy="full", indexmem=False)
     try:
-        tokens = engine.tokenize("The quick brown fox jumps over the lazy dog. " * 200)[: min(512, seq_len)]
+        sample = engine.tokenize("The quick brown fox jumps over the lazy dog. " * 200)[: min(512, seq_len)]
         t0 = time.time()
-        engine.logits(tokens)
-        rate = len(tokens) / (time.time() - t0)
+        engine.logits(sample)
+        rate = len(sample) / (time.time() - t0)
         hp = engine.hparams
         weights = engine.model.weights.nbytes
     finally:

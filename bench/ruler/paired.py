@@ -40,8 +40,9 @@ def _cell(examples: dict[tuple, dict], a: tuple, b: tuple | None, named: bool = 
 
 def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], tasks: list[str]) -> list[str]:
     """Markdown lines: every configuration that runs IndexMem's modules against the best
-    heuristic of its level and, where both ran, ``indexmem`` against ``indexmem-nomem``. Empty
-    when there is nothing to pair. ``scores``: this context's per-task scores by configuration
+    heuristic of its level and, where both ran, the memory's and the recall tier's effects
+    (``indexmem`` against ``indexmem-nomem``, ``snapkv+mem`` against ``snapkv``, a ``+recall``
+    configuration against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
     (``summary.task_scores``)."""
     examples: dict[tuple, dict] = {}
     for r in rows:
@@ -53,9 +54,16 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
     for spec in dict.fromkeys(c[0] for c in ordered_configs(examples) if uses_modules(c[0])):
         cells = [_cell(examples, (spec, *lv), best[lv], named=True) for lv in levels]
         lines.append(f"| {spec} vs the best heuristic | " + " | ".join(cells) + " |")
-    if any(c[0] == "indexmem" for c in examples) and any(c[0] == "indexmem-nomem" for c in examples):
-        cells = [_cell(examples, ("indexmem", *lv), ("indexmem-nomem", *lv)) for lv in levels]
-        lines.append("| indexmem vs indexmem-nomem (the memory's effect) | " + " | ".join(cells) + " |")
+    specs = {c[0] for c in examples}
+    for a, b, what in (
+        ("indexmem", "indexmem-nomem", "the memory's effect"),
+        ("snapkv+mem", "snapkv", "the memory behind SnapKV"),
+        ("indexmem-nomem+recall", "indexmem-nomem", "the recall tier's effect"),
+        ("indexmem+recall", "indexmem", "the recall tier's effect, with the memory"),
+    ):
+        if a in specs and b in specs:
+            cells = [_cell(examples, (a, *lv), (b, *lv)) for lv in levels]
+            lines.append(f"| {a} vs {b} ({what}) | " + " | ".join(cells) + " |")
     if not lines or not levels:
         return []
     return [

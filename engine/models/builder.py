@@ -37,6 +37,7 @@ class StepPlan:
     capture: frozenset = frozenset()
     layer_index: tuple[bool, ...] = ()
     layer_mem_read: tuple[bool, ...] = ()
+    index_queries: bool = False  # output the indexer's queries (the recall tier scores its store)
 
     def mask_sizes(self) -> dict[int, int]:
         return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
@@ -138,6 +139,9 @@ class Builder:
         self.g.expand(C.ggml_set_rows(ctx, state.keys[il], index_keys(ctx, x, iw), idx))
         q, a = index_queries(ctx, x, q_pre, iw)
         self.g.output(self.cb(importance(ctx, q, a, state.keys[il], n_kv, mask), "idx_imp", il))
+        if self.plan.index_queries:
+            self.g.output(self.cb(q, "idx_q", il))
+            self.g.output(self.cb(a, "idx_a", il))
 
     def memory_readout(self, il: int):
         """g(q)·m(q) of this step's pre-RoPE queries against the layer's latent memory."""

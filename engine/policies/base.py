@@ -21,6 +21,8 @@ class LayerObservation:
     new_keys: np.ndarray | None = None  # [n_new, n_head_kv, head_dim] post-RoPE keys of this step
     new_slots: np.ndarray | None = None  # where those keys were written
     index_scores: np.ndarray | None = None  # IndexMem indexer importance, max over this step's queries
+    # the indexer's queries [n_new, H_idx, d_idx] and head weights [n_new, H_idx] of this step
+    index_queries: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Policy:

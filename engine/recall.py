@@ -1,0 +1,181 @@
+"""The recall tier inside the engine (issue 47): evicted tokens go to a store, and at every
+compression the indexer's queries since the layer's last compression score the stored tokens
+too; those that now outrank cached ones come back into the cache, inside the budget.
+
+The pieces, in the order a step uses them:
+
+- ``observe``: the index queries and head weights of the step (the last ``n_queries`` of them;
+  the graph outputs them, ``Builder.index_importance``) join the layer's buffer;
+- ``candidates``: at a compression, the buffered queries score every live stored token (blocks
+  read from the store, so the cost is linear in its size), the scores are max-pooled over stored
+  neighbours by position as the cached ones are, and the best ``per_step`` come forward;
+- the evictor ranks cached tokens and candidates together (``Evictor._compress``): the kept
+  cached tokens are packed, the recalled ones take the slots after them, the evicted ones are
+  queued for the store;
+- ``store_evicted`` (before the compaction moves overwrite them) copies the evicted rows into the
+  store; ``write_recalled`` (after the moves) writes the recalled rows into their slots and, in
+  latent-memory layers, takes them back out of M and b: with lambda = 1 the write was a plain
+  sum, so subtracting the same terms is exact (up to float rounding); with lambda != 1 the
+  recalled tokens stay counted in the memory (documented, ``exact_memory``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ggml_ops.bindings import C, tensor_struct
+from ..ggml_ops.graph import Graph
+from .recall_store import RecallStore
+
+PER_STEP = 128  # tokens recalled per layer per compression, at most
+N_QUERIES = 64  # the most recent index queries of a layer that score the store
+
+
+def store_scores(q: np.ndarray, a: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """max over queries t of sum_j a[t, j] ReLU(q[t, j] . k) for every key: [n_keys].
+    q [T, H_idx, d_idx], a [T, H_idx], keys [n_keys, d_idx]."""
+    dots = np.einsum("thd,nd->thn", q, keys, optimize=True)
+    np.maximum(dots, 0.0, out=dots)
+    return np.einsum("th,thn->tn", a, dots, optimize=True).max(axis=0)
+
+
+def pool_by_position(scores: np.ndarray, positions: np.ndarray, kernel: int) -> np.ndarray:
+    if kernel <= 1 or len(scores) == 0:
+        return scores
+    order = np.argsort(positions, kind="stable")
+    half = kernel // 2
+    padded = np.pad(scores[order], half, constant_values=-np.inf)
+    pooled = np.lib.stride_tricks.sliding_window_view(padded, kernel).max(axis=1)
+    out = np.empty_like(scores)
+    out[order] = pooled
+    return out
+
+
+class Recall:
+    def __init__(
+        self,
+        store: RecallStore,
+        pool_kernel: int = 1,
+        per_step: int = PER_STEP,
+        n_queries: int = N_QUERIES,
+        exact_memory: bool = True,
+    ):
+        if per_step < 1 or n_queries < 1:
+            raise ValueError(f"recall per_step and n_queries must be >= 1 (got {per_step}, {n_queries})")
+        self.store, self.pool_kernel = store, pool_kernel
+        self.per_step, self.n_queries, self.exact_memory = per_step, n_queries, exact_memory
+        self.queries: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.pending_store: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (slots, positions)
+        self.pending_recall: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (slots, entries)
+        self.recalled = {il: 0 for il in store.layers}  # tokens brought back, per layer
+
+    @property
+    def layers(self) -> list[int]:
+        return self.store.layers
+
+    # --- scoring -----------------------------------------------------------------------
+    def observe(self, il: int, q: np.ndarray, a: np.ndarray) -> None:
+        buf = self.queries.setdefault(il, [])
+        buf.append((q[-self.n_queries :], a[-self.n_queries :]))
+        while sum(len(x) for x, _ in buf) - len(buf[0][0]) >= self.n_queries:
+            buf.pop(0)
+
+    def candidates(self, il: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(store entries, their positions, their pooled scores) of the best ``per_step`` live
+        stored tokens for the queries seen since the layer's last compression."""
+        buf = self.queries.get(il)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0))
+        if not buf or self.store.live(il) == 0:
+            return empty
+        q = np.concatenate([x for x, _ in buf])[-self.n_queries :].astype(np.float32)
+        a = np.concatenate([w for _, w in buf])[-self.n_queries :].astype(np.float32)
+        entries, positions, scores = [], [], []
+        for start, pos, keys, taken in self.store.blocks(il):
+            live = np.flatnonzero(~taken)
+            entries.append(start + live)
+            positions.append(pos[live])
+            scores.append(store_scores(q, a, keys[live]))
+        entries, positions = np.concatenate(entries), np.concatenate(positions)
+        pooled = pool_by_position(np.concatenate(scores).astype(np.float64), positions, self.pool_kernel)
+        best = np.lexsort((-positions, -pooled))[: self.per_step]  # ties to the more recent
+        return entries[best], positions[best], pooled[best]
+
+    def compressed(self, il: int) -> None:
+        self.queries.pop(il, None)
+
+    # --- moving rows -------------------------------------------------------------------
+    def store_evicted(self, cache) -> None:
+        """Copy the rows of the tokens evicted since the last flush into the store (before the
+        compaction moves overwrite them)."""
+        for il, (slots, positions) in self.pending_store.items():
+            layer, keys = cache.layers[il], cache.indexmem.keys[il]
+            self.store.append(
+                il, positions, _columns(keys, slots), _rows(layer.k, slots), _rows(layer.v, slots)
+            )
+        self.pending_store = {}
+
+    def write_recalled(self, runner) -> None:
+        """Put the recalled rows into their slots (after the moves), and take them out of the
+        latent memory where that is exact."""
+        cache = runner.cache
+        unwrite = {}
+        for il, (slots, entries) in self.pending_recall.items():
+            k_rows, v_rows, keys = self.store.take(il, entries)
+            layer = cache.layers[il]
+            for slot, k, v, key in zip(slots.tolist(), k_rows, v_rows, keys):
+                _set_row(layer.k, slot, k)
+                _set_row(layer.v, slot, v)
+                _set_column(cache.indexmem.keys[il], slot, key)
+            self.recalled[il] += len(slots)
+            if il in cache.record_evicted and il in cache.indexmem.memory_used and self.exact_memory:
+                unwrite[il] = (slots, cache.table_of(il).positions[slots].copy())
+        self.pending_recall = {}
+        if unwrite:
+            _unwrite_memory(runner, unwrite)
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.queries, self.pending_store, self.pending_recall = {}, {}, {}
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _rows(tensor, slots: np.ndarray) -> np.ndarray:
+    """Raw bytes of rows ``slots`` of a [width, capacity] cache tensor: [n, row bytes]."""
+    t = tensor_struct(tensor)
+    row = t.nb[1]
+    out = np.empty((len(slots), row), dtype=np.uint8)
+    for i, slot in enumerate(slots.tolist()):
+        C.ggml_backend_tensor_get(tensor, out[i].ctypes.data, slot * row, row)
+    return out
+
+
+def _columns(tensor, slots: np.ndarray) -> np.ndarray:
+    """Float32 rows (per slot) of an index-key tensor [d_idx, capacity]: [n, d_idx]."""
+    raw = _rows(tensor, slots)
+    return raw.view(np.float32).reshape(len(slots), -1)
+
+
+def _set_row(tensor, slot: int, data: np.ndarray) -> None:
+    row = tensor_struct(tensor).nb[1]
+    if data.nbytes != row:
+        raise ValueError(f"a stored row of {data.nbytes} bytes does not fit a cache row of {row}")
+    buf = np.ascontiguousarray(data)
+    C.ggml_backend_tensor_set(tensor, buf.ctypes.data, slot * row, row)
+
+
+def _set_column(tensor, slot: int, key: np.ndarray) -> None:
+    _set_row(tensor, slot, np.ascontiguousarray(key, dtype=np.float32).view(np.uint8))
+
+
+def _unwrite_memory(runner, rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """M -= eta sum phi(k) v^T, b -= eta sum phi(k)^2 over the recalled tokens (decay 1)."""
+    from .memory_write import add_memory_write, memory_write_inputs
+
+    cache = runner.cache
+    g, inputs = Graph(max_nodes=64 + 48 * len(rows)), {}
+    for il, (slots, positions) in rows.items():
+        add_memory_write(g, runner.model, cache, il, len(slots))
+        inputs.update(memory_write_inputs(cache, il, runner.model.hp.n_head_kv, slots, positions, sign=-1.0))
+    runner.run_once(g, inputs)

@@ -1,0 +1,154 @@
+"""The recall tier's store: every token a layer evicts, kept outside the cache so the indexer can
+bring it back when a later query needs it (issue 47).
+
+Per layer, append-only: the token's RoPE position, its index key (d_idx float32: what the indexer
+scores) and its K and V rows exactly as the cache held them (raw bytes of the cache's type). A
+token taken back into the cache is marked taken; evicted again later, it is appended again.
+
+``where="disk"``: the rows live in files of a temporary folder owned by the engine (removed when
+it closes) and are read back in blocks of ``BLOCK`` entries with ``pread`` into fresh arrays, so
+scoring a store of any size keeps the process's resident memory flat (pages read are the page
+cache's, not the process's). ``where="ram"``: the same arrays in memory, growing with the store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BLOCK = 8192  # entries scored per read
+
+
+@dataclass
+class _Columns:
+    """One layer's entries in RAM (chunks appended as they come)."""
+
+    positions: list[np.ndarray] = field(default_factory=list)
+    keys: list[np.ndarray] = field(default_factory=list)
+    k_rows: list[np.ndarray] = field(default_factory=list)
+    v_rows: list[np.ndarray] = field(default_factory=list)
+
+
+class RecallStore:
+    def __init__(self, layers: list[int], d_idx: int, row_bytes: int, where: str = "disk"):
+        if where not in ("disk", "ram"):
+            raise ValueError(f"recall must be 'disk', 'ram' or None, got {where!r}")
+        self.where, self.d_idx, self.row_bytes = where, d_idx, row_bytes
+        self.layers = list(layers)
+        self.count = {il: 0 for il in self.layers}
+        self.taken = {il: np.zeros(0, dtype=bool) for il in self.layers}
+        self.folder = tempfile.mkdtemp(prefix="indexmem-recall-") if where == "disk" else None
+        self._ram = {il: _Columns() for il in self.layers} if where == "ram" else None
+        self._files = {}
+        if self.folder:
+            for il in self.layers:
+                for part in ("pos", "key", "k", "v"):
+                    self._files[il, part] = open(os.path.join(self.folder, f"{il}.{part}"), "a+b")
+
+    # --- sizes -------------------------------------------------------------------------
+    def _entry_bytes(self) -> int:
+        return 4 + 4 * self.d_idx + 2 * self.row_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.count.values()) * self._entry_bytes()
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.nbytes if self.where == "disk" else 0
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.nbytes if self.where == "ram" else 0
+
+    def live(self, il: int) -> int:
+        return int(self.count[il] - self.taken[il].sum())
+
+    # --- writing -----------------------------------------------------------------------
+    def append(
+        self, il: int, positions: np.ndarray, keys: np.ndarray, k_rows: np.ndarray, v_rows: np.ndarray
+    ):
+        """Store evicted tokens: positions [n], index keys [n, d_idx] float32, K and V rows
+        [n, row_bytes] uint8."""
+        n = len(positions)
+        if n == 0:
+            return
+        parts = {
+            "pos": np.ascontiguousarray(positions, dtype=np.int32),
+            "key": np.ascontiguousarray(keys, dtype=np.float32).reshape(n, self.d_idx),
+            "k": np.ascontiguousarray(k_rows, dtype=np.uint8).reshape(n, self.row_bytes),
+            "v": np.ascontiguousarray(v_rows, dtype=np.uint8).reshape(n, self.row_bytes),
+        }
+        if self._ram is not None:
+            cols = self._ram[il]
+            cols.positions.append(parts["pos"])
+            cols.keys.append(parts["key"])
+            cols.k_rows.append(parts["k"])
+            cols.v_rows.append(parts["v"])
+        else:
+            for part, arr in parts.items():
+                f = self._files[il, part]
+                f.seek(0, os.SEEK_END)
+                f.write(arr.tobytes())
+                f.flush()
+        self.count[il] += n
+        self.taken[il] = np.concatenate([self.taken[il], np.zeros(n, dtype=bool)])
+
+    # --- reading -----------------------------------------------------------------------
+    def _read(self, il: int, part: str, start: int, stop: int) -> np.ndarray:
+        width = {"pos": 4, "key": 4 * self.d_idx, "k": self.row_bytes, "v": self.row_bytes}[part]
+        dtype = {"pos": np.int32, "key": np.float32}.get(part, np.uint8)
+        if self._ram is not None:
+            cols = self._ram[il]
+            chunks = {"pos": cols.positions, "key": cols.keys, "k": cols.k_rows, "v": cols.v_rows}[part]
+            whole = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
+            if len(chunks) > 1:  # keep one chunk, so the next read does not concatenate again
+                chunks[:] = [whole]
+            return whole[start:stop]
+        raw = os.pread(self._files[il, part].fileno(), (stop - start) * width, start * width)
+        arr = np.frombuffer(raw, dtype=dtype)
+        return arr.reshape(stop - start, -1) if part != "pos" else arr
+
+    def blocks(self, il: int):
+        """(first entry, positions, index keys, taken) of each block of the layer's entries."""
+        for start in range(0, self.count[il], BLOCK):
+            stop = min(start + BLOCK, self.count[il])
+            yield (
+                start,
+                self._read(il, "pos", start, stop),
+                self._read(il, "key", start, stop).reshape(-1, self.d_idx),
+                self.taken[il][start:stop],
+            )
+
+    def take(self, il: int, entries: np.ndarray):
+        """K rows, V rows [n, row_bytes] and index keys [n, d_idx] of ``entries``, which leave
+        the store (they go back into the cache)."""
+        k, v, keys = [], [], []
+        for e in entries.tolist():
+            k.append(self._read(il, "k", e, e + 1))
+            v.append(self._read(il, "v", e, e + 1))
+            keys.append(self._read(il, "key", e, e + 1).reshape(1, self.d_idx))
+        self.taken[il][entries] = True
+        return np.concatenate(k), np.concatenate(v), np.concatenate(keys)
+
+    # --- lifetime ----------------------------------------------------------------------
+    def clear(self) -> None:
+        for il in self.layers:
+            self.count[il] = 0
+            self.taken[il] = np.zeros(0, dtype=bool)
+            if self._ram is not None:
+                self._ram[il] = _Columns()
+        for f in self._files.values():
+            f.truncate(0)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None

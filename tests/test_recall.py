@@ -1,0 +1,220 @@
+"""The recall tier (issue 47): the store, its scoring against the training modules, and the
+engine with it: nothing lost or duplicated between cache and store, the budget kept, recalled
+tokens taken back out of the latent memory exactly, RAM and disk stores alike, sessions and
+stats honest about it, and no change at all without it."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from indexmem import Engine
+from indexmem.convert.writer import convert
+from indexmem.engine.recall import pool_by_position, store_scores
+from indexmem.engine.recall_store import RecallStore
+from indexmem.engine.session import SessionError
+from indexmem.ggml_ops.bindings import C
+from indexmem.train.modules import Indexer, IndexMemSizes
+from test_indexmem import random_modules, write_checkpoint
+from tiny_models import random_prompt, write_tiny_model
+
+B, SINKS, TAU, N_BATCH = 24, 2, 4, 8
+
+
+@pytest.mark.parametrize("where", ["disk", "ram"])
+def test_the_store_keeps_rows_blocks_and_takes_them_back(where, monkeypatch):
+    import indexmem.engine.recall_store as rs
+
+    monkeypatch.setattr(rs, "BLOCK", 3)  # several blocks from a few entries
+    store = RecallStore([0, 5], d_idx=4, row_bytes=6, where=where)
+    rng = np.random.default_rng(0)
+    pos = np.arange(10, 17, dtype=np.int32)
+    keys = rng.standard_normal((7, 4)).astype(np.float32)
+    k, v = rng.integers(0, 255, (7, 6), dtype=np.uint8), rng.integers(0, 255, (7, 6), dtype=np.uint8)
+    store.append(5, pos[:4], keys[:4], k[:4], v[:4])
+    store.append(5, pos[4:], keys[4:], k[4:], v[4:])
+    blocks = list(store.blocks(5))
+    assert [b[0] for b in blocks] == [0, 3, 6]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), pos)
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in blocks]), keys)
+    tk, tv, tkeys = store.take(5, np.array([1, 5]))
+    np.testing.assert_array_equal(tk, k[[1, 5]])
+    np.testing.assert_array_equal(tv, v[[1, 5]])
+    np.testing.assert_array_equal(tkeys, keys[[1, 5]])
+    assert store.live(5) == 5 and store.live(0) == 0
+    assert store.nbytes == 7 * (4 + 16 + 12)
+    assert (store.disk_bytes, store.ram_bytes) == (
+        (store.nbytes, 0) if where == "disk" else (0, store.nbytes)
+    )
+    folder = store.folder
+    store.clear()
+    assert store.live(5) == 0 and not list(store.blocks(5))
+    store.close()
+    assert folder is None or not __import__("os").path.exists(folder)
+
+
+def test_store_scores_are_the_indexers_max_over_queries():
+    sizes = IndexMemSizes(d_model=16, n_head=2, d_head=8, n_idx_heads=3, d_idx=4, d_mem=4)
+    torch.manual_seed(0)
+    indexer = Indexer(sizes)
+    x, q_pre = torch.randn(9, 16), torch.randn(9, 2, 8)
+    with torch.no_grad():
+        q, a = indexer.queries(x[-5:], q_pre[-5:])
+        keys = indexer.keys(x)
+        ref = Indexer.scores(q, a, keys).amax(0).numpy()
+    ours = store_scores(q.numpy(), a.numpy(), keys.numpy())
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    scores, positions = np.array([1.0, 5.0, 2.0, 0.0]), np.array([30, 10, 20, 40])
+    # position order 10, 20, 30, 40 holds 5, 2, 1, 0: a width-3 pool gives 5, 5, 2, 1
+    np.testing.assert_array_equal(pool_by_position(scores, positions, 3), [2.0, 5.0, 5.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recall")
+    base = write_tiny_model(root / "tiny-f32.gguf", "llama", seed=3, all_f32=True, n_ctx_train=32768)
+    sizes = IndexMemSizes(d_model=64, n_head=4, d_head=16, n_idx_heads=2, d_idx=8, d_mem=16)
+    modules = random_modules(2, sizes, seed=0)
+    side = convert(write_checkpoint(modules, "llama", root / "ckpt"), base, root / "side.gguf", dtype="f32")
+    return base, side, modules
+
+
+def _load(base, side, recall, memory=True, **kw):
+    return Engine.load(
+        str(base), n_ctx=4096, policy="indexmem", indexmem=str(side), memory=memory, budget=B,
+        sinks=SINKS, window=4, tau=TAU, n_batch=N_BATCH, recall=recall, **kw,
+    )  # fmt: skip
+
+
+def _feed(engine, tokens):
+    logits = []
+    for i in range(0, len(tokens), N_BATCH):
+        start = engine.cache.tokens_seen
+        out, _ = engine.runner.step(np.array(tokens[i : i + N_BATCH]), np.arange(start, start + N_BATCH))
+        logits.append(out)
+    return np.concatenate(logits)
+
+
+def _cached(engine, il):
+    t = engine.cache.table_of(il)
+    return t.positions[: t.n_used][t.positions[: t.n_used] >= 0]
+
+
+def _stored(engine, il):
+    store = engine.recall.store
+    return np.concatenate([pos[~taken] for _, pos, _, taken in store.blocks(il)] or [np.zeros(0, int)])
+
+
+def _memory_state(engine, il):
+    state = engine.cache.indexmem
+    out = []
+    for t in (state.mem_m[il], state.mem_b[il]):
+        arr = np.empty(C.ggml_nbytes(t) // 4, dtype=np.float32)
+        C.ggml_backend_tensor_get(t, arr.ctypes.data, 0, arr.nbytes)
+        out.append(arr)
+    return out
+
+
+def test_cache_and_store_hold_every_token_once_within_the_budget(setup):
+    base, side, _ = setup
+    engine = _load(base, side, "disk")
+    tokens = random_prompt(160, seed=5)
+    for i in range(0, len(tokens), N_BATCH):
+        _feed(engine, tokens[i : i + N_BATCH])
+        engine.runner.flush()
+        for il in engine.recall.layers:
+            cached, stored = _cached(engine, il), _stored(engine, il)
+            assert len(cached) <= B
+            assert sorted(np.concatenate([cached, stored]).tolist()) == list(range(i + N_BATCH))
+    assert sum(engine.recall.recalled.values()) > 0, "the random indexer never brought a token back"
+    stats = engine.stats()
+    assert stats["recall_store_tokens"] == sum(len(_stored(engine, il)) for il in engine.recall.layers)
+    assert stats["recall_store_bytes"] == engine.recall.store.nbytes > 0
+    assert stats["ram_bytes"] == stats["kv_bytes"] + stats["index_bytes"] + stats["memory_bytes"]
+    assert stats["tokens_recalled"] == engine.recall.recalled
+    engine.close()
+
+
+def test_recalled_tokens_leave_the_latent_memory_exactly(setup):
+    """The memory holds exactly the tokens in the store: the same state as writing the store's
+    live tokens alone (the torch module, from the K/V rows as the cache held them)."""
+    base, side, modules = setup
+    engine = _load(base, side, "ram")
+    _feed(engine, random_prompt(200, seed=6))
+    engine.runner.flush()
+    assert sum(engine.recall.recalled.values()) > 0
+    hp, store = engine.hparams, engine.recall.store
+    for il in engine.recall.layers:
+        entries = np.flatnonzero(~store.taken[il])
+        positions = np.concatenate([pos for _, pos, _, _ in store.blocks(il)])[entries]
+        k_rows, v_rows, _ = store.take(il, entries)
+        k = torch.from_numpy(k_rows.view(np.float16).astype(np.float32)).view(-1, hp.n_head_kv, hp.head_dim)
+        v = torch.from_numpy(v_rows.view(np.float16).astype(np.float32)).view(-1, hp.n_head_kv, hp.head_dim)
+        from indexmem.train.student.blocks import rope
+
+        k_pre = rope(k, torch.from_numpy(-positions.astype(np.int64)), hp.n_rot, hp.rope_base, 1.0, False)
+        group = hp.n_head // hp.n_head_kv
+        memory = copy.deepcopy(modules.memories[il])
+        with torch.no_grad():
+            m, b = memory.write(
+                memory.empty_state(),
+                k_pre.repeat_interleave(group, 1).reshape(-1, hp.head_dim),
+                v.repeat_interleave(group, 1).reshape(-1, hp.head_dim),
+            )
+        ours_m, ours_b = _memory_state(engine, il)
+        scale = float(m.abs().max())
+        np.testing.assert_allclose(ours_m, m.T.reshape(-1).numpy(), atol=2e-3 * scale)
+        np.testing.assert_allclose(ours_b, b.numpy(), rtol=2e-3, atol=2e-3 * float(b.abs().max()))
+    engine.close()
+
+
+def test_disk_and_ram_stores_give_the_same_logits_and_recall_none_changes_nothing(setup):
+    base, side, _ = setup
+    tokens = random_prompt(120, seed=7)
+    disk, ram = _load(base, side, "disk"), _load(base, side, "ram")
+    np.testing.assert_array_equal(_feed(disk, tokens), _feed(ram, tokens))
+    assert disk.recall.recalled == ram.recall.recalled
+    # before anything is evicted the tier is idle: the first chunks equal the engine without it
+    plain, again = _load(base, side, None), _load(base, side, "disk")
+    np.testing.assert_array_equal(_feed(plain, tokens[:B]), _feed(again, tokens[:B]))
+    assert plain.recall is None and plain.stats()["recall"] is None
+    folder = disk.recall.store.folder
+    disk.close()
+    assert not __import__("os").path.exists(folder)
+
+
+def test_the_last_prompt_token_sees_what_the_chunk_before_it_brought_back(setup):
+    base, side, _ = setup
+    engine = _load(base, side, "disk")
+    steps = []
+    original = engine.runner.step
+
+    def step(tokens, positions, **kw):
+        steps.append(len(tokens))
+        return original(tokens, positions, **kw)
+
+    engine.runner.step = step
+    engine.generate(random_prompt(49, seed=8), max_tokens=1)
+    assert steps == [8] * 6 + [1]  # 48 prompt tokens in chunks, then the last one alone
+
+
+def test_sessions_refuse_a_filled_store_and_loading_empties_it(setup, tmp_path):
+    base, side, _ = setup
+    engine = _load(base, side, "disk")
+    engine.generate(random_prompt(12, seed=9), max_tokens=2)  # nothing evicted yet
+    engine.save_session(tmp_path / "early.session")
+    engine.generate(random_prompt(120, seed=9), max_tokens=2)
+    assert engine.stats()["recall_store_tokens"] > 0
+    with pytest.raises(SessionError, match="recall"):
+        engine.save_session(tmp_path / "late.session")
+    assert not (tmp_path / "late.session").exists()
+    engine.load_session(tmp_path / "early.session")
+    assert engine.stats()["recall_store_tokens"] == 0
+
+
+def test_recall_needs_the_indexmem_policy(setup):
+    base, side, _ = setup
+    with pytest.raises(ValueError, match="recall"):
+        Engine.load(str(base), n_ctx=512, policy="snapkv", budget=B, recall="disk")
+    with pytest.raises(ValueError, match="recall"):
+        _load(base, side, "cloud")
