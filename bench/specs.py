@@ -47,6 +47,16 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     return opts
 
 
+def recall_settings(spec: str) -> dict:
+    """What a row of a recall configuration records of the tier's settings (they change what it
+    measures); nothing for the others, whose rows stay as they were."""
+    if engine_options(spec, 1).get("recall") is None:
+        return {}
+    from ..engine.recall import N_QUERIES, PER_STEP
+
+    return {"recall": {"per_step": PER_STEP, "n_queries": N_QUERIES}}
+
+
 def parse_specs(text: str) -> list[str]:
     specs = [s.strip() for s in text.split(",") if s.strip()]
     for s in specs:

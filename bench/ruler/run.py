@@ -28,7 +28,7 @@ from rich.progress import (
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
-from ..specs import engine_options, modules_sha256
+from ..specs import engine_options, modules_sha256, recall_settings
 from .data import DISTRIBUTION as PACKAGE_NAME
 from .data import RulerData
 from .summary import data_parts, measured_under, measured_with, read_rows, row_key, run_settings
@@ -145,6 +145,7 @@ def run(
             depth=case.depth,
             data=bench.data.source(data_parts(case.task)),
             **run_settings(config.spec, bench.seed, bench.n_batch, bench.window),
+            **recall_settings(config.spec),
         )
 
     mine, rows = stored() if out else ([], [])

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..specs import measured_with_files
+from ..specs import measured_with_files, recall_settings
 from .data import PACKAGE
 from .tasks import TASKS
 
@@ -44,6 +44,7 @@ def row_key(row: dict) -> tuple:
         row["n_batch"],
         row.get("window"),
         data_of(row),
+        tuple(sorted((row.get("recall") or {}).items())),
     )
 
 
@@ -72,7 +73,13 @@ def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int
     return [
         r
         for r in rows
-        if all(r.get(k) == v for k, v in run_settings(r["config"], seed, n_batch, window).items())
+        if all(
+            r.get(k) == v
+            for k, v in {
+                **run_settings(r["config"], seed, n_batch, window),
+                **recall_settings(r["config"]),
+            }.items()
+        )
         and data_of(r) == data.source(data_parts(r["task"]))
     ]
 
