@@ -17,7 +17,9 @@ RESULTS_DOC = "docs/results.md"
 @dataclass(frozen=True)
 class Result:
     model: str  # registry name
-    bench: str  # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak (sections.py)
+    # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak, recall-rss, memory-fit,
+    # auto-report (sections.py)
+    bench: str
     file: str  # from the repository root
     doc: str = RESULTS_DOC
     section: str | None = None  # the heading the block sits under (default: the model's name)
@@ -78,8 +80,17 @@ RESULTS = [
     Result(
         GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", modules="332fca0d", section="Earlier IndexMem files"
     ),
-    # Qwen2.5-Coder (being measured)
+    # Qwen2.5-Coder
     Result(QWEN_05B, "ruler", R + "ruler-qwen05b-4k.jsonl", headline=True, plot=R + "ruler-qwen05b-4k.png"),
+    # the recall tier
+    Result(
+        SMOLLM2,
+        "ruler",
+        R + "ruler-smollm2-4k-recall.jsonl",
+        section="The recall tier",
+        plot=R + "ruler-smollm2-4k-recall.png",
+    ),
+    Result(SMOLLM2, "recall-rss", R + "recall-rss-smollm2.json", section="The recall tier"),
     # training: the shipped checkpoints, how they were fitted and their held-out evaluation
     Result(SMOLLM2, "train-config", "checkpoints/smollm2-135m-instruct/config.json", doc=TRAINING_DOC),
     Result(
@@ -89,6 +100,28 @@ RESULTS = [
     Result(GEMMA, "train-config", "checkpoints/gemma3-270m/config.json", doc=TRAINING_DOC),
     Result(GEMMA, "train-eval", "checkpoints/gemma3-270m/eval_heldout_facts.json", doc=TRAINING_DOC),
     Result(GEMMA, "train-eval", "checkpoints/gemma3-270m/eval_heldout.json", doc=TRAINING_DOC),
+    # the end-to-end memory fits and indexmem-train auto's runs
+    Result(
+        SMOLLM2,
+        "memory-fit",
+        "checkpoints/smollm2-135m-instruct/memory/memory_fit_report.json",
+        doc=TRAINING_DOC,
+        section="The latent memory, end to end",
+    ),
+    Result(
+        GEMMA,
+        "memory-fit",
+        "checkpoints/gemma3-270m/memory/memory_fit_report.json",
+        doc=TRAINING_DOC,
+        section="The latent memory, end to end",
+    ),
+    Result(
+        QWEN_05B,
+        "auto-report",
+        "checkpoints/qwen2.5-coder-0.5b-instruct/auto.report.json",
+        doc=TRAINING_DOC,
+        section="A sidecar for your own model",
+    ),
     # hardening
     Result(SMOLLM2, "fuzz", R + "fuzz-report.json", doc=HARDENING_DOC, section="Fuzzing"),
     Result(SMOLLM2, "soak", R + "soak.json", doc=HARDENING_DOC, section="Soak", plot=R + "soak.png"),

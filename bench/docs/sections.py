@@ -242,6 +242,78 @@ def soak(entry: Result, root: Path) -> Section:
     return Section("\n\n".join(parts), outputs)
 
 
+def recall_rss(entry: Result, root: Path) -> Section:
+    d = json.loads((root / entry.file).read_text())
+    mib = 2**20
+    rows = [
+        [
+            f"{r['prompt_tokens']:,}",
+            f"{r['peak_rss_bytes'] / mib:.1f}",
+            f"{r['ram_bytes'] / mib:.1f}",
+            f"{r['recall_store_bytes'] / mib:.1f}",
+            f"{r['recall_store_tokens']:,}",
+            f"{r['tokens_recalled']:,}",
+        ]
+        for r in d["rows"]
+    ]
+    caption = (
+        f"**The recall tier's store on disk, {entry.model}**: B = {d['budget']:,}, {d['threads']} thread, "
+        f"each prompt in a fresh process; the peak resident set grows {100 * d['growth']:.1f}% from the "
+        f"shortest prompt to the longest (the goal: within 5%)."
+    )
+    headers = [
+        "prompt tokens",
+        "peak RSS MiB",
+        "cache in RAM MiB",
+        "store on disk MiB",
+        "tokens stored",
+        "recalled",
+    ]
+    return Section(f"{caption}\n\n{table(headers, rows)}")
+
+
+def memory_fit(entry: Result, root: Path) -> Section:
+    """The end-to-end memory fit's held-out KL (``memory_fit_report.json`` beside its config)."""
+    report = json.loads((root / entry.file).read_text())
+    config = json.loads((root / entry.file).with_name("config.json").read_text())
+    fit = config["memory_fit"]
+    ratios = [k for k in report["without_memory"] if k != "gates"]
+    cols = [("no memory", "without_memory"), ("starting memory", "before"), ("trained memory", "after")]
+    rows = [[f"evict {r}", *(f"{report[key][r]:.4f}" for _, key in cols if key in report)] for r in ratios]
+    shut = config["n_layer"] - len(config["memory_layers"])
+    text = (
+        f"**{entry.model}, end-to-end memory fit**: {config['steps']} steps of one "
+        f"{config['data']['seq_len']:,}-token window each ({config['data']['windows']} training windows, three in "
+        f"five retrieval-shaped), eviction ratios {', '.join(map(str, fit['ratios']))}, learning rate "
+        f"{fit['lr']:g}, gate penalty {fit['gate_penalty']:g}. Held out ({config['data']['heldout']} windows): "
+        f"mean KL of the bounded model's next-token distributions to the full-KV model's on the targets "
+        f"(nats). {len(config['memory_layers'])} memory layers stay open, {shut} were shut."
+    )
+    headers = ["", *(name for name, key in cols if key in report)]
+    return Section(f"{text}\n\n{table(headers, rows)}")
+
+
+def auto_report(entry: Result, root: Path) -> Section:
+    r = json.loads((root / entry.file).read_text())
+    gb, plan = 1e9, r["plan"]
+    stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in r["stage_seconds"].items())
+    text = (
+        f"**`indexmem-train auto {entry.model}`** on {plan['threads']} thread(s) of this 2-core machine, "
+        f"time budget {plan['hours']:g} h: wall time {r['wall_seconds'] / 3600:.2f} h ({stages}); peak disk "
+        f"{r['peak_disk_bytes'] / gb:.1f} GB; peak RSS {r['peak_rss_bytes'] / gb:.2f} GB; "
+        f"{r['feature_tokens']:,} feature tokens in {len(plan['shards'])} shards, {r['indexer_steps']:,} "
+        f"indexer steps. The run's own report, `{Path(entry.file).name}`."
+    )
+    parts = [text]
+    if r.get("validation"):
+        rows = [[config, found] for config, found in r["validation"].items()]
+        parts += [
+            "Held-out retrieval windows through the engine (the last question answered, greedy):",
+            table(["configuration", "answers found"], rows),
+        ]
+    return Section("\n\n".join(parts))
+
+
 RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "ruler": ruler,
     "niah": niah,
@@ -252,6 +324,9 @@ RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "train-config": train_config,
     "fuzz": fuzz,
     "soak": soak,
+    "recall-rss": recall_rss,
+    "memory-fit": memory_fit,
+    "auto-report": auto_report,
 }
 
 
