@@ -13,9 +13,12 @@ asks for <= 5%). Run it on an idle machine: the ratio is of two timings taken si
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.sampler_chain import SamplerChain
 
@@ -92,6 +95,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--replies", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     engine = Engine.load(args.model, n_threads=1)
     engine.generate(engine.chat_prompt(ASK), 8, json_schema=SCHEMA)  # warm-up; the grammar is checked once
@@ -112,6 +116,18 @@ def main(argv=None) -> None:
     print(
         f"  sampling with the grammar / decode step: {constrained['sample_ms'] / decode:.1%} (target <= 5%)"
     )
+    if args.out:
+        result = {
+            "model": engine.model_path.name,
+            "threads": 1,
+            "replies": args.replies,
+            "max_tokens": args.max_tokens,
+            "decode_ms": decode,
+            "plain": plain,
+            "json_schema": constrained,
+            "ratio": constrained["sample_ms"] / decode,
+        }
+        write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

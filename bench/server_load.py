@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import random
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from .load_requests import Client, Outcome
 
 KINDS = {"whole": 4, "stream": 4, "stream-left": 1, "json": 3, "malformed": 1, "oversized": 1}
@@ -188,6 +190,29 @@ def report(args, tally: Tally, wall: float, rss_warm: int, rss_end: int) -> bool
         "RSS within 5%": abs(drift) <= 0.05,
     }
     print("  " + "; ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in checks.items()))
+    if args.out:
+        result = {
+            "model": args.model,
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "wall_s": wall,
+            "max_tokens": args.max_tokens,
+            "queue": args.queue,
+            "requests": sum(total.values()),
+            "by_kind": {kind: {str(s): n for s, n in tally.status[kind].items()} for kind in KINDS},
+            "unanswered": unanswered,
+            "queue_full_503": total[503],
+            "server_errors": server_errors,
+            "failed": dict(tally.failed),
+            "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p99_s": float(np.percentile(lat, 99)),
+            "completion_tokens": tally.tokens,
+            "tok_s": tally.tokens / wall,
+            "rss_warm_bytes": rss_warm,
+            "rss_end_bytes": rss_end,
+            "checks": checks,
+        }
+        write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
     return all(checks.values())
 
 
@@ -206,6 +231,7 @@ def main(argv=None) -> None:
     ap.add_argument("--queue", type=int, default=16, help="the started server's queue bound")
     ap.add_argument("--port", type=int, help="load a server already running on 127.0.0.1:PORT ...")
     ap.add_argument("--pid", type=int, help="... whose process id is PID (for its RSS)")
+    ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     if (args.port is None) != (args.pid is None):
         ap.error("--port and --pid go together")

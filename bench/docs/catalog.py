@@ -18,7 +18,7 @@ RESULTS_DOC = "docs/results.md"
 class Result:
     model: str  # registry name
     # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak, recall-rss, memory-fit,
-    # auto-report (sections.py)
+    # auto-report, grammar-cost, server-load (sections.py)
     bench: str
     file: str  # from the repository root
     doc: str = RESULTS_DOC
@@ -82,6 +82,9 @@ RESULTS = [
     ),
     # Qwen2.5-Coder
     Result(QWEN_05B, "ruler", R + "ruler-qwen05b-4k.jsonl", headline=True, plot=R + "ruler-qwen05b-4k.png"),
+    # structured output and the server
+    Result(SMOLLM2, "grammar-cost", R + "grammar-cost-smollm2.json", section="Sampling and the server"),
+    Result(SMOLLM2, "server-load", R + "server-load-smollm2.json", section="Sampling and the server"),
     # the recall tier
     Result(
         SMOLLM2,

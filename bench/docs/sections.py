@@ -314,6 +314,45 @@ def auto_report(entry: Result, root: Path) -> Section:
     return Section("\n\n".join(parts))
 
 
+def grammar_cost(entry: Result, root: Path) -> Section:
+    d = json.loads((root / entry.file).read_text())
+    rows = [
+        ["a decode step", f"{d['decode_ms']:.2f}", "–"],
+        [
+            "sampling, no grammar",
+            f"{d['plain']['sample_ms']:.3f}",
+            f"{d['plain']['sample_ms'] / d['decode_ms']:.1%}",
+        ],
+        ["sampling with a JSON schema", f"{d['json_schema']['sample_ms']:.3f}", f"{d['ratio']:.1%}"],
+    ]
+    caption = (
+        f"**Sampling cost, {entry.model}** ({d['threads']} thread, {d['replies']} replies of up to "
+        f"{d['max_tokens']} tokens each way, llama.cpp's sampler chain with the chat's defaults; the grammar "
+        f"refused the chain's first pick on {d['json_schema']['second_passes']} of "
+        f"{d['json_schema']['tokens']} tokens). The goal: sampling with a grammar at most 5% of a decode step."
+    )
+    return Section(f"{caption}\n\n{table(['', 'ms per token', 'of a decode step'], rows)}")
+
+
+def server_load(entry: Result, root: Path) -> Section:
+    d = json.loads((root / entry.file).read_text())
+    mib = 2**20
+    drift = d["rss_end_bytes"] / d["rss_warm_bytes"] - 1
+    rows = [
+        [kind, ", ".join(f"{s}: {n}" for s, n in sorted(by.items()))] for kind, by in d["by_kind"].items()
+    ]
+    caption = (
+        f"**`indexmem-serve` under load, {entry.model}**: {d['clients']} concurrent clients on loopback for "
+        f"{d['wall_s'] / 60:.1f} min (queue bound {d['queue']}, up to {d['max_tokens']} tokens per reply): "
+        f"{d['requests']:,} requests, {d['requests'] - d['unanswered']:,} answered, {d['queue_full_503']:,} "
+        f"refused by the full queue (503), {d['server_errors']} other server errors; generation latency p50 "
+        f"{d['latency_p50_s']:.1f} s, p99 {d['latency_p99_s']:.1f} s; {d['tok_s']:.1f} tok/s; server RSS "
+        f"{d['rss_warm_bytes'] / mib:.0f} MiB after warm-up, {d['rss_end_bytes'] / mib:.0f} MiB at the end "
+        f"({drift:+.1%})."
+    )
+    return Section(f"{caption}\n\n{table(['request kind', 'status: count'], rows)}")
+
+
 RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "ruler": ruler,
     "niah": niah,
@@ -327,6 +366,8 @@ RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "recall-rss": recall_rss,
     "memory-fit": memory_fit,
     "auto-report": auto_report,
+    "grammar-cost": grammar_cost,
+    "server-load": server_load,
 }
 
 
