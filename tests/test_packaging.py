@@ -16,6 +16,20 @@ def test_every_package_folder_is_listed_in_pyproject():
     assert found == listed
 
 
+def test_every_source_folder_is_a_package():
+    """A folder of modules without ``__init__.py`` imports from a checkout (a namespace package)
+    but is left out of an installed wheel."""
+    skip = {"tests", "build", ".git", "docs", "checkpoints", "sidecars"}
+    folders = {
+        py.parent
+        for py in ROOT.rglob("*.py")
+        if not skip & set(py.relative_to(ROOT).parts)
+        and not any(p.startswith(".") for p in py.relative_to(ROOT).parts)
+    }
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, f"folders of modules without __init__.py: {missing}"
+
+
 def test_every_console_script_runs_its_command():
     """Each [project.scripts] entry, called as the installed script calls it (no arguments;
     argv from the command line), prints its usage for --help."""
