@@ -153,8 +153,12 @@ def test_memory_flag_left_out_lets_the_engine_choose(module, flags, memory, monk
     cli = importlib.import_module(f"indexmem.cli.{module}")
     seen = {}
 
-    def fake_load_engine(*args):
-        seen["memory"] = args[-1]
+    import inspect
+
+    real_signature = inspect.signature(cli.load_engine)
+
+    def fake_load_engine(*args, **kwargs):
+        seen["memory"] = real_signature.bind(*args, **kwargs).arguments["memory"]
         raise SystemExit(0)
 
     monkeypatch.setattr(cli, "load_engine", fake_load_engine)
