@@ -17,6 +17,8 @@ from .common import clean_errors, status
 from .engine_options import (
     Batch,
     Budget,
+    CacheTypeK,
+    CacheTypeV,
     IndexMemFile,
     Memory,
     Model,
@@ -95,13 +97,28 @@ def main(
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     if prompt is None and not sys.stdin.isatty():
         prompt = "-"
     if prompt == "-":
         prompt = sys.stdin.read()
     engine = load_engine(
-        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+        model,
+        n_ctx,
+        threads,
+        batch,
+        policy,
+        budget,
+        sinks,
+        window,
+        tau,
+        indexmem,
+        no_indexmem,
+        memory,
+        cache_type_k,
+        cache_type_v,
     )
     sampling = sampling_for(
         engine,

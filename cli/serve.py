@@ -12,6 +12,8 @@ from .common import clean_errors, status
 from .engine_options import (
     Batch,
     Budget,
+    CacheTypeK,
+    CacheTypeV,
     IndexMemFile,
     Memory,
     Model,
@@ -49,6 +51,8 @@ def main(
     indexmem: IndexMemFile = None,
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     try:
         import uvicorn
@@ -59,7 +63,20 @@ def main(
             f"the server needs its extra: pip install 'indexmem[serve]' ({exc})"
         ) from exc
     engine = load_engine(
-        model, n_ctx, threads, batch, policy, budget, sinks, window, tau, indexmem, no_indexmem, memory
+        model,
+        n_ctx,
+        threads,
+        batch,
+        policy,
+        budget,
+        sinks,
+        window,
+        tau,
+        indexmem,
+        no_indexmem,
+        memory,
+        cache_type_k,
+        cache_type_v,
     )
     model_id = Path(model).stem if model.endswith(".gguf") else model
     app_ = create_app(

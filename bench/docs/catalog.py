@@ -17,7 +17,7 @@ RESULTS_DOC = "docs/results.md"
 @dataclass(frozen=True)
 class Result:
     model: str  # registry name
-    bench: str  # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak (sections.py)
+    bench: str  # ruler, niah, needle, ppl, speed, cache-memory, train-config, train-eval, fuzz, soak (sections.py)
     file: str  # from the repository root
     doc: str = RESULTS_DOC
     section: str | None = None  # the heading the block sits under (default: the model's name)
@@ -50,6 +50,7 @@ RESULTS = [
     Result(SMOLLM2, "niah", R + "niah-smollm2.jsonl", plot=R + "niah-smollm2.png"),
     Result(SMOLLM2, "ppl", R + "ppl-smollm2-4k.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
+    Result(SMOLLM2, "cache-memory", R + "cache-memory-smollm2-8k.json"),
     Result(SMOLLM2, "speed", R + "smollm2.json"),
     Result(SMOLLM2, "ppl", R + "ppl_smollm2.json"),
     Result(SMOLLM2, "speed", R + "bounded_streaming.json"),
