@@ -1,6 +1,7 @@
 """The cache memory a context costs: llama.cpp's full KV cache in each of its cache types, beside
 ours bounded at a budget (KV + IndexMem's index keys + latent memory) in each of ours. Bytes as
-allocated: llama.cpp's from its own log ("KV buffer size"), ours from ``Engine.stats()``.
+allocated: llama.cpp's for every layer's K and V rows of the context, checked against its own log
+("KV buffer size"); ours from ``Engine.stats()``.
 
     python -m indexmem.bench.cache_memory --model smollm2-135m-instruct --context 8192 --budget 1024 \\
         --out docs/results/cache-memory-smollm2-8k.json
@@ -19,7 +20,11 @@ from rich.console import Console
 from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.cache_types import CACHE_TYPES, parse_cache_types
+from ..engine.hparams import read_hparams
+from ..engine.loader import open_gguf
+from ..engine.models import ARCHITECTURES
 from ..engine.registry import DEFAULT_MODEL, resolve
+from ..ggml_ops.bindings import C
 from ..markdown import table
 from .llama_cpp_ref import open_llama_cpp
 from .specs import engine_options
@@ -30,7 +35,9 @@ _KV_LINE = re.compile(r"KV buffer size\s*=\s*([0-9.]+)\s*MiB")
 
 
 def llama_cpp_kv_bytes(path: Path, n_ctx: int, type_k: str, type_v: str) -> int:
-    """The KV buffer llama.cpp allocates for ``n_ctx`` tokens, as its log reports it."""
+    """The KV buffer llama.cpp allocates for ``n_ctx`` tokens: every layer's K and V rows for the
+    context (padded to 256 slots, as llama.cpp pads it), checked against the size its log reports
+    (which it rounds to 0.01 MiB)."""
     import llama_cpp
     import llama_cpp._logger as default_logger
 
@@ -54,10 +61,19 @@ def llama_cpp_kv_bytes(path: Path, n_ctx: int, type_k: str, type_v: str) -> int:
         llm.close()
     finally:
         llama_cpp.llama_log_set(default_logger.llama_log_callback, ctypes.c_void_p(0))
-    mib = [float(m[1]) for line in lines if (m := _KV_LINE.search(line))]
-    if not mib:
-        raise RuntimeError("llama.cpp did not log its KV buffer size")
-    return round(sum(mib) * 2**20)
+    logged = [float(m[1]) for line in lines if (m := _KV_LINE.search(line))]
+    with open_gguf(path) as gguf:
+        hp = read_hparams(gguf, ARCHITECTURES[gguf.get("general.architecture")].swa_default_pattern)
+    slots = -(-n_ctx // 256) * 256
+    row = C.ggml_row_size(CACHE_TYPES[type_k], hp.n_embd_kv) + C.ggml_row_size(
+        CACHE_TYPES[type_v], hp.n_embd_kv
+    )
+    exact = hp.n_layer * slots * row
+    if not logged or abs(exact / 2**20 - sum(logged)) > 0.006 * len(logged):
+        raise RuntimeError(
+            f"llama.cpp logged a KV buffer of {logged} MiB, not the {exact / 2**20:.2f} MiB expected"
+        )
+    return exact
 
 
 @app.command()

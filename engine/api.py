@@ -10,7 +10,7 @@ import numpy as np
 
 from ..convert.reader import load_indexmem
 from ..convert.schema import fingerprint
-from ..errors import ContextOverflowError, UnsupportedCacheTypeError, UnsupportedModelError
+from ..errors import ContextOverflowError, IndexmemError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.bindings import C
 from . import session
@@ -85,7 +85,6 @@ class Engine:
                 )
             self.hparams = read_hparams(gguf, cls.swa_default_pattern)
             check_for_model(cache_types, self.hparams.head_dim)
-            check_path(attention, cache_types, self.hparams.head_dim)
             self.model = cls(self.hparams)
             infos = check_tensors(gguf, self.model.tensor_specs())
             self.model_fingerprint = fingerprint(gguf.tensors.values())
@@ -112,12 +111,14 @@ class Engine:
         self._vocab_prefixes: VocabPrefixes | None = None
 
     def _check_cache_device(self) -> None:
-        """Cache types the backend cannot run are refused before any buffer is allocated."""
+        """Cache types the backend cannot run, or an attention path it cannot take, are refused
+        before any buffer is allocated."""
         hp = self.hparams
         try:
             device = C.ggml_backend_get_device(self.backend.main)
             check_on_device(self.cache_types, device, hp.head_dim, hp.n_head, hp.n_head_kv)
-        except UnsupportedCacheTypeError:
+            check_path(self.attention, self.cache_types, hp.head_dim, self.backend.main == self.backend.cpu)
+        except IndexmemError:
             self.backend.close()
             raise
 

@@ -124,12 +124,13 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"attention must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def step_path(mode: str, n_tokens: int, types, head_dim: int) -> str:
+def step_path(mode: str, n_tokens: int, types, head_dim: int, on_cpu: bool = True) -> str:
     """The attention path of a step of ``n_tokens`` queries over a cache of ``types``: ``mode``
-    itself unless it is "auto", else the fastest for the step by the figures in RULE."""
+    itself unless it is "auto", else the fastest for the step by the figures in RULE (the kernel
+    only where the cache is in CPU memory)."""
     if mode != "auto":
         return mode
-    kernel = attention_kernel()
+    kernel = attention_kernel() if on_cpu else None
     if kernel is not None and kernel.supports(types.ggml_k, types.ggml_v, head_dim):
         return KERNEL
     if n_tokens == 1:
@@ -139,10 +140,15 @@ def step_path(mode: str, n_tokens: int, types, head_dim: int) -> str:
     return FLASH
 
 
-def check_path(mode: str, types, head_dim: int) -> None:
-    """A path asked for by name must be able to run this cache."""
+def check_path(mode: str, types, head_dim: int, on_cpu: bool = True) -> None:
+    """A path asked for by name must be able to run this cache (and "auto" builds the kernel now,
+    at load, rather than in the first step)."""
     check_mode(mode)
+    if mode == "auto" and on_cpu:
+        attention_kernel()
     if mode == KERNEL:
+        if not on_cpu:
+            raise BackendError("attention='kernel' runs on the CPU only (this engine's cache is on a device)")
         kernel = attention_kernel()
         if kernel is None:
             raise BackendError(f"attention='kernel': the attention kernel is {kernel_status()}")

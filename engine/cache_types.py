@@ -78,54 +78,32 @@ def check_for_model(types: CacheTypes, head_dim: int) -> None:
 
 def check_on_device(types: CacheTypes, device, head_dim: int, n_head: int, n_head_kv: int) -> None:
     """Ask the backend whether it runs every op the cache needs with these types: writes
-    (set_rows), gathers (get_rows), dequantizing copies and back (context shift), both attention
-    paths (flash attention, K·Q product). Built in a tensor-less context: nothing is allocated."""
+    (set_rows), gathers (get_rows), dequantizing copies and back (context shift), both ggml
+    attention paths (flash attention, K·Q product). Built in a tensor-less context: nothing is
+    allocated."""
+    from .cache import head_view  # cache.py imports this module
+
     ctx = new_context(32)
     try:
-        f32 = GGMLType.F32
-        rows = C.ggml_new_tensor_1d(ctx, GGMLType.I64, 2)
-        rows32 = C.ggml_new_tensor_1d(ctx, GGMLType.I32, 2)
+        f32, width = GGMLType.F32, head_dim * n_head_kv
+        rows, rows32 = C.ggml_new_tensor_1d(ctx, GGMLType.I64, 2), C.ggml_new_tensor_1d(ctx, GGMLType.I32, 2)
         q = C.ggml_new_tensor_3d(ctx, f32, head_dim, 2, n_head)  # [hd, T, H], as attention permutes it
         mask = C.ggml_new_tensor_2d(ctx, GGMLType.F16, 256, 2)
-        views = {}
-        ops = []
+        views, ops = {}, []
         for which, t in (("K", types.ggml_k), ("V", types.ggml_v)):
-            cache = C.ggml_new_tensor_2d(ctx, t, head_dim * n_head_kv, 256)
-            src = C.ggml_new_tensor_2d(ctx, f32, head_dim * n_head_kv, 2)
+            cache = C.ggml_new_tensor_2d(ctx, t, width, 256)
+            src = C.ggml_new_tensor_2d(ctx, f32, width, 2)
+            first_rows = C.ggml_view_2d(ctx, cache, width, 2, C.ggml_row_size(t, width), 0)
             ops += [
                 (which, "set_rows", C.ggml_set_rows(ctx, cache, src, rows)),
                 (which, "get_rows", C.ggml_get_rows(ctx, cache, rows32)),
                 (which, "copy to f32", C.ggml_cast(ctx, cache, f32)),
-                (
-                    which,
-                    "copy from f32",
-                    C.ggml_cpy(
-                        ctx,
-                        src,
-                        C.ggml_view_2d(
-                            ctx, cache, head_dim * n_head_kv, 2, C.ggml_row_size(t, head_dim * n_head_kv), 0
-                        ),
-                    ),
-                ),
+                (which, "copy from f32", C.ggml_cpy(ctx, src, first_rows)),
             ]
-            views[which] = C.ggml_view_3d(
-                ctx,
-                cache,
-                head_dim,
-                256,
-                n_head_kv,
-                C.ggml_row_size(t, head_dim * n_head_kv),
-                C.ggml_row_size(t, head_dim),
-                0,
-            )
+            views[which] = head_view(ctx, cache, head_dim, 256)
         ops.append(("K", "K·Q product", C.ggml_mul_mat(ctx, views["K"], q)))
-        ops.append(
-            (
-                "K/V",
-                "flash attention",
-                C.ggml_flash_attn_ext(ctx, q, views["K"], views["V"], mask, 1.0, 0.0, 0.0),
-            )
-        )
+        flash = C.ggml_flash_attn_ext(ctx, q, views["K"], views["V"], mask, 1.0, 0.0, 0.0)
+        ops.append(("K/V", "flash attention", flash))
         missing = [
             f"{what} ({which})" for which, what, op in ops if not C.ggml_backend_dev_supports_op(device, op)
         ]

@@ -79,7 +79,13 @@ class ForwardRunner:
             capture=frozenset(capture),
             layer_index=index,
             layer_mem_read=mem_read,
-            attention=step_path(self.attention, n_tokens, cache.types, self.model.hp.head_dim),
+            attention=step_path(
+                self.attention,
+                n_tokens,
+                cache.types,
+                self.model.hp.head_dim,
+                self.backend.main == self.backend.cpu,
+            ),
         )
         return plan, n_used, mask_keys
 

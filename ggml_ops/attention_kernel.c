@@ -12,9 +12,10 @@
 //
 // Two ways through a KV head:
 //  - many query vectors (prefill): blocks of 16 query vectors, one per SIMD lane. The head's
-//    K and V are converted to f32 once, then each tile costs two rank-1 update loops
-//    (scores = Q·K^T with K[j][d] broadcast; out += P^T V with V[j][d] broadcast): no
-//    horizontal sums, and K/V are read once per 16 query vectors.
+//    K and V are converted to f32 once (tile by tile on the stack if that memory cannot be had),
+//    then each tile costs two rank-1 update loops (scores = Q·K^T with K[j][d] broadcast;
+//    out += P^T V with V[j][d] broadcast): no horizontal sums, and K/V are read once per 16
+//    query vectors.
 //  - few query vectors (decode): every query vector of the KV head against each slot in turn
 //    (one K and V read per slot for all the heads sharing it), scores summed across the
 //    lanes, the softmax of a tile vectorized over its 16 slots.
@@ -29,8 +30,10 @@
 
 #include "ggml.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__)
 #define IM_AVX512 1
 #else
 #define IM_AVX512 0
@@ -53,6 +56,11 @@ typedef struct {
 } block_q4_0;
 
 int im_kernel_abi(void) { return 1; }
+
+// prefill converts each KV head to f32 in memory it allocates, or tile by tile without it (what
+// happens when the allocation fails; the tests switch it off to check that way too)
+static int use_head_scratch = 1;
+void im_kernel_use_head_scratch(int on) { use_head_scratch = on; }
 int im_kernel_simd(void) { return IM_AVX512; }
 size_t im_tensor_size(void) { return sizeof(struct ggml_tensor); }
 size_t im_block_size(int type) {
@@ -71,6 +79,9 @@ int im_kernel_supports(int type_k, int type_v, int64_t head_dim) {
 }
 
 static inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     const uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     uint32_t bits;
@@ -86,6 +97,7 @@ static inline float half_to_float(uint16_t h) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+#endif
 }
 
 // one head's row of hd elements (of type `type`) at `src` -> f32
@@ -168,8 +180,10 @@ static inline __m512 load16(int type, const char* row, int64_t d) {
 // --- exp over 16 floats ---------------------------------------------------------------
 #if IM_AVX512
 static inline __m512 exp16(__m512 x) {
-    // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2; inputs below -104 give 0
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2. Below -87 (masked slots: -inf)
+    // the result is 0, never a subnormal: multiplying subnormals costs microcode assists
+    const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -182,7 +196,7 @@ static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(p, n));
 }
 #endif
 
@@ -190,7 +204,7 @@ static inline void exp_lanes(float* x) {  // x[0..16) <- exp(x), -inf -> 0
 #if IM_AVX512
     _mm512_storeu_ps(x, exp16(_mm512_loadu_ps(x)));
 #else
-    for (int i = 0; i < 16; i++) x[i] = expf(x[i]);
+    for (int i = 0; i < 16; i++) x[i] = x[i] < -87.0f ? 0.0f : expf(x[i]);
 #endif
 }
 
@@ -220,19 +234,32 @@ static inline float mask_at(const struct ggml_tensor* mask, int64_t t, int64_t j
 // s <- probabilities relative to the new running max; returns the factor the running sum and
 // output must be rescaled by
 static inline float softmax_step(float* m, float* l, float* s) {
+#if IM_AVX512
+    const float mt = _mm512_reduce_max_ps(_mm512_loadu_ps(s));
+    const float mnew = mt > *m ? mt : *m;
+    const float base = mnew == -INFINITY ? 0.0f : mnew;
+    const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(s), _mm512_set1_ps(base)));
+    _mm512_storeu_ps(s, p);
+    const float alpha = *m - base < -87.0f ? 0.0f : expf(*m - base);  // -inf - base < -87 too
+    *l = *l * alpha + _mm512_reduce_add_ps(p);
+    *m = mnew;
+    return alpha;
+#else
     float mt = -INFINITY;
     for (int j = 0; j < TILE; j++) mt = s[j] > mt ? s[j] : mt;
     const float mnew = mt > *m ? mt : *m;
     const float base = mnew == -INFINITY ? 0.0f : mnew;
     for (int j = 0; j < TILE; j++) s[j] -= base;
     exp_lanes(s);
-    const float alpha = *m == -INFINITY ? 0.0f : expf(*m - base);
+    const float alpha = *m - base < -87.0f ? 0.0f : expf(*m - base);  // -inf - base < -87 too
     float sum = 0.0f;
     for (int j = 0; j < TILE; j++) sum += s[j];
     *l = *l * alpha + sum;
     *m = mnew;
     return alpha;
+#endif
 }
+
 
 // --- decode: few query vectors per KV head ----------------------------------------------
 typedef struct {
@@ -379,11 +406,15 @@ static void lanes_softmax_step(float* m, float* l, float st[TILE][LANES], float*
 #endif
 }
 
-static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf, const float* vf,
+// kf_head, vf_head: the head's K and V converted to f32 rows, or NULL: each tile is converted here
+static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_head, const float* vf_head,
                        float* out_base, const struct ggml_tensor* dst) {
     const int64_t hd = J->hd, R = J->n_tokens * J->group;
     const int nl = (int)(R - r0 < LANES ? R - r0 : LANES);
     float qt[MAX_HD][LANES], ot[MAX_HD][LANES], st[TILE][LANES];
+    float kt[TILE * MAX_HD], vt[TILE * MAX_HD];
+    const char* kbase = (const char*)J->k->data + hk * J->k->nb[2];
+    const char* vbase = (const char*)J->v->data + hk * J->v->nb[2];
     float m[LANES], l[LANES];
     int64_t lane_t[LANES], lane_h[LANES];
     for (int i = 0; i < LANES; i++) {
@@ -406,12 +437,22 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf, co
         const int n = (int)(J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE);
         const int kind = classify(J->mask, t0, t1, j0, n);
         if (kind == TILE_HIDDEN) continue;
+        const float *kf = kt, *vf = vt;  // the tile's K and V rows, f32
+        if (kf_head) {
+            kf = kf_head + j0 * hd;
+            vf = vf_head + j0 * hd;
+        } else {
+            for (int j = 0; j < n; j++) {
+                row_to_f32(J->k->type, kbase + (j0 + j) * J->k->nb[1], kt + j * hd, (int)hd);
+                row_to_f32(J->v->type, vbase + (j0 + j) * J->v->nb[1], vt + j * hd, (int)hd);
+            }
+        }
         // scores of the tile, st[j][lane]
 #if IM_AVX512
         for (int jb = 0; jb < TILE; jb += 8) {
             __m512 acc[8];
             for (int u = 0; u < 8; u++) acc[u] = _mm512_setzero_ps();
-            const float* krow = kf + (j0 + jb) * hd;
+            const float* krow = kf + jb * hd;
             const int valid = n - jb;  // rows past the cache's end read as zeros below
             if (valid >= 8) {
                 for (int64_t d = 0; d < hd; d++) {
@@ -434,7 +475,7 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf, co
         for (int j = 0; j < TILE; j++) {
             for (int i = 0; i < LANES; i++) st[j][i] = 0.0f;
             if (j >= n) continue;
-            const float* krow = kf + (j0 + j) * hd;
+            const float* krow = kf + j * hd;
             for (int64_t d = 0; d < hd; d++) {
                 for (int i = 0; i < LANES; i++) st[j][i] += krow[d] * qt[d][i];
             }
@@ -455,7 +496,7 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf, co
         const __m512 a = _mm512_loadu_ps(alpha);
         for (int64_t d = 0; d < hd; d++) {
             __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(ot[d]), a);
-            const float* vcol = vf + j0 * hd + d;
+            const float* vcol = vf + d;
             for (int j = 0; j < n; j++) {
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(vcol[j * hd]), _mm512_loadu_ps(st[j]), acc);
             }
@@ -465,7 +506,7 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf, co
         for (int64_t d = 0; d < hd; d++) {
             for (int i = 0; i < LANES; i++) {
                 float acc = ot[d][i] * alpha[i];
-                for (int j = 0; j < n; j++) acc += vf[(j0 + j) * hd + d] * st[j][i];
+                for (int j = 0; j < n; j++) acc += vf[j * hd + d] * st[j][i];
                 ot[d][i] = acc;
             }
         }
@@ -509,24 +550,21 @@ void im_attention(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
         return;
     }
     // units: (KV head, block of 16 query vectors), in contiguous runs per thread so that a
-    // thread converts each head it touches once
+    // thread converts each head it touches once (where memory for it can be had; else tile by tile)
     const int64_t blocks = (R + LANES - 1) / LANES, units = n_head_kv * blocks;
     const int64_t per = (units + nth - 1) / nth, u0 = ith * per, u1 = u0 + per < units ? u0 + per : units;
     if (u0 >= u1) return;
-    float* kf = (float*)malloc((size_t)(J.n_kv + TILE) * J.hd * 4 * 2);
-    if (!kf) abort();
-    float* vf = kf + (J.n_kv + TILE) * J.hd;
-    memset(kf + J.n_kv * J.hd, 0, (size_t)TILE * J.hd * 4);  // rows past the end read as zeros
-    memset(vf + J.n_kv * J.hd, 0, (size_t)TILE * J.hd * 4);
+    float* kf = use_head_scratch ? (float*)malloc((size_t)J.n_kv * J.hd * 4 * 2) : NULL;
+    float* vf = kf ? kf + J.n_kv * J.hd : NULL;
     int64_t converted = -1;
     for (int64_t u = u0; u < u1; u++) {
-        const int64_t hk = u / blocks, b = u % blocks;
-        if (hk != converted) {
+        const int64_t hk = u / blocks;
+        if (kf && hk != converted) {
             head_to_f32(J.k, hk, J.n_kv, J.hd, kf);
             head_to_f32(J.v, hk, J.n_kv, J.hd, vf);
             converted = hk;
         }
-        lane_block(&J, hk, b * LANES, kf, vf, out, dst);
+        lane_block(&J, hk, (u % blocks) * LANES, kf, vf, out, dst);
     }
     free(kf);
 }

@@ -155,6 +155,21 @@ def test_the_portable_build_agrees_with_the_simd_build(backend, tmp_path, monkey
         assert np.abs(ours - reference(q, k, v, mask, 0.125)).max() / np.abs(v).max() <= RTOL
 
 
+def test_prefill_without_memory_for_the_heads_converts_tile_by_tile(backend, kernel):
+    """Where the f32 copy of a head cannot be allocated, each tile is converted on the stack:
+    the same arithmetic, the same output."""
+    rng = np.random.default_rng(5)
+    mask = masks("causal", 40, 200, 150, rng)
+    with_scratch = run(backend, "q8_0", 64, 6, 2, 40, 200, mask, np.random.default_rng(5))
+    kernel.lib.im_kernel_use_head_scratch(0)
+    try:
+        tiles = run(backend, "q8_0", 64, 6, 2, 40, 200, mask, np.random.default_rng(5))
+    finally:
+        kernel.lib.im_kernel_use_head_scratch(1)
+    assert np.array_equal(with_scratch[0], tiles[0])
+    assert np.abs(tiles[0] - reference(*tiles[1:], mask, 0.125)).max() / np.abs(tiles[3]).max() <= RTOL
+
+
 def test_every_thread_count_gives_the_same_output():
     """Work is split over (KV head, query block) units; any split computes each unit alike."""
     rng = np.random.default_rng(7)
