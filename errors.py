@@ -27,3 +27,7 @@ class RegistryError(IndexmemError):
 
 class GrammarError(IndexmemError):
     """A GBNF grammar or JSON schema that cannot constrain generation (or a reply it cannot finish)."""
+
+
+class UnsupportedCacheTypeError(IndexmemError):
+    """A K/V cache type the engine cannot store or attend over for this model on this backend."""

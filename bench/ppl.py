@@ -28,7 +28,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..atomic import write_atomic
+from ..cli.engine_options import CacheTypeK, CacheTypeV
 from ..engine.api import Engine
+from ..engine.cache_types import CacheTypes, parse_cache_types
 from ..engine.eviction import budget_from_ratio
 from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import heldout_windows
@@ -54,12 +56,17 @@ def main(
     indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     window: int = typer.Option(64, help="most recent tokens every policy keeps"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     console = Console()
+    types = parse_cache_types(cache_type_k, cache_type_v)
     path = resolve(model, console.print)
     sha = sha256_of(path)
     modules = modules_sha256(model, path, sha, str(indexmem) if indexmem else None)
     settings = dict(model_sha256=sha, context=context, n_batch=n_batch, windows=windows, window=window)
+    if types != CacheTypes():  # files of f16 runs, older ones included, do not name their types
+        settings.update(cache_type_k=types.k, cache_type_v=types.v)
     earlier = earlier_results(out, settings, modules)
     configs = [("full", 0.0)] + [(p, float(r)) for p in parse_specs(policies) for r in ratios.split(",")]
     docs = None
@@ -74,7 +81,15 @@ def main(
             opts = engine_options(
                 policy, budget_from_ratio(context, ratio), str(indexmem) if indexmem else None, window
             )
-            engine = Engine.load(model, n_threads=threads, n_ctx=context, n_batch=n_batch, **opts)
+            engine = Engine.load(
+                model,
+                n_threads=threads,
+                n_ctx=context,
+                n_batch=n_batch,
+                cache_type_k=types.k,
+                cache_type_v=types.v,
+                **opts,
+            )
             docs = docs or heldout_windows(engine, context, windows)
             t0, nll = time.perf_counter(), []
             for doc in docs:
@@ -133,6 +148,9 @@ def earlier_results(out: Path | None, settings: dict, modules_sha256) -> dict:
         raise ValueError(
             f"{out} is not a perplexity result file ({exc}); remove it or choose another --out"
         ) from exc
+    for key in ("cache_type_k", "cache_type_v"):  # f16 when the file does not say
+        recorded[key] = data.get(key, "f16")
+        settings = {key: "f16", **settings}
     if not {"context", "n_batch"} <= recorded.keys() or any(recorded[k] != settings[k] for k in recorded):
         raise ValueError(
             f"{out} holds perplexity measured with other settings "

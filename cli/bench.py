@@ -37,6 +37,7 @@ from ..bench.ruler.tasks import TASKS, parse_tasks
 from ..bench.specs import parse_specs
 from ..engine.registry import DEFAULT_MODEL
 from .common import clean_errors, err_console
+from .engine_options import CacheTypeK, CacheTypeV
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 
@@ -71,9 +72,11 @@ def _configs(policy: str, ratios: str | None, budgets: str | None, default_ratio
     )
 
 
-def _bench(model, data, seed, threads, n_batch, window, indexmem):
+def _bench(model, data, seed, threads, n_batch, window, indexmem, cache_type_k, cache_type_v):
     from ..bench.ruler.run import Bench
+    from ..engine.cache_types import parse_cache_types
 
+    types = parse_cache_types(cache_type_k, cache_type_v)  # a bad name fails before any data is read
     return Bench(
         model=model,
         data=RulerData(data),
@@ -82,6 +85,7 @@ def _bench(model, data, seed, threads, n_batch, window, indexmem):
         n_batch=n_batch or None,
         window=window,
         indexmem=str(indexmem) if indexmem else None,
+        cache_types=(types.k, types.v),
     )
 
 
@@ -191,6 +195,8 @@ def ruler(
     data: Path = DATA,
     shard: str = SHARD,
     report: bool = REPORT,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     """RULER's 13 tasks (niah x8, vt, cwe, fwe, qa_1 on SQuAD, qa_2 on HotpotQA)."""
     from ..bench.ruler.plots import compression_curves
@@ -208,7 +214,8 @@ def ruler(
     )
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
-    rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
+    bench = _bench(model, data, seed, threads, n_batch, window, indexmem, cache_type_k, cache_type_v)
+    rows = run(bench, configs, cases, out, console)
     if report:
         rows = _complete_rows(rows, samples, out, model, console)
     console.print(ruler_table(rows), highlight=False, soft_wrap=True)
@@ -247,6 +254,8 @@ def niah(
     data: Path = DATA,
     shard: str = SHARD,
     report: bool = REPORT,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     """Needle in a haystack over depths x context lengths (a heatmap per configuration)."""
     from ..bench.ruler.plots import depth_heatmaps
@@ -275,7 +284,8 @@ def niah(
     )
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
-    rows = run(_bench(model, data, seed, threads, n_batch, window, indexmem), configs, cases, out, console)
+    bench = _bench(model, data, seed, threads, n_batch, window, indexmem, cache_type_k, cache_type_v)
+    rows = run(bench, configs, cases, out, console)
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
     if report:
         rows = _report_rows(rows, samples, out, model)

@@ -17,6 +17,8 @@ from .common import clean_errors, status
 from .engine_options import (
     Batch,
     Budget,
+    CacheTypeK,
+    CacheTypeV,
     IndexMemFile,
     Memory,
     Model,
@@ -97,6 +99,8 @@ def main(
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
     recall: RecallTier = None,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     if prompt is None and not sys.stdin.isatty():
         prompt = "-"
@@ -116,6 +120,8 @@ def main(
         no_indexmem,
         memory,
         recall,
+        cache_type_k,
+        cache_type_v,
     )
     sampling = sampling_for(
         engine,

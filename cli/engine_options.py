@@ -35,6 +35,13 @@ IndexMemFile = Annotated[
     ),
 ]
 NoIndexMem = Annotated[bool, typer.Option("--no-indexmem", help="do not load IndexMem modules")]
+_CACHE_TYPES_HELP = "f16 (default), bf16, f32, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1"
+CacheTypeK = Annotated[
+    str, typer.Option("--cache-type-k", "-ctk", help=f"K cache element type: {_CACHE_TYPES_HELP}")
+]
+CacheTypeV = Annotated[
+    str, typer.Option("--cache-type-v", "-ctv", help=f"V cache element type: {_CACHE_TYPES_HELP}")
+]
 _MEMORY_ON = ", ".join(
     m.name for m in MODELS.values() if m.memory
 )  # registry models whose memory is on by default
@@ -72,6 +79,8 @@ def load_engine(
     no_indexmem: bool = False,
     memory: bool | None = None,
     recall: str | None = None,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
 ):
     from ..engine.api import Engine
 
@@ -89,15 +98,23 @@ def load_engine(
         memory=memory,
         recall=recall,
         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None),
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
     )
 
 
 def describe_cache(engine) -> str:
     st = engine.stats()
+    types = (
+        ""
+        if st["cache_type_k"] == st["cache_type_v"] == "f16"
+        else f", K {st['cache_type_k']} / V {st['cache_type_v']}"
+    )
     if not st["budget"]:
-        return "full KV cache"
+        return "full KV cache" + types
     return (
         f"{st['policy']}, budget {st['budget']} tokens/layer"
         + (", latent memory" if st["memory"] else "")
         + (f", recall from {st['recall']}" if st["recall"] else "")
+        + types
     )

@@ -12,6 +12,8 @@ from .common import clean_errors, status
 from .engine_options import (
     Batch,
     Budget,
+    CacheTypeK,
+    CacheTypeV,
     IndexMemFile,
     Memory,
     Model,
@@ -51,6 +53,8 @@ def main(
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
     recall: RecallTier = None,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
 ):
     try:
         import uvicorn
@@ -74,6 +78,8 @@ def main(
         no_indexmem,
         memory,
         recall,
+        cache_type_k,
+        cache_type_v,
     )
     model_id = Path(model).stem if model.endswith(".gguf") else model
     app_ = create_app(

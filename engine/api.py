@@ -10,11 +10,13 @@ import numpy as np
 
 from ..convert.reader import load_indexmem
 from ..convert.schema import fingerprint
-from ..errors import ContextOverflowError, UnsupportedModelError
+from ..errors import ContextOverflowError, IndexmemError, UnsupportedModelError
 from ..ggml_ops.backend import Backend
-from ..ggml_ops.bindings import tensor_struct
+from ..ggml_ops.bindings import C, tensor_struct
 from . import session
+from .attention import check_mode, check_path
 from .cache import KVCache
+from .cache_types import CacheTypes, check_for_model, check_on_device, parse_cache_types
 from .eviction import BudgetConfig, Evictor, budget_from_ratio
 from .forward import ForwardRunner
 from .generate import Feeder
@@ -53,9 +55,14 @@ class Engine:
         memory: bool = False,
         extra_bufts: bool = True,
         recall: str | None = None,
+        cache_types: CacheTypes = CacheTypes(),
+        attention: str = "auto",
     ):
         if n_batch < 1 or (n_ctx is not None and n_ctx < 1):
             raise ValueError(f"n_batch and n_ctx must be >= 1 (got {n_batch}, {n_ctx})")
+        check_mode(attention)
+        self.cache_types = cache_types
+        self.attention = attention
         self.model_path = Path(model_path)
         self.budget_config = (budget_config or BudgetConfig()).validate()
         needs_modules = memory or POLICIES[self.budget_config.policy].needs_index
@@ -84,12 +91,14 @@ class Engine:
                     f"(supported: {', '.join(sorted(ARCHITECTURES))})"
                 )
             self.hparams = read_hparams(gguf, cls.swa_default_pattern)
+            check_for_model(cache_types, self.hparams.head_dim)
             self.model = cls(self.hparams)
             infos = check_tensors(gguf, self.model.tensor_specs())
             self.model_fingerprint = fingerprint(gguf.tensors.values())
             chat_template = gguf.get("tokenizer.chat_template")
             self.model_sampling = gguf_sampling(gguf.get)  # general.sampling.* the file sets
             self.backend = Backend(device=device, n_threads=n_threads)
+            self._check_cache_device()
             self.model.weights = Weights(gguf, infos, self.backend, extra_bufts)
         self.indexmem = IndexMemModules(imf, self.backend, self.hparams.n_head_kv) if imf else None
         self.indexmem_fingerprint = self.indexmem.fingerprint if self.indexmem else None
@@ -103,17 +112,29 @@ class Engine:
         )
         self.n_batch = n_batch
         self.cache, evictor = self._make_cache()
-        self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor)
+        self.runner = ForwardRunner(self.model, self.cache, self.backend, evictor, attention)
         self.recall = self._make_recall(evictor) if recall else None
         self.feeder = Feeder(self.runner, n_batch, self.n_ctx, self.budget_config.sinks)
         self._cancel: threading.Event | None = None  # of the generation running now
         self._vocab_prefixes: VocabPrefixes | None = None
 
+    def _check_cache_device(self) -> None:
+        """Cache types the backend cannot run, or an attention path it cannot take, are refused
+        before any buffer is allocated."""
+        hp = self.hparams
+        try:
+            device = C.ggml_backend_get_device(self.backend.main)
+            check_on_device(self.cache_types, device, hp.head_dim, hp.n_head, hp.n_head_kv)
+            check_path(self.attention, self.cache_types, hp.head_dim, self.backend.main == self.backend.cpu)
+        except IndexmemError:
+            self.backend.close()
+            raise
+
     def _make_cache(self) -> tuple[KVCache, Evictor | None]:
         hp, cfg = self.hparams, self.budget_config
         windows = [self.model.layer_window(il) for il in range(hp.n_layer)]
         if not cfg.bounded or cfg.budget >= self.n_ctx:
-            return KVCache(self.backend, hp.n_layer, hp.n_embd_kv, self.n_ctx), None
+            return KVCache(self.backend, hp.n_layer, hp.n_embd_kv, self.n_ctx, self.cache_types), None
         # sliding-window layers that keep their window share one slot table; others own theirs
         swa_kept = [w > 0 and cfg.budget >= w for w in windows]
         first_swa = swa_kept.index(True) if any(swa_kept) else None
@@ -122,7 +143,7 @@ class Engine:
             shared = swa_kept[il] and il != first_swa
             layer_table.append(layer_table[first_swa] if shared else max(layer_table, default=-1) + 1)
         capacity = min(self.n_ctx, cfg.budget + cfg.tau + self.n_batch)
-        cache = KVCache(self.backend, hp.n_layer, hp.n_embd_kv, capacity, layer_table=layer_table)
+        cache = KVCache(self.backend, hp.n_layer, hp.n_embd_kv, capacity, self.cache_types, layer_table)
         evictor = Evictor(cfg, cache, windows)
         if self.indexmem is not None and (evictor.policy.needs_index or self.memory):
             self._attach_indexmem(cache, evictor)
@@ -153,7 +174,8 @@ class Engine:
         state = self.cache.indexmem
         if evictor is None or state is None or not state.index_layers:
             raise ValueError("recall needs a bounded cache with the indexmem policy")
-        row_bytes = tensor_struct(self.cache.layers[0].k).nb[1]
+        layer = self.cache.layers[0]
+        row_bytes = (tensor_struct(layer.k).nb[1], tensor_struct(layer.v).nb[1])
         store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
         pool = self.budget_config.params.get("pool_kernel", 1)
         recall = Recall(store, pool_kernel=pool, exact_memory=self.indexmem.mem_lambda == 1.0)
@@ -176,6 +198,9 @@ class Engine:
         indexmem=None,
         memory: bool | None = None,
         recall: str | None = None,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
+        attention: str = "auto",
         **options,
     ) -> Engine:
         """``model``: a registry name (see ``indexmem.engine.registry.MODELS``) or a .gguf path.
@@ -198,7 +223,13 @@ class Engine:
         recent tokens). ``recall`` ("disk" or "ram", with the indexmem policy): evicted tokens are
         stored and brought back when the indexer's later queries want them (engine/recall.py).
         ``extra_bufts=False`` keeps quantized weights in their file layout
-        instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)."""
+        instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)..
+
+        K/V cache: ``cache_type_k``, ``cache_type_v`` (llama.cpp's names: f16, the default, bf16,
+        f32, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1); a type this model or backend cannot run raises
+        UnsupportedCacheTypeError before anything is allocated. ``attention``: "auto" (the faster
+        path for each step, see ``engine/attention.py``), or always "flash" or "matmul"
+        (llama.cpp's ``-fa on`` / ``-fa off``)."""
         engine_opts = {k: options.pop(k) for k in ("n_batch", "device", "extra_bufts") if k in options}
         policy_opts = {
             k: options.pop(k)
@@ -207,6 +238,8 @@ class Engine:
         }
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)}")
+        cache_types = parse_cache_types(cache_type_k, cache_type_v)
+        check_mode(attention)
         if budget is not None and evict_ratio is not None:
             raise ValueError("give budget or evict_ratio, not both")
         if evict_ratio is not None:
@@ -256,6 +289,8 @@ class Engine:
             indexmem_path=indexmem_path,
             memory=memory,
             recall=recall,
+            cache_types=cache_types,
+            attention=attention,
             **engine_opts,
         )
 
@@ -494,6 +529,9 @@ class Engine:
             "budget": self.budget_config.budget if self.runner.evictor else None,
             "indexmem": str(self.indexmem_path) if self.indexmem_path else None,
             "memory": self.cache.indexmem is not None and bool(self.cache.indexmem.memory_layers),
+            "cache_type_k": self.cache_types.k,
+            "cache_type_v": self.cache_types.v,
+            "attention": self.attention,
             "cache_buffers": {"kv": self.cache.nbytes, "index_keys": index_bytes, "memory": memory_bytes},
             # what stays in RAM whatever the conversation's length, and the recall store beside it
             "ram_bytes": self.cache.nbytes

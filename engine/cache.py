@@ -14,9 +14,9 @@ import numpy as np
 
 from ..errors import ContextOverflowError
 from ..ggml_ops.backend import Backend, OwnsBuffer
-from ..ggml_ops.bindings import C
+from ..ggml_ops.bindings import C, tensor_struct
 from ..ggml_ops.graph import new_context
-from ..ggml_ops.structs import GGMLType
+from .cache_types import CacheTypes
 
 KV_PAD = 256  # attention reads the used slots rounded up to this, as llama.cpp does
 
@@ -84,15 +84,26 @@ class SlotTable:
 
 @dataclass
 class LayerKV:
-    k: int  # ggml tensor [n_embd_kv, capacity], F16, post-RoPE keys
-    v: int  # ggml tensor [n_embd_kv, capacity], F16
+    k: int  # ggml tensor [n_embd_kv, capacity] of the cache's K type, post-RoPE keys
+    v: int  # ggml tensor [n_embd_kv, capacity] of the cache's V type
     extra: tuple = ()  # per-slot side data [*, capacity] that moves with K/V (index keys)
+
+
+def head_view(ctx, t, head_dim: int, n_slots: int):
+    """The first ``n_slots`` rows of a cache tensor [n_embd_kv, capacity] seen per head:
+    [head_dim, n_slots, n_head_kv] (one row per slot, one head after another within it)."""
+    s = tensor_struct(t)
+    n_embd_kv = s.ne[0]
+    return C.ggml_view_3d(
+        ctx, t, head_dim, n_slots, n_embd_kv // head_dim, s.nb[1], C.ggml_row_size(s.type, head_dim), 0
+    )
 
 
 def add_compaction(g, layer: LayerKV, src, dst) -> None:
     """Graph nodes moving cache rows ``src`` → ``dst`` of one layer's K, V and side data inside
     the backend buffer (``src`` I32, as get_rows takes; ``dst`` I64). All rows are read before
-    any is written."""
+    any is written. Quantized rows pass through f32 and are requantized to the same bytes
+    (see :mod:`cache_types`)."""
     for t in (layer.k, layer.v, *layer.extra):
         g.expand(C.ggml_set_rows(g.ctx, t, C.ggml_get_rows(g.ctx, t, src), dst))
 
@@ -107,17 +118,18 @@ class KVCache(OwnsBuffer):
         n_layer: int,
         n_embd_kv: int,
         capacity: int,
-        dtype: int = GGMLType.F16,
+        types: CacheTypes = CacheTypes(),
         layer_table: list[int] | None = None,
     ):
         capacity = -(-capacity // KV_PAD) * KV_PAD
         self.capacity = capacity
         self.n_layer = n_layer
+        self.types = types
         self.ctx = new_context(2 * n_layer + 1)
         self.layers = []
         for il in range(n_layer):
-            k = C.ggml_new_tensor_2d(self.ctx, dtype, n_embd_kv, capacity)
-            v = C.ggml_new_tensor_2d(self.ctx, dtype, n_embd_kv, capacity)
+            k = C.ggml_new_tensor_2d(self.ctx, types.ggml_k, n_embd_kv, capacity)
+            v = C.ggml_new_tensor_2d(self.ctx, types.ggml_v, n_embd_kv, capacity)
             C.ggml_set_name(k, f"cache_k_l{il}".encode())
             C.ggml_set_name(v, f"cache_v_l{il}".encode())
             self.layers.append(LayerKV(k, v))

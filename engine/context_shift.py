@@ -20,6 +20,8 @@ from ..ggml_ops.graph import Graph
 from ..ggml_ops.structs import GGMLType
 from .forward import ForwardRunner
 
+ROPE_IN_PLACE = frozenset({GGMLType.F16, GGMLType.F32})  # key types ggml's RoPE rotates directly
+
 
 def shifted_positions(positions: np.ndarray, delta: int, sinks: int) -> np.ndarray:
     """Where each cached position goes (-1: empty slot stays empty)."""
@@ -44,7 +46,10 @@ def shift_positions(runner: ForwardRunner, delta: int, sinks: int) -> None:
         g.input(f"rot-{ti}", GGMLType.I32, cache.capacity)
     for il, layer in enumerate(cache.layers):
         k = C.ggml_reshape_3d(g.ctx, layer.k, hp.head_dim, hp.n_head_kv, cache.capacity)
-        rotated = model.rope(g.ctx, k, il, g.inputs[f"rot-{cache.layer_table[il]}"])
+        # RoPE runs on f16/f32 keys in place; other types as llama.cpp does: dequantize, rotate,
+        # requantize (a quantized key therefore takes one more rounding per shift)
+        src = k if cache.types.ggml_k in ROPE_IN_PLACE else C.ggml_cast(g.ctx, k, GGMLType.F32)
+        rotated = model.rope(g.ctx, src, il, g.inputs[f"rot-{cache.layer_table[il]}"])
         g.expand(C.ggml_cpy(g.ctx, rotated, k))
     runner.run_once(g, inputs)
     for table, positions in zip(cache.tables, new):

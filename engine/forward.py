@@ -19,6 +19,7 @@ import numpy as np
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.graph import Graph
 from ..ggml_ops.structs import GGMLType
+from .attention import step_path
 from .cache import KVCache, add_compaction
 from .eviction import Evictor
 from .memory_write import add_memory_write, memory_write_inputs
@@ -36,11 +37,14 @@ def causal_mask(n_used: int, n_kv: int, n_tokens: int) -> np.ndarray:
 
 
 class ForwardRunner:
-    def __init__(self, model, cache: KVCache, backend: Backend, evictor: Evictor | None = None):
+    def __init__(
+        self, model, cache: KVCache, backend: Backend, evictor: Evictor | None = None, attention: str = "auto"
+    ):
         self.model = model
         self.cache = cache
         self.backend = backend
         self.evictor = evictor
+        self.attention = attention  # "auto" (the rule in engine/attention.py) or a path
         self.windows = [model.layer_window(il) for il in range(model.hp.n_layer)]
         self._plan: StepPlan | None = None
         self._graph = None
@@ -77,6 +81,13 @@ class ForwardRunner:
             layer_index=index,
             layer_mem_read=mem_read,
             index_queries=self.recall is not None,
+            attention=step_path(
+                self.attention,
+                n_tokens,
+                cache.types,
+                self.model.hp.head_dim,
+                self.backend.main == self.backend.cpu,
+            ),
         )
         return plan, n_used, mask_keys
 

@@ -34,10 +34,12 @@ class _Columns:
 
 
 class RecallStore:
-    def __init__(self, layers: list[int], d_idx: int, row_bytes: int, where: str = "disk"):
+    def __init__(self, layers: list[int], d_idx: int, row_bytes: tuple[int, int], where: str = "disk"):
+        """``row_bytes``: the bytes of a K row and of a V row (the cache's types may differ)."""
         if where not in ("disk", "ram"):
             raise ValueError(f"recall must be 'disk', 'ram' or None, got {where!r}")
-        self.where, self.d_idx, self.row_bytes = where, d_idx, row_bytes
+        self.where, self.d_idx = where, d_idx
+        self.k_row_bytes, self.v_row_bytes = row_bytes
         self.layers = list(layers)
         self.count = {il: 0 for il in self.layers}
         self.taken = {il: np.zeros(0, dtype=bool) for il in self.layers}
@@ -51,7 +53,7 @@ class RecallStore:
 
     # --- sizes -------------------------------------------------------------------------
     def _entry_bytes(self) -> int:
-        return 4 + 4 * self.d_idx + 2 * self.row_bytes
+        return 4 + 4 * self.d_idx + self.k_row_bytes + self.v_row_bytes
 
     @property
     def nbytes(self) -> int:
@@ -73,15 +75,15 @@ class RecallStore:
         self, il: int, positions: np.ndarray, keys: np.ndarray, k_rows: np.ndarray, v_rows: np.ndarray
     ):
         """Store evicted tokens: positions [n], index keys [n, d_idx] float32, K and V rows
-        [n, row_bytes] uint8."""
+        [n, K / V row bytes] uint8."""
         n = len(positions)
         if n == 0:
             return
         parts = {
             "pos": np.ascontiguousarray(positions, dtype=np.int32),
             "key": np.ascontiguousarray(keys, dtype=np.float32).reshape(n, self.d_idx),
-            "k": np.ascontiguousarray(k_rows, dtype=np.uint8).reshape(n, self.row_bytes),
-            "v": np.ascontiguousarray(v_rows, dtype=np.uint8).reshape(n, self.row_bytes),
+            "k": np.ascontiguousarray(k_rows, dtype=np.uint8).reshape(n, self.k_row_bytes),
+            "v": np.ascontiguousarray(v_rows, dtype=np.uint8).reshape(n, self.v_row_bytes),
         }
         if self._ram is not None:
             cols = self._ram[il]
@@ -100,7 +102,7 @@ class RecallStore:
 
     # --- reading -----------------------------------------------------------------------
     def _read(self, il: int, part: str, start: int, stop: int) -> np.ndarray:
-        width = {"pos": 4, "key": 4 * self.d_idx, "k": self.row_bytes, "v": self.row_bytes}[part]
+        width = {"pos": 4, "key": 4 * self.d_idx, "k": self.k_row_bytes, "v": self.v_row_bytes}[part]
         dtype = {"pos": np.int32, "key": np.float32}.get(part, np.uint8)
         if self._ram is not None:
             cols = self._ram[il]
@@ -125,7 +127,7 @@ class RecallStore:
             )
 
     def take(self, il: int, entries: np.ndarray):
-        """K rows, V rows [n, row_bytes] and index keys [n, d_idx] of ``entries``, which leave
+        """K rows, V rows [n, row bytes] and index keys [n, d_idx] of ``entries``, which leave
         the store (they go back into the cache)."""
         k, v, keys = [], [], []
         for e in entries.tolist():

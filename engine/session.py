@@ -28,6 +28,7 @@ from .history import HASH_MODULUS, RECENT, History
 MAGIC = b"IMSESSN\0"
 VERSION = 2
 HEADER_BYTES = 1 << 16  # the JSON header is padded to this, so the file size never varies
+LEGACY_CACHE_TYPES = {"k": "f16", "v": "f16"}  # sessions saved before the header named them
 
 
 class SessionError(IndexmemError):
@@ -70,6 +71,7 @@ def identity(engine) -> dict:
             "params": cfg.params,
         },
         "capacity": cache.capacity,
+        "cache_types": cache.types.as_dict(),
         "layer_table": list(cache.layer_table),
         "bounded": engine.runner.evictor is not None,
     }
@@ -144,6 +146,7 @@ def load(engine, path: str | Path) -> None:
     except OSError as exc:
         raise SessionError(f"{path}: cannot read the session file ({exc.strerror})") from exc
     header, blobs = _parse(raw, path)
+    header.setdefault("cache_types", LEGACY_CACHE_TYPES)
     mine = identity(engine)
     for key, value in mine.items():
         if key == "memory" and header.get(key) is not value:
@@ -155,6 +158,8 @@ def load(engine, path: str | Path) -> None:
             raise SessionError(
                 f"{path}: saved {saved} the latent memory; load it into an engine made with {flag}"
             )
+        if key == "cache_types" and header[key] != value:
+            raise SessionError(f"{path}: {_cache_types_mismatch(header[key], value)}")
         if header.get(key) != value:
             what = "model" if key == "model_fingerprint" else key.replace("_", " ")
             raise SessionError(
@@ -207,6 +212,16 @@ def load(engine, path: str | Path) -> None:
     engine.feeder.unfed = [int(t) for t in header["unfed"]]
     if engine.recall is not None:
         engine.recall.clear()  # what the store held belonged to the conversation replaced
+
+
+def _cache_types_mismatch(saved, mine: dict) -> str:
+    if isinstance(saved, dict) and isinstance(saved.get("k"), str) and isinstance(saved.get("v"), str):
+        k, v = saved["k"][:16], saved["v"][:16]
+        return (
+            f"saved from a K/V cache of types {k}/{v}, this engine's is {mine['k']}/{mine['v']}: "
+            f"load it into an engine made with cache_type_k={k!r}, cache_type_v={v!r} (-ctk {k} -ctv {v})"
+        )
+    return "its cache types are unreadable"
 
 
 def _check_conversation(header: dict, n_vocab: int, path: Path) -> None:

@@ -88,6 +88,7 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_rope_ext": (P, [P, P, P, P, I32, I32, I32, F32, F32, F32, F32, F32, F32]),
     "ggml_soft_max_ext": (P, [P, P, P, F32, F32]),
     "ggml_flash_attn_ext": (P, [P, P, P, P, P, F32, F32, F32]),
+    "ggml_custom_4d": (P, [P, I32, I64, I64, I64, I64, P, I32, P, I32, P]),
     # --- graph ------------------------------------------------------------------------
     "ggml_new_graph_custom": (P, [P, SZ, B]),
     "ggml_build_forward_expand": (None, [P, P]),

@@ -93,7 +93,8 @@ def _keep(source, request: dict, result: dict, failures_dir: Path | None, name: 
 # --- targets of the command line ----------------------------------------------------------------
 def registry_targets(models: list[str], kinds: list[str]) -> list:
     """Each registry model's GGUF, its shipped sidecar, and its sessions with IndexMem and the
-    latent memory; the first model's sessions with SnapKV (policy state, no modules) as well."""
+    latent memory; the first model's sessions with SnapKV (policy state, no modules) and with
+    quantized K/V caches (q8_0, q4_0; IndexMem and the memory) as well."""
     from ..engine.indexmem import SIDECAR_DIR
     from ..engine.registry import MODELS, resolve
 
@@ -117,6 +118,22 @@ def registry_targets(models: list[str], kinds: list[str]) -> list:
                 targets.append(
                     SessionTarget(path, {"indexmem": False, "policy": "snapkv", **small}, prompt=160)
                 )
+                for t in ("q8_0", "q4_0"):
+                    quantized = {"cache_type_k": t, "cache_type_v": t}
+                    targets.append(
+                        SessionTarget(
+                            path,
+                            {
+                                "indexmem": str(sidecar),
+                                "policy": "indexmem",
+                                "memory": True,
+                                "window": 8,
+                                **small,
+                                **quantized,
+                            },
+                            prompt=160,
+                        )
+                    )
     return targets
 
 

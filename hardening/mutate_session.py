@@ -3,7 +3,8 @@
 A byte-level mutation that keeps the old checksum only tests the checksum, so most mutations
 recompute it: then the damage reaches the header and blob validation. JSON-level mutations
 rewrite the header (wrong types, missing keys, negative or huge counts, wrong blob sizes) and
-binary ones edit the slot tables (positions out of range, duplicates, holes).
+binary ones edit the slot tables (positions out of range, duplicates, holes) and the tensors
+(NaN, inf, huge values; in a quantized cache these land in the blocks' scales and quants).
 """
 
 from __future__ import annotations
@@ -290,6 +291,26 @@ def tensor_values(rng, raw, parts):
     return parts.build(), f"blob {name}: {len(block) // 4} words = {pattern!r}"
 
 
+def cache_types(rng, raw, parts):
+    """The K/V cache types the header names: another type, an unknown name, wrong JSON types."""
+    value = rng.choice(
+        [
+            {"k": "f16", "v": "f16"},
+            {"k": "q8_0", "v": "q8_0"},
+            {"k": "q4_0", "v": "q8_0"},
+            {"k": "q3_K", "v": "f16"},
+            {"k": 8, "v": 8},
+            {"k": "q8_0"},
+            {"k": ["q8_0"], "v": {}},
+            {"k": "x" * 5000, "v": ""},
+            "q8_0",
+            _weird(rng),
+        ]
+    )
+    parts.header["cache_types"] = value
+    return parts.build(), f"cache_types = {value!r}"[:200]
+
+
 MUTATORS = {
     "raw": raw_corruption,
     "rehashed": rehashed_corruption,
@@ -303,6 +324,7 @@ MUTATORS = {
     "version": version,
     "positions": positions,
     "tensor_values": tensor_values,
+    "cache_types": cache_types,
 }
 WEIGHTS = {
     "raw": 2,
@@ -317,6 +339,7 @@ WEIGHTS = {
     "version": 1,
     "positions": 4,
     "tensor_values": 2,
+    "cache_types": 1,
 }
 
 

@@ -43,7 +43,8 @@ def match_llama_cpp() -> dict:
     return {"extra_bufts": not amx_present()}
 
 
-def llama_cpp_reference(path, n_ctx=512, n_batch=512, **kw):
+def llama_cpp_reference(path, n_ctx=512, n_batch=512, flash_attn=True, **kw):
+    """llama.cpp on ``path`` (flash attention unless told; ``type_k``/``type_v`` as ggml types)."""
     from indexmem.bench.llama_cpp_ref import open_llama_cpp
 
     return open_llama_cpp(
@@ -54,7 +55,11 @@ def llama_cpp_reference(path, n_ctx=512, n_batch=512, **kw):
         n_threads=1,
         n_threads_batch=1,
         logits_all=True,
-        flash_attn=True,
+        flash_attn=flash_attn,
         verbose=False,
         **kw,
     )
+
+
+# the engine's attention path that computes what llama.cpp computes with flash attention on / off
+LLAMA_CPP_PATH = {True: "flash", False: "matmul"}

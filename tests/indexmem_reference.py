@@ -96,7 +96,7 @@ class ReferenceLlama:
             self._score(il, x, q_pre, order, visible)
             o = torch.zeros(T, H, hd, dtype=torch.float64)
             for head in range(H):
-                logits = (f16(q[:, head]) @ K[:, head // (H // Hkv)].T) / hd**0.5
+                logits = (q[:, head] @ K[:, head // (H // Hkv)].T) / hd**0.5
                 logits = logits.masked_fill(~visible, float("-inf"))
                 o[:, head] = torch.softmax(logits, -1) @ V[:, head // (H // Hkv)]
             if self.memory_state[il] is not None:

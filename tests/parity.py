@@ -4,14 +4,17 @@ import numpy as np
 from conftest import llama_cpp_reference
 
 
-def reference_logits(path, tokens, n_ctx, n_batch=512):
-    ref = llama_cpp_reference(path, n_ctx=n_ctx, n_batch=n_batch)
+def reference_logits(path, tokens, n_ctx, n_batch=512, **kw):
+    """llama.cpp's logits of every position (``kw``: flash_attn, type_k, type_v)."""
+    ref = llama_cpp_reference(path, n_ctx=n_ctx, n_batch=n_batch, **kw)
     ref.eval(tokens)
-    return np.array(ref.scores[: len(tokens)], dtype=np.float32)
+    out = np.array(ref.scores[: len(tokens)], dtype=np.float32)
+    ref.close()
+    return out
 
 
-def reference_greedy(path, prompt, n_new, n_ctx):
-    ref = llama_cpp_reference(path, n_ctx=n_ctx)
+def reference_greedy(path, prompt, n_new, n_ctx, **kw):
+    ref = llama_cpp_reference(path, n_ctx=n_ctx, **kw)
     ref.eval(prompt)
     out = []
     for _ in range(n_new):

@@ -240,3 +240,68 @@ def test_perplexity_reruns_measure_only_what_is_missing_and_never_overwrite_othe
     result, n = run("--policies", "tova", "--ratios", "0.5")
     assert result.exit_code == 1 and "not a perplexity result file" in result.output and n == 0
     assert out.read_text() == '{"results": ['
+
+
+def test_llama_cpp_settings_of_the_speed_benchmark():
+    from indexmem.bench.speed import DEFAULT_LLAMA_CPP, LlamaSetting, parse_llama_settings
+    from indexmem.bench.speed_results import is_llama_cpp, llama_cpp_setting
+
+    settings = parse_llama_settings(DEFAULT_LLAMA_CPP)
+    assert settings == [
+        LlamaSetting(True, "f16", "f16"),
+        LlamaSetting(False, "f16", "f16"),
+        LlamaSetting(True, "q8_0", "q8_0"),
+        LlamaSetting(False, "q8_0", "f16"),
+    ]
+    for s in settings:  # the rows the documentation generator reads (docs/benchmarks.md)
+        row = {"engine": s.engine, "llama_cpp": s.as_dict()}
+        assert is_llama_cpp(row) and s.engine == f"llama.cpp ({llama_cpp_setting(row, {})})"
+    assert settings[3].engine == "llama.cpp (no flash attention, K q8_0 / V f16)"
+    for bad, why in (
+        ("nofa:q8_0:q8_0", "quantized V"),
+        ("fa:f16", "fa:K:V"),
+        ("on:f16:f16", "fa:K:V"),
+        ("fa:q3_K:f16", "q3_k"),
+        ("", "at least one"),
+    ):
+        with pytest.raises(Exception, match=why):
+            parse_llama_settings(bad)
+
+
+def test_cache_memory_reads_llama_cpps_kv_buffer_and_ours(tmp_path):
+    """llama.cpp's KV buffer as its log reports it is n_layer x n_ctx rows of K and V in their
+    types; ours is what stats() reports; the table puts each against llama.cpp's f16 cache."""
+    from indexmem.bench.cache_memory import llama_cpp_kv_bytes, memory_table
+    from indexmem.ggml_ops.bindings import C
+    from indexmem.ggml_ops.structs import GGMLType
+    from tiny_models import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "wide.gguf", "llama", seed=1, head_dim=32)  # 2 layers, 2 KV heads
+    for name, t in (("f16", GGMLType.F16), ("q8_0", GGMLType.Q8_0)):
+        assert llama_cpp_kv_bytes(path, 512, name, name) == 2 * 512 * 2 * C.ggml_row_size(t, 64)
+    data = {
+        "rows": [
+            dict(
+                engine="llama.cpp",
+                cache="full",
+                type_k="f16",
+                type_v="f16",
+                kv_bytes=4_000_000,
+                index_bytes=0,
+                memory_bytes=0,
+            ),
+            dict(
+                engine="ours",
+                cache="indexmem",
+                budget=1024,
+                type_k="q8_0",
+                type_v="q8_0",
+                kv_bytes=900_000,
+                index_bytes=60_000,
+                memory_bytes=40_000,
+            ),
+        ]
+    }
+    lines = memory_table(data).splitlines()
+    assert lines[2] == "| llama.cpp, full KV | f16 | 4.00 | 0.00 | 0.00 | 4.00 | 100.0% |"
+    assert lines[3] == "| ours, indexmem B=1,024 | q8_0 | 0.90 | 0.06 | 0.04 | 1.00 | 25.0% |"

@@ -33,9 +33,11 @@ SESSION = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    return {
+    found = {
         arch: write_tiny_model(root / f"{arch}.gguf", arch, seed=4) for arch in ("llama", "qwen2", "gemma3")
     }
+    found["llama32"] = write_tiny_model(root / "llama32.gguf", "llama", seed=4, head_dim=32)  # q8_0 fits
+    return found
 
 
 @pytest.fixture
@@ -53,6 +55,18 @@ def test_quick_fuzz_of_every_kind_ends_ok_or_in_clean_errors(models, setup, tmp_
         SidecarTarget(base, side),
         SessionTarget(base, {"indexmem": str(side), **SESSION}, prompt=60),
         SessionTarget(base, {"policy": "snapkv", "budget": 32, "n_batch": 16, "n_ctx": 256}, prompt=60),
+        SessionTarget(
+            models["llama32"],
+            {
+                "policy": "snapkv",
+                "budget": 32,
+                "n_batch": 16,
+                "n_ctx": 256,
+                "cache_type_k": "q8_0",
+                "cache_type_v": "q4_0",
+            },
+            prompt=60,
+        ),
     ]
     report = run_fuzz(targets, cases=1500, seed=11, failures_dir=tmp_path / "failures", timeout=60)
     assert report["failures"] == [], json.dumps(report["failures"], indent=1)[:4000]
@@ -199,6 +213,8 @@ def test_session_findings_stay_fixed(setup, worker, tmp_path):  # noqa: F811
         "memory_used in a layer without memory": edited(set_key("memory_used", [0, 99])),
         "tokens_evicted a bool": edited(set_key("tokens_evicted", True)),
         "history_len 2**64": edited(set_key("history_len", 2**64)),
+        "another cache type": edited(set_key("cache_types", {"k": "q8_0", "v": "q8_0"})),
+        "cache types unreadable": edited(set_key("cache_types", [{"k": None}])),
     }
     for name, data in cases.items():
         path = tmp_path / "case.session"
@@ -210,4 +226,6 @@ def test_session_findings_stay_fixed(setup, worker, tmp_path):  # noqa: F811
         assert "SessionError" in result["message"] and str(path) in result["message"]
     path.write_bytes(raw)  # and the untouched file still loads and continues
     request = {"op": "session", "path": str(path), "config": config, "history": made["history"]}
+    assert worker.run(request, timeout=60)["outcome"] == "ok"
+    path.write_bytes(edited(lambda p: p.header.pop("cache_types") and None))  # saved before types were named
     assert worker.run(request, timeout=60)["outcome"] == "ok"

@@ -42,3 +42,13 @@ def test_every_console_script_runs_its_command():
         code = f"import sys; sys.argv = [{name!r}, '--help']; from {module} import {attr}; {attr}()"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "Usage" in result.stdout, (name, result.stderr[-2000:])
+
+
+def test_the_attention_kernel_source_is_installed():
+    """ggml_ops/kernel.py compiles ggml_ops/attention_kernel.c on first use: the wheel must carry it."""
+    from fnmatch import fnmatch
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    source = ROOT / "ggml_ops" / "attention_kernel.c"
+    assert source.is_file()
+    assert any(fnmatch(source.name, pattern) for pattern in data["indexmem.ggml_ops"])

@@ -1,8 +1,8 @@
 """The registry's Qwen2.5-Coder Instruct GGUFs (0.5B and 1.5B, Q4_K_M) against llama.cpp on the
 same file: the first real qwen2 files the engine meets.
 
-Same tolerances as the SmolLM2 parity test (``test_parity_real.py``): identical kernels and
-buffer layouts, so top-1 agreement >= 99% over 512 positions of real text and max |diff| <= 1e-3,
+Same tolerances as the SmolLM2 parity test (``test_parity_real.py``), with flash attention on
+both sides: identical kernels and buffer layouts, so top-1 agreement >= 99% over 512 positions of real text and max |diff| <= 1e-3,
 and 32 greedy tokens of a chat prompt identical.
 """
 
@@ -21,7 +21,7 @@ def qwen(request):
     from indexmem.engine.registry import resolve
 
     path = resolve(request.param)
-    engine = Engine.load(str(path), n_ctx=1024, **match_llama_cpp())
+    engine = Engine.load(str(path), n_ctx=1024, attention="flash", **match_llama_cpp())
     yield request.param, path, engine
     engine.close()
 

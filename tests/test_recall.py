@@ -26,11 +26,11 @@ def test_the_store_keeps_rows_blocks_and_takes_them_back(where, monkeypatch):
     import indexmem.engine.recall_store as rs
 
     monkeypatch.setattr(rs, "BLOCK", 3)  # several blocks from a few entries
-    store = RecallStore([0, 5], d_idx=4, row_bytes=6, where=where)
+    store = RecallStore([0, 5], d_idx=4, row_bytes=(6, 10), where=where)
     rng = np.random.default_rng(0)
     pos = np.arange(10, 17, dtype=np.int32)
     keys = rng.standard_normal((7, 4)).astype(np.float32)
-    k, v = rng.integers(0, 255, (7, 6), dtype=np.uint8), rng.integers(0, 255, (7, 6), dtype=np.uint8)
+    k, v = rng.integers(0, 255, (7, 6), dtype=np.uint8), rng.integers(0, 255, (7, 10), dtype=np.uint8)
     store.append(5, pos[:4], keys[:4], k[:4], v[:4])
     store.append(5, pos[4:], keys[4:], k[4:], v[4:])
     blocks = list(store.blocks(5))
@@ -42,7 +42,7 @@ def test_the_store_keeps_rows_blocks_and_takes_them_back(where, monkeypatch):
     np.testing.assert_array_equal(tv, v[[1, 5]])
     np.testing.assert_array_equal(tkeys, keys[[1, 5]])
     assert store.live(5) == 5 and store.live(0) == 0
-    assert store.nbytes == 7 * (4 + 16 + 12)
+    assert store.nbytes == 7 * (4 + 16 + 6 + 10)
     assert (store.disk_bytes, store.ram_bytes) == (
         (store.nbytes, 0) if where == "disk" else (0, store.nbytes)
     )
@@ -115,9 +115,11 @@ def _memory_state(engine, il):
     return out
 
 
-def test_cache_and_store_hold_every_token_once_within_the_budget(setup):
+@pytest.mark.parametrize("cache_types", [("f16", "f16"), ("f32", "bf16")])
+def test_cache_and_store_hold_every_token_once_within_the_budget(setup, cache_types):
+    """Also with K and V of other types than each other (their stored rows differ in size)."""
     base, side, _ = setup
-    engine = _load(base, side, "disk")
+    engine = _load(base, side, "disk", cache_type_k=cache_types[0], cache_type_v=cache_types[1])
     tokens = random_prompt(160, seed=5)
     for i in range(0, len(tokens), N_BATCH):
         _feed(engine, tokens[i : i + N_BATCH])

@@ -376,8 +376,9 @@ def test_a_run_finishes_each_sample_under_every_configuration_before_the_next(tm
 
 
 def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_model_path, tmp_path):
-    """Another recent window, prefill chunk or seed measures something else: a run with the
-    defaults leaves those rows out (and would measure its own), a run with those settings takes them."""
+    """Another recent window, prefill chunk, seed or K/V cache type measures something else: a run
+    with the defaults leaves those rows out (and would measure its own), a run with those settings
+    takes them. (A row that names no cache types was measured with f16.)"""
     data = RulerData(write_synthetic_data(tmp_path / "data"))
     sha = sha256_of(default_model_path)
     case = ruler_cases(["niah_single_1"], [1024], 1)[0]
@@ -394,7 +395,13 @@ def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_mod
         score=1.0,
     )
     ours = dict(base, seed=0, n_batch=512, window=64)
-    others = [dict(ours, window=256), dict(ours, n_batch=None), dict(ours, seed=1)]
+    others = [
+        dict(ours, window=256),
+        dict(ours, n_batch=None),
+        dict(ours, seed=1),
+        dict(ours, cache_type_k="q8_0", cache_type_v="q8_0"),
+        dict(ours, cache_type_k="q4_0", cache_type_v="f16"),
+    ]
     out = tmp_path / "rows.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in (ours, *others)))
     configs = cache_configs(["snapkv"], [0.75])[1:]
@@ -406,9 +413,10 @@ def test_rows_of_other_run_settings_are_neither_resumed_nor_reported(default_mod
             seed=other["seed"],
             n_batch=other["n_batch"],
             window=other["window"],
+            cache_types=(other.get("cache_type_k", "f16"), other.get("cache_type_v", "f16")),
         )
         assert run(bench, configs, [case], out) == [other]  # found, so nothing is measured
-    assert len(out.read_text().splitlines()) == 4
+    assert len(out.read_text().splitlines()) == 6
     assert row_key(ours) != row_key(others[0])
 
 

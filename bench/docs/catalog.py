@@ -17,8 +17,8 @@ RESULTS_DOC = "docs/results.md"
 @dataclass(frozen=True)
 class Result:
     model: str  # registry name
-    # ruler, niah, needle, ppl, speed, train-config, train-eval, fuzz, soak, recall-rss, memory-fit,
-    # auto-report, grammar-cost, server-load (sections.py)
+    # ruler, niah, needle, ppl, speed, cache-memory, train-config, train-eval, fuzz, soak, recall-rss,
+    # memory-fit, auto-report, grammar-cost, server-load (sections.py)
     bench: str
     file: str  # from the repository root
     doc: str = RESULTS_DOC
@@ -51,7 +51,10 @@ RESULTS = [
     Result(SMOLLM2, "needle", R + "needle-smollm2-4k.jsonl", context=4096, plot=R + "needle-smollm2-4k.png"),
     Result(SMOLLM2, "niah", R + "niah-smollm2.jsonl", plot=R + "niah-smollm2.png"),
     Result(SMOLLM2, "ppl", R + "ppl-smollm2-4k.json"),
+    # issue 45's run against every llama.cpp setting (docs/benchmarks.md; measured on an idle machine)
+    Result(SMOLLM2, "speed", R + "speed-smollm2-32k.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
+    Result(SMOLLM2, "cache-memory", R + "cache-memory-smollm2-8k.json"),
     Result(SMOLLM2, "speed", R + "smollm2.json"),
     Result(SMOLLM2, "ppl", R + "ppl_smollm2.json"),
     Result(SMOLLM2, "speed", R + "bounded_streaming.json"),
@@ -74,6 +77,7 @@ RESULTS = [
     Result(GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", headline=True, plot=R + "ruler-gemma3-16k.png"),
     Result(GEMMA, "needle", R + "needle-gemma-8k.jsonl", context=8192, plot=R + "needle-gemma-8k.png"),
     Result(GEMMA, "ppl", R + "ppl-gemma-8k.json"),
+    Result(GEMMA, "speed", R + "speed-gemma3-16k-b1024.json"),
     Result(GEMMA, "speed", R + "speed-gemma3-16k-memory.json", headline=True),
     Result(GEMMA, "speed", R + "speed-gemma3-16k.json"),
     Result(GEMMA, "speed", R + "gemma.json"),

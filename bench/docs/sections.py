@@ -17,6 +17,7 @@ from ...engine.registry import MODELS
 from ...hardening.report import markdown_summary
 from ...hardening.soak import plot_rss
 from ...markdown import table
+from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
 from ..ruler.plots import compression_curves, depth_heatmaps
@@ -144,6 +145,16 @@ def ppl(entry: Result, root: Path) -> Section:
         + "."
     )
     return Section(f"{caption}\n\n{ppl_table(data)}")
+
+
+def cache_memory(entry: Result, root: Path) -> Section:
+    data = json.loads((root / entry.file).read_text())
+    caption = (
+        f"**Cache memory at {data['context']:,} tokens, {entry.model}**: bytes allocated for the K/V cache, "
+        f"IndexMem's index keys and its latent memory, llama.cpp keeping every token, ours a budget of "
+        f"{data['budget']:,} per layer (`bench/cache_memory.py`)."
+    )
+    return Section(f"{caption}\n\n{memory_table(data)}")
 
 
 def speed(entry: Result, root: Path) -> Section:
@@ -359,6 +370,7 @@ RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "needle": needle,
     "ppl": ppl,
     "speed": speed,
+    "cache-memory": cache_memory,
     "train-eval": train_eval,
     "train-config": train_config,
     "fuzz": fuzz,

@@ -107,6 +107,7 @@ class Bench:
     n_batch: int | None = 512  # None: the whole prompt in one chunk, compressed once before decoding
     window: int = 64  # recent tokens every evicting configuration keeps
     indexmem: str | None = None
+    cache_types: tuple[str, str] = ("f16", "f16")  # K and V cache element types
 
 
 def run(
@@ -129,7 +130,9 @@ def run(
     def stored() -> tuple[list[dict], list[dict]]:
         """This model's rows in ``out`` (with the current modules), and those of them with this run's settings."""
         mine = measured_with(read_rows(out), sha, modules)
-        return mine, measured_under(mine, bench.seed, bench.n_batch, bench.window, bench.data)
+        return mine, measured_under(
+            mine, bench.seed, bench.n_batch, bench.window, bench.data, bench.cache_types
+        )
 
     def identity(config: CacheConfig, case: Case) -> dict:
         """The fields of a row that ``row_key`` reads."""
@@ -144,7 +147,7 @@ def run(
             index=case.index,
             depth=case.depth,
             data=bench.data.source(data_parts(case.task)),
-            **run_settings(config.spec, bench.seed, bench.n_batch, bench.window),
+            **run_settings(config.spec, bench.seed, bench.n_batch, bench.window, bench.cache_types),
             **recall_settings(config.spec),
         )
 
@@ -152,8 +155,9 @@ def run(
     if other := len(mine) - len(rows):
         console.print(
             f"{out}: leaving out {other} row{'s' * (other != 1)} measured with another --seed, "
-            f"--n-batch, --window or --data (this run: --seed {bench.seed} --n-batch {bench.n_batch or 0} "
-            f"--window {bench.window}, data {bench.data.directory or PACKAGE_NAME})"
+            f"--n-batch, --window, --cache-type-k/-v or --data (this run: --seed {bench.seed} --n-batch "
+            f"{bench.n_batch or 0} --window {bench.window} -ctk {bench.cache_types[0]} -ctv "
+            f"{bench.cache_types[1]}, data {bench.data.directory or PACKAGE_NAME})"
         )
     done = {row_key(r) for r in rows}
 
@@ -212,7 +216,13 @@ def _load(bench: Bench, config: CacheConfig, context: int, max_new_tokens: int) 
     n_ctx = context + max_new_tokens + 8
     opts = engine_options(config.spec, config.budget_for(context), bench.indexmem, bench.window)
     return Engine.load(
-        bench.model, n_threads=bench.threads, n_ctx=n_ctx, n_batch=bench.n_batch or n_ctx, **opts
+        bench.model,
+        n_threads=bench.threads,
+        n_ctx=n_ctx,
+        n_batch=bench.n_batch or n_ctx,
+        cache_type_k=bench.cache_types[0],
+        cache_type_v=bench.cache_types[1],
+        **opts,
     )
 
 

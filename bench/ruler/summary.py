@@ -43,6 +43,7 @@ def row_key(row: dict) -> tuple:
         row["depth"],
         row["n_batch"],
         row.get("window"),
+        *cache_types_of(row),
         data_of(row),
         tuple(sorted((row.get("recall") or {}).items())),
     )
@@ -61,22 +62,43 @@ def data_of(row: dict) -> str | None:
     return PACKAGE if data_parts(row["task"]) else None
 
 
-def run_settings(config: str, seed: int, n_batch: int | None, window: int) -> dict:
+def cache_types_of(row: dict) -> tuple[str, str]:
+    """The K and V cache types a row was measured with (rows written before rows recorded them
+    were all f16)."""
+    return row.get("cache_type_k", "f16"), row.get("cache_type_v", "f16")
+
+
+def run_settings(
+    config: str, seed: int, n_batch: int | None, window: int, cache_types: tuple[str, str] = ("f16", "f16")
+) -> dict:
     """The settings of a run that change what a row measures besides its configuration and example
     (full KV keeps every token, so no recent window applies to it)."""
-    return dict(seed=seed, n_batch=n_batch, window=None if config == "full" else window)
+    return dict(
+        seed=seed,
+        n_batch=n_batch,
+        window=None if config == "full" else window,
+        cache_type_k=cache_types[0],
+        cache_type_v=cache_types[1],
+    )
 
 
-def measured_under(rows: list[dict], seed: int, n_batch: int | None, window: int, data) -> list[dict]:
+def measured_under(
+    rows: list[dict], seed: int, n_batch: int | None, window: int, data, cache_types=("f16", "f16")
+) -> list[dict]:
     """The rows measured with these run settings and this ``RulerData``: a file may also hold rows
-    of another seed, prefill chunk, recent window or data, which neither resume nor average with these."""
+    of another seed, prefill chunk, recent window, K/V cache types or data, which neither resume
+    nor average with these."""
+
+    def recorded(r: dict) -> dict:
+        return {**r, **dict(zip(("cache_type_k", "cache_type_v"), cache_types_of(r)))}
+
     return [
         r
         for r in rows
         if all(
-            r.get(k) == v
+            recorded(r).get(k) == v
             for k, v in {
-                **run_settings(r["config"], seed, n_batch, window),
+                **run_settings(r["config"], seed, n_batch, window, cache_types),
                 **recall_settings(r["config"]),
             }.items()
         )

@@ -15,8 +15,9 @@ from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
 from ...ggml_ops.reduce import sum_over_rows
-from ...ggml_ops.structs import GGML_PREC_F32, GGMLType
-from ..cache import KVCache
+from ...ggml_ops.structs import GGMLType
+from ..attention import FLASH, attend
+from ..cache import KVCache, head_view
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class StepPlan:
     layer_index: tuple[bool, ...] = ()
     layer_mem_read: tuple[bool, ...] = ()
     index_queries: bool = False  # output the indexer's queries (the recall tier scores its store)
+    attention: str = FLASH  # the attention path of every layer this step (engine/attention.py)
 
     def mask_sizes(self) -> dict[int, int]:
         return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
@@ -112,17 +114,12 @@ class Builder:
         n = self.n_tokens
         self.g.expand(C.ggml_set_rows(ctx, layer.k, C.ggml_reshape_2d(ctx, k, hp.n_embd_kv, n), idx))
         self.g.expand(C.ggml_set_rows(ctx, layer.v, C.ggml_reshape_2d(ctx, v, hp.n_embd_kv, n), idx))
-        row = C.ggml_row_size(GGMLType.F16, hp.n_embd_kv)
-        head = C.ggml_row_size(GGMLType.F16, hp.head_dim)
-        kview = C.ggml_view_3d(ctx, layer.k, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
-        vview = C.ggml_view_3d(ctx, layer.v, hp.head_dim, n_kv, hp.n_head_kv, row, head, 0)
-        qp = C.ggml_permute(ctx, q, 0, 2, 1, 3)
+        kview = head_view(ctx, layer.k, hp.head_dim, n_kv)
+        vview = head_view(ctx, layer.v, hp.head_dim, n_kv)
         mask = self.masks[plan.layer_mask[il]]
         if plan.layer_index and plan.layer_index[il]:
             self.index_importance(il, idx, mask, n_kv)
-        cur = C.ggml_flash_attn_ext(ctx, qp, kview, vview, mask, kq_scale, 0.0, 0.0)
-        C.ggml_prec_set_acc(cur, GGML_PREC_F32)
-        cur = C.ggml_reshape_2d(ctx, cur, hp.n_embd_q, n)
+        cur = attend(ctx, plan.attention, q, kview, vview, mask, kq_scale)
         if plan.layer_attn and plan.layer_attn[il]:
             self.attention_mass(il, q, kview, mask, kq_scale, plan.layer_attn[il])
         if plan.layer_mem_read and plan.layer_mem_read[il]:

@@ -1,0 +1,570 @@
+// Attention over a KV cache as one ggml custom op (ggml_custom_4d), for the CPU.
+//
+//   dst  [hd, H, T] f32 = softmax(scale * Q K^T + mask) V, per query head
+//   src0 q    [hd, H, T] f32      (post-RoPE queries)
+//   src1 k    [hd, n_kv, Hkv]     (a view of the cache: f32, f16, bf16, q8_0 or q4_0)
+//   src2 v    [hd, n_kv, Hkv]     (same types)
+//   src3 mask [n_kv, >= T] f16    (additive: 0 where visible, -inf where not)
+//
+// Query head h reads KV head h / (H / Hkv), as ggml's attention does. Everything is accumulated
+// in f32 with an online softmax. Slots are taken 16 at a time ("tiles"); a tile every query of
+// a block has masked is skipped, so a padded or causally masked cache costs nothing there.
+//
+// Two ways through a KV head:
+//  - many query vectors (prefill): blocks of 16 query vectors, one per SIMD lane. The head's
+//    K and V are converted to f32 once (tile by tile on the stack if that memory cannot be had),
+//    then each tile costs two rank-1 update loops (scores = Q·K^T with K[j][d] broadcast;
+//    out += P^T V with V[j][d] broadcast): no horizontal sums, and K/V are read once per 16
+//    query vectors.
+//  - few query vectors (decode): every query vector of the KV head against each slot in turn
+//    (one K and V read per slot for all the heads sharing it), scores summed across the
+//    lanes, the softmax of a tile vectorized over its 16 slots.
+//
+// Built by ggml_ops/kernel.py with the system C compiler against the ggml.h that
+// llama-cpp-python installs; without AVX-512 the portable C below is used.
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggml.h"
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX512F__)
+#define IM_AVX512 1
+#else
+#define IM_AVX512 0
+#endif
+
+#define TILE 16
+#define LANES 16
+#define MAX_HD 256
+#define FEW_VECTORS 8  // at most this many query vectors per KV head: the decode way
+#define FEW_TOTAL 32   // query vectors of the KV heads one decode pass over the cache serves
+
+// block layouts of ggml's quantized types (ggml-common.h); kernel.py checks their sizes
+typedef struct {
+    uint16_t d;
+    int8_t qs[32];
+} block_q8_0;
+typedef struct {
+    uint16_t d;
+    uint8_t qs[16];
+} block_q4_0;
+
+int im_kernel_abi(void) { return 1; }
+
+// prefill converts each KV head to f32 in memory it allocates, or tile by tile without it (what
+// happens when the allocation fails; the tests switch it off to check that way too)
+static int use_head_scratch = 1;
+void im_kernel_use_head_scratch(int on) { use_head_scratch = on; }
+int im_kernel_simd(void) { return IM_AVX512; }
+size_t im_tensor_size(void) { return sizeof(struct ggml_tensor); }
+size_t im_block_size(int type) {
+    return type == GGML_TYPE_Q8_0 ? sizeof(block_q8_0) : type == GGML_TYPE_Q4_0 ? sizeof(block_q4_0) : 0;
+}
+
+// the element types this kernel reads, with the head sizes it handles
+int im_kernel_supports(int type_k, int type_v, int64_t head_dim) {
+    const int ok_k = type_k == GGML_TYPE_F32 || type_k == GGML_TYPE_F16 || type_k == GGML_TYPE_BF16 ||
+                     type_k == GGML_TYPE_Q8_0 || type_k == GGML_TYPE_Q4_0;
+    const int ok_v = type_v == GGML_TYPE_F32 || type_v == GGML_TYPE_F16 || type_v == GGML_TYPE_BF16 ||
+                     type_v == GGML_TYPE_Q8_0 || type_v == GGML_TYPE_Q4_0;
+    const int quantized = type_k == GGML_TYPE_Q8_0 || type_k == GGML_TYPE_Q4_0 || type_v == GGML_TYPE_Q8_0 ||
+                          type_v == GGML_TYPE_Q4_0;
+    return ok_k && ok_v && head_dim > 0 && head_dim <= MAX_HD && head_dim % (quantized ? 32 : 16) == 0;
+}
+
+static inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        float f = (float)man * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+// one head's row of hd elements (of type `type`) at `src` -> f32
+static void row_to_f32(int type, const char* src, float* dst, int hd) {
+    switch (type) {
+        case GGML_TYPE_F32:
+            memcpy(dst, src, (size_t)hd * 4);
+            break;
+        case GGML_TYPE_F16: {
+            const uint16_t* s = (const uint16_t*)src;
+#if IM_AVX512
+            for (int i = 0; i < hd; i += 16) {
+                _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + i))));
+            }
+#else
+            for (int i = 0; i < hd; i++) dst[i] = half_to_float(s[i]);
+#endif
+            break;
+        }
+        case GGML_TYPE_BF16: {
+            const uint16_t* s = (const uint16_t*)src;
+            for (int i = 0; i < hd; i++) {
+                const uint32_t bits = (uint32_t)s[i] << 16;
+                memcpy(dst + i, &bits, 4);
+            }
+            break;
+        }
+        case GGML_TYPE_Q8_0: {
+            const block_q8_0* b = (const block_q8_0*)src;
+            for (int ib = 0; ib < hd / 32; ib++) {
+                const float d = half_to_float(b[ib].d);
+                for (int i = 0; i < 32; i++) dst[ib * 32 + i] = d * (float)b[ib].qs[i];
+            }
+            break;
+        }
+        case GGML_TYPE_Q4_0: {
+            const block_q4_0* b = (const block_q4_0*)src;
+            for (int ib = 0; ib < hd / 32; ib++) {
+                const float d = half_to_float(b[ib].d);
+                for (int i = 0; i < 16; i++) {
+                    dst[ib * 32 + i] = d * (float)((b[ib].qs[i] & 0x0f) - 8);
+                    dst[ib * 32 + i + 16] = d * (float)((b[ib].qs[i] >> 4) - 8);
+                }
+            }
+            break;
+        }
+    }
+}
+
+#if IM_AVX512
+// elements [d, d + 16) of one head's row, as f32 (d a multiple of 16): straight into a register,
+// never through memory (a store then a wide reload of it stalls on store forwarding)
+static inline __m512 load16(int type, const char* row, int64_t d) {
+    switch (type) {
+        case GGML_TYPE_F16:
+            return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const uint16_t*)row + d)));
+        case GGML_TYPE_BF16: {
+            const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)row + d));
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+        case GGML_TYPE_Q8_0: {
+            const block_q8_0* b = (const block_q8_0*)row + d / 32;
+            const __m128i q = _mm_loadu_si128((const __m128i*)(b->qs + d % 32));
+            return _mm512_mul_ps(_mm512_set1_ps(half_to_float(b->d)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+        }
+        case GGML_TYPE_Q4_0: {
+            const block_q4_0* b = (const block_q4_0*)row + d / 32;
+            __m128i q = _mm_loadu_si128((const __m128i*)b->qs);
+            if (d % 32) q = _mm_srli_epi16(q, 4);
+            q = _mm_and_si128(q, _mm_set1_epi8(0x0f));
+            const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(q), _mm512_set1_epi32(8));
+            return _mm512_mul_ps(_mm512_set1_ps(half_to_float(b->d)), _mm512_cvtepi32_ps(v));
+        }
+        default:
+            return _mm512_loadu_ps((const float*)row + d);
+    }
+}
+#endif
+
+// --- exp over 16 floats ---------------------------------------------------------------
+#if IM_AVX512
+static inline __m512 exp16(__m512 x) {
+    // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2. Below -87 (masked slots: -inf)
+    // the result is 0, never a subnormal: multiplying subnormals costs microcode assists
+    const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(p, n));
+}
+#endif
+
+static inline void exp_lanes(float* x) {  // x[0..16) <- exp(x), -inf -> 0
+#if IM_AVX512
+    _mm512_storeu_ps(x, exp16(_mm512_loadu_ps(x)));
+#else
+    for (int i = 0; i < 16; i++) x[i] = x[i] < -87.0f ? 0.0f : expf(x[i]);
+#endif
+}
+
+// --- the mask of one tile -------------------------------------------------------------
+enum { TILE_HIDDEN = 0, TILE_VISIBLE = 1, TILE_MIXED = 2 };
+
+// how queries t0..t1 see slots [j0, j0 + n): all masked, all visible (mask 0), or otherwise
+static int classify(const struct ggml_tensor* mask, int64_t t0, int64_t t1, int64_t j0, int n) {
+    int any_open = 0, all_zero = 1;
+    for (int64_t t = t0; t <= t1; t++) {
+        const uint16_t* m = (const uint16_t*)((const char*)mask->data + t * mask->nb[1]) + j0;
+        for (int j = 0; j < n; j++) {
+            const uint16_t v = m[j];
+            if (v != 0xfc00) any_open = 1;
+            if ((v & 0x7fff) != 0) all_zero = 0;
+        }
+    }
+    if (!any_open) return TILE_HIDDEN;
+    return all_zero && n == TILE ? TILE_VISIBLE : TILE_MIXED;
+}
+
+static inline float mask_at(const struct ggml_tensor* mask, int64_t t, int64_t j) {
+    return half_to_float(((const uint16_t*)((const char*)mask->data + t * mask->nb[1]))[j]);
+}
+
+// online softmax step of one query vector (or lane) with this tile's scores s[0..16):
+// s <- probabilities relative to the new running max; returns the factor the running sum and
+// output must be rescaled by
+static inline float softmax_step(float* m, float* l, float* s) {
+#if IM_AVX512
+    const float mt = _mm512_reduce_max_ps(_mm512_loadu_ps(s));
+    const float mnew = mt > *m ? mt : *m;
+    const float base = mnew == -INFINITY ? 0.0f : mnew;
+    const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(s), _mm512_set1_ps(base)));
+    _mm512_storeu_ps(s, p);
+    const float alpha = *m - base < -87.0f ? 0.0f : expf(*m - base);  // -inf - base < -87 too
+    *l = *l * alpha + _mm512_reduce_add_ps(p);
+    *m = mnew;
+    return alpha;
+#else
+    float mt = -INFINITY;
+    for (int j = 0; j < TILE; j++) mt = s[j] > mt ? s[j] : mt;
+    const float mnew = mt > *m ? mt : *m;
+    const float base = mnew == -INFINITY ? 0.0f : mnew;
+    for (int j = 0; j < TILE; j++) s[j] -= base;
+    exp_lanes(s);
+    const float alpha = *m - base < -87.0f ? 0.0f : expf(*m - base);  // -inf - base < -87 too
+    float sum = 0.0f;
+    for (int j = 0; j < TILE; j++) sum += s[j];
+    *l = *l * alpha + sum;
+    *m = mnew;
+    return alpha;
+#endif
+}
+
+
+// --- decode: few query vectors per KV head ----------------------------------------------
+typedef struct {
+    const struct ggml_tensor *q, *k, *v, *mask;
+    float scale;
+    int64_t hd, n_head, n_tokens, n_kv, group;
+} job;
+
+#if IM_AVX512
+// ask for the K and V rows of the tile at slot j0 (the cache streams from memory in decoding)
+static inline void prefetch_tile(const char* kbase, const char* vbase, size_t kbytes, size_t vbytes,
+                                 const job* J, int64_t j0) {
+    const int64_t n = J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE;
+    for (int64_t j = 0; j < n; j++) {
+        for (size_t off = 0; off < kbytes; off += 64) _mm_prefetch(kbase + (j0 + j) * J->k->nb[1] + off, _MM_HINT_T0);
+        for (size_t off = 0; off < vbytes; off += 64) _mm_prefetch(vbase + (j0 + j) * J->v->nb[1] + off, _MM_HINT_T0);
+    }
+}
+#endif
+
+static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base, const struct ggml_tensor* dst) {
+    const int64_t hd = J->hd, RG = J->n_tokens * J->group, R = (hk1 - hk0) * RG;
+    float q[FEW_TOTAL][MAX_HD], o[FEW_TOTAL][MAX_HD], s[FEW_TOTAL][TILE];
+    float m[FEW_TOTAL], l[FEW_TOTAL];
+    int64_t vec_t[FEW_TOTAL], vec_h[FEW_TOTAL];
+#if !IM_AVX512
+    float kf[MAX_HD], vf[MAX_HD];
+#endif
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t hk = hk0 + r / RG, rr = r % RG;
+        vec_t[r] = rr / J->group;
+        vec_h[r] = hk * J->group + rr % J->group;
+        const float* src = (const float*)((const char*)J->q->data + vec_t[r] * J->q->nb[2] + vec_h[r] * J->q->nb[1]);
+        for (int64_t d = 0; d < hd; d++) q[r][d] = src[d] * J->scale;
+        memset(o[r], 0, (size_t)hd * 4);
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    const char* kbase = (const char*)J->k->data + hk0 * J->k->nb[2];
+    const char* vbase = (const char*)J->v->data + hk0 * J->v->nb[2];
+    const size_t kstep = J->k->nb[2], vstep = J->v->nb[2];
+    for (int64_t j0 = 0; j0 < J->n_kv; j0 += TILE) {
+        const int n = (int)(J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE);
+        const int kind = classify(J->mask, 0, J->n_tokens - 1, j0, n);
+        if (kind == TILE_HIDDEN) continue;
+#if IM_AVX512
+        prefetch_tile(kbase, vbase, (hk1 - hk0) * kstep, (hk1 - hk0) * vstep, J, j0 + 2 * TILE);
+#endif
+        for (int j = 0; j < TILE; j++) {
+            if (j >= n) {
+                for (int64_t r = 0; r < R; r++) s[r][j] = -INFINITY;
+                continue;
+            }
+            for (int64_t r0 = 0; r0 < R; r0 += RG) {  // one KV head, the query vectors reading it
+                const char* krow = kbase + (j0 + j) * J->k->nb[1] + (r0 / RG) * kstep;
+#if IM_AVX512
+                __m512 acc[FEW_VECTORS];
+                for (int64_t r = 0; r < RG; r++) acc[r] = _mm512_setzero_ps();
+                for (int64_t d = 0; d < hd; d += 16) {
+                    const __m512 kd = load16(J->k->type, krow, d);
+                    for (int64_t r = 0; r < RG; r++) {
+                        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q[r0 + r] + d), kd, acc[r]);
+                    }
+                }
+                for (int64_t r = 0; r < RG; r++) s[r0 + r][j] = _mm512_reduce_add_ps(acc[r]);
+#else
+                row_to_f32(J->k->type, krow, kf, (int)hd);
+                for (int64_t r = r0; r < r0 + RG; r++) {
+                    float acc = 0.0f;
+                    for (int64_t d = 0; d < hd; d++) acc += q[r][d] * kf[d];
+                    s[r][j] = acc;
+                }
+#endif
+            }
+            if (kind == TILE_MIXED) {
+                for (int64_t r = 0; r < R; r++) s[r][j] += mask_at(J->mask, vec_t[r], j0 + j);
+            }
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const float alpha = softmax_step(&m[r], &l[r], s[r]);
+            if (alpha != 1.0f) {
+                for (int64_t d = 0; d < hd; d++) o[r][d] *= alpha;
+            }
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += RG) {
+            const char* vhead = vbase + (r0 / RG) * vstep;
+#if IM_AVX512
+            // o[r] += sum_j p[r][j] v[j], 16 dimensions at a time held in registers over the tile
+            for (int64_t d = 0; d < hd; d += 16) {
+                __m512 acc[FEW_VECTORS];
+                for (int64_t r = 0; r < RG; r++) acc[r] = _mm512_loadu_ps(o[r0 + r] + d);
+                for (int j = 0; j < n; j++) {
+                    const __m512 vd = load16(J->v->type, vhead + (j0 + j) * J->v->nb[1], d);
+                    for (int64_t r = 0; r < RG; r++) {
+                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r0 + r][j]), vd, acc[r]);
+                    }
+                }
+                for (int64_t r = 0; r < RG; r++) _mm512_storeu_ps(o[r0 + r] + d, acc[r]);
+            }
+#else
+            for (int j = 0; j < n; j++) {
+                row_to_f32(J->v->type, vhead + (j0 + j) * J->v->nb[1], vf, (int)hd);
+                for (int64_t r = r0; r < r0 + RG; r++) {
+                    for (int64_t d = 0; d < hd; d++) o[r][d] += s[r][j] * vf[d];
+                }
+            }
+#endif
+        }
+    }
+    for (int64_t r = 0; r < R; r++) {
+        float* dst_row = (float*)((char*)out_base + vec_t[r] * dst->nb[2] + vec_h[r] * dst->nb[1]);
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        for (int64_t d = 0; d < hd; d++) dst_row[d] = o[r][d] * inv;
+    }
+}
+
+// --- prefill: blocks of 16 query vectors (one per lane) --------------------------------
+// softmax_step for 16 lanes at once over a tile of scores st[slot][lane]
+static void lanes_softmax_step(float* m, float* l, float st[TILE][LANES], float* alpha) {
+#if IM_AVX512
+    __m512 mt = _mm512_loadu_ps(st[0]);
+    for (int j = 1; j < TILE; j++) mt = _mm512_max_ps(mt, _mm512_loadu_ps(st[j]));
+    const __m512 mold = _mm512_loadu_ps(m), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 mnew = _mm512_max_ps(mt, mold);
+    const __m512 base = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mnew, ninf, _CMP_EQ_OQ), mnew,
+                                             _mm512_setzero_ps());
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < TILE; j++) {
+        const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(st[j]), base));
+        _mm512_storeu_ps(st[j], p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    const __m512 a = exp16(_mm512_sub_ps(mold, base));  // mold = -inf gives 0
+    _mm512_storeu_ps(alpha, a);
+    _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a, sum));
+    _mm512_storeu_ps(m, mnew);
+#else
+    float col[TILE];
+    for (int i = 0; i < LANES; i++) {
+        for (int j = 0; j < TILE; j++) col[j] = st[j][i];
+        alpha[i] = softmax_step(&m[i], &l[i], col);
+        for (int j = 0; j < TILE; j++) st[j][i] = col[j];
+    }
+#endif
+}
+
+// kf_head, vf_head: the head's K and V converted to f32 rows, or NULL: each tile is converted here
+static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_head, const float* vf_head,
+                       float* out_base, const struct ggml_tensor* dst) {
+    const int64_t hd = J->hd, R = J->n_tokens * J->group;
+    const int nl = (int)(R - r0 < LANES ? R - r0 : LANES);
+    float qt[MAX_HD][LANES], ot[MAX_HD][LANES], st[TILE][LANES];
+    float kt[TILE * MAX_HD], vt[TILE * MAX_HD];
+    const char* kbase = (const char*)J->k->data + hk * J->k->nb[2];
+    const char* vbase = (const char*)J->v->data + hk * J->v->nb[2];
+    float m[LANES], l[LANES];
+    int64_t lane_t[LANES], lane_h[LANES];
+    for (int i = 0; i < LANES; i++) {
+        const int64_t r = r0 + (i < nl ? i : 0);
+        lane_t[i] = r / J->group;
+        lane_h[i] = hk * J->group + r % J->group;
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    for (int64_t d = 0; d < hd; d++) {
+        for (int i = 0; i < LANES; i++) {
+            const float* src = (const float*)((const char*)J->q->data + lane_t[i] * J->q->nb[2] +
+                                              lane_h[i] * J->q->nb[1]);
+            qt[d][i] = i < nl ? src[d] * J->scale : 0.0f;
+            ot[d][i] = 0.0f;
+        }
+    }
+    const int64_t t0 = lane_t[0], t1 = lane_t[nl - 1];
+    for (int64_t j0 = 0; j0 < J->n_kv; j0 += TILE) {
+        const int n = (int)(J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE);
+        const int kind = classify(J->mask, t0, t1, j0, n);
+        if (kind == TILE_HIDDEN) continue;
+        const float *kf = kt, *vf = vt;  // the tile's K and V rows, f32
+        if (kf_head) {
+            kf = kf_head + j0 * hd;
+            vf = vf_head + j0 * hd;
+        } else {
+            for (int j = 0; j < n; j++) {
+                row_to_f32(J->k->type, kbase + (j0 + j) * J->k->nb[1], kt + j * hd, (int)hd);
+                row_to_f32(J->v->type, vbase + (j0 + j) * J->v->nb[1], vt + j * hd, (int)hd);
+            }
+        }
+        // scores of the tile, st[j][lane]
+#if IM_AVX512
+        for (int jb = 0; jb < TILE; jb += 8) {
+            __m512 acc[8];
+            for (int u = 0; u < 8; u++) acc[u] = _mm512_setzero_ps();
+            const float* krow = kf + jb * hd;
+            const int valid = n - jb;  // rows past the cache's end read as zeros below
+            if (valid >= 8) {
+                for (int64_t d = 0; d < hd; d++) {
+                    const __m512 qd = _mm512_loadu_ps(qt[d]);
+                    for (int u = 0; u < 8; u++) {
+                        acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(krow[u * hd + d]), qd, acc[u]);
+                    }
+                }
+            } else {
+                for (int64_t d = 0; d < hd; d++) {
+                    const __m512 qd = _mm512_loadu_ps(qt[d]);
+                    for (int u = 0; u < valid; u++) {
+                        acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(krow[u * hd + d]), qd, acc[u]);
+                    }
+                }
+            }
+            for (int u = 0; u < 8; u++) _mm512_storeu_ps(st[jb + u], acc[u]);
+        }
+#else
+        for (int j = 0; j < TILE; j++) {
+            for (int i = 0; i < LANES; i++) st[j][i] = 0.0f;
+            if (j >= n) continue;
+            const float* krow = kf + j * hd;
+            for (int64_t d = 0; d < hd; d++) {
+                for (int i = 0; i < LANES; i++) st[j][i] += krow[d] * qt[d][i];
+            }
+        }
+#endif
+        for (int j = n; j < TILE; j++) {
+            for (int i = 0; i < LANES; i++) st[j][i] = -INFINITY;
+        }
+        if (kind == TILE_MIXED) {
+            for (int j = 0; j < n; j++) {
+                for (int i = 0; i < LANES; i++) st[j][i] += mask_at(J->mask, lane_t[i], j0 + j);
+            }
+        }
+        float alpha[LANES];
+        lanes_softmax_step(m, l, st, alpha);  // st: probabilities, [slot][lane]
+        // ot[d][lane] = ot * alpha + sum_j v[j][d] * p[j][lane]
+#if IM_AVX512
+        const __m512 a = _mm512_loadu_ps(alpha);
+        for (int64_t d = 0; d < hd; d++) {
+            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(ot[d]), a);
+            const float* vcol = vf + d;
+            for (int j = 0; j < n; j++) {
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(vcol[j * hd]), _mm512_loadu_ps(st[j]), acc);
+            }
+            _mm512_storeu_ps(ot[d], acc);
+        }
+#else
+        for (int64_t d = 0; d < hd; d++) {
+            for (int i = 0; i < LANES; i++) {
+                float acc = ot[d][i] * alpha[i];
+                for (int j = 0; j < n; j++) acc += vf[j * hd + d] * st[j][i];
+                ot[d][i] = acc;
+            }
+        }
+#endif
+    }
+    for (int i = 0; i < nl; i++) {
+        float* dst_row = (float*)((char*)out_base + lane_t[i] * dst->nb[2] + lane_h[i] * dst->nb[1]);
+        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        for (int64_t d = 0; d < hd; d++) dst_row[d] = ot[d][i] * inv;
+    }
+}
+
+// one KV head's K or V, all n_kv slots, converted to f32 rows of hd
+static void head_to_f32(const struct ggml_tensor* t, int64_t hk, int64_t n_kv, int64_t hd, float* out) {
+    const char* base = (const char*)t->data + hk * t->nb[2];
+    for (int64_t j = 0; j < n_kv; j++) row_to_f32(t->type, base + j * t->nb[1], out + j * hd, (int)hd);
+}
+
+void im_attention(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+    job J;
+    J.q = dst->src[0];
+    J.k = dst->src[1];
+    J.v = dst->src[2];
+    J.mask = dst->src[3];
+    J.scale = *(const float*)userdata;
+    J.hd = J.q->ne[0];
+    J.n_head = J.q->ne[1];
+    J.n_tokens = J.q->ne[2];
+    J.n_kv = J.k->ne[1];
+    const int64_t n_head_kv = J.k->ne[2];
+    J.group = J.n_head / n_head_kv;
+    const int64_t R = J.n_tokens * J.group;
+    float* out = (float*)dst->data;
+    if (R <= FEW_VECTORS) {
+        // one thread reads each cache row once for all its KV heads (rows stream from memory
+        // in order); several threads split the heads
+        const int64_t per_pass = nth == 1 ? (FEW_TOTAL / R < n_head_kv ? FEW_TOTAL / R : n_head_kv) : 1;
+        for (int64_t hk = ith * per_pass; hk < n_head_kv; hk += nth * per_pass) {
+            few_vectors(&J, hk, hk + per_pass < n_head_kv ? hk + per_pass : n_head_kv, out, dst);
+        }
+        return;
+    }
+    // units: (KV head, block of 16 query vectors), in contiguous runs per thread so that a
+    // thread converts each head it touches once (where memory for it can be had; else tile by tile)
+    const int64_t blocks = (R + LANES - 1) / LANES, units = n_head_kv * blocks;
+    const int64_t per = (units + nth - 1) / nth, u0 = ith * per, u1 = u0 + per < units ? u0 + per : units;
+    if (u0 >= u1) return;
+    float* kf = use_head_scratch ? (float*)malloc((size_t)J.n_kv * J.hd * 4 * 2) : NULL;
+    float* vf = kf ? kf + J.n_kv * J.hd : NULL;
+    int64_t converted = -1;
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t hk = u / blocks;
+        if (kf && hk != converted) {
+            head_to_f32(J.k, hk, J.n_kv, J.hd, kf);
+            head_to_f32(J.v, hk, J.n_kv, J.hd, vf);
+            converted = hk;
+        }
+        lane_block(&J, hk, (u % blocks) * LANES, kf, vf, out, dst);
+    }
+    free(kf);
+}

@@ -1,0 +1,132 @@
+"""The attention kernel (``attention_kernel.c``), a ggml custom op: compiled once per machine with
+the system C compiler against the ``ggml.h`` llama-cpp-python installs, cached, loaded with ctypes.
+
+Nothing depends on it: without a compiler or the header, :func:`load_kernel` returns None (and
+says why in :func:`kernel_status`) and attention runs on ggml's own paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_path
+from .bindings import C
+from .lib import EXPECTED_GGML_VERSION, llama_cpp_lib_dir
+from .structs import GGMLType, ggml_tensor
+
+SOURCE = Path(__file__).with_name("attention_kernel.c")
+ABI = 1
+# -march=native: the build is for this machine's SIMD (its cache key names the CPU's flags)
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
+_status = {"kernel": "not loaded yet"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    lib: ctypes.CDLL
+    path: Path
+
+    @property
+    def attention(self) -> int:
+        """Address of ``im_attention``, a ``ggml_custom_op_t``."""
+        return ctypes.cast(self.lib.im_attention, ctypes.c_void_p).value
+
+    def supports(self, type_k: int, type_v: int, head_dim: int) -> bool:
+        return bool(self.lib.im_kernel_supports(type_k, type_v, head_dim))
+
+
+def kernel_status() -> str:
+    """Where the loaded kernel is, or why there is none."""
+    return _status["kernel"]
+
+
+def ggml_include_dir() -> Path:
+    """llama-cpp-python installs ggml.h into ``site-packages/include``."""
+    return llama_cpp_lib_dir().parent.parent / "include"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version, " ".join(flags), EXPECTED_GGML_VERSION, _cpu_flags()):
+        digest.update(part if isinstance(part, bytes) else part.encode())
+    return digest.hexdigest()[:20]
+
+
+def build_kernel(cache: Path, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compile the kernel into ``cache`` (once: the file name is its build's digest)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    include = ggml_include_dir()
+    if not compiler:
+        raise OSError("no C compiler (cc) on PATH")
+    if not (include / "ggml.h").is_file():
+        raise OSError(f"ggml.h not found in {include}")
+    target = cache / f"attention-{_build_key(compiler, flags)}.so"
+    if target.is_file():
+        return target
+    with atomic_path(target) as tmp:
+        done = subprocess.run(
+            [compiler, *flags, f"-I{include}", str(SOURCE), "-o", str(tmp), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise OSError(f"{compiler} failed: {done.stderr.strip()[:2000]}")
+    return target
+
+
+def open_kernel(path: Path) -> Kernel:
+    """Load a built kernel and check it was built for this ggml (struct layout, block sizes)."""
+    lib = ctypes.CDLL(str(path))
+    for name, restype, argtypes in (
+        ("im_kernel_abi", ctypes.c_int, []),
+        ("im_kernel_simd", ctypes.c_int, []),
+        ("im_tensor_size", ctypes.c_size_t, []),
+        ("im_block_size", ctypes.c_size_t, [ctypes.c_int]),
+        ("im_kernel_supports", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int64]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    checks = {
+        "ABI": (lib.im_kernel_abi(), ABI),
+        "sizeof(ggml_tensor)": (lib.im_tensor_size(), ctypes.sizeof(ggml_tensor)),
+        "q8_0 block": (lib.im_block_size(GGMLType.Q8_0), C.ggml_type_size(GGMLType.Q8_0)),
+        "q4_0 block": (lib.im_block_size(GGMLType.Q4_0), C.ggml_type_size(GGMLType.Q4_0)),
+    }
+    bad = [f"{what} {got} != {want}" for what, (got, want) in checks.items() if got != want]
+    if bad:
+        raise OSError(f"{path} does not match this ggml: {', '.join(bad)}")
+    return Kernel(lib, path)
+
+
+_loaded: dict[Path, Kernel | None] = {}
+
+
+def load_kernel(cache: Path) -> Kernel | None:
+    """The kernel, built in ``cache`` if needed; None (see :func:`kernel_status`) if it cannot be."""
+    if cache not in _loaded:
+        try:
+            kernel = open_kernel(build_kernel(cache))
+            _status["kernel"] = str(kernel.path)
+        except (OSError, subprocess.SubprocessError) as exc:
+            kernel = None
+            _status["kernel"] = f"unavailable: {exc}"
+        _loaded[cache] = kernel
+    return _loaded[cache]
