@@ -130,15 +130,18 @@ def test_a_conversation_past_the_budget_saved_and_continued_in_a_new_process(cha
     assert second.exit_code() == 0
 
 
-def test_ctrl_c_stops_the_reply_not_the_program(chat_args):
-    args = chat_args[:-1] + ["100000"]  # a reply that would run for minutes
+def test_ctrl_c_stops_the_reply_not_the_program(chat_args, tmp_path):
+    # a reply that would run for minutes: a grammar that never completes never allows the end token
+    endless = tmp_path / "endless.gbnf"
+    endless.write_text("root ::= [a-z ] root\n")
+    args = chat_args[:-1] + ["100000", "--grammar-file", str(endless)]
     term = Terminal(args + ["--temperature", "1.0", "--seed", "3"])
     term.prompt()
-    os.write(term.fd, b"tell me everything\r")
-    term.read_until(lambda b: len(b) > 200, timeout=60)  # the reply is streaming
-    os.write(term.fd, b"\x03")  # Ctrl-C
-    assert b"[stopped]" in term.prompt(timeout=60)
-    assert term.send("short answer please").strip()
+    for turn in ("tell me everything", "and again"):  # the chat replies again after a stop
+        os.write(term.fd, turn.encode() + b"\r")
+        term.read_until(lambda b: len(b) > 200, timeout=60)  # the reply is streaming
+        os.write(term.fd, b"\x03")  # Ctrl-C
+        assert b"[stopped]" in term.prompt(timeout=60)
     os.write(term.fd, b"\x04")
     assert term.exit_code() == 0
 
