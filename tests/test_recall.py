@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from indexmem import Engine
-from indexmem.convert.writer import convert
 from indexmem.engine.recall import pool_by_position, store_scores
 from indexmem.engine.recall_store import RecallStore
 from indexmem.engine.session import SessionError
 from indexmem.ggml_ops.bindings import C
 from indexmem.train.modules import Indexer, IndexMemSizes
-from test_indexmem import random_modules, write_checkpoint
-from tiny_models import random_prompt, write_tiny_model
+from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
+from tiny_models import random_prompt
 
 B, SINKS, TAU, N_BATCH = 24, 2, 4, 8
 
@@ -67,16 +66,6 @@ def test_store_scores_are_the_indexers_max_over_queries():
     scores, positions = np.array([1.0, 5.0, 2.0, 0.0]), np.array([30, 10, 20, 40])
     # position order 10, 20, 30, 40 holds 5, 2, 1, 0: a width-3 pool gives 5, 5, 2, 1
     np.testing.assert_array_equal(pool_by_position(scores, positions, 3), [2.0, 5.0, 5.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recall")
-    base = write_tiny_model(root / "tiny-f32.gguf", "llama", seed=3, all_f32=True, n_ctx_train=32768)
-    sizes = IndexMemSizes(d_model=64, n_head=4, d_head=16, n_idx_heads=2, d_idx=8, d_mem=16)
-    modules = random_modules(2, sizes, seed=0)
-    side = convert(write_checkpoint(modules, "llama", root / "ckpt"), base, root / "side.gguf", dtype="f32")
-    return base, side, modules
 
 
 def _load(base, side, recall, memory=True, **kw):
