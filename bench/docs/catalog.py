@@ -27,6 +27,9 @@ class Result:
     modules: str | None = (
         None  # sha256 prefix of the IndexMem file whose rows to show (default: the shipped one)
     )
+    # sha256 prefix of the IndexMem file whose indexer ``modules`` carries unchanged (its memory
+    # alone retrained): that file's rows without the memory are shown beside
+    indexer_from: str | None = None
     context: int | None = None  # needle: the prompt length asked for
     plot: str | None = None  # PNG drawn from the rows shown, from the repository root
 
@@ -73,6 +76,15 @@ RESULTS = [
     Result(
         SMOLLM2, "ruler", R + "ruler-smollm2-4k.jsonl", modules="74f73adb", section="Earlier IndexMem files"
     ),
+    Result(
+        SMOLLM2,
+        "ruler",
+        R + "ruler-smollm2-4k.jsonl",
+        modules="979f16cd",
+        indexer_from="17c7a63a",
+        section="The end-to-end memory fit",
+    ),
+    Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q8_0.jsonl", section="Quantized K/V cache"),
     # Gemma 3 270M
     Result(GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", headline=True, plot=R + "ruler-gemma3-16k.png"),
     Result(GEMMA, "needle", R + "needle-gemma-8k.jsonl", context=8192, plot=R + "needle-gemma-8k.png"),

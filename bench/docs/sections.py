@@ -21,7 +21,7 @@ from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
 from ..ruler.plots import compression_curves, depth_heatmaps
-from ..ruler.summary import complete_samples, first_samples, measured_with, read_rows
+from ..ruler.summary import cache_types_of, complete_samples, first_samples, measured_with, read_rows
 from ..ruler.table import depth_table, megabytes, niah_report, ruler_report, ruler_table
 from ..specs import ModulesFile, modules_file
 from ..speed_results import read_speed, speed_caption, speed_table
@@ -46,17 +46,19 @@ def _text_writer(text: str) -> Writer:
     return lambda path: write_atomic(path, text.encode())
 
 
+def _one_sha256(entry: Result, rows: list[dict], prefix: str) -> str:
+    found = {r["indexmem_sha256"] for r in rows if (r.get("indexmem_sha256") or "").startswith(prefix)}
+    if len(found) != 1:
+        raise ValueError(f"{entry.file}: {len(found)} IndexMem files start with {prefix}")
+    return found.pop()
+
+
 def modules_sha256(entry: Result, rows: list[dict]) -> ModulesFile | None:
     """The IndexMem file whose rows to show: the one the entry names by a sha256 prefix, else the
     sidecar shipped for the model (None: it has none, so only configurations without modules)."""
     if entry.modules:
-        found = {
-            r["indexmem_sha256"] for r in rows if (r.get("indexmem_sha256") or "").startswith(entry.modules)
-        }
-        if len(found) != 1:
-            raise ValueError(f"{entry.file}: {len(found)} IndexMem files start with {entry.modules}")
-        sha = found.pop()
-        return ModulesFile(sha, sha)
+        sha = _one_sha256(entry, rows, entry.modules)
+        return ModulesFile(sha, _one_sha256(entry, rows, entry.indexer_from) if entry.indexer_from else sha)
     sidecar = MODELS[entry.model].sidecar
     return modules_file(SIDECAR_DIR / sidecar) if sidecar else None
 
@@ -70,7 +72,9 @@ def ruler_rows(entry: Result, root: Path) -> list[dict]:
 
 def _modules_note(rows: list[dict]) -> str:
     shas = sorted({r["indexmem_sha256"][:8] for r in rows if r.get("indexmem_sha256")})
-    return f"; IndexMem file sha256 {', '.join(s + '…' for s in shas)}" if shas else ""
+    note = f"; IndexMem file sha256 {', '.join(s + '…' for s in shas)}" if shas else ""
+    types = sorted({cache_types_of(r) for r in rows} - {("f16", "f16")})
+    return note + (f"; K/V cache {', '.join(f'{k} / {v}' for k, v in types)}" if types else "")
 
 
 def ruler(entry: Result, root: Path) -> Section | None:
