@@ -2,6 +2,7 @@
 with /stats, /save and /load across processes, a corrupt session, Ctrl-C and Ctrl-D."""
 
 import fcntl
+import inspect
 import os
 import pty
 import re
@@ -155,8 +156,6 @@ def test_memory_flag_left_out_lets_the_engine_choose(module, flags, memory, monk
 
     cli = importlib.import_module(f"indexmem.cli.{module}")
     seen = {}
-
-    import inspect
 
     real_signature = inspect.signature(cli.load_engine)
 
