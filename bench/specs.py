@@ -3,10 +3,11 @@
 ``full`` (no eviction), ``indexmem`` (indexer + latent memory), ``indexmem-nomem`` (indexer
 only), any heuristic (``snapkv``, ``tova``, ...) and ``<heuristic>+mem`` (the heuristic with the
 latent memory behind it); ``indexmem+recall`` and ``indexmem-nomem+recall`` add the recall tier
-(its store on disk)."""
+(its store on disk), ``+recallN`` with at most N tokens recalled per layer and compression."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,12 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     default)."""
     if spec == "full":
         return dict(policy="full", indexmem=False)
-    if spec in ("indexmem+recall", "indexmem-nomem+recall"):
-        return dict(engine_options(spec[: -len("+recall")], budget, indexmem, window), recall="disk")
+    recall = re.fullmatch(r"(indexmem|indexmem-nomem)\+recall(\d*)", spec)
+    if recall:
+        opts = dict(engine_options(recall[1], budget, indexmem, window), recall="disk")
+        if recall[2]:
+            opts["recall_per_step"] = int(recall[2])
+        return opts
     policy, memory = spec, False
     if spec == "indexmem":
         memory = True
@@ -38,7 +43,7 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     if policy not in POLICIES or policy == "full":
         raise ValueError(
             f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem (either with "
-            f"+recall), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
+            f"+recall or +recallN), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
         )
     uses_modules = memory or policy == "indexmem"
     opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)
@@ -50,11 +55,12 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
 def recall_settings(spec: str) -> dict:
     """What a row of a recall configuration records of the tier's settings (they change what it
     measures); nothing for the others, whose rows stay as they were."""
-    if engine_options(spec, 1).get("recall") is None:
+    opts = engine_options(spec, 1)
+    if opts.get("recall") is None:
         return {}
     from ..engine.recall import N_QUERIES, PER_STEP
 
-    return {"recall": {"per_step": PER_STEP, "n_queries": N_QUERIES}}
+    return {"recall": {"per_step": opts.get("recall_per_step", PER_STEP), "n_queries": N_QUERIES}}
 
 
 def parse_specs(text: str) -> list[str]:

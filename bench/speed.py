@@ -20,6 +20,7 @@ greedy generation right after that prefill.
 from __future__ import annotations
 
 import json
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,11 +219,27 @@ def main(
                     tau=tau,
                     decode_tokens=decode_tokens,
                     reps=reps,
+                    cpu=cpu_description(),
                     rows=rows,
                 ),
                 indent=2,
             ).encode(),
         )
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the attention kernel's build (speed depends on both)."""
+    from ..engine.attention import attention_kernel
+
+    name = platform.machine()
+    try:
+        line = next(x for x in open("/proc/cpuinfo") if x.startswith("model name"))
+        name = line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    kernel = attention_kernel()
+    simd = {16: "AVX-512", 8: "AVX2"}.get(kernel.simd, "portable C") if kernel else None
+    return f"{name}, attention kernel: {simd or 'none'}"
 
 
 def _time_after_step(engine: Engine) -> None:

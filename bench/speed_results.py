@@ -108,6 +108,8 @@ def speed_table(data: dict) -> str:
 def speed_caption(data: dict) -> str:
     """The run's settings as the file records them."""
     parts = [Path(data["model"]).name] if data.get("model") else []
+    if data.get("cpu"):
+        parts.append(data["cpu"])
     if data.get("threads"):
         parts.append(f"{data['threads']} thread{'s' * (data['threads'] != 1)}")
     if data.get("n_batch"):

@@ -25,6 +25,7 @@ from .engine_options import (
     NCtx,
     NoIndexMem,
     Policy,
+    RecallPerStep,
     RecallTier,
     Sinks,
     Tau,
@@ -99,6 +100,7 @@ def main(
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
     recall: RecallTier = None,
+    recall_per_step: RecallPerStep = None,
     cache_type_k: CacheTypeK = "f16",
     cache_type_v: CacheTypeV = "f16",
 ):
@@ -122,6 +124,7 @@ def main(
         recall,
         cache_type_k,
         cache_type_v,
+        recall_per_step=recall_per_step,
     )
     sampling = sampling_for(
         engine,

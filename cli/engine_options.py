@@ -65,6 +65,17 @@ RecallTier = Annotated[
 ]
 
 
+RecallPerStep = Annotated[
+    int | None,
+    typer.Option(
+        "--recall-per-step",
+        min=1,
+        help="with --recall: at most this many tokens brought back per layer at a compression "
+        "(default: the engine's, engine/recall.py PER_STEP)",
+    ),
+]
+
+
 def load_engine(
     model: str = DEFAULT_MODEL,
     n_ctx: int | None = None,
@@ -81,6 +92,7 @@ def load_engine(
     recall: str | None = None,
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
+    recall_per_step: int | None = None,
 ):
     from ..engine.api import Engine
 
@@ -97,6 +109,7 @@ def load_engine(
         tau=tau,
         memory=memory,
         recall=recall,
+        recall_per_step=recall_per_step,
         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None),
         cache_type_k=cache_type_k,
         cache_type_v=cache_type_v,

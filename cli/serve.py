@@ -20,6 +20,7 @@ from .engine_options import (
     NCtx,
     NoIndexMem,
     Policy,
+    RecallPerStep,
     RecallTier,
     Sinks,
     Tau,
@@ -53,6 +54,7 @@ def main(
     no_indexmem: NoIndexMem = False,
     memory: Memory = None,
     recall: RecallTier = None,
+    recall_per_step: RecallPerStep = None,
     cache_type_k: CacheTypeK = "f16",
     cache_type_v: CacheTypeV = "f16",
 ):
@@ -80,6 +82,7 @@ def main(
         recall,
         cache_type_k,
         cache_type_v,
+        recall_per_step=recall_per_step,
     )
     model_id = Path(model).stem if model.endswith(".gguf") else model
     app_ = create_app(

@@ -55,6 +55,7 @@ class Engine:
         memory: bool = False,
         extra_bufts: bool = True,
         recall: str | None = None,
+        recall_per_step: int | None = None,
         cache_types: CacheTypes = CacheTypes(),
         attention: str = "auto",
     ):
@@ -79,6 +80,11 @@ class Engine:
                 f"(its indexer scores the stored tokens), not {self.budget_config.policy!r}"
             )
         self.recall_where = recall
+        if recall_per_step is not None and (recall is None or recall_per_step < 1):
+            raise ValueError(
+                f"recall_per_step={recall_per_step}: a positive count of tokens, with recall='disk' or 'ram'"
+            )
+        self.recall_per_step = recall_per_step
         # read and pair-check the IndexMem file before any compute or allocation
         imf = load_indexmem(self.indexmem_path, base_path=self.model_path) if self.indexmem_path else None
         self._lock = threading.RLock()
@@ -178,7 +184,8 @@ class Engine:
         row_bytes = (tensor_struct(layer.k).nb[1], tensor_struct(layer.v).nb[1])
         store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
         pool = self.budget_config.params.get("pool_kernel", 1)
-        recall = Recall(store, pool_kernel=pool, exact_memory=self.indexmem.mem_lambda == 1.0)
+        limit = {} if self.recall_per_step is None else {"per_step": self.recall_per_step}
+        recall = Recall(store, pool_kernel=pool, exact_memory=self.indexmem.mem_lambda == 1.0, **limit)
         evictor.recall = self.runner.recall = recall
         return recall
 
@@ -198,6 +205,7 @@ class Engine:
         indexmem=None,
         memory: bool | None = None,
         recall: str | None = None,
+        recall_per_step: int | None = None,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         attention: str = "auto",
@@ -221,7 +229,8 @@ class Engine:
         IndexMem file's, else 1; snapkv),
         ``seed`` (random), ``obs_window`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
         recent tokens). ``recall`` ("disk" or "ram", with the indexmem policy): evicted tokens are
-        stored and brought back when the indexer's later queries want them (engine/recall.py).
+        stored and brought back when the indexer's later queries want them (engine/recall.py),
+        at most ``recall_per_step`` tokens per layer at a compression (default ``recall.PER_STEP``).
         ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)..
 
@@ -289,6 +298,7 @@ class Engine:
             indexmem_path=indexmem_path,
             memory=memory,
             recall=recall,
+            recall_per_step=recall_per_step,
             cache_types=cache_types,
             attention=attention,
             **engine_opts,
@@ -539,6 +549,7 @@ class Engine:
             + memory_bytes
             + (recall.store.ram_bytes if recall else 0),
             "recall": self.recall_where,
+            "recall_per_step": recall.per_step if recall else None,
             "recall_store_bytes": recall.store.disk_bytes if recall else 0,
             "recall_store_tokens": sum(recall.store.live(il) for il in recall.layers) if recall else 0,
             "tokens_recalled": dict(recall.recalled) if recall else {},

@@ -49,10 +49,29 @@ prefill steps causal after S - T cached tokens:
     chunk 512 x 1536   f16                                901.92    831.40    652.86
     chunk 512 x 1536   q8_0                              3516.00    816.51    666.94
 
-So: the kernel wherever it runs (types f32, f16, bf16, q8_0, q4_0; heads a multiple of 16 wide,
-of 32 when quantized, at most 256): it is the fastest at every shape measured but one (Gemma's
-mixed q8_0/f16 decode over 4K slots, 16% behind flash; not worth a special case). Without it
-(no C compiler, other types): ``flash`` for decoding and for long chunks of an f16 cache;
+The same for the kernel's AVX2 build (16 lanes as two 8-float registers), on a 2-core AMD EPYC
+with AVX2 and no AVX-512, idle, 2026-12-06 (a slower CPU: compare paths within a row):
+
+    SmolLM2-135M                                            flash    matmul    kernel
+    decode  1 x 256    f16                                  0.82     13.52      0.31
+    decode  1 x 1280   f16  (B=1024's cache)               27.81     53.56     10.31
+    decode  1 x 1280   q8_0                                20.74     50.69     11.38
+    decode  1 x 1280   q4_0                                50.63     79.98     11.85
+    decode  1 x 4352   f16                                119.14    189.73     42.54
+    step   16 x 1280   f16                                417.80    174.51     75.54
+    step   16 x 1280   q8_0                               392.04    142.80     69.36
+    chunk 512 x 512    f16                                631.57   1884.84    523.35
+    chunk 512 x 1536   f16  (B=1024's prefill)           2911.00   5136.08   2234.12
+    chunk 512 x 1536   q8_0                             13517.10   3518.87   2184.25
+
+Before the AVX2 build such a CPU ran the kernel's portable C, slower than flash attention for
+prefill chunks; the portable build is never chosen now (on a CPU without either instruction set
+ggml's own vector code is the safer bet).
+
+So: the kernel wherever it has a SIMD build (types f32, f16, bf16, q8_0, q4_0; heads a multiple of
+16 wide, of 32 when quantized, at most 256): it is the fastest at every shape measured but one
+(Gemma's mixed q8_0/f16 decode over 4K slots on AVX-512, 16% behind flash; not worth a special
+case). Without it (no C compiler, other types, no SIMD build): ``flash`` for decoding and for long chunks of an f16 cache;
 ``matmul`` for steps of 2 to MATMUL_F16_MAX_TOKENS queries over an f16 cache, and for every step
 of 2 or more queries over a quantized K (whose flash attention dequantizes per query and head).
 """
@@ -131,7 +150,7 @@ def step_path(mode: str, n_tokens: int, types, head_dim: int, on_cpu: bool = Tru
     if mode != "auto":
         return mode
     kernel = attention_kernel() if on_cpu else None
-    if kernel is not None and kernel.supports(types.ggml_k, types.ggml_v, head_dim):
+    if kernel is not None and kernel.simd and kernel.supports(types.ggml_k, types.ggml_v, head_dim):
         return KERNEL
     if n_tokens == 1:
         return FLASH

@@ -21,7 +21,9 @@
 //    lanes, the softmax of a tile vectorized over its 16 slots.
 //
 // Built by ggml_ops/kernel.py with the system C compiler against the ggml.h that
-// llama-cpp-python installs; without AVX-512 the portable C below is used.
+// llama-cpp-python installs. Three builds of the same arithmetic: AVX-512 (16 lanes in one
+// register), AVX2 with FMA and F16C (16 lanes as two 8-float registers, ``v16``), and portable C
+// for anything else; im_kernel_simd() says which (16, 8 or 0 floats per register).
 
 #include <math.h>
 #include <stdint.h>
@@ -34,10 +36,14 @@
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__)
-#define IM_AVX512 1
+#define IM_SIMD 16
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define IM_SIMD 8
 #else
-#define IM_AVX512 0
+#define IM_SIMD 0
 #endif
+#define IM_AVX512 (IM_SIMD == 16)
+#define IM_AVX2 (IM_SIMD == 8)
 
 #define TILE 16
 #define LANES 16
@@ -61,7 +67,7 @@ int im_kernel_abi(void) { return 1; }
 // happens when the allocation fails; the tests switch it off to check that way too)
 static int use_head_scratch = 1;
 void im_kernel_use_head_scratch(int on) { use_head_scratch = on; }
-int im_kernel_simd(void) { return IM_AVX512; }
+int im_kernel_simd(void) { return IM_SIMD; }
 size_t im_tensor_size(void) { return sizeof(struct ggml_tensor); }
 size_t im_block_size(int type) {
     return type == GGML_TYPE_Q8_0 ? sizeof(block_q8_0) : type == GGML_TYPE_Q4_0 ? sizeof(block_q4_0) : 0;
@@ -111,6 +117,10 @@ static void row_to_f32(int type, const char* src, float* dst, int hd) {
 #if IM_AVX512
             for (int i = 0; i < hd; i += 16) {
                 _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + i))));
+            }
+#elif IM_AVX2
+            for (int i = 0; i < hd; i += 8) {
+                _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + i))));
             }
 #else
             for (int i = 0; i < hd; i++) dst[i] = half_to_float(s[i]);
@@ -200,9 +210,107 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
+#if IM_AVX2
+// --- 16 lanes on AVX2: two 8-float registers, the operations the AVX-512 code uses ----------
+typedef struct {
+    __m256 lo, hi;
+} v16;
+
+static inline v16 v16_of(__m256 lo, __m256 hi) {
+    v16 r;
+    r.lo = lo;
+    r.hi = hi;
+    return r;
+}
+static inline v16 v16_load(const float* p) { return v16_of(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+static inline void v16_store(float* p, v16 a) {
+    _mm256_storeu_ps(p, a.lo);
+    _mm256_storeu_ps(p + 8, a.hi);
+}
+static inline v16 v16_set1(float x) { return v16_of(_mm256_set1_ps(x), _mm256_set1_ps(x)); }
+static inline v16 v16_add(v16 a, v16 b) { return v16_of(_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)); }
+static inline v16 v16_sub(v16 a, v16 b) { return v16_of(_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)); }
+static inline v16 v16_mul(v16 a, v16 b) { return v16_of(_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)); }
+static inline v16 v16_max(v16 a, v16 b) { return v16_of(_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)); }
+static inline v16 v16_fmadd(v16 a, v16 b, v16 c) {
+    return v16_of(_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi));
+}
+static inline float v16_sum(v16 a) {
+    const __m256 s = _mm256_add_ps(a.lo, a.hi);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+static inline float v16_hmax(v16 a) {
+    const __m256 s = _mm256_max_ps(a.lo, a.hi);
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+
+// exp over 8 floats, as exp16 does it; inputs here are <= 0 (scores minus their running max), so
+// 2^n is built in the exponent field (n in [-126, 0]) where AVX-512 has scalef
+static inline __m256 exp8(__m256 x) {
+    const __m256 normal = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    // n in [-126, 127] after the clamp: 2^n has the biased exponent n + 127 in [1, 254]
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(normal, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+static inline v16 v16_exp(v16 x) { return v16_of(exp8(x.lo), exp8(x.hi)); }
+
+// elements [d, d + 16) of one head's row as f32 (d a multiple of 16), as the AVX-512 load16
+static inline v16 load16(int type, const char* row, int64_t d) {
+    switch (type) {
+        case GGML_TYPE_F16: {
+            const __m128i* h = (const __m128i*)((const uint16_t*)row + d);
+            return v16_of(_mm256_cvtph_ps(_mm_loadu_si128(h)), _mm256_cvtph_ps(_mm_loadu_si128(h + 1)));
+        }
+        case GGML_TYPE_BF16: {
+            const __m128i* h = (const __m128i*)((const uint16_t*)row + d);
+            return v16_of(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16)),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + 1)), 16)));
+        }
+        case GGML_TYPE_Q8_0: {
+            const block_q8_0* b = (const block_q8_0*)row + d / 32;
+            const __m128i q = _mm_loadu_si128((const __m128i*)(b->qs + d % 32));
+            const v16 f = v16_of(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
+                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))));
+            return v16_mul(v16_set1(half_to_float(b->d)), f);
+        }
+        case GGML_TYPE_Q4_0: {
+            const block_q4_0* b = (const block_q4_0*)row + d / 32;
+            __m128i q = _mm_loadu_si128((const __m128i*)b->qs);
+            if (d % 32) q = _mm_srli_epi16(q, 4);
+            q = _mm_and_si128(q, _mm_set1_epi8(0x0f));
+            const __m256i eight = _mm256_set1_epi32(8);
+            const v16 f = v16_of(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(q), eight)),
+                                 _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)), eight)));
+            return v16_mul(v16_set1(half_to_float(b->d)), f);
+        }
+        default:
+            return v16_load((const float*)row + d);
+    }
+}
+#endif
+
 static inline void exp_lanes(float* x) {  // x[0..16) <- exp(x), -inf -> 0
 #if IM_AVX512
     _mm512_storeu_ps(x, exp16(_mm512_loadu_ps(x)));
+#elif IM_AVX2
+    v16_store(x, v16_exp(v16_load(x)));
 #else
     for (int i = 0; i < 16; i++) x[i] = x[i] < -87.0f ? 0.0f : expf(x[i]);
 #endif
@@ -244,6 +352,16 @@ static inline float softmax_step(float* m, float* l, float* s) {
     *l = *l * alpha + _mm512_reduce_add_ps(p);
     *m = mnew;
     return alpha;
+#elif IM_AVX2
+    const float mt = v16_hmax(v16_load(s));
+    const float mnew = mt > *m ? mt : *m;
+    const float base = mnew == -INFINITY ? 0.0f : mnew;
+    const v16 p = v16_exp(v16_sub(v16_load(s), v16_set1(base)));
+    v16_store(s, p);
+    const float alpha = *m - base < -87.0f ? 0.0f : expf(*m - base);  // -inf - base < -87 too
+    *l = *l * alpha + v16_sum(p);
+    *m = mnew;
+    return alpha;
 #else
     float mt = -INFINITY;
     for (int j = 0; j < TILE; j++) mt = s[j] > mt ? s[j] : mt;
@@ -268,7 +386,7 @@ typedef struct {
     int64_t hd, n_head, n_tokens, n_kv, group;
 } job;
 
-#if IM_AVX512
+#if IM_SIMD
 // ask for the K and V rows of the tile at slot j0 (the cache streams from memory in decoding)
 static inline void prefetch_tile(const char* kbase, const char* vbase, size_t kbytes, size_t vbytes,
                                  const job* J, int64_t j0) {
@@ -285,7 +403,7 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
     float q[FEW_TOTAL][MAX_HD], o[FEW_TOTAL][MAX_HD], s[FEW_TOTAL][TILE];
     float m[FEW_TOTAL], l[FEW_TOTAL];
     int64_t vec_t[FEW_TOTAL], vec_h[FEW_TOTAL];
-#if !IM_AVX512
+#if !IM_SIMD
     float kf[MAX_HD], vf[MAX_HD];
 #endif
     for (int64_t r = 0; r < R; r++) {
@@ -305,7 +423,7 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
         const int n = (int)(J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE);
         const int kind = classify(J->mask, 0, J->n_tokens - 1, j0, n);
         if (kind == TILE_HIDDEN) continue;
-#if IM_AVX512
+#if IM_SIMD
         prefetch_tile(kbase, vbase, (hk1 - hk0) * kstep, (hk1 - hk0) * vstep, J, j0 + 2 * TILE);
 #endif
         for (int j = 0; j < TILE; j++) {
@@ -325,6 +443,14 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
                     }
                 }
                 for (int64_t r = 0; r < RG; r++) s[r0 + r][j] = _mm512_reduce_add_ps(acc[r]);
+#elif IM_AVX2
+                v16 acc[FEW_VECTORS];
+                for (int64_t r = 0; r < RG; r++) acc[r] = v16_set1(0.0f);
+                for (int64_t d = 0; d < hd; d += 16) {
+                    const v16 kd = load16(J->k->type, krow, d);
+                    for (int64_t r = 0; r < RG; r++) acc[r] = v16_fmadd(v16_load(q[r0 + r] + d), kd, acc[r]);
+                }
+                for (int64_t r = 0; r < RG; r++) s[r0 + r][j] = v16_sum(acc[r]);
 #else
                 row_to_f32(J->k->type, krow, kf, (int)hd);
                 for (int64_t r = r0; r < r0 + RG; r++) {
@@ -358,6 +484,16 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
                     }
                 }
                 for (int64_t r = 0; r < RG; r++) _mm512_storeu_ps(o[r0 + r] + d, acc[r]);
+            }
+#elif IM_AVX2
+            for (int64_t d = 0; d < hd; d += 16) {
+                v16 acc[FEW_VECTORS];
+                for (int64_t r = 0; r < RG; r++) acc[r] = v16_load(o[r0 + r] + d);
+                for (int j = 0; j < n; j++) {
+                    const v16 vd = load16(J->v->type, vhead + (j0 + j) * J->v->nb[1], d);
+                    for (int64_t r = 0; r < RG; r++) acc[r] = v16_fmadd(v16_set1(s[r0 + r][j]), vd, acc[r]);
+                }
+                for (int64_t r = 0; r < RG; r++) v16_store(o[r0 + r] + d, acc[r]);
             }
 #else
             for (int j = 0; j < n; j++) {
@@ -396,6 +532,23 @@ static void lanes_softmax_step(float* m, float* l, float st[TILE][LANES], float*
     _mm512_storeu_ps(alpha, a);
     _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a, sum));
     _mm512_storeu_ps(m, mnew);
+#elif IM_AVX2
+    v16 mt = v16_load(st[0]);
+    for (int j = 1; j < TILE; j++) mt = v16_max(mt, v16_load(st[j]));
+    const v16 mold = v16_load(m), mnew = v16_max(mt, mold);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), zero = _mm256_setzero_ps();
+    const v16 base = v16_of(_mm256_blendv_ps(mnew.lo, zero, _mm256_cmp_ps(mnew.lo, ninf, _CMP_EQ_OQ)),
+                            _mm256_blendv_ps(mnew.hi, zero, _mm256_cmp_ps(mnew.hi, ninf, _CMP_EQ_OQ)));
+    v16 sum = v16_set1(0.0f);
+    for (int j = 0; j < TILE; j++) {
+        const v16 p = v16_exp(v16_sub(v16_load(st[j]), base));
+        v16_store(st[j], p);
+        sum = v16_add(sum, p);
+    }
+    const v16 a = v16_exp(v16_sub(mold, base));  // mold = -inf gives 0
+    v16_store(alpha, a);
+    v16_store(l, v16_fmadd(v16_load(l), a, sum));
+    v16_store(m, mnew);
 #else
     float col[TILE];
     for (int i = 0; i < LANES; i++) {
@@ -471,6 +624,26 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_hea
             }
             for (int u = 0; u < 8; u++) _mm512_storeu_ps(st[jb + u], acc[u]);
         }
+#elif IM_AVX2
+        // 4 slots at a time: 8 accumulators, the query column and a broadcast fit in 16 registers
+        for (int jb = 0; jb < TILE; jb += 4) {
+            v16 acc[4];
+            for (int u = 0; u < 4; u++) acc[u] = v16_set1(0.0f);
+            const float* krow = kf + jb * hd;
+            const int valid = n - jb;  // rows past the cache's end read as zeros below
+            if (valid >= 4) {
+                for (int64_t d = 0; d < hd; d++) {
+                    const v16 qd = v16_load(qt[d]);
+                    for (int u = 0; u < 4; u++) acc[u] = v16_fmadd(v16_set1(krow[u * hd + d]), qd, acc[u]);
+                }
+            } else {
+                for (int64_t d = 0; d < hd; d++) {
+                    const v16 qd = v16_load(qt[d]);
+                    for (int u = 0; u < valid; u++) acc[u] = v16_fmadd(v16_set1(krow[u * hd + d]), qd, acc[u]);
+                }
+            }
+            for (int u = 0; u < 4; u++) v16_store(st[jb + u], acc[u]);
+        }
 #else
         for (int j = 0; j < TILE; j++) {
             for (int i = 0; i < LANES; i++) st[j][i] = 0.0f;
@@ -501,6 +674,14 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_hea
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(vcol[j * hd]), _mm512_loadu_ps(st[j]), acc);
             }
             _mm512_storeu_ps(ot[d], acc);
+        }
+#elif IM_AVX2
+        const v16 a = v16_load(alpha);
+        for (int64_t d = 0; d < hd; d++) {
+            v16 acc = v16_mul(v16_load(ot[d]), a);
+            const float* vcol = vf + d;
+            for (int j = 0; j < n; j++) acc = v16_fmadd(v16_set1(vcol[j * hd]), v16_load(st[j]), acc);
+            v16_store(ot[d], acc);
         }
 #else
         for (int64_t d = 0; d < hd; d++) {

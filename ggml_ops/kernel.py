@@ -37,6 +37,11 @@ class Kernel:
         """Address of ``im_attention``, a ``ggml_custom_op_t``."""
         return ctypes.cast(self.lib.im_attention, ctypes.c_void_p).value
 
+    @property
+    def simd(self) -> int:
+        """Floats per SIMD register of this build: 16 (AVX-512), 8 (AVX2), 0 (portable C)."""
+        return int(self.lib.im_kernel_simd())
+
     def supports(self, type_k: int, type_v: int, head_dim: int) -> bool:
         return bool(self.lib.im_kernel_supports(type_k, type_v, head_dim))
 

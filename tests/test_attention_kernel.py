@@ -142,17 +142,41 @@ def test_kernel_matches_the_float64_reference(
     assert err <= RTOL
 
 
-def test_the_portable_build_agrees_with_the_simd_build(backend, tmp_path, monkeypatch):
-    """Without AVX-512 the kernel runs its plain C loops: built here with baseline x86-64 flags,
-    it must agree with the reference too."""
-    portable = open_kernel(build_kernel(tmp_path, tuple(f for f in FLAGS if f != "-march=native")))
-    assert portable.lib.im_kernel_simd() == 0
-    monkeypatch.setattr("indexmem.engine.attention.attention_kernel", lambda: portable)
-    for n_tokens in (1, 37):
-        rng = np.random.default_rng(n_tokens)
-        mask = masks("causal", n_tokens, 160, 100, rng)
-        ours, q, k, v = run(backend, "q8_0", 64, 6, 2, n_tokens, 160, mask, rng)
-        assert np.abs(ours - reference(q, k, v, mask, 0.125)).max() / np.abs(v).max() <= RTOL
+def _cpu_has(*flags: str) -> bool:
+    try:
+        line = next(x for x in open("/proc/cpuinfo") if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return set(flags) <= set(line.split())
+
+
+BASELINE = tuple(f for f in FLAGS if f != "-march=native")
+BUILDS = {
+    "portable": (BASELINE, 0, ()),  # baseline x86-64 (or the machine's own baseline elsewhere)
+    "avx2": (BASELINE + ("-mavx2", "-mfma", "-mf16c"), 8, ("avx2", "fma", "f16c")),
+}
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_every_build_agrees_with_the_reference(build, backend, tmp_path, monkeypatch):
+    """The kernel built for another instruction set than this machine's best (the AVX2 build also
+    runs on AVX-512 machines, so both SIMD builds get checked wherever AVX-512 is), every type,
+    decode and prefill shapes, masked tiles."""
+    flags, simd, needs = BUILDS[build]
+    if needs and not _cpu_has(*needs):
+        pytest.skip(f"this CPU has no {', '.join(needs)}")
+    other = open_kernel(build_kernel(tmp_path, flags))
+    if build == "portable" and other.lib.im_kernel_simd() != 0:
+        pytest.skip("this compiler's baseline already has SIMD")
+    assert other.lib.im_kernel_simd() == simd
+    monkeypatch.setattr("indexmem.engine.attention.attention_kernel", lambda: other)
+    for type_name in KERNEL_TYPES:
+        for n_tokens, kind in ((1, "causal"), (3, "holes"), (37, "causal"), (20, "window")):
+            rng = np.random.default_rng(zlib.crc32(f"{build} {type_name} {n_tokens}".encode()))
+            mask = masks(kind, n_tokens, 161, 100, rng)
+            ours, q, k, v = run(backend, type_name, 64, 6, 2, n_tokens, 161, mask, rng)
+            err = np.abs(ours - reference(q, k, v, mask, 0.125)).max() / np.abs(v).max()
+            assert err <= RTOL, (build, type_name, n_tokens, kind, err)
 
 
 def test_prefill_without_memory_for_the_heads_converts_tile_by_tile(backend, kernel):

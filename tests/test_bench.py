@@ -13,8 +13,15 @@ from indexmem.bench.needle import (
     summarize,
 )
 from indexmem.bench.retention import cached_share, value_span
-from indexmem.bench.specs import ModulesFile, engine_options, measured_with_files, parse_specs
+from indexmem.bench.specs import (
+    ModulesFile,
+    engine_options,
+    measured_with_files,
+    parse_specs,
+    recall_settings,
+)
 from indexmem.engine.eviction import budget_from_ratio
+from indexmem.engine.recall import N_QUERIES, PER_STEP
 from tiny_models import WORDS
 
 
@@ -31,7 +38,13 @@ def test_configuration_names():
     )
     assert engine_options("tova+mem", 500)["memory"] is True
     assert engine_options("snapkv", 500, window=64)["window"] == 64
-    for bad in ("bogus", "full+mem", "indexmem-nomem,nope"):
+    assert engine_options("indexmem-nomem+recall", 500)["recall"] == "disk"
+    assert "recall_per_step" not in engine_options("indexmem+recall", 500)
+    assert engine_options("indexmem-nomem+recall16", 500)["recall_per_step"] == 16
+    assert recall_settings("indexmem-nomem+recall16") == {"recall": {"per_step": 16, "n_queries": N_QUERIES}}
+    assert recall_settings("indexmem+recall") == {"recall": {"per_step": PER_STEP, "n_queries": N_QUERIES}}
+    assert recall_settings("indexmem-nomem") == {}
+    for bad in ("bogus", "full+mem", "indexmem-nomem,nope", "snapkv+recall", "indexmem+recallx"):
         with pytest.raises(ValueError):
             parse_specs(bad)
 

@@ -209,3 +209,28 @@ def test_recall_needs_the_indexmem_policy(setup):
         Engine.load(str(base), n_ctx=512, policy="snapkv", budget=B, recall="disk")
     with pytest.raises(ValueError, match="recall"):
         _load(base, side, "cloud")
+
+
+def test_recall_per_step_bounds_the_tokens_brought_back_at_a_compression(setup):
+    base, side, _ = setup
+    tokens = random_prompt(160, seed=5)
+
+    def most_per_step(engine):
+        most, before = 0, dict(engine.recall.recalled)
+        for i in range(0, len(tokens), N_BATCH):
+            _feed(engine, tokens[i : i + N_BATCH])  # one compression per chunk at most
+            engine.runner.flush()
+            now = dict(engine.recall.recalled)
+            most = max([most] + [now[il] - before[il] for il in now])
+            before = now
+        engine.close()
+        return most
+
+    assert most_per_step(_load(base, side, "disk")) > 1, "the limit below would not bind"
+    limited = _load(base, side, "disk", recall_per_step=1)
+    assert limited.recall.per_step == 1 and limited.stats()["recall_per_step"] == 1
+    assert most_per_step(limited) == 1
+    with pytest.raises(ValueError, match="recall_per_step"):
+        _load(base, side, "disk", recall_per_step=0)
+    with pytest.raises(ValueError, match="recall_per_step"):
+        _load(base, side, None, recall_per_step=8)

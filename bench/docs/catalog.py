@@ -57,6 +57,8 @@ RESULTS = [
     # issue 45's run against every llama.cpp setting (docs/benchmarks.md; measured on an idle machine)
     Result(SMOLLM2, "speed", R + "speed-smollm2-32k.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
+    # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build)
+    Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx2.json"),
     Result(SMOLLM2, "cache-memory", R + "cache-memory-smollm2-8k.json"),
     Result(SMOLLM2, "speed", R + "smollm2.json"),
     Result(SMOLLM2, "ppl", R + "ppl_smollm2.json"),

@@ -4,6 +4,8 @@ says whether one configuration answers what the other misses or merely differs b
 
 from __future__ import annotations
 
+import re
+
 from ..specs import uses_modules
 from .summary import average, config_of, level_label, ordered_configs
 
@@ -41,8 +43,8 @@ def _cell(examples: dict[tuple, dict], a: tuple, b: tuple | None, named: bool = 
 def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], tasks: list[str]) -> list[str]:
     """Markdown lines: every configuration that runs IndexMem's modules against the best
     heuristic of its level and, where both ran, the memory's and the recall tier's effects
-    (``indexmem`` against ``indexmem-nomem``, ``snapkv+mem`` against ``snapkv``, a ``+recall``
-    configuration against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
+    (``indexmem`` against ``indexmem-nomem``, ``snapkv+mem`` against ``snapkv``, a ``+recall`` or
+    ``+recallN`` configuration against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
     (``summary.task_scores``)."""
     examples: dict[tuple, dict] = {}
     for r in rows:
@@ -55,11 +57,16 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
         cells = [_cell(examples, (spec, *lv), best[lv], named=True) for lv in levels]
         lines.append(f"| {spec} vs the best heuristic | " + " | ".join(cells) + " |")
     specs = {c[0] for c in examples}
+    recall_pairs = [
+        (spec, base, "the recall tier's effect" + (", with the memory" if base == "indexmem" else ""))
+        for spec in sorted(specs)
+        for base in [re.sub(r"\+recall\d*$", "", spec)]
+        if base != spec
+    ]
     for a, b, what in (
         ("indexmem", "indexmem-nomem", "the memory's effect"),
         ("snapkv+mem", "snapkv", "the memory behind SnapKV"),
-        ("indexmem-nomem+recall", "indexmem-nomem", "the recall tier's effect"),
-        ("indexmem+recall", "indexmem", "the recall tier's effect, with the memory"),
+        *recall_pairs,
     ):
         if a in specs and b in specs:
             cells = [_cell(examples, (a, *lv), (b, *lv)) for lv in levels]

@@ -7,10 +7,7 @@ no more), and the answer is decoded greedily. Rows already in the file are not r
 
 from __future__ import annotations
 
-import fcntl
 import itertools
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from rich.progress import (
 from ...engine.api import Engine
 from ...engine.eviction import budget_from_ratio
 from ...engine.registry import resolve, sha256_of
+from ...jsonl import append_row
 from ..specs import engine_options, modules_sha256, recall_settings
 from .data import DISTRIBUTION as PACKAGE_NAME
 from .data import RulerData
@@ -205,7 +203,7 @@ def run(
                         )
                         rows.append(row)
                         if out:
-                            _append(out, row)
+                            append_row(out, row)
                         progress.advance(bar)
                 finally:
                     engine.close()
@@ -254,19 +252,3 @@ def measure(engine: Engine, sample: dict) -> dict:
 
 def _round(x):
     return None if x is None else round(x, 1)
-
-
-def _append(out: Path, row: dict) -> None:
-    """One line per row, synced: a run killed mid-write leaves at most a torn last line, which the
-    reader skips and the next append starts after. The lock lets shards share the file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(row) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
+from ...jsonl import read_rows  # noqa: F401  (re-exported: the RULER modules read rows from here)
 from ..specs import measured_with_files, recall_settings
 from .data import PACKAGE
 from .tasks import TASKS
-
-
-def read_rows(path: Path | None) -> list[dict]:
-    """Rows of a JSONL result file (none if it does not exist); a torn last line is skipped."""
-    if path is None or not Path(path).exists():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def row_key(row: dict) -> tuple:
