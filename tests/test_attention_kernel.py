@@ -17,7 +17,7 @@ from indexmem.engine.cache_types import CACHE_TYPES
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph, new_context
-from indexmem.ggml_ops.kernel import FLAGS, build_kernel, open_kernel
+from indexmem.ggml_ops.kernel import FLAGS, _cpu_flags, build_kernel, open_kernel
 from indexmem.ggml_ops.structs import GGMLType
 
 RTOL = 1e-5
@@ -143,11 +143,7 @@ def test_kernel_matches_the_float64_reference(
 
 
 def _cpu_has(*flags: str) -> bool:
-    try:
-        line = next(x for x in open("/proc/cpuinfo") if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return set(flags) <= set(line.split())
+    return set(flags) <= set(_cpu_flags().split())
 
 
 BASELINE = tuple(f for f in FLAGS if f != "-march=native")

@@ -26,8 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
 from ..jsonl import append_row, read_rows
-from .retrieval import BROAD, retrieval_windows
-from .targets import answer_spans
+from .validate import answered_windows
 
 BASELINES = ("full", "nomem")
 
@@ -73,15 +72,6 @@ def answer_nll(engine: Engine, tokens: list[int], spans: list[tuple[int, int]]) 
     return per_answer
 
 
-def windows(engine: Engine, text: str, length: int, count: int, seed: int):
-    out = []
-    for w in retrieval_windows(engine, text, length, count, 3, seed=seed, templates=BROAD):
-        spans = answer_spans(lambda s: engine.tokenize(s, add_special=False), w)
-        if spans:
-            out.append((w.tokens, spans))
-    return out
-
-
 def run(args) -> list[dict]:
     console = Console()
     text = (Path(args.corpus) / "heldout.txt").read_text()
@@ -97,14 +87,14 @@ def run(args) -> list[dict]:
         for setting in todo:
             engine = engine_for(setting, args.model, args.indexmem, args.length, args.ratio, args.threads)
             try:
-                cases = windows(engine, text, args.length, args.windows, args.seed)
-                for i, (tokens, spans) in enumerate(cases):
+                cases = answered_windows(engine, text, args.length, args.windows, args.seed)
+                for i, (window, spans) in enumerate(cases):
                     progress.update(bar, description=f"{setting} window {i + 1}")
                     done = {
                         (r["setting"], r["window"]) for r in read_rows(args.out)
                     }  # rows other processes wrote too
                     if (setting, i) not in done:
-                        nll = answer_nll(engine, tokens, spans)
+                        nll = answer_nll(engine, window.tokens, spans)
                         row = dict(setting=setting, window=i, ratio=args.ratio, length=args.length, nll=nll)
                         append_row(args.out, row)
                     progress.advance(bar)

@@ -20,14 +20,23 @@ CONFIGS = (
 )
 
 
-def question_prompts(engine: Engine, text: str, seq_len: int, count: int) -> list[tuple[list[int], str]]:
-    """(tokens up to the last question's "Answer:", the answer) of ``count`` held-out windows."""
-    prompts = []
-    for w in retrieval_windows(engine, text, seq_len, count, 3, seed=7, templates=BROAD):
+def answered_windows(engine: Engine, text: str, seq_len: int, count: int, seed: int = 7):
+    """(window, its answers' token spans) of ``count`` held-out retrieval windows (3 facts, the
+    broad wordings); windows whose answers cannot be located are left out."""
+    out = []
+    for w in retrieval_windows(engine, text, seq_len, count, 3, seed=seed, templates=BROAD):
         spans = answer_spans(lambda s: engine.tokenize(s, add_special=False), w)
         if spans:
-            prompts.append((w.tokens[: spans[-1][0]], w.asked[-1].answer))
-    return prompts
+            out.append((w, spans))
+    return out
+
+
+def question_prompts(engine: Engine, text: str, seq_len: int, count: int) -> list[tuple[list[int], str]]:
+    """(tokens up to the last question's "Answer:", the answer) of ``count`` held-out windows."""
+    return [
+        (w.tokens[: spans[-1][0]], w.asked[-1].answer)
+        for w, spans in answered_windows(engine, text, seq_len, count)
+    ]
 
 
 def validate_sidecar(
