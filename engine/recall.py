@@ -25,7 +25,7 @@ import numpy as np
 
 from ..ggml_ops.bindings import C, tensor_struct
 from ..ggml_ops.graph import Graph
-from .recall_store import RecallStore
+from .recall_store import RecallStore, runs
 
 PER_STEP = 128  # tokens recalled per layer per compression, at most
 N_QUERIES = 64  # the most recent index queries of a layer that score the store
@@ -122,10 +122,11 @@ class Recall:
         for il, (slots, entries) in self.pending_recall.items():
             k_rows, v_rows, keys = self.store.take(il, entries)
             layer = cache.layers[il]
-            for slot, k, v, key in zip(slots.tolist(), k_rows, v_rows, keys):
-                _set_row(layer.k, slot, k)
-                _set_row(layer.v, slot, v)
-                _set_column(cache.indexmem.keys[il], slot, key)
+            _set_rows(layer.k, slots, k_rows)
+            _set_rows(layer.v, slots, v_rows)
+            _set_rows(
+                cache.indexmem.keys[il], slots, np.ascontiguousarray(keys, dtype=np.float32).view(np.uint8)
+            )
             self.recalled[il] += len(slots)
             if il in cache.record_evicted and il in cache.indexmem.memory_used and self.exact_memory:
                 unwrite[il] = (slots, cache.table_of(il).positions[slots].copy())
@@ -142,12 +143,15 @@ class Recall:
 
 
 def _rows(tensor, slots: np.ndarray) -> np.ndarray:
-    """Raw bytes of rows ``slots`` of a [width, capacity] cache tensor: [n, row bytes]."""
-    t = tensor_struct(tensor)
-    row = t.nb[1]
-    out = np.empty((len(slots), row), dtype=np.uint8)
-    for i, slot in enumerate(slots.tolist()):
-        C.ggml_backend_tensor_get(tensor, out[i].ctypes.data, slot * row, row)
+    """Raw bytes of rows ``slots`` of a [width, capacity] cache tensor: [n, row bytes] (one copy
+    per run of consecutive slots)."""
+    row = tensor_struct(tensor).nb[1]
+    order = np.argsort(slots, kind="stable")
+    ordered = np.empty((len(slots), row), dtype=np.uint8)
+    for lo, first, n in runs(np.asarray(slots)[order]):
+        C.ggml_backend_tensor_get(tensor, ordered[lo].ctypes.data, first * row, n * row)
+    out = np.empty_like(ordered)
+    out[order] = ordered
     return out
 
 
@@ -157,16 +161,16 @@ def _columns(tensor, slots: np.ndarray) -> np.ndarray:
     return raw.view(np.float32).reshape(len(slots), -1)
 
 
-def _set_row(tensor, slot: int, data: np.ndarray) -> None:
+def _set_rows(tensor, slots: np.ndarray, data: np.ndarray) -> None:
+    """Write raw rows ``data`` [n, row bytes] into rows ``slots`` of a cache tensor."""
     row = tensor_struct(tensor).nb[1]
-    if data.nbytes != row:
-        raise ValueError(f"a stored row of {data.nbytes} bytes does not fit a cache row of {row}")
-    buf = np.ascontiguousarray(data)
-    C.ggml_backend_tensor_set(tensor, buf.ctypes.data, slot * row, row)
-
-
-def _set_column(tensor, slot: int, key: np.ndarray) -> None:
-    _set_row(tensor, slot, np.ascontiguousarray(key, dtype=np.float32).view(np.uint8))
+    data = np.asarray(data, dtype=np.uint8).reshape(len(slots), -1)
+    if data.shape[1] != row:
+        raise ValueError(f"a stored row of {data.shape[1]} bytes does not fit a cache row of {row}")
+    order = np.argsort(slots, kind="stable")
+    ordered = np.ascontiguousarray(data[order])
+    for lo, first, n in runs(np.asarray(slots)[order]):
+        C.ggml_backend_tensor_set(tensor, ordered[lo].ctypes.data, first * row, n * row)
 
 
 def _unwrite_memory(runner, rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BLOCK = 8192  # entries scored per read
+BLOCK = 2048  # entries scored per read: the scoring's temporaries are this many keys wide
+
+
+def runs(sorted_ids: np.ndarray):
+    """(first index into ``sorted_ids``, first id, length) of each run of consecutive ids."""
+    if len(sorted_ids) == 0:
+        return
+    breaks = (np.flatnonzero(np.diff(sorted_ids) != 1) + 1).tolist()
+    for lo, hi in zip([0, *breaks], [*breaks, len(sorted_ids)]):
+        yield lo, int(sorted_ids[lo]), hi - lo
 
 
 @dataclass
@@ -42,7 +51,8 @@ class RecallStore:
         self.k_row_bytes, self.v_row_bytes = row_bytes
         self.layers = list(layers)
         self.count = {il: 0 for il in self.layers}
-        self.taken = {il: np.zeros(0, dtype=bool) for il in self.layers}
+        self._taken = {il: np.zeros(0, dtype=bool) for il in self.layers}  # grown by doubling
+        self._n_taken = {il: 0 for il in self.layers}
         self.folder = tempfile.mkdtemp(prefix="indexmem-recall-") if where == "disk" else None
         self._ram = {il: _Columns() for il in self.layers} if where == "ram" else None
         self._files = {}
@@ -67,8 +77,13 @@ class RecallStore:
     def ram_bytes(self) -> int:
         return self.nbytes if self.where == "ram" else 0
 
+    @property
+    def taken(self) -> dict[int, np.ndarray]:
+        """Per layer, whether each entry went back into the cache: [count] bool (views)."""
+        return {il: self._taken[il][: self.count[il]] for il in self.layers}
+
     def live(self, il: int) -> int:
-        return int(self.count[il] - self.taken[il].sum())
+        return self.count[il] - self._n_taken[il]
 
     # --- writing -----------------------------------------------------------------------
     def append(
@@ -97,8 +112,12 @@ class RecallStore:
                 f.seek(0, os.SEEK_END)
                 f.write(arr.tobytes())
                 f.flush()
+        flags = self._taken[il]
+        if self.count[il] + n > len(flags):  # doubling: appends stay linear over a long conversation
+            grown = np.zeros(max(2 * len(flags), self.count[il] + n, 1024), dtype=bool)
+            grown[: self.count[il]] = flags[: self.count[il]]
+            self._taken[il] = grown
         self.count[il] += n
-        self.taken[il] = np.concatenate([self.taken[il], np.zeros(n, dtype=bool)])
 
     # --- reading -----------------------------------------------------------------------
     def _read(self, il: int, part: str, start: int, stop: int) -> np.ndarray:
@@ -123,25 +142,38 @@ class RecallStore:
                 start,
                 self._read(il, "pos", start, stop),
                 self._read(il, "key", start, stop).reshape(-1, self.d_idx),
-                self.taken[il][start:stop],
+                self._taken[il][start:stop],
             )
 
     def take(self, il: int, entries: np.ndarray):
         """K rows, V rows [n, row bytes] and index keys [n, d_idx] of ``entries``, which leave
         the store (they go back into the cache)."""
-        k, v, keys = [], [], []
-        for e in entries.tolist():
-            k.append(self._read(il, "k", e, e + 1))
-            v.append(self._read(il, "v", e, e + 1))
-            keys.append(self._read(il, "key", e, e + 1).reshape(1, self.d_idx))
-        self.taken[il][entries] = True
-        return np.concatenate(k), np.concatenate(v), np.concatenate(keys)
+        if len(entries) and int(np.max(entries)) >= self.count[il]:
+            raise IndexError(f"layer {il}: store entry {int(np.max(entries))} was never written")
+        order = np.argsort(entries, kind="stable")
+        ordered = np.asarray(entries, dtype=np.int64)[order]
+        out = []
+        for part, width, dtype in (
+            ("k", self.k_row_bytes, np.uint8),
+            ("v", self.v_row_bytes, np.uint8),
+            ("key", self.d_idx, np.float32),
+        ):
+            sorted_rows = np.zeros((len(order), width), dtype=dtype)
+            for lo, first, n in runs(ordered):  # one read per run of consecutive entries
+                sorted_rows[lo : lo + n] = self._read(il, part, first, first + n).reshape(n, width)
+            rows = np.empty_like(sorted_rows)
+            rows[order] = sorted_rows
+            out.append(rows)
+        self._n_taken[il] += int(np.count_nonzero(~self._taken[il][entries]))
+        self._taken[il][entries] = True
+        return tuple(out)
 
     # --- lifetime ----------------------------------------------------------------------
     def clear(self) -> None:
         for il in self.layers:
             self.count[il] = 0
-            self.taken[il] = np.zeros(0, dtype=bool)
+            self._taken[il] = np.zeros(0, dtype=bool)
+            self._n_taken[il] = 0
             if self._ram is not None:
                 self._ram[il] = _Columns()
         for f in self._files.values():

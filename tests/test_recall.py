@@ -36,12 +36,26 @@ def test_the_store_keeps_rows_blocks_and_takes_them_back(where, monkeypatch):
     assert [b[0] for b in blocks] == [0, 3, 6]
     np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), pos)
     np.testing.assert_array_equal(np.concatenate([b[2] for b in blocks]), keys)
-    tk, tv, tkeys = store.take(5, np.array([1, 5]))
-    np.testing.assert_array_equal(tk, k[[1, 5]])
-    np.testing.assert_array_equal(tv, v[[1, 5]])
-    np.testing.assert_array_equal(tkeys, keys[[1, 5]])
-    assert store.live(5) == 5 and store.live(0) == 0
-    assert store.nbytes == 7 * (4 + 16 + 6 + 10)
+    asked = [5, 1, 2, 6]  # out of order, with runs of consecutive entries (1-2, 5-6): one read each
+    tk, tv, tkeys = store.take(5, np.array(asked))
+    np.testing.assert_array_equal(tk, k[asked])
+    np.testing.assert_array_equal(tv, v[asked])
+    np.testing.assert_array_equal(tkeys, keys[asked])
+    assert store.live(5) == 3 and store.live(0) == 0
+    np.testing.assert_array_equal(store.taken[5], [i in asked for i in range(7)])
+    with pytest.raises(IndexError):
+        store.take(5, np.array([7]))
+    # flags grow by doubling past their first allocation and keep what was taken
+    many = 1500
+    store.append(0, np.arange(many, dtype=np.int32), np.zeros((many, 4), np.float32),
+                 np.zeros((many, 6), np.uint8), np.zeros((many, 10), np.uint8))  # fmt: skip
+    store.take(0, np.array([0, many - 1]))
+    store.append(0, pos[:1], keys[:1], k[:1], v[:1])
+    assert store.live(0) == many - 1 and store.taken[0][[0, many - 1, many]].tolist() == [True, True, False]
+    store.take(0, np.array([many]))
+    np.testing.assert_array_equal(store.take(0, np.array([], dtype=np.int64))[0], np.zeros((0, 6), np.uint8))
+    assert store.live(0) == many - 2
+    assert store.nbytes == (7 + many + 1) * (4 + 16 + 6 + 10)
     assert (store.disk_bytes, store.ram_bytes) == (
         (store.nbytes, 0) if where == "disk" else (0, store.nbytes)
     )

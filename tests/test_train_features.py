@@ -40,3 +40,25 @@ def test_features_match_a_direct_capture(tmp_path, tiny_llama):
     np.testing.assert_allclose(
         fs.layer(0, 0)["o"].numpy(), cap["kqv_out-0"].reshape(30, -1).astype(np.float16).astype(np.float32)
     )
+
+
+def test_a_feature_set_keeps_few_files_mapped(tmp_path, tiny_llama, monkeypatch):
+    """Training reads layers of many sequences; every file left mapped would keep the pages it was
+    read through resident, so a long fit would hold a whole shard. Reads stay right after their
+    map was closed."""
+    import indexmem.train.features as features
+
+    monkeypatch.setattr(features, "OPEN_MAPS", 3)
+    eng = Engine.load(str(tiny_llama), n_ctx=128, n_batch=32)
+    extract(eng, [random_prompt(20, seed=s) for s in range(4)], tmp_path / "f", chunk=32)
+    fs = FeatureSet(tmp_path / "f")
+    first = {stem: t.clone() for stem, t in fs.layer(0, 1).items()}
+    for seq in range(4):
+        fs.layer(seq, 0)
+        assert len(fs._maps) <= 3
+    assert len(fs._maps) == 3 and (0, "x") not in fs._maps
+    again = fs.layer(0, 1)
+    for stem, t in first.items():
+        assert (again[stem] == t).all(), stem
+    direct = np.load(tmp_path / "f" / "seq0000.x.npy")[1].astype(np.float32)
+    np.testing.assert_array_equal(again["x"].numpy().reshape(direct.shape), direct)

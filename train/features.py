@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ KINDS = {  # file stem -> graph intermediate (every kind: stage 1 and the per-la
 
 # what the indexer's fit needs: its inputs (x, pre-RoPE Q) and the teacher's logits (Q, K as
 # attention uses them)
+OPEN_MAPS = 16  # memory-mapped feature files kept open at once (FeatureSet)
+
 INDEXER_KINDS = {stem: KINDS[stem] for stem in ("x", "q_pre", "q_cur", "k_cur")}
 
 
@@ -107,12 +110,19 @@ class FeatureSet:
             "o": (m["n_head"] * m["d_head"],),
         }
         self.shapes = {stem: shape for stem, shape in self.shapes.items() if stem in m["kinds"]}
-        self._maps = {}
+        self._maps: OrderedDict = OrderedDict()
 
     def _array(self, seq: int, stem: str):
         key = (seq, stem)
-        if key not in self._maps:
+        if key in self._maps:
+            self._maps.move_to_end(key)
+        else:
             self._maps[key] = np.load(self.root / f"seq{seq:04d}.{stem}.npy", mmap_mode="r")
+            if len(self._maps) > OPEN_MAPS:
+                # an open map keeps every page it was read through in the process's resident set
+                # (a shard of several GB after enough steps); a closed one leaves them to the page
+                # cache
+                self._maps.popitem(last=False)
         return self._maps[key]
 
     def layer(self, seq: int, il: int) -> dict:
