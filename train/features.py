@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_file, write_atomic
+from ..atomic import atomic_path, write_atomic
 from ..engine.registry import sha256_of
 
 KINDS = {  # file stem -> graph intermediate (every kind: stage 1 and the per-layer stage 2)
@@ -40,6 +42,20 @@ def kq_scale(engine) -> float:
     return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
 
 
+def _capture_width(engine, graph: str) -> int:
+    """Floats per token of a captured intermediate."""
+    hp = engine.hparams
+    return {
+        "attn_norm": hp.n_embd,
+        "Qpre": hp.n_embd_q,
+        "Qcur": hp.n_embd_q,
+        "kqv_out": hp.n_embd_q,
+        "Kpre": hp.n_embd_kv,
+        "Kcur": hp.n_embd_kv,
+        "Vcur": hp.n_embd_kv,
+    }[graph]
+
+
 def extract(
     engine,
     sequences: list[list[int]],
@@ -55,19 +71,28 @@ def extract(
     manifest."""
     hp = engine.hparams
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"{graph}-{il}" for graph in kinds.values() for il in range(hp.n_layer)]
+    names = {f"{graph}-{il}": (stem, il) for stem, graph in kinds.items() for il in range(hp.n_layer)}
     for i, tokens in enumerate(sequences):
         engine.reset()
-        parts = {name: [] for name in names}
-        for start in range(0, len(tokens), chunk):
-            piece = np.asarray(tokens[start : start + chunk], dtype=np.int32)
-            _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=names)
-            for name in names:
-                parts[name].append(cap[name].reshape(len(piece), -1))
-        for stem, graph in kinds.items():
-            stacked = np.stack([np.concatenate(parts[f"{graph}-{il}"]) for il in range(hp.n_layer)])
-            with atomic_file(out_dir / f"seq{i:04d}.{stem}.npy") as f:
-                np.save(f, stacked.astype(np.float16))
+        with ExitStack() as files:
+            # each chunk's float32 captures go straight into the float16 files, written in place
+            # (neither held in memory, as a sequence's features would be, 1.1 GB in float32 for a
+            # 1.5B model's 2,048 tokens, nor mapped, which would count them as resident)
+            out = {}
+            for stem, graph in kinds.items():
+                tmp = files.enter_context(atomic_path(out_dir / f"seq{i:04d}.{stem}.npy"))
+                shape = (hp.n_layer, len(tokens), _capture_width(engine, graph))
+                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+                offset = header.offset
+                del header  # the file now has its header and its size
+                out[stem] = (files.enter_context(open(tmp, "r+b")), offset, shape)
+            for start in range(0, len(tokens), chunk):
+                piece = np.asarray(tokens[start : start + chunk], dtype=np.int32)
+                _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=list(names))
+                for name, (stem, il) in names.items():
+                    f, offset, (_, length, width) = out[stem]
+                    rows = cap.pop(name).reshape(len(piece), width).astype(np.float16)
+                    os.pwrite(f.fileno(), rows.tobytes(), offset + 2 * width * (il * length + start))
         if on_sequence:
             on_sequence(i)
     manifest = {
