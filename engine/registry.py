@@ -72,6 +72,7 @@ MODELS = {
             filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             description="Qwen2.5-Coder 0.5B Instruct, Q4_K_M, ChatML, 32K context",
+            sidecar="qwen2.5-coder-0.5b-instruct.indexmem.gguf",
         ),
         RegistryModel(
             name="qwen2.5-coder-1.5b-instruct",

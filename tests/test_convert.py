@@ -189,7 +189,10 @@ def test_shipped_checkpoints_round_trip(name, dtype, tol, tmp_path):
             assert np.abs(loaded.tensors[S.tensor_name(il, suffix)] - ref).max() <= tol * scale
 
 
-@pytest.mark.parametrize("name,pool_kernel", [("smollm2-135m-instruct", 31), ("gemma3-270m", None)])
+@pytest.mark.parametrize(
+    "name,pool_kernel",
+    [("smollm2-135m-instruct", 31), ("gemma3-270m", None), ("qwen2.5-coder-0.5b-instruct", None)],
+)
 def test_shipped_sidecars_are_their_checkpoints_converted_as_documented(name, pool_kernel, tmp_path):
     """checkpoints/README.md gives the commands that produced sidecars/; they still do, byte for byte."""
     from indexmem.engine.indexmem import SIDECAR_DIR

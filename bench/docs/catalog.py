@@ -138,6 +138,13 @@ RESULTS = [
     ),
     Result(
         QWEN_05B,
+        "memory-fit",
+        "checkpoints/qwen2.5-coder-0.5b-instruct/memory_fit_report.json",
+        doc=TRAINING_DOC,
+        section="The latent memory, end to end",
+    ),
+    Result(
+        QWEN_05B,
         "auto-report",
         "checkpoints/qwen2.5-coder-0.5b-instruct/auto.report.json",
         doc=TRAINING_DOC,
