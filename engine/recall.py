@@ -146,12 +146,11 @@ def _rows(tensor, slots: np.ndarray) -> np.ndarray:
     """Raw bytes of rows ``slots`` of a [width, capacity] cache tensor: [n, row bytes] (one copy
     per run of consecutive slots)."""
     row = tensor_struct(tensor).nb[1]
-    order = np.argsort(slots, kind="stable")
-    ordered = np.empty((len(slots), row), dtype=np.uint8)
-    for lo, first, n in runs(np.asarray(slots)[order]):
-        C.ggml_backend_tensor_get(tensor, ordered[lo].ctypes.data, first * row, n * row)
-    out = np.empty_like(ordered)
-    out[order] = ordered
+    out = np.empty((len(slots), row), dtype=np.uint8)
+    for where, first, n in runs(slots):
+        run = np.empty((n, row), dtype=np.uint8)
+        C.ggml_backend_tensor_get(tensor, run.ctypes.data, first * row, n * row)
+        out[where] = run
     return out
 
 
@@ -167,10 +166,9 @@ def _set_rows(tensor, slots: np.ndarray, data: np.ndarray) -> None:
     data = np.asarray(data, dtype=np.uint8).reshape(len(slots), -1)
     if data.shape[1] != row:
         raise ValueError(f"a stored row of {data.shape[1]} bytes does not fit a cache row of {row}")
-    order = np.argsort(slots, kind="stable")
-    ordered = np.ascontiguousarray(data[order])
-    for lo, first, n in runs(np.asarray(slots)[order]):
-        C.ggml_backend_tensor_set(tensor, ordered[lo].ctypes.data, first * row, n * row)
+    for where, first, n in runs(slots):
+        run = np.ascontiguousarray(data[where])
+        C.ggml_backend_tensor_set(tensor, run.ctypes.data, first * row, n * row)
 
 
 def _unwrite_memory(runner, rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:

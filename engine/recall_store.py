@@ -23,13 +23,15 @@ import numpy as np
 BLOCK = 2048  # entries scored per read: the scoring's temporaries are this many keys wide
 
 
-def runs(sorted_ids: np.ndarray):
-    """(first index into ``sorted_ids``, first id, length) of each run of consecutive ids."""
-    if len(sorted_ids) == 0:
-        return
-    breaks = (np.flatnonzero(np.diff(sorted_ids) != 1) + 1).tolist()
-    for lo, hi in zip([0, *breaks], [*breaks, len(sorted_ids)]):
-        yield lo, int(sorted_ids[lo]), hi - lo
+def runs(ids: np.ndarray):
+    """Runs of consecutive values in ``ids`` (any order): for each, the positions in ``ids`` of
+    its values in increasing order, its first value and its length, so one copy moves a run."""
+    order = np.argsort(ids, kind="stable")
+    ordered = np.asarray(ids, dtype=np.int64)[order]
+    breaks = (np.flatnonzero(np.diff(ordered) != 1) + 1).tolist()
+    for lo, hi in zip([0, *breaks], [*breaks, len(ordered)]):
+        if hi > lo:
+            yield order[lo:hi], int(ordered[lo]), hi - lo
 
 
 @dataclass
@@ -150,19 +152,15 @@ class RecallStore:
         the store (they go back into the cache)."""
         if len(entries) and int(np.max(entries)) >= self.count[il]:
             raise IndexError(f"layer {il}: store entry {int(np.max(entries))} was never written")
-        order = np.argsort(entries, kind="stable")
-        ordered = np.asarray(entries, dtype=np.int64)[order]
         out = []
         for part, width, dtype in (
             ("k", self.k_row_bytes, np.uint8),
             ("v", self.v_row_bytes, np.uint8),
             ("key", self.d_idx, np.float32),
         ):
-            sorted_rows = np.zeros((len(order), width), dtype=dtype)
-            for lo, first, n in runs(ordered):  # one read per run of consecutive entries
-                sorted_rows[lo : lo + n] = self._read(il, part, first, first + n).reshape(n, width)
-            rows = np.empty_like(sorted_rows)
-            rows[order] = sorted_rows
+            rows = np.zeros((len(entries), width), dtype=dtype)
+            for where, first, n in runs(entries):  # one read per run of consecutive entries
+                rows[where] = self._read(il, part, first, first + n).reshape(n, width)
             out.append(rows)
         self._n_taken[il] += int(np.count_nonzero(~self._taken[il][entries]))
         self._taken[il][entries] = True

@@ -32,9 +32,9 @@ KINDS = {  # file stem -> graph intermediate (every kind: stage 1 and the per-la
 
 # what the indexer's fit needs: its inputs (x, pre-RoPE Q) and the teacher's logits (Q, K as
 # attention uses them)
-OPEN_MAPS = 16  # memory-mapped feature files kept open at once (FeatureSet)
-
 INDEXER_KINDS = {stem: KINDS[stem] for stem in ("x", "q_pre", "q_cur", "k_cur")}
+
+OPEN_MAPS = 16  # memory-mapped feature files kept open at once (FeatureSet)
 
 
 def kq_scale(engine) -> float:
@@ -42,18 +42,14 @@ def kq_scale(engine) -> float:
     return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
 
 
-def _capture_width(engine, graph: str) -> int:
-    """Floats per token of a captured intermediate."""
-    hp = engine.hparams
-    return {
-        "attn_norm": hp.n_embd,
-        "Qpre": hp.n_embd_q,
-        "Qcur": hp.n_embd_q,
-        "kqv_out": hp.n_embd_q,
-        "Kpre": hp.n_embd_kv,
-        "Kcur": hp.n_embd_kv,
-        "Vcur": hp.n_embd_kv,
-    }[graph]
+def _feature_file(files: ExitStack, path: Path, shape: tuple[int, int, int]):
+    """An atomically written float16 ``.npy`` of ``shape``, open for writing rows in place:
+    (file, offset of the data, shape)."""
+    tmp = files.enter_context(atomic_path(path))
+    header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    offset = header.offset
+    del header  # the file now has its header and its size
+    return files.enter_context(open(tmp, "r+b")), offset, shape
 
 
 def extract(
@@ -79,19 +75,15 @@ def extract(
             # (neither held in memory, as a sequence's features would be, 1.1 GB in float32 for a
             # 1.5B model's 2,048 tokens, nor mapped, which would count them as resident)
             out = {}
-            for stem, graph in kinds.items():
-                tmp = files.enter_context(atomic_path(out_dir / f"seq{i:04d}.{stem}.npy"))
-                shape = (hp.n_layer, len(tokens), _capture_width(engine, graph))
-                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                offset = header.offset
-                del header  # the file now has its header and its size
-                out[stem] = (files.enter_context(open(tmp, "r+b")), offset, shape)
             for start in range(0, len(tokens), chunk):
                 piece = np.asarray(tokens[start : start + chunk], dtype=np.int32)
                 _, cap = engine.runner.step(piece, np.arange(start, start + len(piece)), capture=list(names))
                 for name, (stem, il) in names.items():
+                    rows = cap.pop(name).reshape(len(piece), -1).astype(np.float16)
+                    if stem not in out:  # opened at the first chunk, whose captures give the width
+                        path = out_dir / f"seq{i:04d}.{stem}.npy"
+                        out[stem] = _feature_file(files, path, (hp.n_layer, len(tokens), rows.shape[1]))
                     f, offset, (_, length, width) = out[stem]
-                    rows = cap.pop(name).reshape(len(piece), width).astype(np.float16)
                     os.pwrite(f.fileno(), rows.tobytes(), offset + 2 * width * (il * length + start))
         if on_sequence:
             on_sequence(i)
