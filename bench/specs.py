@@ -3,7 +3,10 @@
 ``full`` (no eviction), ``indexmem`` (indexer + latent memory), ``indexmem-nomem`` (indexer
 only), any heuristic (``snapkv``, ``tova``, ...) and ``<heuristic>+mem`` (the heuristic with the
 latent memory behind it); ``indexmem+recall`` and ``indexmem-nomem+recall`` add the recall tier
-(its store on disk), ``+recallN`` with at most N tokens recalled per layer and compression."""
+(its store on disk), ``+recallN`` with at most N tokens recalled per layer and compression, and
+``-end`` after either (``+recall16-end``) only at a prompt's end and in decoding
+(``recall_at="prompt_end"``), ``-end-att`` ranked there by the model's attention
+(``recall_score="attention"``)."""
 
 from __future__ import annotations
 
@@ -27,11 +30,17 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     default)."""
     if spec == "full":
         return dict(policy="full", indexmem=False)
-    recall = re.fullmatch(r"(indexmem|indexmem-nomem)\+recall(\d*)", spec)
+    recall = re.fullmatch(r"(indexmem|indexmem-nomem)\+recall(\d*)(-end)?(-att)?", spec)
     if recall:
         opts = dict(engine_options(recall[1], budget, indexmem, window), recall="disk")
         if recall[2]:
             opts["recall_per_step"] = int(recall[2])
+        if recall[3]:
+            opts["recall_at"] = "prompt_end"
+        if recall[4]:
+            if not recall[3]:
+                raise ValueError(f"{spec!r}: attention ranks at a prompt's end only (+recall-end-att)")
+            opts["recall_score"] = "attention"
         return opts
     policy, memory = spec, False
     if spec == "indexmem":
@@ -43,7 +52,7 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     if policy not in POLICIES or policy == "full":
         raise ValueError(
             f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem (either with "
-            f"+recall or +recallN), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
+            f"+recall, +recallN, and -end or -end-att after either), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
         )
     uses_modules = memory or policy == "indexmem"
     opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)
@@ -60,7 +69,12 @@ def recall_settings(spec: str) -> dict:
         return {}
     from ..engine.recall import N_QUERIES, PER_STEP
 
-    return {"recall": {"per_step": opts.get("recall_per_step", PER_STEP), "n_queries": N_QUERIES}}
+    settings = {"per_step": opts.get("recall_per_step", PER_STEP), "n_queries": N_QUERIES}
+    if "recall_at" in opts:  # rows from before these options stay as they were
+        settings["at"] = opts["recall_at"]
+    if "recall_score" in opts:
+        settings["score"] = opts["recall_score"]
+    return {"recall": settings}
 
 
 def parse_specs(text: str) -> list[str]:

@@ -76,6 +76,26 @@ RecallPerStep = Annotated[
 ]
 
 
+RecallAt = Annotated[
+    str,
+    typer.Option(
+        "--recall-at",
+        help="with --recall: every_chunk (every compression) or prompt_end (only after a prompt's "
+        "last chunk and while generating: the queries of the question, not of the text before it)",
+    ),
+]
+
+
+RecallScore = Annotated[
+    str,
+    typer.Option(
+        "--recall-score",
+        help="with --recall-at prompt_end: index (the indexer ranks stored against cached tokens) "
+        "or attention (the model's attention from the prompt's last queries ranks them all)",
+    ),
+]
+
+
 def load_engine(
     model: str = DEFAULT_MODEL,
     n_ctx: int | None = None,
@@ -93,6 +113,8 @@ def load_engine(
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     recall_per_step: int | None = None,
+    recall_at: str = "every_chunk",
+    recall_score: str = "index",
 ):
     from ..engine.api import Engine
 
@@ -110,6 +132,8 @@ def load_engine(
         memory=memory,
         recall=recall,
         recall_per_step=recall_per_step,
+        recall_at=recall_at,
+        recall_score=recall_score,
         indexmem=False if no_indexmem else (str(indexmem) if indexmem else None),
         cache_type_k=cache_type_k,
         cache_type_v=cache_type_v,

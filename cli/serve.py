@@ -20,7 +20,9 @@ from .engine_options import (
     NCtx,
     NoIndexMem,
     Policy,
+    RecallAt,
     RecallPerStep,
+    RecallScore,
     RecallTier,
     Sinks,
     Tau,
@@ -55,6 +57,8 @@ def main(
     memory: Memory = None,
     recall: RecallTier = None,
     recall_per_step: RecallPerStep = None,
+    recall_at: RecallAt = "every_chunk",
+    recall_score: RecallScore = "index",
     cache_type_k: CacheTypeK = "f16",
     cache_type_v: CacheTypeV = "f16",
 ):
@@ -83,6 +87,8 @@ def main(
         cache_type_k,
         cache_type_v,
         recall_per_step=recall_per_step,
+        recall_at=recall_at,
+        recall_score=recall_score,
     )
     model_id = Path(model).stem if model.endswith(".gguf") else model
     app_ = create_app(

@@ -237,6 +237,9 @@ def memory(
     heldout: int = typer.Option(6, help="held-out windows for the before/after measure"),
     ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios drawn per step"),
     gate_penalty: float = typer.Option(1e-3, help="times the mean gate, added to the loss"),
+    start_gate_bias: float = typer.Option(
+        None, help="set every gate's bias to this before the fit (-3: nearly shut; default: the file's)"
+    ),
     seed: int = typer.Option(0),
 ):
     """End-to-end latent-memory fit: the student runs the engine's bounded procedure (every layer
@@ -256,6 +259,7 @@ def memory(
         lr=lr,
         ratios=tuple(float(r) for r in ratios.split(",")),
         gate_penalty=gate_penalty,
+        start_gate_bias=start_gate_bias,
         seed=seed,
     )
     with _progress() as progress:

@@ -56,6 +56,8 @@ class Engine:
         extra_bufts: bool = True,
         recall: str | None = None,
         recall_per_step: int | None = None,
+        recall_at: str = "every_chunk",
+        recall_score: str = "index",
         cache_types: CacheTypes = CacheTypes(),
         attention: str = "auto",
     ):
@@ -85,6 +87,22 @@ class Engine:
                 f"recall_per_step={recall_per_step}: a positive count of tokens, with recall='disk' or 'ram'"
             )
         self.recall_per_step = recall_per_step
+        from .recall import RECALL_AT, RECALL_SCORES
+
+        if recall_at not in RECALL_AT or recall_score not in RECALL_SCORES:
+            raise ValueError(
+                f"recall_at={recall_at!r}, recall_score={recall_score!r}: recall_at is one of "
+                f"{', '.join(RECALL_AT)}, recall_score one of {', '.join(RECALL_SCORES)}"
+            )
+        if recall is None and (recall_at, recall_score) != ("every_chunk", "index"):
+            raise ValueError(
+                f"recall_at={recall_at!r}, recall_score={recall_score!r} need recall='disk' or 'ram'"
+            )
+        if recall_score == "attention" and recall_at != "prompt_end":
+            raise ValueError(
+                "recall_score='attention' ranks at a prompt's end only: use recall_at='prompt_end'"
+            )
+        self.recall_at, self.recall_score = recall_at, recall_score
         # read and pair-check the IndexMem file before any compute or allocation
         imf = load_indexmem(self.indexmem_path, base_path=self.model_path) if self.indexmem_path else None
         self._lock = threading.RLock()
@@ -185,7 +203,16 @@ class Engine:
         store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
         pool = self.budget_config.params.get("pool_kernel", 1)
         limit = {} if self.recall_per_step is None else {"per_step": self.recall_per_step}
-        recall = Recall(store, pool_kernel=pool, exact_memory=self.indexmem.mem_lambda == 1.0, **limit)
+        hp = self.hparams
+        recall = Recall(
+            store,
+            pool_kernel=pool,
+            exact_memory=self.indexmem.mem_lambda == 1.0,
+            at=self.recall_at,
+            score=self.recall_score,
+            key_format=(self.cache_types.ggml_k, hp.n_head_kv, hp.head_dim, self.model.qk_logit_scale()),
+            **limit,
+        )
         evictor.recall = self.runner.recall = recall
         return recall
 
@@ -206,6 +233,8 @@ class Engine:
         memory: bool | None = None,
         recall: str | None = None,
         recall_per_step: int | None = None,
+        recall_at: str = "every_chunk",
+        recall_score: str = "index",
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         attention: str = "auto",
@@ -230,7 +259,11 @@ class Engine:
         ``seed`` (random), ``obs_window`` (snapkv), ``recent_ratio`` (h2o: the budget share kept for the most
         recent tokens). ``recall`` ("disk" or "ram", with the indexmem policy): evicted tokens are
         stored and brought back when the indexer's later queries want them (engine/recall.py),
-        at most ``recall_per_step`` tokens per layer at a compression (default ``recall.PER_STEP``).
+        at most ``recall_per_step`` tokens per layer at a compression (default ``recall.PER_STEP``),
+        at every compression (``recall_at="every_chunk"``) or only at the one after a prompt's
+        last chunk and in decoding (``"prompt_end"``); ranked against the cached tokens by the
+        indexer (``recall_score="index"``) or, at a prompt's end, by the attention the prompt's
+        last queries give every cached and stored token (``"attention"``).
         ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)..
 
@@ -299,6 +332,8 @@ class Engine:
             memory=memory,
             recall=recall,
             recall_per_step=recall_per_step,
+            recall_at=recall_at,
+            recall_score=recall_score,
             cache_types=cache_types,
             attention=attention,
             **engine_opts,

@@ -98,8 +98,8 @@ class Evictor:
             rule = self.rules[il]
             if rule.by_policy and il in observations:
                 self.policy.observe(il, observations[il])
-                if self.recall is not None and observations[il].index_queries is not None:
-                    self.recall.observe(il, *observations[il].index_queries)
+                if self.recall is not None:
+                    self.recall.observe(il, observations[il])
             table = self.cache.table_of(il)
             over = table.n_used - rule.budget
             if over > 0 and (n_tokens > 1 or over >= self.config.tau):
@@ -112,12 +112,15 @@ class Evictor:
             scores = self.policy.scores(il, positions, rule.budget).astype(np.float64).copy()
         else:
             scores = positions.astype(np.float64)
+        recall = self.recall if rule.by_policy and self.recall and il in self.recall.layers else None
+        if recall and recall.has_queries(il):  # cached and stored tokens on the model's attention
+            scores, (entries, stored_pos, stored_scores) = recall.attention_scores(il, self.cache, positions)
+        else:
+            entries, stored_pos, stored_scores = recall.candidates(il) if recall else ((), (), ())
         newest = positions.max()
         protected = (positions < rule.sinks) | (positions > newest - rule.window)
         scores[protected] = np.inf
         scores[positions < 0] = -np.inf
-        recall = self.recall if rule.by_policy and self.recall and il in self.recall.layers else None
-        entries, stored_pos, stored_scores = recall.candidates(il) if recall else ((), (), ())
         # cached tokens and stored candidates ranked together; highest score first, ties go to
         # the more recent token
         all_pos = np.concatenate([positions, stored_pos]).astype(np.int64)

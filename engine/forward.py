@@ -69,6 +69,8 @@ class ForwardRunner:
             attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
             if self.evictor.policy.needs_keys:
                 capture |= {f"Kcur-{il}" for il in range(n_layer)}
+            if self.recall is not None and self.recall.wants_queries(n_tokens):
+                capture |= {f"Qcur-{il}" for il in self.recall.layers}
         index, mem_read = self._plan_indexmem()
         plan = StepPlan(
             n_tokens=n_tokens,
@@ -102,9 +104,10 @@ class ForwardRunner:
 
     def _graph_for(self, plan: StepPlan):
         if plan != self._plan or self._graph is None:
+            new_outputs = self._plan is None or plan.capture != self._plan.capture
             self.invalidate()  # free the old context before building the new one
             self._graph = self.model.build(Builder(self.model, self.cache, plan))
-            self.backend.alloc_graph(self._graph.gf)
+            self.backend.alloc_graph(self._graph.gf, new_outputs=new_outputs)
             self._plan = plan
             self.graphs_built += 1
         return self._graph
@@ -154,13 +157,14 @@ class ForwardRunner:
         logits = g.read(g.logits).reshape(plan.n_out, -1)
         captured = {name: g.read(g.named[name]) for name in plan.capture}
         if self.evictor:
-            self.evictor.after_step(self._observations(g, plan, captured, slots), len(tokens))
+            self.evictor.after_step(self._observations(g, plan, captured, slots, positions), len(tokens))
             self.flush()
         return logits, {k: v for k, v in captured.items() if k in set(capture)}
 
-    def _observations(self, g, plan, captured, slots) -> dict[int, LayerObservation]:
+    def _observations(self, g, plan, captured, slots, positions) -> dict[int, LayerObservation]:
         obs = {}
         hp = self.model.hp
+        wants_queries = self.recall is not None and self.recall.wants_queries(plan.n_tokens)
         for il in range(hp.n_layer):
             table = self.cache.table_of(il)
             o = LayerObservation(positions=table.positions[: table.n_used])
@@ -179,6 +183,10 @@ class ForwardRunner:
                 o.attn_mass = (
                     g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
                 )
+            if wants_queries and f"Qcur-{il}" in captured:
+                last = min(plan.n_tokens, self.recall.n_queries)
+                q = captured[f"Qcur-{il}"].reshape(plan.n_tokens, hp.n_head, hp.head_dim)
+                o.queries = (q[-last:], positions[-last:])
             key = f"Kcur-{il}"
             if key in captured:
                 o.new_keys = captured[key].reshape(plan.n_tokens, hp.n_head_kv, hp.head_dim)

@@ -64,24 +64,32 @@ class Feeder:
                 f"or a bounded cache)"
             )
         outs = []
-        for chunk in self._chunks(tokens, all_logits):
+        chunks, last_alone = self._chunks(tokens, all_logits)
+        end = len(chunks) - (2 if last_alone else 1)  # the prompt's last chunk (and its last token's step)
+        for i, chunk in enumerate(chunks):
             if cancel is not None and cancel.is_set():
                 return None
+            self._open_recall(i >= end)
             logits = self._step(chunk, all_logits)
             outs.append(logits)
             if on_chunk:
                 on_chunk(len(chunk))
         return np.concatenate(outs if all_logits else outs[-1:], axis=0) if outs else None
 
-    def _chunks(self, tokens: np.ndarray, all_logits: bool) -> list[np.ndarray]:
-        """``tokens`` in steps of ``n_batch``. With the recall tier the last token gets a step of
-        its own: the compression after the chunk before it may bring evicted tokens back, and
-        the logits the next token is sampled from should see them."""
+    def _chunks(self, tokens: np.ndarray, all_logits: bool) -> tuple[list[np.ndarray], bool]:
+        """``tokens`` in steps of ``n_batch``, and whether the last token has a step of its own:
+        with the recall tier it does, since the compression after the chunk before it may bring
+        evicted tokens back, and the logits the next token is sampled from should see them."""
         body = (
             tokens[:-1] if self.runner.recall is not None and not all_logits and len(tokens) > 1 else tokens
         )
         chunks = [body[i : i + self.n_batch] for i in range(0, len(body), self.n_batch)]
-        return chunks + ([tokens[-1:]] if len(body) < len(tokens) else [])
+        last_alone = len(body) < len(tokens)
+        return chunks + ([tokens[-1:]] if last_alone else []), last_alone
+
+    def _open_recall(self, is_open: bool) -> None:
+        if self.runner.recall is not None:
+            self.runner.recall.open = is_open
 
     def _step(self, chunk: np.ndarray, all_logits: bool, kind: str = "prompt") -> np.ndarray:
         t0 = time.perf_counter()
@@ -128,6 +136,7 @@ class Feeder:
                     or (cancel is not None and cancel.is_set())
                 ):
                     return
+                self._open_recall(True)
                 logits = self._step(np.array([token], dtype=np.int32), False, "decode")[0]
                 pending = None
         finally:  # also when the caller stops iterating

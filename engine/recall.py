@@ -17,6 +17,10 @@ The pieces, in the order a step uses them:
   latent-memory layers, takes them back out of M and b: with lambda = 1 the write was a plain
   sum, so subtracting the same terms is exact (up to float rounding); with lambda != 1 the
   recalled tokens stay counted in the memory (documented, ``exact_memory``).
+
+``at="prompt_end"`` keeps the tier closed for a prompt's chunks before its last (the feeder sets
+``open``); ``score="attention"`` then ranks cached and stored tokens at that last chunk by the
+attention of the model's own queries (``recall_attention.py``) instead of by the indexer.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from .recall_store import RecallStore, runs
 
 PER_STEP = 128  # tokens recalled per layer per compression, at most
 N_QUERIES = 64  # the most recent index queries of a layer that score the store
+# When stored tokens may come back: at every compression, or only at the compression after a
+# prompt's last chunk and in decoding (the queries of a question, not of the text before it).
+RECALL_AT = ("every_chunk", "prompt_end")
+# What ranks stored against cached tokens: the indexer's scores, or (at a prompt's end) the
+# model's own attention from the prompt's last queries (engine/recall_attention.py).
+RECALL_SCORES = ("index", "attention")
 
 
 def store_scores(q: np.ndarray, a: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -59,9 +69,26 @@ class Recall:
         per_step: int = PER_STEP,
         n_queries: int = N_QUERIES,
         exact_memory: bool = True,
+        at: str = "every_chunk",
+        score: str = "index",
+        key_format: tuple[int, int, int, float] | None = None,
     ):
+        """``key_format``: the cache's K type, KV heads, head size and the factor between
+        ``Qcur . Kcur`` and the attention logit (attention scoring reads K rows)."""
         if per_step < 1 or n_queries < 1:
             raise ValueError(f"recall per_step and n_queries must be >= 1 (got {per_step}, {n_queries})")
+        if at not in RECALL_AT:
+            raise ValueError(f"recall at={at!r}: one of {', '.join(RECALL_AT)}")
+        if score not in RECALL_SCORES or (
+            score == "attention" and (at != "prompt_end" or key_format is None)
+        ):
+            raise ValueError(
+                f"recall score={score!r}: one of {', '.join(RECALL_SCORES)}; 'attention' scores at a "
+                "prompt's end only (at='prompt_end')"
+            )
+        self.at, self.score, self.key_format = at, score, key_format
+        self.model_queries: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (queries, positions)
+        self.open = True  # the feeder closes it for a prompt's chunks before its last (at="prompt_end")
         self.store, self.pool_kernel = store, pool_kernel
         self.per_step, self.n_queries, self.exact_memory = per_step, n_queries, exact_memory
         self.queries: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -74,7 +101,21 @@ class Recall:
         return self.store.layers
 
     # --- scoring -----------------------------------------------------------------------
-    def observe(self, il: int, q: np.ndarray, a: np.ndarray) -> None:
+    def wants_queries(self, n_tokens: int) -> bool:
+        """Should this step output the model's queries? At a prompt's last chunk, when the
+        stored tokens are ranked by attention (a prompt's last token, fed alone, and decoding
+        steps are ranked by the indexer)."""
+        return self.score == "attention" and self.open and n_tokens > 1
+
+    def observe(self, il: int, obs) -> None:
+        if obs.queries is None:  # the model's queries rank only the step that computed them
+            self.model_queries.pop(il, None)
+        else:
+            self.model_queries[il] = obs.queries
+        if obs.index_queries is not None:
+            self._observe_index(il, *obs.index_queries)
+
+    def _observe_index(self, il: int, q: np.ndarray, a: np.ndarray) -> None:
         buf = self.queries.setdefault(il, [])
         buf.append((q[-self.n_queries :], a[-self.n_queries :]))
         while sum(len(x) for x, _ in buf) - len(buf[0][0]) >= self.n_queries:
@@ -85,7 +126,7 @@ class Recall:
         stored tokens for the queries seen since the layer's last compression."""
         buf = self.queries.get(il)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0))
-        if not buf or self.store.live(il) == 0:
+        if not buf or self.store.live(il) == 0 or (self.at == "prompt_end" and not self.open):
             return empty
         q = np.concatenate([x for x, _ in buf])[-self.n_queries :].astype(np.float32)
         a = np.concatenate([w for _, w in buf])[-self.n_queries :].astype(np.float32)
@@ -100,8 +141,49 @@ class Recall:
         best = np.lexsort((-positions, -pooled))[: self.per_step]  # ties to the more recent
         return entries[best], positions[best], pooled[best]
 
+    def has_queries(self, il: int) -> bool:
+        return il in self.model_queries
+
+    def attention_scores(self, il: int, cache, positions: np.ndarray):
+        """Cached tokens' scores [n_used] and the best ``per_step`` stored candidates (entries,
+        positions, scores), all on the attention the step's last queries give them, pooled by
+        position over cached and stored tokens together."""
+        from .recall_attention import attention_importance, key_floats
+
+        q, q_pos = self.model_queries.pop(il)
+        k_type, n_head_kv, head_dim, scale = self.key_format
+
+        def floats(rows):
+            return key_floats(rows, k_type, n_head_kv, head_dim)
+
+        free = np.iinfo(np.int64).max  # empty slots: after every query, so masked out
+        cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
+        cached_k = floats(_rows(cache.layers[il].k, np.arange(len(positions))))
+        cached_k[positions < 0] = 0.0  # whatever an empty slot holds (it is masked out anyway)
+
+        def blocks():  # read again for each pass, a block at a time
+            yield cached_k, cached_pos
+            for _, pos, k_rows, taken in self.store.blocks(il, "k"):
+                live = np.flatnonzero(~taken)
+                yield floats(k_rows[live]), pos[live].astype(np.int64)
+
+        parts = attention_importance(q, q_pos.astype(np.int64), blocks, scale)
+        entries, stored_pos = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for start, pos, _, taken in self.store.blocks(il):
+            live = np.flatnonzero(~taken)
+            entries.append(start + live)
+            stored_pos.append(pos[live].astype(np.int64))
+        entries, stored_pos = np.concatenate(entries), np.concatenate(stored_pos)
+        all_pos = np.concatenate([cached_pos, stored_pos])
+        pooled = pool_by_position(np.concatenate(parts), all_pos, self.pool_kernel)
+        n = len(positions)
+        cached, stored = pooled[:n], pooled[n:]
+        best = np.lexsort((-stored_pos, -stored))[: self.per_step]  # ties to the more recent
+        return cached, (entries[best], stored_pos[best].astype(np.int32), stored[best])
+
     def compressed(self, il: int) -> None:
         self.queries.pop(il, None)
+        self.model_queries.pop(il, None)
 
     # --- moving rows -------------------------------------------------------------------
     def store_evicted(self, cache) -> None:
@@ -137,6 +219,7 @@ class Recall:
     def clear(self) -> None:
         self.store.clear()
         self.queries, self.pending_store, self.pending_recall = {}, {}, {}
+        self.model_queries = {}
 
     def close(self) -> None:
         self.store.close()

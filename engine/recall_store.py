@@ -136,14 +136,17 @@ class RecallStore:
         arr = np.frombuffer(raw, dtype=dtype)
         return arr.reshape(stop - start, -1) if part != "pos" else arr
 
-    def blocks(self, il: int):
-        """(first entry, positions, index keys, taken) of each block of the layer's entries."""
+    def blocks(self, il: int, part: str = "key"):
+        """(first entry, positions, rows, taken) of each block of the layer's entries; the rows
+        are the index keys [n, d_idx] float32 (``part="key"``) or the K rows [n, K row bytes]
+        (``part="k"``)."""
+        width = self.d_idx if part == "key" else self.k_row_bytes
         for start in range(0, self.count[il], BLOCK):
             stop = min(start + BLOCK, self.count[il])
             yield (
                 start,
                 self._read(il, "pos", start, stop),
-                self._read(il, "key", start, stop).reshape(-1, self.d_idx),
+                self._read(il, part, start, stop).reshape(-1, width),
                 self._taken[il][start:stop],
             )
 

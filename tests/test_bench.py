@@ -43,8 +43,21 @@ def test_configuration_names():
     assert engine_options("indexmem-nomem+recall16", 500)["recall_per_step"] == 16
     assert recall_settings("indexmem-nomem+recall16") == {"recall": {"per_step": 16, "n_queries": N_QUERIES}}
     assert recall_settings("indexmem+recall") == {"recall": {"per_step": PER_STEP, "n_queries": N_QUERIES}}
+    assert engine_options("indexmem-nomem+recall16-end", 500)["recall_at"] == "prompt_end"
+    assert engine_options("indexmem-nomem+recall-end-att", 500)["recall_score"] == "attention"
+    assert recall_settings("indexmem-nomem+recall410-end-att")["recall"]["score"] == "attention"
+    assert recall_settings("indexmem-nomem+recall-end") == {
+        "recall": {"per_step": PER_STEP, "n_queries": N_QUERIES, "at": "prompt_end"}
+    }
     assert recall_settings("indexmem-nomem") == {}
-    for bad in ("bogus", "full+mem", "indexmem-nomem,nope", "snapkv+recall", "indexmem+recallx"):
+    for bad in (
+        "bogus",
+        "full+mem",
+        "indexmem-nomem,nope",
+        "snapkv+recall",
+        "indexmem+recallx",
+        "indexmem+recall-start",
+    ):
         with pytest.raises(ValueError):
             parse_specs(bad)
 

@@ -248,3 +248,129 @@ def test_recall_per_step_bounds_the_tokens_brought_back_at_a_compression(setup):
         _load(base, side, "disk", recall_per_step=0)
     with pytest.raises(ValueError, match="recall_per_step"):
         _load(base, side, None, recall_per_step=8)
+
+
+def test_recall_at_prompt_end_brings_tokens_back_only_after_the_last_chunk_and_in_decoding(setup):
+    base, side, _ = setup
+    prompt = random_prompt(121, seed=10)
+
+    def recalled_per_step(engine):
+        """Tokens brought back by each step of a generation, and the chunk sizes."""
+        seen, original = [], engine.runner.step
+
+        def step(tokens, positions, **kw):
+            before = sum(engine.recall.recalled.values())
+            out = original(tokens, positions, **kw)
+            engine.runner.flush()
+            seen.append((len(tokens), sum(engine.recall.recalled.values()) - before))
+            return out
+
+        engine.runner.step = step
+        engine.generate(prompt, max_tokens=3 * TAU)
+        engine.close()
+        return seen
+
+    every = recalled_per_step(_load(base, side, "disk"))
+    at_end = recalled_per_step(_load(base, side, "disk", recall_at="prompt_end"))
+    n_chunks = 120 // N_BATCH
+    assert [n for n, _ in at_end] == [N_BATCH] * n_chunks + [1] * (len(at_end) - n_chunks)
+    assert sum(r for _, r in every[: n_chunks - 1]) > 0, "the test would not see a closed tier"
+    assert all(r == 0 for _, r in at_end[: n_chunks - 1])  # every chunk before the prompt's last
+    assert sum(r for _, r in at_end[n_chunks - 1 :]) > 0  # its last chunk and the decoding steps
+    with pytest.raises(ValueError, match="recall_at="):
+        _load(base, side, "disk", recall_at="sometimes")
+    with pytest.raises(ValueError, match="prompt_end"):
+        _load(base, side, "disk", recall_score="attention")
+    with pytest.raises(ValueError, match="need recall"):
+        _load(base, side, None, recall_at="prompt_end")
+
+
+def _reference_importance(q, q_pos, k, k_pos):
+    """Sum over queries of softmax(q . k / sqrt(d)) over all keys, max over heads (torch, f64)."""
+    q, k = torch.from_numpy(q).double(), torch.from_numpy(k).double()
+    group = q.shape[1] // k.shape[1]
+    logits = torch.einsum("thd,nhd->thn", q, k.repeat_interleave(group, 1)) / q.shape[-1] ** 0.5
+    future = torch.from_numpy(k_pos[None, :] > q_pos[:, None])
+    logits = logits.masked_fill(future[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).sum(0).amax(0).numpy()
+
+
+def test_attention_importance_is_one_softmax_over_every_block():
+    from indexmem.engine.recall_attention import attention_importance
+
+    rng = np.random.default_rng(0)
+    q, q_pos = rng.normal(size=(5, 6, 8)).astype(np.float32), np.arange(95, 100)
+    k, k_pos = rng.normal(size=(100, 2, 8)).astype(np.float32), rng.permutation(100)
+    cuts = [0, 7, 7, 60, 100]  # an empty block too
+
+    def blocks():
+        for a, b in zip(cuts, cuts[1:]):
+            yield k[a:b], k_pos[a:b]
+
+    ours = np.concatenate(attention_importance(q, q_pos, blocks))
+    ref = _reference_importance(q, q_pos, k, k_pos)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    assert (ours[k_pos > 99] == 0).all() and ours[k_pos == 99][0] > 0
+
+
+@pytest.fixture(scope="module")
+def wide_heads(tmp_path_factory):
+    """A tiny llama with 32-wide heads: quantized K rows need whole 32-value blocks."""
+    from tiny_models import write_tiny_model
+
+    root = tmp_path_factory.mktemp("hd32")
+    return write_tiny_model(root / "hd32.gguf", "llama", seed=7, all_f32=True, head_dim=32, n_ctx_train=4096)
+
+
+@pytest.mark.parametrize("cache_type", ["f16", "bf16", "q8_0", "q4_0"])
+def test_key_floats_reads_cached_keys_of_every_type(wide_heads, cache_type):
+    """K rows read from the cache and converted in numpy are the keys the model computed, up to
+    the cache type's rounding."""
+    from indexmem.engine.recall import _rows
+    from indexmem.engine.recall_attention import key_floats
+
+    engine = Engine.load(str(wide_heads), n_ctx=256, policy="full", indexmem=False, cache_type_k=cache_type)
+    hp, tokens = engine.hparams, random_prompt(N_BATCH, seed=11)
+    _, cap = engine.runner.step(np.array(tokens), np.arange(N_BATCH), capture=["Kcur-1"])
+    k_ref = cap["Kcur-1"].reshape(N_BATCH, hp.n_head_kv, hp.head_dim)
+    layer = engine.cache.layers[1]
+    ours = key_floats(
+        _rows(layer.k, np.arange(N_BATCH)), engine.cache_types.ggml_k, hp.n_head_kv, hp.head_dim
+    )
+    scale = float(np.abs(k_ref).max())
+    tol = {"f16": 1e-3, "bf16": 8e-3, "q8_0": 1e-2, "q4_0": 0.15}[cache_type]
+    np.testing.assert_allclose(ours, k_ref, atol=tol * scale)
+    engine.close()
+
+
+def test_attention_recall_keeps_what_the_prompts_last_queries_attend_to(setup):
+    """At the compression after the prompt's last chunk, the kept set is the sinks, the recent
+    window and the tokens the reference attention (from the keys and queries the model computed,
+    over every token of the prompt) ranks highest; earlier chunks and decoding are unchanged."""
+    base, side, _ = setup
+    engine = _load(base, side, "disk", recall_at="prompt_end", recall_score="attention", recall_per_step=B)
+    hp = engine.hparams
+    n_chunks, il = 6, 1
+    tokens = random_prompt(n_chunks * N_BATCH, seed=12)
+    keys, kept = [], None
+    for c in range(n_chunks):
+        start = c * N_BATCH
+        engine.recall.open = c == n_chunks - 1
+        names = [f"Kcur-{il}"] + ([f"Qcur-{il}"] if c == n_chunks - 1 else [])
+        _, cap = engine.runner.step(
+            np.array(tokens[start : start + N_BATCH]), np.arange(start, start + N_BATCH), capture=names
+        )
+        keys.append(cap[f"Kcur-{il}"].reshape(N_BATCH, hp.n_head_kv, hp.head_dim))
+        kept = _cached(engine, il)
+        assert len(kept) <= B
+    q = cap[f"Qcur-{il}"].reshape(N_BATCH, hp.n_head, hp.head_dim)
+    n = n_chunks * N_BATCH
+    ref = _reference_importance(q, np.arange(n - N_BATCH, n), np.concatenate(keys), np.arange(n))
+    protected = set(range(SINKS)) | set(range(n - 4, n))  # window=4 in _load
+    rest = [p for p in np.argsort(-ref, kind="stable") if p not in protected]
+    want = protected | set(rest[: B - len(protected)])
+    boundary = ref[rest[B - len(protected) - 1]]
+    differ = set(kept.tolist()) ^ want
+    assert all(abs(ref[p] - boundary) <= 0.02 * boundary for p in differ), (sorted(differ), boundary)
+    assert sum(engine.recall.recalled.values()) > 0
+    engine.close()

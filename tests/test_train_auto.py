@@ -8,6 +8,7 @@ import pytest
 from indexmem.convert.reader import load_indexmem
 from indexmem.train.auto import make_plan
 from indexmem.train.auto_run import STAGES, AutoRun
+from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
 from tiny_models import WORDS, write_tiny_model
 
 
@@ -65,3 +66,27 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     assert saved["wall_seconds"] == report["wall_seconds"]
     # a finished run run again does nothing more
     assert AutoRun(plan).run()["stage_seconds"] == report["stage_seconds"]
+
+
+def test_memory_fit_can_start_from_shut_gates(tmp_path, corpus, setup):  # noqa: F811
+    """``start_gate_bias`` replaces the file's gate biases before the fit: the held-out 'before'
+    measures that memory, and one small step leaves the biases near the value set."""
+    from indexmem.train.memory_fit import MemoryFitConfig
+    from indexmem.train.memory_run import fit_memory
+    from safetensors.numpy import load_file
+
+    base, side, _ = setup
+    gates, biases = {}, {}
+    for bias in (None, -3.0):
+        cfg = MemoryFitConfig(steps=1, lr=1e-4, warmup=1, ratios=(0.9,), start_gate_bias=bias)
+        out = tmp_path / f"fit{bias}"
+        report = fit_memory(base, side, corpus, out, cfg, seq_len=1024, n_windows=2, n_heldout=1)
+        gates[bias] = report["before"]["gates"]
+        config = json.loads((out / "config.json").read_text())
+        assert config["memory_fit"]["start_gate_bias"] == bias
+        weights = load_file(out / "weights.safetensors")
+        biases[bias] = [float(v[0]) for k, v in sorted(weights.items()) if k.endswith("gate.bias")]
+    for il, g in gates[-3.0].items():
+        assert g < 0.25 < gates[None][il], (il, g, gates[None][il])
+    assert len(biases[-3.0]) == 2 and all(abs(b + 3.0) < 0.01 for b in biases[-3.0])
+    assert all(abs(b + 3.0) > 0.5 for b in biases[None])

@@ -8,7 +8,6 @@ attention output ``kqv_out``. ``manifest.json`` says what is where.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from contextlib import ExitStack
@@ -39,7 +38,7 @@ OPEN_MAPS = 16  # memory-mapped feature files kept open at once (FeatureSet)
 
 def kq_scale(engine) -> float:
     """The factor between Qcur . Kcur and the attention logit (Gemma pre-scales its queries)."""
-    return 1.0 if engine.hparams.arch == "gemma3" else 1.0 / math.sqrt(engine.hparams.head_dim)
+    return engine.model.qk_logit_scale()
 
 
 def _feature_file(files: ExitStack, path: Path, shape: tuple[int, int, int]):

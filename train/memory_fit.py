@@ -42,6 +42,7 @@ class MemoryFitConfig:
     window: int = 64  # recent tokens kept (the engine's and RULER's default)
     tau: int = 16
     gate_penalty: float = 1e-3  # times the mean gate over memory layers
+    start_gate_bias: float | None = None  # reset every gate's bias before the fit (None: keep the file's)
     seed: int = 0
     checkpoint_every: int = 10
 

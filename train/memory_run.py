@@ -66,6 +66,10 @@ def fit_memory(
     phase = on_phase or (lambda msg: None)
     out_dir = Path(out_dir)
     modules, settings = modules_from_file(indexmem_path, model_path)
+    if cfg.start_gate_bias is not None:  # a resumed run loads its own gates over these
+        with torch.no_grad():
+            for memory in modules.memories:
+                memory.gate.bias.fill_(cfg.start_gate_bias)
     tokenizer = Tokenizer(model_path)
     windows = training_windows(tokenizer, (corpus / "train.txt").read_text(), seq_len, n_windows, cfg.seed)
     held = heldout_windows(tokenizer, (corpus / "heldout.txt").read_text(), seq_len, n_heldout, cfg.seed + 1)

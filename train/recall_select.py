@@ -31,8 +31,10 @@ from .validate import answered_windows
 BASELINES = ("full", "nomem")
 
 
-def settings(per_steps: list[int]) -> list[str]:
-    return [*BASELINES, *(f"recall-{r}" for r in per_steps)]
+def settings(per_steps: list[int], ends: list[str]) -> list[str]:
+    """recall-R: at every compression; recall-R-end: only at a prompt's end and in decoding;
+    recall-R-end-att: ranked there by the model's attention."""
+    return [*BASELINES, *(f"recall-{r}{e}" for e in ends for r in per_steps)]
 
 
 def engine_for(setting: str, model: str, sidecar, length: int, ratio: float, threads: int) -> Engine:
@@ -46,7 +48,11 @@ def engine_for(setting: str, model: str, sidecar, length: int, ratio: float, thr
             window=64,
         )
         if setting.startswith("recall-"):
-            opts.update(recall="disk", recall_per_step=int(setting.split("-")[1]))
+            at = "prompt_end" if "-end" in setting else "every_chunk"
+            score = "attention" if setting.endswith("-att") else "index"
+            opts.update(
+                recall="disk", recall_per_step=int(setting.split("-")[1]), recall_at=at, recall_score=score
+            )
     return Engine.load(model, n_threads=threads, n_ctx=length + 8, n_batch=512, **opts)
 
 
@@ -75,7 +81,7 @@ def answer_nll(engine: Engine, tokens: list[int], spans: list[tuple[int, int]]) 
 def run(args) -> list[dict]:
     console = Console()
     text = (Path(args.corpus) / "heldout.txt").read_text()
-    todo = [s for s in settings(args.per_step) if not args.only or s in args.only]
+    todo = [s for s in settings(args.per_step, args.at) if not args.only or s in args.only]
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -140,6 +146,14 @@ def main(argv=None) -> None:
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--per-step", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64, 128])
+    p.add_argument(
+        "--at",
+        type=lambda s: [
+            {"every_chunk": "", "prompt_end": "-end", "attention": "-end-att"}[x] for x in s.split(",")
+        ],
+        default=[""],
+        help="every_chunk, prompt_end, attention (at the prompt's end, ranked by attention), comma separated",
+    )
     p.add_argument("--only", nargs="*", help="settings to run in this process (names), for two processes")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)

@@ -59,6 +59,8 @@ RESULTS = [
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
     # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build)
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx2.json"),
+    # and on an Intel Xeon with AVX-512 (the kernel's AVX-512 build)
+    Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx512.json"),
     Result(SMOLLM2, "cache-memory", R + "cache-memory-smollm2-8k.json"),
     Result(SMOLLM2, "speed", R + "smollm2.json"),
     Result(SMOLLM2, "ppl", R + "ppl_smollm2.json"),
@@ -87,6 +89,7 @@ RESULTS = [
         section="The end-to-end memory fit",
     ),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q8_0.jsonl", section="Quantized K/V cache"),
+    Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q4_0.jsonl", section="Quantized K/V cache"),
     # Gemma 3 270M
     Result(GEMMA, "ruler", R + "ruler-gemma3-16k.jsonl", headline=True, plot=R + "ruler-gemma3-16k.png"),
     Result(GEMMA, "needle", R + "needle-gemma-8k.jsonl", context=8192, plot=R + "needle-gemma-8k.png"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ...ggml_ops.bindings import C
 from ..hparams import HParams
 from ..loader import TensorSpec
@@ -66,6 +68,11 @@ class DecoderModel:
         return C.ggml_rope_ext(
             ctx, x, pos, factors, hp.n_rot, mode, hp.n_ctx_train, base, scale, 0.0, 1.0, 32.0, 1.0
         )
+
+    def qk_logit_scale(self) -> float:
+        """The factor between ``Qcur . Kcur`` and the attention logit (1/sqrt(head_dim), unless
+        the model scales its queries before naming them ``Qcur``)."""
+        return 1.0 / math.sqrt(self.hp.head_dim)
 
     def build(self, b):
         raise NotImplementedError

@@ -31,6 +31,9 @@ class Gemma3Model(DecoderModel):
             return self.rope_type, hp.rope_base_swa, 1.0, None
         return self.rope_type, hp.rope_base, hp.rope_scale, None
 
+    def qk_logit_scale(self) -> float:
+        return 1.0  # Qcur is already scaled by 1/sqrt(query_pre_attn_scalar)
+
     def build(self, b):
         hp, ctx = self.hp, b.ctx
         q_scale = 1.0 / math.sqrt(hp.head_dim)

@@ -23,6 +23,9 @@ class LayerObservation:
     index_scores: np.ndarray | None = None  # IndexMem indexer importance, max over this step's queries
     # the indexer's queries [n_new, H_idx, d_idx] and head weights [n_new, H_idx] of this step
     index_queries: tuple[np.ndarray, np.ndarray] | None = None
+    # the model's post-RoPE queries [n, n_head, head_dim] of this step's last tokens, and their
+    # positions [n] (the recall tier's attention scoring)
+    queries: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Policy:
