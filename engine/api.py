@@ -87,20 +87,12 @@ class Engine:
                 f"recall_per_step={recall_per_step}: a positive count of tokens, with recall='disk' or 'ram'"
             )
         self.recall_per_step = recall_per_step
-        from .recall import RECALL_AT, RECALL_SCORES
+        from .recall import check_recall_options
 
-        if recall_at not in RECALL_AT or recall_score not in RECALL_SCORES:
-            raise ValueError(
-                f"recall_at={recall_at!r}, recall_score={recall_score!r}: recall_at is one of "
-                f"{', '.join(RECALL_AT)}, recall_score one of {', '.join(RECALL_SCORES)}"
-            )
+        check_recall_options(recall_at, recall_score)
         if recall is None and (recall_at, recall_score) != ("every_chunk", "index"):
             raise ValueError(
                 f"recall_at={recall_at!r}, recall_score={recall_score!r} need recall='disk' or 'ram'"
-            )
-        if recall_score == "attention" and recall_at != "prompt_end":
-            raise ValueError(
-                "recall_score='attention' ranks at a prompt's end only: use recall_at='prompt_end'"
             )
         self.recall_at, self.recall_score = recall_at, recall_score
         # read and pair-check the IndexMem file before any compute or allocation

@@ -41,6 +41,17 @@ RECALL_AT = ("every_chunk", "prompt_end")
 RECALL_SCORES = ("index", "attention")
 
 
+def check_recall_options(at: str, score: str) -> None:
+    """Raise ValueError for a ``recall_at`` / ``recall_score`` pair the tier cannot run."""
+    if at not in RECALL_AT or score not in RECALL_SCORES:
+        raise ValueError(
+            f"recall_at={at!r}, recall_score={score!r}: recall_at is one of {', '.join(RECALL_AT)}, "
+            f"recall_score one of {', '.join(RECALL_SCORES)}"
+        )
+    if score == "attention" and at != "prompt_end":
+        raise ValueError("recall_score='attention' ranks at a prompt's end only: use recall_at='prompt_end'")
+
+
 def store_scores(q: np.ndarray, a: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """max over queries t of sum_j a[t, j] ReLU(q[t, j] . k) for every key: [n_keys].
     q [T, H_idx, d_idx], a [T, H_idx], keys [n_keys, d_idx]."""
@@ -77,15 +88,9 @@ class Recall:
         ``Qcur . Kcur`` and the attention logit (attention scoring reads K rows)."""
         if per_step < 1 or n_queries < 1:
             raise ValueError(f"recall per_step and n_queries must be >= 1 (got {per_step}, {n_queries})")
-        if at not in RECALL_AT:
-            raise ValueError(f"recall at={at!r}: one of {', '.join(RECALL_AT)}")
-        if score not in RECALL_SCORES or (
-            score == "attention" and (at != "prompt_end" or key_format is None)
-        ):
-            raise ValueError(
-                f"recall score={score!r}: one of {', '.join(RECALL_SCORES)}; 'attention' scores at a "
-                "prompt's end only (at='prompt_end')"
-            )
+        check_recall_options(at, score)
+        if score == "attention" and key_format is None:
+            raise ValueError("recall score='attention' reads K rows: pass key_format")
         self.at, self.score, self.key_format = at, score, key_format
         self.model_queries: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (queries, positions)
         self.open = True  # the feeder closes it for a prompt's chunks before its last (at="prompt_end")
