@@ -240,6 +240,10 @@ def memory(
     start_gate_bias: float = typer.Option(
         None, help="set every gate's bias to this before the fit (-3: nearly shut; default: the file's)"
     ),
+    combine: str = typer.Option(
+        None,
+        help="how the readout joins attention: add (o + g·m) or mix (o + g·(m − o)); default: the file's",
+    ),
     seed: int = typer.Option(0),
 ):
     """End-to-end latent-memory fit: the student runs the engine's bounded procedure (every layer
@@ -260,6 +264,7 @@ def memory(
         ratios=tuple(float(r) for r in ratios.split(",")),
         gate_penalty=gate_penalty,
         start_gate_bias=start_gate_bias,
+        combine=combine,
         seed=seed,
     )
     with _progress() as progress:

@@ -18,6 +18,7 @@ Keys (namespace ``indexmem.``):
 | ``indexmem.indexer.head_count`` / ``indexmem.indexer.key_length`` | u32 | H_idx, d_idx |
 | ``indexmem.memory.length`` | u32 | d_mem |
 | ``indexmem.memory.lambda`` / ``eta`` / ``eps`` | f32 | memory write decay, write rate, read epsilon |
+| ``indexmem.memory.combine`` | str | optional: how the readout joins attention, ``add`` (o + g·m, the paper's; absent means this) or ``mix`` (o + g·(m − o)) |
 | ``indexmem.norm_eps`` | f32 | epsilon of the indexer's RMSNorms |
 | ``indexmem.sinks`` / ``indexmem.default_budget`` / ``indexmem.default_tau`` | u32 | eviction defaults |
 | ``indexmem.default_pool_kernel`` | u32 | optional: odd width of the max-pool over positions applied to the indexer's scores before the top-B (absent: 1, no pooling) |
@@ -67,6 +68,8 @@ K_MEM_DIM = "indexmem.memory.length"
 K_MEM_LAMBDA = "indexmem.memory.lambda"
 K_MEM_ETA = "indexmem.memory.eta"
 K_MEM_EPS = "indexmem.memory.eps"
+K_MEM_COMBINE = "indexmem.memory.combine"
+MEM_COMBINES = ("add", "mix")
 K_NORM_EPS = "indexmem.norm_eps"
 K_SINKS = "indexmem.sinks"
 K_BUDGET = "indexmem.default_budget"
@@ -76,7 +79,8 @@ K_INDEXER_FROM = "indexmem.indexer_from"
 
 # what each key must hold: "count" (integer >= 1), "index" (integer >= 0), "float" (finite),
 # "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
-# MIN_DEFAULT_BUDGET), "odd" (odd integer >= 1), "str", "indices" (array of integers >= 0)
+# MIN_DEFAULT_BUDGET), "odd" (odd integer >= 1), "str", "indices" (array of integers >= 0),
+# "combine" (one of MEM_COMBINES)
 KEY_KINDS = {
     K_VERSION: "index",
     K_BASE_ARCH: "str",
@@ -95,6 +99,7 @@ KEY_KINDS = {
     K_MEM_LAMBDA: "float",
     K_MEM_ETA: "float",
     K_MEM_EPS: "eps",
+    K_MEM_COMBINE: "combine",
     K_NORM_EPS: "eps",
     K_SINKS: "index",
     K_BUDGET: "budget",
@@ -127,6 +132,7 @@ def value_problem(key: str, value) -> str | None:
         "eps": lambda v: real(v) and v >= 0,
         "str": lambda v: isinstance(v, str),
         "indices": lambda v: isinstance(v, np.ndarray) and v.dtype.kind in "iu" and bool((v >= 0).all()),
+        "combine": lambda v: v in MEM_COMBINES,
     }
     kind = KEY_KINDS.get(key)
     if kind is None or valid[kind](value):
@@ -141,6 +147,7 @@ def value_problem(key: str, value) -> str | None:
         "eps": "a finite number >= 0",
         "str": "a string",
         "indices": "an array of integers >= 0",
+        "combine": " or ".join(MEM_COMBINES),
     }[kind]
     return f"{key} holds {shown}, expected {expected}"
 

@@ -123,6 +123,9 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: 
         (S.K_NORM_EPS, sizes["norm_eps"]),
     ):
         w.add_float32(key, float(value))
+    # absent means "add": files of the paper's rule stay byte for byte what they were
+    if sizes.get("mem_combine", "add") != "add":
+        w.add_string(S.K_MEM_COMBINE, sizes["mem_combine"])
 
 
 def _encode(arr: np.ndarray, dtype: str):

@@ -61,6 +61,7 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_sigmoid": (P, [P, P]),
     "ggml_sqr": (P, [P, P]),
     "ggml_div": (P, [P, P, P]),
+    "ggml_sub": (P, [P, P, P]),
     "ggml_scale_bias": (P, [P, P, F32, F32]),
     "ggml_pool_1d": (P, [P, P, I32, I32, I32, I32]),
     "ggml_swiglu_split": (P, [P, P, P]),

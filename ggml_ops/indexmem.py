@@ -39,6 +39,7 @@ class MemoryWeights:
     gate: int  # [d_head, 1]
     gate_bias: int  # [1]
     eps: float
+    mix: bool = False  # combine o + g·(m − o) instead of o + g·m
 
 
 def _rms_norm(ctx, x, weight, eps: float):
@@ -140,8 +141,9 @@ def memory_write(ctx, M, b, keys, values, row_weight, decay, mw: MemoryWeights):
     return new_m, new_b
 
 
-def memory_read(ctx, q_pre, M, b, mw: MemoryWeights):
-    """Readout g(q) m(q) for pre-RoPE queries [d_head, H, T]: [d_head*H, T]."""
+def memory_read(ctx, q_pre, M, b, mw: MemoryWeights, o_attn):
+    """The attention output o_attn [d_head*H, T] joined with the readout of the pre-RoPE queries
+    [d_head, H, T]: o + g(q) m(q), or o + g(q) (m(q) − o) with ``mw.mix``. [d_head*H, T]."""
     d_head, n_head, n = tensor_struct(q_pre).ne[0], tensor_struct(q_pre).ne[1], tensor_struct(q_pre).ne[2]
     q = C.ggml_reshape_2d(ctx, C.ggml_cont(ctx, q_pre), d_head, n_head * n)
     fq = _phi(ctx, q, mw)  # [d_mem, H*T]
@@ -150,5 +152,8 @@ def memory_read(ctx, q_pre, M, b, mw: MemoryWeights):
     den = C.ggml_mul_mat(ctx, C.ggml_reshape_2d(ctx, b, d_mem, 1), C.ggml_sqr(ctx, fq))  # [1, H*T]
     den = C.ggml_scale_bias(ctx, den, 1.0, mw.eps)
     gate = C.ggml_sigmoid(ctx, C.ggml_add(ctx, C.ggml_mul_mat(ctx, mw.gate, q), mw.gate_bias))
-    out = C.ggml_mul(ctx, C.ggml_div(ctx, num, den), gate)
-    return C.ggml_reshape_2d(ctx, out, d_head * n_head, n)
+    m = C.ggml_div(ctx, num, den)
+    if mw.mix:
+        m = C.ggml_sub(ctx, m, C.ggml_reshape_2d(ctx, C.ggml_cont(ctx, o_attn), d_head, n_head * n))
+    out = C.ggml_mul(ctx, m, gate)
+    return C.ggml_add(ctx, o_attn, C.ggml_reshape_2d(ctx, out, d_head * n_head, n))

@@ -100,7 +100,7 @@ class ReferenceLlama:
                 logits = logits.masked_fill(~visible, float("-inf"))
                 o[:, head] = torch.softmax(logits, -1) @ V[:, head // (H // Hkv)]
             if self.memory_state[il] is not None:
-                o = o + self.memories[il].read(self.memory_state[il], q_pre)
+                o = self.memories[il].combine(self.memory_state[il], q_pre, o)
             h = h + self.lin(p + "attn_output.weight", o.reshape(T, H * hd))
             x = self.rms(h, self.w[p + "ffn_norm.weight"])
             gate = torch.nn.functional.silu(self.lin(p + "ffn_gate.weight", x))

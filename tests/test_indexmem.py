@@ -116,6 +116,14 @@ def _load(base, side, memory, **kw):
     )
 
 
+def _last_logits(engine):
+    """The logits of the last of :func:`_steps`, fed one after another."""
+    for chunk in _steps():
+        start = engine.cache.tokens_seen
+        logits, _ = engine.runner.step(np.array(chunk), np.arange(start, start + len(chunk)))
+    return logits
+
+
 def _compare_every_step(eng, ref, rtol=LOGIT_RTOL["flash"]):
     """Feed prompt chunks and decode steps to both; logits and kept sets must agree at every
     step. Returns (worst relative logit error, positions fed, near ties settled)."""
@@ -156,6 +164,41 @@ def test_every_step_matches_the_torch_reference(setup, memory, path):
         f"{path}, memory={memory}: worst relative logit error {worst:.2e} over {pos} positions, "
         f"{len(ties)} near tie(s) settled"
     )
+
+
+def test_a_mixing_memory_matches_the_torch_reference_and_differs_from_adding(setup, tmp_path):
+    """combine "mix" (o + g·(m − o)) stored in the file: the engine follows the reference at
+    every step, and its predictions are not those of the same weights adding their readout."""
+    from indexmem.convert import schema as S
+    from indexmem.engine.loader import open_gguf
+    from indexmem.train.memory_run import use_combine
+
+    base, side, modules = setup
+    mixing = copy.deepcopy(modules)
+    use_combine(mixing, "mix")
+    mixed = convert(
+        write_checkpoint(mixing, "llama", tmp_path / "ckpt"), base, tmp_path / "mix.gguf", dtype="f32"
+    )
+    with open_gguf(mixed) as g, open_gguf(side) as g_add:
+        assert g.get(S.K_MEM_COMBINE) == "mix" and g_add.get(S.K_MEM_COMBINE) is None
+    eng = _load(base, mixed, True)
+    ref = ReferenceLlama(base, list(mixing.indexers), list(mixing.memories), B, SINKS, TAU)
+    _compare_every_step(eng, ref, LOGIT_RTOL["flash"])
+    adding, mixing_logits = (_last_logits(_load(base, path, True)) for path in (side, mixed))
+    assert np.abs(adding - mixing_logits).max() / np.abs(adding).max() > 50 * LOGIT_RTOL["flash"]
+
+
+def test_an_unknown_combine_rule_is_refused(setup, tmp_path):
+    from indexmem.convert import schema as S
+    from indexmem.hardening import mutate_gguf
+    from indexmem.hardening.gguf_files import RebuiltGGUF
+
+    base, side, _ = setup
+    rebuilt = RebuiltGGUF(side, tmp_path)
+    bad_rule = mutate_gguf.set_typed_value(rebuilt.base, S.K_MEM_COMBINE, 8, "multiply")  # 8: string
+    with rebuilt.apply(bad_rule) as bad:
+        with pytest.raises(ModelFormatError, match="add or mix"):
+            _load(base, bad, True)
 
 
 def test_pool_kernel_stored_in_the_file_is_the_default_and_matches_the_reference(setup, tmp_path):
@@ -208,13 +251,7 @@ def test_a_bad_stored_pool_kernel_is_refused(setup, tmp_path):
 def test_the_memory_changes_what_the_model_predicts(setup):
     """The parity above would hold trivially if the readout were zero: it is not."""
     base, side, _ = setup
-    outs = []
-    for memory in (False, True):
-        eng = _load(base, side, memory)
-        for chunk in _steps():
-            start = eng.cache.tokens_seen
-            logits, _ = eng.runner.step(np.array(chunk), np.arange(start, start + len(chunk)))
-        outs.append(logits)
+    outs = [_last_logits(_load(base, side, memory)) for memory in (False, True)]
     rel = np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max()
     assert rel > 50 * LOGIT_RTOL["flash"]
 

@@ -24,6 +24,7 @@ from indexmem import Engine
 from indexmem.convert.writer import convert
 from indexmem.engine.indexmem import find_indexmem
 from indexmem.engine.registry import resolve
+from indexmem.train.memory_run import use_combine
 from indexmem.train.modules import IndexMemSizes
 from indexmem.train.student.cache import BoundedSettings
 from indexmem.train.student.model import Student, load_backbone
@@ -103,8 +104,15 @@ def test_full_budget_logits_match_the_engine_on_tiny_models(tiny):
     assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.97  # random weights leave near ties
 
 
-def test_bounded_student_with_memory_follows_the_engine_step_by_step(tiny):
+@pytest.mark.parametrize("combine", ["add", "mix"])
+def test_bounded_student_with_memory_follows_the_engine_step_by_step(tiny, combine, tmp_path):
     arch, base, side = tiny
+    if combine != "add":  # the same weights, joined to attention by another rule
+        modules, _ = modules_from_file(side, base)
+        use_combine(modules, combine)
+        side = convert(
+            write_checkpoint(modules, arch, tmp_path / "ckpt"), base, tmp_path / "side.gguf", dtype="f32"
+        )
     t = TINY
     engine = Engine.load(
         str(base),
@@ -140,7 +148,9 @@ def test_bounded_student_with_memory_follows_the_engine_step_by_step(tiny):
         for il, positions in student.kept_history[-1].items():
             assert set(positions.tolist()) == kept(engine, il), f"{arch} layer {il} at position {pos}"
         compressions += len(student.kept_history[-1])
-    print(f"{arch} bounded: worst logit diff {worst:.2e}, {compressions} compressions, settled {settled}")
+    print(
+        f"{arch} {combine} bounded: worst logit diff {worst:.2e}, {compressions} compressions, settled {settled}"
+    )
     assert worst <= TINY_LOGIT_RTOL
     assert compressions >= len(steps) // 2
     assert len(settled) <= 3

@@ -90,3 +90,21 @@ def test_memory_fit_can_start_from_shut_gates(tmp_path, corpus, setup):  # noqa:
         assert g < 0.25 < gates[None][il], (il, g, gates[None][il])
     assert len(biases[-3.0]) == 2 and all(abs(b + 3.0) < 0.01 for b in biases[-3.0])
     assert all(abs(b + 3.0) > 0.5 for b in biases[None])
+
+
+def test_memory_fit_with_another_combine_rule_carries_it_into_the_file(tmp_path, corpus, setup):  # noqa: F811
+    from indexmem.convert import schema as S
+    from indexmem.convert.writer import convert
+    from indexmem.train.memory_fit import MemoryFitConfig
+    from indexmem.train.memory_run import fit_memory
+
+    base, side, _ = setup
+    with pytest.raises(ValueError, match="combine must be one of"):
+        fit_memory(base, side, corpus, tmp_path / "bad", MemoryFitConfig(steps=1, combine="multiply"))
+    cfg = MemoryFitConfig(steps=1, lr=1e-4, warmup=1, ratios=(0.9,), combine="mix")
+    out = tmp_path / "fit"
+    fit_memory(base, side, corpus, out, cfg, seq_len=1024, n_windows=2, n_heldout=1)
+    config = json.loads((out / "config.json").read_text())
+    assert config["sizes"]["mem_combine"] == "mix" and config["memory_fit"]["combine"] == "mix"
+    mixed = convert(out, base, tmp_path / "mix.gguf")
+    assert load_indexmem(mixed, base_path=base).meta[S.K_MEM_COMBINE] == "mix"

@@ -145,6 +145,18 @@ def test_memory_write_and_read_follow_the_equations():
     assert torch.allclose(mem.read((M, b), q), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("combine", ["add", "mix"])
+def test_combine_joins_attention_and_readout_by_the_rule(combine):
+    torch.manual_seed(6)
+    s = IndexMemSizes.paper(32, 8, 16, mem_combine=combine)
+    mem = LatentMemory(s)
+    state = mem.write(mem.empty_state(), torch.randn(6, 16), torch.randn(6, 16))
+    q, o = torch.randn(3, 16), torch.randn(3, 16)
+    g, m = torch.sigmoid(mem.gate(q)), mem.value(state, q)
+    ref = o + g * m if combine == "add" else (1 - g) * o + g * m
+    assert torch.allclose(mem.combine(state, q, o), ref, atol=1e-5)
+
+
 def test_attention_helper_matches_a_loop():
     torch.manual_seed(5)
     q, k, v = torch.randn(3, 4, 8), torch.randn(5, 2, 8), torch.randn(5, 2, 8)

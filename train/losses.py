@@ -110,12 +110,13 @@ def attention(q, k, v, visible, scale: float | None = None):
 
 
 def memory_loss(memory, o_full, o_kept, q_pre_trail, k_pre_evicted, v_evicted):
-    """‖o_full − o_attn(kept) − g(q)·m(q)‖² (mean over trailing queries) after the evicted
-    (pre-RoPE) keys and values, every head, were written to an empty memory."""
+    """‖o_full − o_attn(kept) − g(q)·m(q)‖² (mean over trailing queries; the memory's combine
+    rule joins o_attn and the readout) after the evicted (pre-RoPE) keys and values, every head,
+    were written to an empty memory."""
     n_head, d = q_pre_trail.shape[1], q_pre_trail.shape[2]
     group = n_head // k_pre_evicted.shape[1]
     k = k_pre_evicted.repeat_interleave(group, 1).reshape(-1, d)
     v = v_evicted.repeat_interleave(group, 1).reshape(-1, d)
     state = memory.write(memory.empty_state(), k, v)
-    readout = memory.read(state, q_pre_trail).flatten(1)
-    return ((o_full - o_kept - readout) ** 2).sum(-1).mean()
+    o = memory.combine(state, q_pre_trail, o_kept.view(q_pre_trail.shape)).flatten(1)
+    return ((o_full - o) ** 2).sum(-1).mean()

@@ -43,6 +43,7 @@ class MemoryFitConfig:
     tau: int = 16
     gate_penalty: float = 1e-3  # times the mean gate over memory layers
     start_gate_bias: float | None = None  # reset every gate's bias before the fit (None: keep the file's)
+    combine: str | None = None  # the readout's combine rule, "add" or "mix" (None: the file's)
     seed: int = 0
     checkpoint_every: int = 10
 

@@ -66,6 +66,8 @@ def fit_memory(
     phase = on_phase or (lambda msg: None)
     out_dir = Path(out_dir)
     modules, settings = modules_from_file(indexmem_path, model_path)
+    if cfg.combine is not None:
+        use_combine(modules, cfg.combine)
     if cfg.start_gate_bias is not None:  # a resumed run loads its own gates over these
         with torch.no_grad():
             for memory in modules.memories:
@@ -129,6 +131,19 @@ def fit_memory(
     }
     write_checkpoint(out_dir, modules, config)
     return report
+
+
+def use_combine(modules, combine: str) -> None:
+    """Every memory joins attention by ``combine`` (recorded in the checkpoint's sizes)."""
+    from dataclasses import replace
+
+    from ..convert.schema import MEM_COMBINES
+
+    if combine not in MEM_COMBINES:
+        raise ValueError(f"combine must be one of {MEM_COMBINES}, not {combine!r}")
+    modules.sizes = replace(modules.sizes, mem_combine=combine)
+    for memory in modules.memories:
+        memory.s = modules.sizes
 
 
 def _mean_kl(result: dict) -> float:

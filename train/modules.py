@@ -24,6 +24,9 @@ class IndexMemSizes:
     mem_lambda: float = 1.0
     mem_eta: float = 1.0
     mem_eps: float = 1e-6
+    # how the readout joins attention: "add" o + g·m (METHOD.md), "mix" o + g·(m − o), the
+    # convex mix that lets the memory take back the share of attention the evicted tokens had
+    mem_combine: str = "add"
 
     @classmethod
     def paper(cls, d_model: int, n_head: int, d_head: int, **overrides) -> IndexMemSizes:
@@ -94,9 +97,19 @@ class LatentMemory(nn.Module):
             self.s.mem_lambda * b + self.s.mem_eta * (fk * fk).sum(0),
         )
 
-    def read(self, state, q):
-        """g(q) * φ(q)ᵀM / ((φ(q) ⊙ φ(q))ᵀ b + ε) for queries q [..., d_head]."""
+    def value(self, state, q):
+        """m(q) = φ(q)ᵀM / ((φ(q) ⊙ φ(q))ᵀ b + ε) for queries q [..., d_head]."""
         M, b = state
         fq = self.phi(q)
-        m = (fq @ M) / ((fq * fq) @ b + self.s.mem_eps).unsqueeze(-1)
-        return torch.sigmoid(self.gate(q)) * m
+        return (fq @ M) / ((fq * fq) @ b + self.s.mem_eps).unsqueeze(-1)
+
+    def read(self, state, q):
+        """The gated readout g(q)·m(q)."""
+        return torch.sigmoid(self.gate(q)) * self.value(state, q)
+
+    def combine(self, state, q, o):
+        """The attention output o [..., d_head] (per head, over the kept tokens) joined with the
+        readout of the queries q [..., d_head]: o + g·m, or o + g·(m − o) when mem_combine is "mix"."""
+        if self.s.mem_combine == "add":
+            return o + self.read(state, q)
+        return o + torch.sigmoid(self.gate(q)) * (self.value(state, q) - o)

@@ -300,12 +300,22 @@ def memory_fit(entry: Result, root: Path) -> Section:
         f"**{entry.model}, end-to-end memory fit**: {config['steps']} steps of one "
         f"{config['data']['seq_len']:,}-token window each ({config['data']['windows']} training windows, three in "
         f"five retrieval-shaped), eviction ratios {', '.join(map(str, fit['ratios']))}, learning rate "
-        f"{fit['lr']:g}, gate penalty {fit['gate_penalty']:g}. Held out ({config['data']['heldout']} windows): "
+        f"{fit['lr']:g}, gate penalty {fit['gate_penalty']:g}{_memory_start(config)}. Held out "
+        f"({config['data']['heldout']} windows): "
         f"mean KL of the bounded model's next-token distributions to the full-KV model's on the targets "
         f"(nats). {len(config['memory_layers'])} memory layers stay open, {shut} were shut."
     )
     headers = ["", *(name for name, key in cols if key in report)]
     return Section(f"{text}\n\n{table(headers, rows)}")
+
+
+def _memory_start(config: dict) -> str:
+    """How the fit's memory joined attention and how its gates started, when not the defaults."""
+    combine = config["sizes"].get("mem_combine", "add")
+    bias = config["memory_fit"].get("start_gate_bias")
+    parts = [", readout mixed in: o + g·(m − o)" if combine == "mix" else ""]
+    parts.append(f", gates started at bias {bias:g}" if bias is not None else "")
+    return "".join(parts)
 
 
 def auto_report(entry: Result, root: Path) -> Section:

@@ -123,7 +123,7 @@ class Builder:
         if plan.layer_attn and plan.layer_attn[il]:
             self.attention_mass(il, q, kview, mask, kq_scale, plan.layer_attn[il])
         if plan.layer_mem_read and plan.layer_mem_read[il]:
-            cur = C.ggml_add(ctx, self.cb(cur, "kqv_attn", il), self.memory_readout(il))
+            cur = self.memory_readout(il, self.cb(cur, "kqv_attn", il))
         return self.cb(cur, "kqv_out", il)
 
     # --- IndexMem ----------------------------------------------------------------------
@@ -140,13 +140,14 @@ class Builder:
             self.g.output(self.cb(q, "idx_q", il))
             self.g.output(self.cb(a, "idx_a", il))
 
-    def memory_readout(self, il: int):
-        """g(q)·m(q) of this step's pre-RoPE queries against the layer's latent memory."""
+    def memory_readout(self, il: int, o_attn):
+        """The attention output joined with the readout of this step's pre-RoPE queries against
+        the layer's latent memory (the file's combine rule)."""
         state = self.cache.indexmem
-        out = memory_read(
-            self.ctx, self.g.named[f"Qpre-{il}"], state.mem_m[il], state.mem_b[il], state.modules.memory(il)
+        q_pre = self.g.named[f"Qpre-{il}"]
+        return memory_read(
+            self.ctx, q_pre, state.mem_m[il], state.mem_b[il], state.modules.memory(il), o_attn
         )
-        return self.cb(out, "kqv_mem", il)
 
     def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):
         """Attention probability each visible slot receives from the last ``n_queries`` queries,

@@ -109,7 +109,7 @@ class Student:
         o = attend(to_f16(q), K, V, visible, kq_scale)
         if il in self._states:
             memory = self.memories[il]
-            o = o + memory.read(self._states[il], q_pre).flatten(1)
+            o = memory.combine(self._states[il], q_pre, o.view(q_pre.shape)).flatten(1)
             self.gates.setdefault(il, []).append(torch.sigmoid(memory.gate(q_pre)).mean())
         return o
 

@@ -31,6 +31,7 @@ def modules_from_file(path: str | Path, base_path: str | Path) -> tuple[IndexMem
             mem_lambda=float(meta.get(S.K_MEM_LAMBDA, 1.0)),
             mem_eta=float(meta.get(S.K_MEM_ETA, 1.0)),
             mem_eps=float(meta.get(S.K_MEM_EPS, 1e-6)),
+            mem_combine=meta.get(S.K_MEM_COMBINE, "add"),
         ),
     )
     state = model.state_dict()
