@@ -88,6 +88,15 @@ RESULTS = [
         indexer_from="17c7a63a",
         section="The end-to-end memory fit",
     ),
+    # issue 43: the memory refitted from shut gates on the new corpus (checkpoints/.../memory-shut)
+    Result(
+        SMOLLM2,
+        "ruler",
+        R + "ruler-smollm2-4k.jsonl",
+        modules="feffad54",
+        indexer_from="17c7a63a",
+        section="The end-to-end memory fit",
+    ),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q8_0.jsonl", section="Quantized K/V cache"),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q4_0.jsonl", section="Quantized K/V cache"),
     # Gemma 3 270M
@@ -131,6 +140,17 @@ RESULTS = [
         "checkpoints/smollm2-135m-instruct/memory/memory_fit_report.json",
         doc=TRAINING_DOC,
         section="The latent memory, end to end",
+    ),
+    # issue 43's refits on the new corpus, from shut gates: the paper's added readout and the mix
+    *(
+        Result(
+            SMOLLM2,
+            "memory-fit",
+            f"checkpoints/smollm2-135m-instruct/memory-{name}/memory_fit_report.json",
+            doc=TRAINING_DOC,
+            section="The latent memory, end to end",
+        )
+        for name in ("shut", "mix")
     ),
     Result(
         GEMMA,
