@@ -97,6 +97,10 @@ RESULTS = [
         indexer_from="17c7a63a",
         section="The end-to-end memory fit",
     ),
+    *(
+        Result(SMOLLM2, "ppl", R + f"ppl-smollm2-4k-memory-{name}.json", section="The end-to-end memory fit")
+        for name in ("shut", "mix")
+    ),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q8_0.jsonl", section="Quantized K/V cache"),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q4_0.jsonl", section="Quantized K/V cache"),
     # Gemma 3 270M

@@ -148,6 +148,9 @@ def ppl(entry: Result, root: Path) -> Section:
         + ", ".join(f"evict {ratio:g} {megabytes(kv)}" for ratio, kv in budgets)
         + "."
     )
+    shas = sorted({r["indexmem_sha256"][:8] for r in data["results"] if r.get("indexmem_sha256")})
+    if shas:
+        caption += f" IndexMem file sha256 {', '.join(sha + '…' for sha in shas)}."
     return Section(f"{caption}\n\n{ppl_table(data)}")
 
 
