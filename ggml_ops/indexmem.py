@@ -154,6 +154,7 @@ def memory_read(ctx, q_pre, M, b, mw: MemoryWeights, o_attn):
     gate = C.ggml_sigmoid(ctx, C.ggml_add(ctx, C.ggml_mul_mat(ctx, mw.gate, q), mw.gate_bias))
     m = C.ggml_div(ctx, num, den)
     if mw.mix:
-        m = C.ggml_sub(ctx, m, C.ggml_reshape_2d(ctx, C.ggml_cont(ctx, o_attn), d_head, n_head * n))
+        # attention outputs come contiguous (``attend`` ends in a reshape): no copy needed
+        m = C.ggml_sub(ctx, m, C.ggml_reshape_2d(ctx, o_attn, d_head, n_head * n))
     out = C.ggml_mul(ctx, m, gate)
     return C.ggml_add(ctx, o_attn, C.ggml_reshape_2d(ctx, out, d_head * n_head, n))
