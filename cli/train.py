@@ -242,7 +242,7 @@ def memory(
     ),
     combine: str = typer.Option(
         None,
-        help="how the readout joins attention: add (o + g·m) or mix (o + g·(m − o)); default: the file's",
+        help="how the readout joins attention: add (o + g·m), mix (o + g·(m − o)) or share (the mix, gated by the kept tokens' share of attention); default: the file's",
     ),
     seed: int = typer.Option(0),
 ):

@@ -18,7 +18,7 @@ Keys (namespace ``indexmem.``):
 | ``indexmem.indexer.head_count`` / ``indexmem.indexer.key_length`` | u32 | H_idx, d_idx |
 | ``indexmem.memory.length`` | u32 | d_mem |
 | ``indexmem.memory.lambda`` / ``eta`` / ``eps`` | f32 | memory write decay, write rate, read epsilon |
-| ``indexmem.memory.combine`` | str | optional: how the readout joins attention, ``add`` (o + g·m, the paper's; absent means this) or ``mix`` (o + g·(m − o)) |
+| ``indexmem.memory.combine`` | str | optional: how the readout joins attention, ``add`` (o + g·m, the paper's; absent means this) ``mix`` (o + g·(m − o)) or ``share`` (the mix, its gate logit plus log den(q) minus the log-sum-exp of the kept tokens' attention scores) |
 | ``indexmem.norm_eps`` | f32 | epsilon of the indexer's RMSNorms |
 | ``indexmem.sinks`` / ``indexmem.default_budget`` / ``indexmem.default_tau`` | u32 | eviction defaults |
 | ``indexmem.default_pool_kernel`` | u32 | optional: odd width of the max-pool over positions applied to the indexer's scores before the top-B (absent: 1, no pooling) |
@@ -69,7 +69,7 @@ K_MEM_LAMBDA = "indexmem.memory.lambda"
 K_MEM_ETA = "indexmem.memory.eta"
 K_MEM_EPS = "indexmem.memory.eps"
 K_MEM_COMBINE = "indexmem.memory.combine"
-MEM_COMBINES = ("add", "mix")
+MEM_COMBINES = ("add", "mix", "share")
 K_NORM_EPS = "indexmem.norm_eps"
 K_SINKS = "indexmem.sinks"
 K_BUDGET = "indexmem.default_budget"
@@ -147,7 +147,7 @@ def value_problem(key: str, value) -> str | None:
         "eps": "a finite number >= 0",
         "str": "a string",
         "indices": "an array of integers >= 0",
-        "combine": " or ".join(MEM_COMBINES),
+        "combine": ", ".join(MEM_COMBINES[:-1]) + " or " + MEM_COMBINES[-1],
     }[kind]
     return f"{key} holds {shown}, expected {expected}"
 

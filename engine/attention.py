@@ -84,7 +84,7 @@ import functools
 from ..errors import BackendError, UnsupportedCacheTypeError
 from ..ggml_ops.bindings import C, tensor_struct
 from ..ggml_ops.kernel import Kernel, kernel_status, load_kernel
-from ..ggml_ops.structs import GGML_PREC_F32, GGMLType
+from ..ggml_ops.structs import GGML_OP_POOL_MAX, GGML_PREC_F32, GGMLType
 from .cache_types import FLOAT_TYPES
 from .registry import cache_dir
 
@@ -97,19 +97,27 @@ _SCALES: dict[float, ctypes.c_float] = {}  # the kernel's userdata: one live flo
 MATMUL_F16_MAX_TOKENS = 32
 
 
-def attend(ctx, path: str, q, kview, vview, mask, kq_scale: float):
+def attend(ctx, path: str, q, kview, vview, mask, kq_scale: float, with_lse: bool = False):
     """q [hd, H, T] (post-RoPE, f32); kview, vview [hd, n_kv, Hkv] of the cache; mask [n_kv, T]
-    (0 or -inf). Returns the attention output [hd*H, T]."""
+    (0 or -inf). Returns the attention output [hd*H, T], and with ``with_lse`` also the
+    log-sum-exp of every query's scaled, masked scores per head, [1, H*T] (head fastest)."""
     hd, n_head, n = tensor_struct(q).ne[0], tensor_struct(q).ne[1], tensor_struct(q).ne[2]
     qp = C.ggml_permute(ctx, q, 0, 2, 1, 3)  # [hd, T, H]
+    lse = None
     if path == FLASH:
         cur = C.ggml_flash_attn_ext(ctx, qp, kview, vview, mask, kq_scale, 0.0, 0.0)
         C.ggml_prec_set_acc(cur, GGML_PREC_F32)  # [hd, H, T]
+        if with_lse:  # flash attention keeps its running sums to itself: the scores once more
+            kq = C.ggml_mul_mat(ctx, kview, qp)
+            C.ggml_prec_set_acc(kq, GGML_PREC_F32)
+            lse = scores_lse(ctx, kq, mask, kq_scale, C.ggml_soft_max_ext(ctx, kq, mask, kq_scale, 0.0))
     elif path == MATMUL:
         kq = C.ggml_mul_mat(ctx, kview, qp)  # [n_kv, T, H]
         C.ggml_prec_set_acc(kq, GGML_PREC_F32)
-        kq = C.ggml_soft_max_ext(ctx, kq, mask, kq_scale, 0.0)
-        kqv = C.ggml_mul_mat(ctx, slots_along_rows(ctx, vview), kq)  # [hd, T, H]
+        probs = C.ggml_soft_max_ext(ctx, kq, mask, kq_scale, 0.0)
+        if with_lse:
+            lse = scores_lse(ctx, kq, mask, kq_scale, probs)
+        kqv = C.ggml_mul_mat(ctx, slots_along_rows(ctx, vview), probs)  # [hd, T, H]
         cur = C.ggml_cont(ctx, C.ggml_permute(ctx, kqv, 0, 2, 1, 3))  # [hd, H, T]
     elif path == KERNEL:
         kernel = attention_kernel()
@@ -117,12 +125,37 @@ def attend(ctx, path: str, q, kview, vview, mask, kq_scale: float):
             raise BackendError(f"the attention kernel is {kernel_status()}")
         scale = _SCALES.setdefault(float(kq_scale), ctypes.c_float(kq_scale))
         args = (ctypes.c_void_p * 4)(q, kview, vview, mask)
+        width = hd + 1 if with_lse else hd  # the kernel appends each row's log-sum-exp
         cur = C.ggml_custom_4d(
-            ctx, GGMLType.F32, hd, n_head, n, 1, args, 4, kernel.attention, -1, ctypes.addressof(scale)
+            ctx, GGMLType.F32, width, n_head, n, 1, args, 4, kernel.attention, -1, ctypes.addressof(scale)
         )
+        if with_lse:
+            s = tensor_struct(cur)
+            lse = C.ggml_cont(ctx, C.ggml_view_2d(ctx, cur, 1, n_head * n, s.nb[1], hd * s.nb[0]))
+            cur = C.ggml_cont(ctx, C.ggml_view_3d(ctx, cur, hd, n_head, n, s.nb[1], s.nb[2], 0))
     else:
         raise ValueError(f"unknown attention path {path!r}")
-    return C.ggml_reshape_2d(ctx, cur, hd * n_head, n)
+    out = C.ggml_reshape_2d(ctx, cur, hd * n_head, n)
+    return (out, lse) if with_lse else out
+
+
+def scores_lse(ctx, kq, mask, kq_scale: float, probs):
+    """log Σ exp(scale·kq + mask) per query and head from the scores kq [n_kv, T, H] and their
+    softmax ``probs``: at the largest score s_max, p_max = exp(s_max − lse), so lse = s_max −
+    log p_max (no exp over the row). [1, H*T], head fastest."""
+    n_kv, n, n_head = (tensor_struct(kq).ne[i] for i in range(3))
+    ms = tensor_struct(mask)
+    visible = C.ggml_cast(ctx, C.ggml_view_2d(ctx, mask, n_kv, n, ms.nb[1], 0), GGMLType.F32)
+    scores = C.ggml_add(ctx, C.ggml_scale(ctx, kq, kq_scale), visible)  # [n_kv, T, H]
+
+    def row_max(x):
+        return C.ggml_pool_1d(
+            ctx, C.ggml_reshape_2d(ctx, x, n_kv, n * n_head), GGML_OP_POOL_MAX, n_kv, n_kv, 0
+        )
+
+    lse = C.ggml_sub(ctx, row_max(scores), C.ggml_log(ctx, row_max(probs)))  # [1, T*H], T fastest
+    lse = C.ggml_cont(ctx, C.ggml_permute(ctx, C.ggml_reshape_3d(ctx, lse, 1, n, n_head), 0, 2, 1, 3))
+    return C.ggml_reshape_2d(ctx, lse, 1, n_head * n)
 
 
 def slots_along_rows(ctx, vview):

@@ -94,7 +94,7 @@ class IndexMemModules(OwnsBuffer):
         self.mem_lambda = float(meta.get(S.K_MEM_LAMBDA, 1.0))
         self.mem_eta = float(meta.get(S.K_MEM_ETA, 1.0))
         self.mem_eps = float(meta.get(S.K_MEM_EPS, 1e-6))
-        self.mem_mix = meta.get(S.K_MEM_COMBINE, "add") == "mix"
+        self.mem_combine = meta.get(S.K_MEM_COMBINE, "add")
         self.sinks = int(meta.get(S.K_SINKS, 4))
         self.default_budget = int(meta.get(S.K_BUDGET, 1024))
         self.default_tau = int(meta.get(S.K_TAU, 16))
@@ -142,7 +142,7 @@ class IndexMemModules(OwnsBuffer):
             gate=t["mem_gate.weight"],
             gate_bias=t["mem_gate.bias"],
             eps=self.mem_eps,
-            mix=self.mem_mix,
+            combine=self.mem_combine,
         )
 
 

@@ -1,6 +1,7 @@
 // Attention over a KV cache as one ggml custom op (ggml_custom_4d), for the CPU.
 //
-//   dst  [hd, H, T] f32 = softmax(scale * Q K^T + mask) V, per query head
+//   dst  [hd, H, T] f32 = softmax(scale * Q K^T + mask) V, per query head; or [hd + 1, H, T]:
+//        the same, each row followed by log sum exp(scale * Q K^T + mask) over the slots
 //   src0 q    [hd, H, T] f32      (post-RoPE queries)
 //   src1 k    [hd, n_kv, Hkv]     (a view of the cache: f32, f16, bf16, q8_0 or q4_0)
 //   src2 v    [hd, n_kv, Hkv]     (same types)
@@ -509,6 +510,7 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
         float* dst_row = (float*)((char*)out_base + vec_t[r] * dst->nb[2] + vec_h[r] * dst->nb[1]);
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
         for (int64_t d = 0; d < hd; d++) dst_row[d] = o[r][d] * inv;
+        if (dst->ne[0] > hd) dst_row[hd] = m[r] + logf(l[r]);
     }
 }
 
@@ -697,6 +699,7 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_hea
         float* dst_row = (float*)((char*)out_base + lane_t[i] * dst->nb[2] + lane_h[i] * dst->nb[1]);
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
         for (int64_t d = 0; d < hd; d++) dst_row[d] = ot[d][i] * inv;
+        if (dst->ne[0] > hd) dst_row[hd] = m[i] + logf(l[i]);
     }
 }
 

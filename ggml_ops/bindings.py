@@ -60,6 +60,7 @@ _SIGNATURES: dict[str, tuple] = {
     "ggml_relu": (P, [P, P]),
     "ggml_sigmoid": (P, [P, P]),
     "ggml_sqr": (P, [P, P]),
+    "ggml_log": (P, [P, P]),
     "ggml_div": (P, [P, P, P]),
     "ggml_sub": (P, [P, P, P]),
     "ggml_scale_bias": (P, [P, P, F32, F32]),

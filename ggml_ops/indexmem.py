@@ -7,7 +7,8 @@ The numerical reference is ``indexmem.train.modules`` (Indexer, LatentMemory).
 - index queries   q_s = RMSNorm(U_q flatten(Q_s)), a_s = G x_s / sqrt(H_idx d_idx)
 - importance      imp_t = max_s sum_j a_s[j] ReLU(q_s[j] . k_t)
 - memory write    M <- lambda M + sum_i w_i phi(k_i) v_i^T,  b <- lambda b + sum_i w_i phi(k_i)^2
-- memory read     g(q) phi(q)^T M / (phi(q)^2 . b + eps)
+- memory read     g(q) phi(q)^T M / (phi(q)^2 . b + eps),  g(q) = sigmoid(w . q + c)
+                  ("share": + log(phi(q)^2 . b + eps) - log-sum-exp of the kept attention scores)
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class MemoryWeights:
     gate: int  # [d_head, 1]
     gate_bias: int  # [1]
     eps: float
-    mix: bool = False  # combine o + g·(m − o) instead of o + g·m
+    # "add": o + g·m; "mix": o + g·(m − o); "share": the mix, its gate told the kept attention's mass
+    combine: str = "add"
 
 
 def _rms_norm(ctx, x, weight, eps: float):
@@ -141,9 +143,11 @@ def memory_write(ctx, M, b, keys, values, row_weight, decay, mw: MemoryWeights):
     return new_m, new_b
 
 
-def memory_read(ctx, q_pre, M, b, mw: MemoryWeights, o_attn):
+def memory_read(ctx, q_pre, M, b, mw: MemoryWeights, o_attn, lse=None):
     """The attention output o_attn [d_head*H, T] joined with the readout of the pre-RoPE queries
-    [d_head, H, T]: o + g(q) m(q), or o + g(q) (m(q) − o) with ``mw.mix``. [d_head*H, T]."""
+    [d_head, H, T]: o + g(q) m(q) ("add"), or o + g(q) (m(q) − o) ("mix", "share"). ``lse``
+    [1, H*T] (head fastest): the log-sum-exp of each query's attention scores over the kept
+    slots, which the "share" gate subtracts (``indexmem.train.modules.LatentMemory.gate_of``)."""
     d_head, n_head, n = tensor_struct(q_pre).ne[0], tensor_struct(q_pre).ne[1], tensor_struct(q_pre).ne[2]
     q = C.ggml_reshape_2d(ctx, C.ggml_cont(ctx, q_pre), d_head, n_head * n)
     fq = _phi(ctx, q, mw)  # [d_mem, H*T]
@@ -151,9 +155,14 @@ def memory_read(ctx, q_pre, M, b, mw: MemoryWeights, o_attn):
     d_mem = tensor_struct(b).ne[0]
     den = C.ggml_mul_mat(ctx, C.ggml_reshape_2d(ctx, b, d_mem, 1), C.ggml_sqr(ctx, fq))  # [1, H*T]
     den = C.ggml_scale_bias(ctx, den, 1.0, mw.eps)
-    gate = C.ggml_sigmoid(ctx, C.ggml_add(ctx, C.ggml_mul_mat(ctx, mw.gate, q), mw.gate_bias))
+    logit = C.ggml_add(ctx, C.ggml_mul_mat(ctx, mw.gate, q), mw.gate_bias)
+    if mw.combine == "share":
+        if lse is None:
+            raise ValueError("the 'share' gate needs the log-sum-exp of the kept attention scores")
+        logit = C.ggml_add(ctx, logit, C.ggml_sub(ctx, C.ggml_log(ctx, den), lse))
+    gate = C.ggml_sigmoid(ctx, logit)
     m = C.ggml_div(ctx, num, den)
-    if mw.mix:
+    if mw.combine != "add":
         # attention outputs come contiguous (``attend`` ends in a reshape): no copy needed
         m = C.ggml_sub(ctx, m, C.ggml_reshape_2d(ctx, o_attn, d_head, n_head * n))
     out = C.ggml_mul(ctx, m, gate)

@@ -95,12 +95,14 @@ class ReferenceLlama:
             visible = torch.tensor(order)[None, :] <= torch.tensor(pos)[:, None]  # [T, n]
             self._score(il, x, q_pre, order, visible)
             o = torch.zeros(T, H, hd, dtype=torch.float64)
+            lse = torch.zeros(T, H, dtype=torch.float64)
             for head in range(H):
                 logits = (q[:, head] @ K[:, head // (H // Hkv)].T) / hd**0.5
                 logits = logits.masked_fill(~visible, float("-inf"))
                 o[:, head] = torch.softmax(logits, -1) @ V[:, head // (H // Hkv)]
+                lse[:, head] = torch.logsumexp(logits, -1)
             if self.memory_state[il] is not None:
-                o = self.memories[il].combine(self.memory_state[il], q_pre, o)
+                o = self.memories[il].combine(self.memory_state[il], q_pre, o, lse)
             h = h + self.lin(p + "attn_output.weight", o.reshape(T, H * hd))
             x = self.rms(h, self.w[p + "ffn_norm.weight"])
             gate = torch.nn.functional.silu(self.lin(p + "ffn_gate.weight", x))

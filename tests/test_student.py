@@ -104,7 +104,7 @@ def test_full_budget_logits_match_the_engine_on_tiny_models(tiny):
     assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.97  # random weights leave near ties
 
 
-@pytest.mark.parametrize("combine", ["add", "mix"])
+@pytest.mark.parametrize("combine", ["add", "mix", "share"])
 def test_bounded_student_with_memory_follows_the_engine_step_by_step(tiny, combine, tmp_path):
     arch, base, side = tiny
     if combine != "add":  # the same weights, joined to attention by another rule

@@ -145,16 +145,24 @@ def test_memory_write_and_read_follow_the_equations():
     assert torch.allclose(mem.read((M, b), q), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("combine", ["add", "mix"])
+@pytest.mark.parametrize("combine", ["add", "mix", "share"])
 def test_combine_joins_attention_and_readout_by_the_rule(combine):
     torch.manual_seed(6)
     s = IndexMemSizes.paper(32, 8, 16, mem_combine=combine)
     mem = LatentMemory(s)
-    state = mem.write(mem.empty_state(), torch.randn(6, 16), torch.randn(6, 16))
-    q, o = torch.randn(3, 16), torch.randn(3, 16)
-    g, m = torch.sigmoid(mem.gate(q)), mem.value(state, q)
+    k, v = torch.randn(6, 16), torch.randn(6, 16)
+    state = mem.write(mem.empty_state(), k, v)
+    q, o, lse = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3)
+    fq, fk = mem.phi(q), mem.phi(k)
+    den = (fq**2 * (fk**2).sum(0)).sum(-1) + s.mem_eps
+    m = (fq @ fk.T @ v) / den.unsqueeze(-1)
+    logit = mem.gate(q) + (torch.log(den) - lse).unsqueeze(-1) if combine == "share" else mem.gate(q)
+    g = torch.sigmoid(logit)
     ref = o + g * m if combine == "add" else (1 - g) * o + g * m
-    assert torch.allclose(mem.combine(state, q, o), ref, atol=1e-5)
+    assert torch.allclose(mem.combine(state, q, o, lse), ref, atol=1e-5)
+    if combine == "share":  # the kept tokens' mass is an input of this gate, never guessed
+        with pytest.raises(ValueError, match="log-sum-exp"):
+            mem.combine(state, q, o)
 
 
 def test_attention_helper_matches_a_loop():

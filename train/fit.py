@@ -86,8 +86,10 @@ def kept_attention_residual(f: dict, keep: torch.Tensor, prefix: int, scale: flo
     visible = keys.unsqueeze(0) <= q_pos
     if window:
         visible &= (q_pos - keys.unsqueeze(0)) < window
-    o_kept = attention(f["q_cur"][prefix:], f["k_cur"][keys], f["v"][keys], visible, scale)
-    return f["o"][prefix:], o_kept
+    o_kept, lse = attention(
+        f["q_cur"][prefix:], f["k_cur"][keys], f["v"][keys], visible, scale, with_lse=True
+    )
+    return f["o"][prefix:], o_kept, lse
 
 
 def memory_case(
@@ -95,15 +97,16 @@ def memory_case(
 ):
     """The stage-2 setting: the indexer evicts ``evict_ratio`` of the prefix, the trailing
     ``n_trail`` queries attend to what is kept. Returns the arguments of :func:`memory_loss`
-    after the memory: (o_full, o_kept, trailing pre-RoPE queries, evicted keys, evicted values)."""
+    after the memory: (o_full, o_kept, trailing pre-RoPE queries, evicted keys, evicted values,
+    the log-sum-exp of the trailing queries' scores over the kept keys)."""
     prefix = f["x"].shape[0] - n_trail
     with torch.no_grad():
         imp = indexer_importance(indexer, f["x"][:prefix], f["q_pre"][:prefix], block, grad=False)
     keep = keep_top(imp, max(sinks + 1, round(prefix * (1 - evict_ratio))), sinks)
     evicted = torch.ones(prefix, dtype=torch.bool)
     evicted[keep] = False
-    o_full, o_kept = kept_attention_residual(f, keep, prefix, scale)
-    return o_full, o_kept, f["q_pre"][prefix:], f["k_pre"][:prefix][evicted], f["v"][:prefix][evicted]
+    o_full, o_kept, lse = kept_attention_residual(f, keep, prefix, scale)
+    return o_full, o_kept, f["q_pre"][prefix:], f["k_pre"][:prefix][evicted], f["v"][:prefix][evicted], lse
 
 
 class Trainer:

@@ -99,24 +99,25 @@ def naive_kl_loss(indexer, x, q_pre, q_cur, k_cur, sinks: int = 4):
     return kl_loss(T, A, sinks)
 
 
-def attention(q, k, v, visible, scale: float | None = None):
-    """Softmax attention of q [Lq, H, d] over k, v [Lk, H_kv, d] where visible [Lq, Lk]: [Lq, H*d]."""
+def attention(q, k, v, visible, scale: float | None = None, with_lse: bool = False):
+    """Softmax attention of q [Lq, H, d] over k, v [Lk, H_kv, d] where visible [Lq, Lk]: [Lq, H*d]
+    (and with ``with_lse`` the log-sum-exp of each query's scores per head, [Lq, H])."""
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    logits = torch.einsum("shd,thd->hst", q, k) * scale
-    w = torch.softmax(logits.masked_fill(~visible, NEG), dim=-1)
-    return torch.einsum("hst,thd->shd", w, v).flatten(1)
+    logits = torch.einsum("shd,thd->hst", q, k).mul(scale).masked_fill(~visible, NEG)
+    o = torch.einsum("hst,thd->shd", torch.softmax(logits, dim=-1), v).flatten(1)
+    return (o, torch.logsumexp(logits, -1).transpose(0, 1)) if with_lse else o
 
 
-def memory_loss(memory, o_full, o_kept, q_pre_trail, k_pre_evicted, v_evicted):
+def memory_loss(memory, o_full, o_kept, q_pre_trail, k_pre_evicted, v_evicted, lse_kept=None):
     """‖o_full − o_attn(kept) − g(q)·m(q)‖² (mean over trailing queries; the memory's combine
     rule joins o_attn and the readout) after the evicted (pre-RoPE) keys and values, every head,
-    were written to an empty memory."""
+    were written to an empty memory. ``lse_kept`` [Lq, H]: the "share" gate's input."""
     n_head, d = q_pre_trail.shape[1], q_pre_trail.shape[2]
     group = n_head // k_pre_evicted.shape[1]
     k = k_pre_evicted.repeat_interleave(group, 1).reshape(-1, d)
     v = v_evicted.repeat_interleave(group, 1).reshape(-1, d)
     state = memory.write(memory.empty_state(), k, v)
-    o = memory.combine(state, q_pre_trail, o_kept.view(q_pre_trail.shape)).flatten(1)
+    o = memory.combine(state, q_pre_trail, o_kept.view(q_pre_trail.shape), lse_kept).flatten(1)
     return ((o_full - o) ** 2).sum(-1).mean()

@@ -42,7 +42,9 @@ class MemoryFitConfig:
     window: int = 64  # recent tokens kept (the engine's and RULER's default)
     tau: int = 16
     gate_penalty: float = 1e-3  # times the mean gate over memory layers
-    start_gate_bias: float | None = None  # reset every gate's bias before the fit (None: keep the file's)
+    # reset every gate's bias before the fit (None: keep the file's); with the "share" rule the
+    # biases are set so that each layer's mean gate logit on a calibration window is this
+    start_gate_bias: float | None = None
     combine: str | None = None  # the readout's combine rule, "add" or "mix" (None: the file's)
     seed: int = 0
     checkpoint_every: int = 10
@@ -117,6 +119,29 @@ class MemoryTrainer:
         memories = {il: self.modules.memories[il] for il in self.memory_layers} if memory else None
         return Student(self.backbone, settings, list(self.modules.indexers), memories)
 
+    def calibrate_gates(self, start_logit: float, ratio: float = 0.9, rounds: int = 3) -> dict[int, float]:
+        """Start every memory layer's gate at w = 0 and the bias c that makes its mean gate over
+        the last chunk of the first training window (where the targets are, and the memory
+        holds the most), at ``ratio``, sigmoid(``start_logit``). The "share" gate's logit adds
+        log den(q) − lse, whose level and spread depend on φ, the layer and the query, so no
+        single bias says "nearly shut" for all layers. Every layer's readout changes what the
+        layers above it see, so the biases start shut and are corrected over a few rounds.
+        Returns the biases."""
+        window = self.windows[self.order[0]]
+        target = torch.sigmoid(torch.tensor(start_logit)).item()
+        memories = {il: self.modules.memories[il] for il in self.memory_layers}
+        with torch.no_grad():
+            for memory in memories.values():
+                memory.gate.weight.zero_()
+                memory.gate.bias.fill_(-50.0)
+            for _ in range(rounds):
+                student = self.student(budget_for(len(window.tokens), ratio, self.cfg))
+                run_window(student, window, self.cfg.chunk)
+                for il, memory in memories.items():
+                    logits = student.gate_logits.get(il, [torch.zeros(1)])[-1].double()
+                    memory.gate.bias.add_(_shift_for_mean_gate(logits, target))
+        return {il: float(memory.gate.bias) for il, memory in memories.items()}
+
     def train_step(self) -> dict:
         cfg, t0 = self.cfg, time.time()
         window = self.windows[self.order[self.step % len(self.order)]]
@@ -155,6 +180,7 @@ class MemoryTrainer:
             "memories": {il: self.modules.memories[il].state_dict() for il in self.memory_layers},
             "opt": self.opt.state_dict(),
             "step": self.step,
+            "steps": self.cfg.steps,
             "rng": self.rng.getstate(),
             "order": self.order,
             "history": self.history,
@@ -189,3 +215,12 @@ def write_checkpoint(out_dir: Path, modules, config: dict) -> None:
 
 def fit_config_dict(cfg: MemoryFitConfig) -> dict:
     return asdict(cfg)
+
+
+def _shift_for_mean_gate(logits: torch.Tensor, target: float) -> float:
+    """The c with mean(sigmoid(logits + c)) = target (bisection: the mean rises with c)."""
+    lo, hi = -1e4, 1e4
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if torch.sigmoid(logits + mid).mean().item() < target else (lo, mid)
+    return (lo + hi) / 2

@@ -68,7 +68,8 @@ def fit_memory(
     modules, settings = modules_from_file(indexmem_path, model_path)
     if cfg.combine is not None:
         use_combine(modules, cfg.combine)
-    if cfg.start_gate_bias is not None:  # a resumed run loads its own gates over these
+    share = modules.sizes.mem_combine == "share"
+    if cfg.start_gate_bias is not None and not share:  # a resumed run loads its own gates over these
         with torch.no_grad():
             for memory in modules.memories:
                 memory.gate.bias.fill_(cfg.start_gate_bias)
@@ -79,6 +80,9 @@ def fit_memory(
     trainer = MemoryTrainer(
         backbone, modules, settings["memory_layers"], settings["pool_kernel"], windows, out_dir, cfg
     )
+    if cfg.start_gate_bias is not None and share and not (out_dir / "memory_fit_state.pt").exists():
+        phase("gate biases calibrated on a training window")
+        trainer.calibrate_gates(cfg.start_gate_bias)
     phase("held-out teacher")
     heldout = HeldOut(trainer, held)
     report_path = out_dir / "memory_fit_report.json"

@@ -24,8 +24,10 @@ class IndexMemSizes:
     mem_lambda: float = 1.0
     mem_eta: float = 1.0
     mem_eps: float = 1e-6
-    # how the readout joins attention: "add" o + g·m (METHOD.md), "mix" o + g·(m − o), the
-    # convex mix that lets the memory take back the share of attention the evicted tokens had
+    # how the readout joins attention: "add" o + g·m (METHOD.md); "mix" o + g·(m − o), the
+    # convex mix that lets the memory take back the share of attention the evicted tokens had;
+    # "share" the same mix with the gate told how much attention the kept tokens hold (see
+    # LatentMemory.gate_of)
     mem_combine: str = "add"
 
     @classmethod
@@ -97,19 +99,46 @@ class LatentMemory(nn.Module):
             self.s.mem_lambda * b + self.s.mem_eta * (fk * fk).sum(0),
         )
 
-    def value(self, state, q):
-        """m(q) = φ(q)ᵀM / ((φ(q) ⊙ φ(q))ᵀ b + ε) for queries q [..., d_head]."""
+    def parts(self, state, q):
+        """Numerator φ(q)ᵀM [..., d_head] and denominator (φ(q) ⊙ φ(q))ᵀ b + ε [...] of m(q)."""
         M, b = state
         fq = self.phi(q)
-        return (fq @ M) / ((fq * fq) @ b + self.s.mem_eps).unsqueeze(-1)
+        return fq @ M, (fq * fq) @ b + self.s.mem_eps
+
+    def value(self, state, q):
+        """m(q) = φ(q)ᵀM / ((φ(q) ⊙ φ(q))ᵀ b + ε) for queries q [..., d_head]."""
+        num, den = self.parts(state, q)
+        return num / den.unsqueeze(-1)
+
+    def gate_of(self, state, q, lse=None):
+        """g(q) [..., 1]: sigmoid(w·q + c), and with the "share" rule sigmoid(w·q + c + log den(q)
+        − lse) where ``lse`` [...] is the log-sum-exp of the query's attention scores over the kept
+        tokens. Attention over kept ∪ evicted gives the evicted tokens the share Z_e / (Z_k + Z_e)
+        with Z = Σ exp(score) over each set; exp(lse) is Z_k exactly, and the memory's denominator
+        (which grows with what was folded in and with the query's likeness to it) stands in for
+        Z_e, up to the learned factor exp(w·q + c)."""
+        return torch.sigmoid(self.gate_logit(state, q, lse))
+
+    def gate_logit(self, state, q, lse=None):
+        """The gate before its sigmoid, [..., 1]."""
+        logit = self.gate(q)
+        if self.s.mem_combine == "share":
+            if lse is None:
+                raise ValueError(
+                    "the 'share' gate needs the log-sum-exp of the kept tokens' attention scores"
+                )
+            logit = logit + (torch.log(self.parts(state, q)[1]) - lse).unsqueeze(-1)
+        return logit
 
     def read(self, state, q):
-        """The gated readout g(q)·m(q)."""
-        return torch.sigmoid(self.gate(q)) * self.value(state, q)
+        """The gated readout g(q)·m(q) (the "add" rule's term)."""
+        return self.gate_of(state, q) * self.value(state, q)
 
-    def combine(self, state, q, o):
+    def combine(self, state, q, o, lse=None, gate=None):
         """The attention output o [..., d_head] (per head, over the kept tokens) joined with the
-        readout of the queries q [..., d_head]: o + g·m, or o + g·(m − o) when mem_combine is "mix"."""
+        readout of the queries q [..., d_head]: o + g·m with "add", o + g·(m − o) with "mix" and
+        "share" (``lse`` [...]: see :meth:`gate_of`; ``gate``: g already computed)."""
+        g = self.gate_of(state, q, lse) if gate is None else gate
         if self.s.mem_combine == "add":
-            return o + self.read(state, q)
-        return o + torch.sigmoid(self.gate(q)) * (self.value(state, q) - o)
+            return o + g * self.value(state, q)
+        return o + g * (self.value(state, q) - o)

@@ -316,8 +316,17 @@ def _memory_start(config: dict) -> str:
     """How the fit's memory joined attention and how its gates started, when not the defaults."""
     combine = config["sizes"].get("mem_combine", "add")
     bias = config["memory_fit"].get("start_gate_bias")
-    parts = [", readout mixed in: o + g·(m − o)" if combine == "mix" else ""]
-    parts.append(f", gates started at bias {bias:g}" if bias is not None else "")
+    rules = {
+        "mix": ", readout mixed in: o + g·(m − o)",
+        "share": ", readout mixed in: o + g·(m − o) with g = sigmoid(w·q + c + log den(q) − lse_kept(q))",
+    }
+    parts = [rules.get(combine, "")]
+    if bias is not None:
+        parts.append(
+            f", gates started at w = 0 and per-layer biases making the mean gate sigmoid({bias:g}) on a training window"
+            if combine == "share"
+            else f", gates started at bias {bias:g}"
+        )
     return "".join(parts)
 
 

@@ -119,11 +119,14 @@ class Builder:
         mask = self.masks[plan.layer_mask[il]]
         if plan.layer_index and plan.layer_index[il]:
             self.index_importance(il, idx, mask, n_kv)
-        cur = attend(ctx, plan.attention, q, kview, vview, mask, kq_scale)
+        reads = bool(plan.layer_mem_read and plan.layer_mem_read[il])
+        share = reads and self.cache.indexmem.modules.mem_combine == "share"
+        cur = attend(ctx, plan.attention, q, kview, vview, mask, kq_scale, with_lse=share)
+        cur, lse = cur if share else (cur, None)
         if plan.layer_attn and plan.layer_attn[il]:
             self.attention_mass(il, q, kview, mask, kq_scale, plan.layer_attn[il])
-        if plan.layer_mem_read and plan.layer_mem_read[il]:
-            cur = self.memory_readout(il, self.cb(cur, "kqv_attn", il))
+        if reads:
+            cur = self.memory_readout(il, self.cb(cur, "kqv_attn", il), lse)
         return self.cb(cur, "kqv_out", il)
 
     # --- IndexMem ----------------------------------------------------------------------
@@ -140,13 +143,13 @@ class Builder:
             self.g.output(self.cb(q, "idx_q", il))
             self.g.output(self.cb(a, "idx_a", il))
 
-    def memory_readout(self, il: int, o_attn):
+    def memory_readout(self, il: int, o_attn, lse=None):
         """The attention output joined with the readout of this step's pre-RoPE queries against
-        the layer's latent memory (the file's combine rule)."""
+        the layer's latent memory (the file's combine rule; ``lse``: the "share" gate's input)."""
         state = self.cache.indexmem
         q_pre = self.g.named[f"Qpre-{il}"]
         return memory_read(
-            self.ctx, q_pre, state.mem_m[il], state.mem_b[il], state.modules.memory(il), o_attn
+            self.ctx, q_pre, state.mem_m[il], state.mem_b[il], state.modules.memory(il), o_attn, lse
         )
 
     def attention_mass(self, il: int, q, kview, mask, kq_scale: float, n_queries: int):

@@ -69,6 +69,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Ten
     return out.transpose(0, 1).flatten(1)
 
 
+def kept_lse(q: torch.Tensor, k: torch.Tensor, visible: torch.Tensor, scale: float) -> torch.Tensor:
+    """log Σ exp(scale · q·k) over the visible keys, per query and head: [T, H] (no gradient: it
+    only tells the "share" gate how much attention the kept tokens hold)."""
+    with torch.no_grad():
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        scores = torch.einsum("thd,nhd->htn", q, k) * scale
+        return torch.logsumexp(scores.masked_fill(~visible, float("-inf")), -1).transpose(0, 1)
+
+
 def visible_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int = 0) -> torch.Tensor:
     """[T, n]: key visible to query (causal, and within ``window`` positions when > 0)."""
     diff = query_pos[:, None] - key_pos[None, :]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..modules import Indexer, LatentMemory
-from .blocks import Architecture, attend, to_f16, visible_mask
+from .blocks import Architecture, attend, kept_lse, to_f16, visible_mask
 from .cache import BoundedSettings, LayerCache, needs_compression, to_keep
 from .gemma3 import Gemma3
 from .llama import Llama
@@ -66,6 +66,7 @@ class Student:
         self.n_past = 0
         self._states: dict[int, tuple] = {}
         self.gates: dict[int, list[torch.Tensor]] = {}  # mean gate of each read, per memory layer
+        self.gate_logits: dict[int, list[torch.Tensor]] = {}  # every read's gate logits (no gradient)
         self.kept_history: list[dict[int, torch.Tensor]] = []  # positions kept, per compression
 
     # --- one step ----------------------------------------------------------------------
@@ -106,11 +107,16 @@ class Student:
         if self.rules is not None and self.rules[il].by_indexer:
             index_keys, importance = self._index(il, x, q_pre, visible)
         cache.store(all_pos, K, V, index_keys, importance)
-        o = attend(to_f16(q), K, V, visible, kq_scale)
+        q = to_f16(q)
+        o = attend(q, K, V, visible, kq_scale)
         if il in self._states:
-            memory = self.memories[il]
-            o = memory.combine(self._states[il], q_pre, o.view(q_pre.shape)).flatten(1)
-            self.gates.setdefault(il, []).append(torch.sigmoid(memory.gate(q_pre)).mean())
+            memory, state = self.memories[il], self._states[il]
+            lse = kept_lse(q, K, visible, kq_scale) if memory.s.mem_combine == "share" else None
+            logit = memory.gate_logit(state, q_pre, lse)
+            gate = torch.sigmoid(logit)
+            o = memory.combine(state, q_pre, o.view(q_pre.shape), gate=gate).flatten(1)
+            self.gates.setdefault(il, []).append(gate.mean())
+            self.gate_logits.setdefault(il, []).append(logit.detach().flatten())
         return o
 
     def _index(self, il, x, q_pre, visible):
