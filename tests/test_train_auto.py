@@ -4,6 +4,7 @@ killed in the middle and run again, it resumes where it stopped."""
 
 import json
 
+import numpy as np
 import pytest
 from indexmem.convert.reader import load_indexmem
 from indexmem.train.auto import make_plan
@@ -92,19 +93,32 @@ def test_memory_fit_can_start_from_shut_gates(tmp_path, corpus, setup):  # noqa:
     assert all(abs(b + 3.0) > 0.5 for b in biases[None])
 
 
-def test_memory_fit_with_another_combine_rule_carries_it_into_the_file(tmp_path, corpus, setup):  # noqa: F811
+@pytest.mark.parametrize("rule", ["mix", "share"])
+def test_memory_fit_with_another_combine_rule_carries_it_into_the_file(tmp_path, corpus, setup, rule):  # noqa: F811
+    """The rule reaches config.json and the converted file; a "share" fit's gates start at w = 0
+    with per-layer biases calibrated to a mean gate of sigmoid(-3) ≈ 0.047 on a training window,
+    so the held-out windows see nearly shut gates too, and the step count survives a resume."""
     from indexmem.convert import schema as S
     from indexmem.convert.writer import convert
     from indexmem.train.memory_fit import MemoryFitConfig
     from indexmem.train.memory_run import fit_memory
+    from safetensors.numpy import load_file
 
     base, side, _ = setup
     with pytest.raises(ValueError, match="combine must be one of"):
         fit_memory(base, side, corpus, tmp_path / "bad", MemoryFitConfig(steps=1, combine="multiply"))
-    cfg = MemoryFitConfig(steps=1, lr=1e-4, warmup=1, ratios=(0.9,), combine="mix")
+    cfg = MemoryFitConfig(steps=1, lr=1e-4, warmup=1, ratios=(0.9,), combine=rule, start_gate_bias=-3.0)
     out = tmp_path / "fit"
-    fit_memory(base, side, corpus, out, cfg, seq_len=1024, n_windows=2, n_heldout=1)
+    report = fit_memory(base, side, corpus, out, cfg, seq_len=1024, n_windows=2, n_heldout=1)
     config = json.loads((out / "config.json").read_text())
-    assert config["sizes"]["mem_combine"] == "mix" and config["memory_fit"]["combine"] == "mix"
+    assert config["sizes"]["mem_combine"] == rule and config["memory_fit"]["combine"] == rule
     mixed = convert(out, base, tmp_path / "mix.gguf")
-    assert load_indexmem(mixed, base_path=base).meta[S.K_MEM_COMBINE] == "mix"
+    assert load_indexmem(mixed, base_path=base).meta[S.K_MEM_COMBINE] == rule
+    if rule == "share":
+        assert all(g < 0.15 for g in report["before"]["gates"].values()), report["before"]["gates"]
+        weights = load_file(out / "weights.safetensors")
+        assert all(np.abs(v).max() < 1e-3 for k, v in weights.items() if k.endswith("gate.weight"))
+        # run again with another step count: the finished fit keeps the one it saved
+        again = MemoryFitConfig(steps=5, lr=1e-4, warmup=1, ratios=(0.9,), combine=rule, start_gate_bias=-3.0)
+        fit_memory(base, side, corpus, out, again, seq_len=1024, n_windows=2, n_heldout=1)
+        assert json.loads((out / "config.json").read_text())["steps"] == 1
