@@ -140,7 +140,7 @@ class MemoryTrainer:
                 for il, memory in memories.items():
                     logits = student.gate_logits.get(il, [torch.zeros(1)])[-1].double()
                     memory.gate.bias.add_(_shift_for_mean_gate(logits, target))
-        return {il: float(memory.gate.bias) for il, memory in memories.items()}
+        return {il: memory.gate.bias.item() for il, memory in memories.items()}
 
     def train_step(self) -> dict:
         cfg, t0 = self.cfg, time.time()
