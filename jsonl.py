@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,3 +39,21 @@ def append_row(out: Path, row: dict) -> None:
         f.write((json.dumps(row) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def sole_writer(out: Path, part: str):
+    """Held while a run measures and appends its ``part`` (a shard) of ``out``. Shards share the
+    file, but two runs of the same part would measure the same rows and both append them: the
+    second is refused at once."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.{part.replace('/', 'of').replace(' ', '-')}.lock")
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another run is measuring {part} of {out}; wait for it, or give this one another --shard or --out"
+            ) from None
+        yield

@@ -215,7 +215,8 @@ def ruler(
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     bench = _bench(model, data, seed, threads, n_batch, window, indexmem, cache_type_k, cache_type_v)
-    rows = run(bench, configs, cases, out, console)
+    with _sole_writer(out, shard, cases):
+        rows = run(bench, configs, cases, out, console)
     if report:
         rows = _complete_rows(rows, samples, out, model, console)
     console.print(ruler_table(rows), highlight=False, soft_wrap=True)
@@ -285,7 +286,8 @@ def niah(
     cases = [] if report else shard_cases(cases, parse_shard(shard))
     console = Console()
     bench = _bench(model, data, seed, threads, n_batch, window, indexmem, cache_type_k, cache_type_v)
-    rows = run(bench, configs, cases, out, console)
+    with _sole_writer(out, shard, cases):
+        rows = run(bench, configs, cases, out, console)
     rows = [r for r in rows if r["task"] == task and r["depth"] is not None]
     if report:
         rows = _report_rows(rows, samples, out, model)
@@ -293,6 +295,19 @@ def niah(
     _write_report(table or out.with_suffix(".md"), niah_report(rows, task, model))
     if plot:
         depth_heatmaps(rows, plot, f"{task}, {Path(model).name}: accuracy by needle depth and context length")
+
+
+def _sole_writer(out: Path | None, shard: str | None, cases: list):
+    """One run per shard of a result file at a time (a report reads it and measures nothing)."""
+    from contextlib import nullcontext
+
+    from ..bench.ruler.run import parse_shard
+    from ..jsonl import sole_writer
+
+    if out is None or not cases:
+        return nullcontext()
+    k, n = parse_shard(shard)
+    return sole_writer(out, f"shard {k}/{n}")
 
 
 app.command("ppl", help="Perplexity of each configuration on held-out text (see bench/ppl.py).")(

@@ -736,3 +736,20 @@ def test_needles_by_depth_counts_the_single_needles_found_in_each_part_of_the_pr
         "| 0.5 | 0.00 |",
         "| 0.9 | 0.00 |",
     ]
+
+
+def test_a_second_run_of_the_same_shard_is_refused_and_other_shards_are_not(tmp_path):
+    """Two runs of one shard would measure the same rows and append both; the second stops at
+    once with a message, while the other shard and later runs go ahead."""
+    from indexmem.jsonl import sole_writer
+
+    out = tmp_path / "ruler.jsonl"
+    with sole_writer(out, "shard 1/2"):
+        with pytest.raises(ValueError, match="another run is measuring shard 1/2"):
+            with sole_writer(out, "shard 1/2"):
+                pass
+        with sole_writer(out, "shard 2/2"):
+            pass
+    with sole_writer(out, "shard 1/2"):
+        pass
+    assert not out.exists()  # the lock files sit beside it, hidden
