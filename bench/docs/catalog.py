@@ -97,6 +97,15 @@ RESULTS = [
         indexer_from="17c7a63a",
         section="The end-to-end memory fit",
     ),
+    # the share rule's fit (checkpoints/.../memory-share)
+    Result(
+        SMOLLM2,
+        "ruler",
+        R + "ruler-smollm2-4k.jsonl",
+        modules="da52ee34",
+        indexer_from="17c7a63a",
+        section="The end-to-end memory fit",
+    ),
     *(
         Result(SMOLLM2, "ppl", R + f"ppl-smollm2-4k-memory-{name}.json", section="The end-to-end memory fit")
         for name in ("shut", "mix")
@@ -145,7 +154,8 @@ RESULTS = [
         doc=TRAINING_DOC,
         section="The latent memory, end to end",
     ),
-    # issue 43's refits on the new corpus, from shut gates: the paper's added readout and the mix
+    # issue 43's refits on the new corpus, from shut gates: the paper's added readout, the mix, and
+    # the mix whose gate reads the kept attention's log-sum-exp
     *(
         Result(
             SMOLLM2,
@@ -154,7 +164,7 @@ RESULTS = [
             doc=TRAINING_DOC,
             section="The latent memory, end to end",
         )
-        for name in ("shut", "mix")
+        for name in ("shut", "mix", "share")
     ),
     Result(
         GEMMA,
