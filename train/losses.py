@@ -99,13 +99,19 @@ def naive_kl_loss(indexer, x, q_pre, q_cur, k_cur, sinks: int = 4):
     return kl_loss(T, A, sinks)
 
 
+def masked_scores(q, k, visible, scale: float):
+    """scale·q·k of q [Lq, H, d] against k [Lk, H_kv, d] (grouped heads shared), NEG where
+    visible [Lq, Lk] is False: [H, Lq, Lk]."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+    return torch.einsum("shd,thd->hst", q, k).mul(scale).masked_fill(~visible, NEG)
+
+
 def attention(q, k, v, visible, scale: float | None = None, with_lse: bool = False):
     """Softmax attention of q [Lq, H, d] over k, v [Lk, H_kv, d] where visible [Lq, Lk]: [Lq, H*d]
     (and with ``with_lse`` the log-sum-exp of each query's scores per head, [Lq, H])."""
-    group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], 1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    logits = torch.einsum("shd,thd->hst", q, k).mul(scale).masked_fill(~visible, NEG)
+    logits = masked_scores(q, k, visible, scale)
     o = torch.einsum("hst,thd->shd", torch.softmax(logits, dim=-1), v).flatten(1)
     return (o, torch.logsumexp(logits, -1).transpose(0, 1)) if with_lse else o
 

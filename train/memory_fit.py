@@ -45,7 +45,7 @@ class MemoryFitConfig:
     # reset every gate's bias before the fit (None: keep the file's); with the "share" rule the
     # biases are set so that each layer's mean gate logit on a calibration window is this
     start_gate_bias: float | None = None
-    combine: str | None = None  # the readout's combine rule, "add" or "mix" (None: the file's)
+    combine: str | None = None  # the readout's combine rule, "add", "mix" or "share" (None: the file's)
     seed: int = 0
     checkpoint_every: int = 10
 

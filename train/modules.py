@@ -119,26 +119,31 @@ class LatentMemory(nn.Module):
         Z_e, up to the learned factor exp(w·q + c)."""
         return torch.sigmoid(self.gate_logit(state, q, lse))
 
-    def gate_logit(self, state, q, lse=None):
-        """The gate before its sigmoid, [..., 1]."""
+    def gate_logit(self, state, q, lse=None, den=None):
+        """The gate before its sigmoid, [..., 1] (``den``: m(q)'s denominator, if already computed)."""
         logit = self.gate(q)
         if self.s.mem_combine == "share":
             if lse is None:
                 raise ValueError(
                     "the 'share' gate needs the log-sum-exp of the kept tokens' attention scores"
                 )
-            logit = logit + (torch.log(self.parts(state, q)[1]) - lse).unsqueeze(-1)
+            den = self.parts(state, q)[1] if den is None else den
+            logit = logit + (torch.log(den) - lse).unsqueeze(-1)
         return logit
 
     def read(self, state, q):
         """The gated readout g(q)·m(q) (the "add" rule's term)."""
         return self.gate_of(state, q) * self.value(state, q)
 
-    def combine(self, state, q, o, lse=None, gate=None):
+    def combine(self, state, q, o, lse=None):
         """The attention output o [..., d_head] (per head, over the kept tokens) joined with the
         readout of the queries q [..., d_head]: o + g·m with "add", o + g·(m − o) with "mix" and
-        "share" (``lse`` [...]: see :meth:`gate_of`; ``gate``: g already computed)."""
-        g = self.gate_of(state, q, lse) if gate is None else gate
-        if self.s.mem_combine == "add":
-            return o + g * self.value(state, q)
-        return o + g * (self.value(state, q) - o)
+        "share" (``lse`` [...]: see :meth:`gate_of`)."""
+        return self.combine_with_logit(state, q, o, lse)[0]
+
+    def combine_with_logit(self, state, q, o, lse=None):
+        """:meth:`combine` and the gate logit it used, from one pass of the queries through φ."""
+        num, den = self.parts(state, q)
+        logit = self.gate_logit(state, q, lse, den)
+        g, m = torch.sigmoid(logit), num / den.unsqueeze(-1)
+        return (o + g * m if self.s.mem_combine == "add" else o + g * (m - o)), logit

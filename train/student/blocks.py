@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...engine.hparams import HParams
+from ..losses import masked_scores
 from .activations import activation_kind, round_activations
 
 
@@ -73,9 +74,7 @@ def kept_lse(q: torch.Tensor, k: torch.Tensor, visible: torch.Tensor, scale: flo
     """log Σ exp(scale · q·k) over the visible keys, per query and head: [T, H] (no gradient: it
     only tells the "share" gate how much attention the kept tokens hold)."""
     with torch.no_grad():
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-        scores = torch.einsum("thd,nhd->htn", q, k) * scale
-        return torch.logsumexp(scores.masked_fill(~visible, float("-inf")), -1).transpose(0, 1)
+        return torch.logsumexp(masked_scores(q, k, visible, scale), -1).transpose(0, 1)
 
 
 def visible_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int = 0) -> torch.Tensor:

@@ -112,10 +112,9 @@ class Student:
         if il in self._states:
             memory, state = self.memories[il], self._states[il]
             lse = kept_lse(q, K, visible, kq_scale) if memory.s.mem_combine == "share" else None
-            logit = memory.gate_logit(state, q_pre, lse)
-            gate = torch.sigmoid(logit)
-            o = memory.combine(state, q_pre, o.view(q_pre.shape), gate=gate).flatten(1)
-            self.gates.setdefault(il, []).append(gate.mean())
+            o, logit = memory.combine_with_logit(state, q_pre, o.view(q_pre.shape), lse)
+            o = o.flatten(1)
+            self.gates.setdefault(il, []).append(torch.sigmoid(logit).mean())
             self.gate_logits.setdefault(il, []).append(logit.detach().flatten())
         return o
 
