@@ -237,6 +237,9 @@ def memory(
     heldout: int = typer.Option(6, help="held-out windows for the before/after measure"),
     ratios: str = typer.Option("0.5,0.75,0.9", help="eviction ratios drawn per step"),
     gate_penalty: float = typer.Option(1e-3, help="times the mean gate, added to the loss"),
+    harm_weight: float = typer.Option(
+        0.0, help="times the mean KL the memory adds at a target over the model without it (0: off)"
+    ),
     start_gate_bias: float = typer.Option(
         None, help="set every gate's bias to this before the fit (-3: nearly shut; default: the file's)"
     ),
@@ -263,6 +266,7 @@ def memory(
         lr=lr,
         ratios=tuple(float(r) for r in ratios.split(",")),
         gate_penalty=gate_penalty,
+        harm_weight=harm_weight,
         start_gate_bias=start_gate_bias,
         combine=combine,
         seed=seed,

@@ -122,3 +122,41 @@ def test_memory_fit_with_another_combine_rule_carries_it_into_the_file(tmp_path,
         again = MemoryFitConfig(steps=5, lr=1e-4, warmup=1, ratios=(0.9,), combine=rule, start_gate_bias=-3.0)
         fit_memory(base, side, corpus, out, again, seq_len=1024, n_windows=2, n_heldout=1)
         assert json.loads((out / "config.json").read_text())["steps"] == 1
+
+
+def test_harm_counts_only_the_targets_the_memory_made_worse():
+    import torch
+    from indexmem.train.memory_fit import harm
+
+    with_memory, without = torch.tensor([0.5, 0.1, 0.3, 0.9]), torch.tensor([0.2, 0.4, 0.3, 0.8])
+    assert harm(with_memory, without).item() == pytest.approx((0.3 + 0.1) / 4)
+
+
+def test_memory_fit_measures_the_harm_of_the_memory_against_the_bounded_model_without_it(
+    tmp_path,
+    corpus,
+    setup,  # noqa: F811
+):
+    """With ``harm_weight`` every step also runs the bounded model without memory: a shut memory
+    changes no target (harm 0), an open random one makes some worse; harm never exceeds the KL."""
+    from indexmem.train.memory_fit import MemoryFitConfig
+    from indexmem.train.memory_run import fit_memory
+
+    base, side, _ = setup
+    records, reports = {}, {}
+    for bias in (-50.0, 3.0):
+        cfg = MemoryFitConfig(
+            steps=2, lr=1e-6, warmup=1, ratios=(0.9,), start_gate_bias=bias, harm_weight=4.0
+        )
+        on_step = records.setdefault(bias, []).append
+        reports[bias] = fit_memory(
+            base, side, corpus, tmp_path / f"fit{bias}", cfg, 1024, 2, 1, on_step=on_step
+        )
+    assert all(r["harm"] < 1e-6 for r in records[-50.0]), records[-50.0]
+    assert all(1e-4 < r["harm"] <= r["kl"] for r in records[3.0]), records[3.0]
+    config = json.loads((tmp_path / "fit3.0" / "config.json").read_text())
+    assert config["memory_fit"]["harm_weight"] == 4.0
+    # held out, a shut memory agrees with the model without it on every target's most likely token
+    shut, without = reports[-50.0]["before"], reports[-50.0]["without_memory"]
+    assert shut["top1"] == without["top1"] and 0 < without["top1"]["0.9"] <= 1, (shut, without)
+    assert shut["0.9"] == pytest.approx(without["0.9"], abs=1e-6)

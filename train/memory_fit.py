@@ -42,6 +42,9 @@ class MemoryFitConfig:
     window: int = 64  # recent tokens kept (the engine's and RULER's default)
     tau: int = 16
     gate_penalty: float = 1e-3  # times the mean gate over memory layers
+    # times the mean over targets of how much the memory raised that target's KL above the
+    # bounded model's without memory (0: not computed)
+    harm_weight: float = 0.0
     # reset every gate's bias before the fit (None: keep the file's); with the "share" rule the
     # biases are set so that each layer's mean gate logit on a calibration window is this
     start_gate_bias: float | None = None
@@ -66,8 +69,21 @@ def budget_for(n_tokens: int, ratio: float, cfg: MemoryFitConfig) -> int:
 
 def kl_at_targets(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(teacher ‖ student) of the next-token distributions."""
+    return kl_per_target(teacher_logits, student_logits).mean()
+
+
+def kl_per_target(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     log_t = F.log_softmax(teacher_logits, -1)
-    return (log_t.exp() * (log_t - F.log_softmax(student_logits, -1))).sum(-1).mean()
+    return (log_t.exp() * (log_t - F.log_softmax(student_logits, -1))).sum(-1)
+
+
+def harm(kl_with: torch.Tensor, kl_without: torch.Tensor) -> torch.Tensor:
+    """Mean over targets of the KL the memory added (targets it improved count zero).
+
+    KL alone lets the memory trade: it lowers KL most where the bounded model lost the answer,
+    largely by making the prediction less sure, and pays for that with small losses where the
+    kept tokens held the answer, which are the ones an exact-match score sees."""
+    return torch.relu(kl_with - kl_without).mean()
 
 
 def run_window(student: Student, window: TargetWindow, chunk: int, grad: bool = False) -> torch.Tensor:
@@ -148,14 +164,22 @@ class MemoryTrainer:
         ratio = self.rng.choice(cfg.ratios)
         with torch.no_grad():
             target = run_window(self.teacher, window, cfg.chunk)
-        student = self.student(budget_for(len(window.tokens), ratio, cfg))
+        budget = budget_for(len(window.tokens), ratio, cfg)
+        student = self.student(budget)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         self.opt.zero_grad()
-        kl = kl_at_targets(target, run_window(student, window, cfg.chunk, grad=True))
+        kl_each = kl_per_target(target, run_window(student, window, cfg.chunk, grad=True))
+        kl = kl_each.mean()
         gates = [g for values in student.gates.values() for g in values if g.requires_grad]
         gate = torch.stack(gates).mean() if gates else torch.zeros(())
         loss = kl + cfg.gate_penalty * gate
+        harmed = torch.zeros(())
+        if cfg.harm_weight:
+            with torch.no_grad():
+                without = run_window(self.student(budget, memory=False), window, cfg.chunk)
+            harmed = harm(kl_each, kl_per_target(target, without))
+            loss = loss + cfg.harm_weight * harmed
         if loss.requires_grad:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -165,6 +189,7 @@ class MemoryTrainer:
             "step": self.step,
             "kl": kl.item(),
             "gate": gate.item(),
+            "harm": harmed.item(),
             "ratio": ratio,
             "kind": window.kind,
             "tokens": len(window.tokens),

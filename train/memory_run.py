@@ -15,7 +15,7 @@ import torch
 
 from ..engine.registry import sha256_of
 from ..engine.tokenizer import Tokenizer
-from .memory_eval import HeldOut
+from .memory_eval import HeldOut, ratio_keys
 from .memory_fit import MemoryFitConfig, MemoryTrainer, write_checkpoint
 from .student.model import load_backbone
 from .student.sidecar import modules_from_file
@@ -151,7 +151,7 @@ def use_combine(modules, combine: str) -> None:
 
 
 def _mean_kl(result: dict) -> float:
-    values = [v for k, v in result.items() if k != "gates"]
+    values = [result[k] for k in ratio_keys(result)]
     return sum(values) / len(values)
 
 

@@ -295,9 +295,14 @@ def memory_fit(entry: Result, root: Path) -> Section:
     report = json.loads((root / entry.file).read_text())
     config = json.loads((root / entry.file).with_name("config.json").read_text())
     fit = config["memory_fit"]
-    ratios = [k for k in report["without_memory"] if k != "gates"]
+    ratios = [k for k, v in report["without_memory"].items() if not isinstance(v, dict)]
     cols = [("no memory", "without_memory"), ("starting memory", "before"), ("trained memory", "after")]
     rows = [[f"evict {r}", *(f"{report[key][r]:.4f}" for _, key in cols if key in report)] for r in ratios]
+    if "top1" in report["without_memory"]:  # fits before it was measured have KL only
+        rows += [
+            [f"top-1 agreement @ {r}", *(f"{report[key]['top1'][r]:.3f}" for _, key in cols if key in report)]
+            for r in ratios
+        ]
     shut = config["n_layer"] - len(config["memory_layers"])
     text = (
         f"**{entry.model}, end-to-end memory fit**: {config['steps']} steps of one "
@@ -306,10 +311,16 @@ def memory_fit(entry: Result, root: Path) -> Section:
         f"{fit['lr']:g}, gate penalty {fit['gate_penalty']:g}{_memory_start(config)}. Held out "
         f"({config['data']['heldout']} windows): "
         f"mean KL of the bounded model's next-token distributions to the full-KV model's on the targets "
-        f"(nats). {len(config['memory_layers'])} memory layers stay open, {shut} were shut."
+        f"(nats){_top1_said(report)}. {len(config['memory_layers'])} memory layers stay open, {shut} were shut."
     )
     headers = ["", *(name for name, key in cols if key in report)]
     return Section(f"{text}\n\n{table(headers, rows)}")
+
+
+def _top1_said(report: dict) -> str:
+    if "top1" not in report["without_memory"]:
+        return ""
+    return ", and the share of the targets whose most likely next token is the full-KV model's"
 
 
 def _memory_start(config: dict) -> str:
@@ -326,6 +337,14 @@ def _memory_start(config: dict) -> str:
             f", gates started at w = 0 and per-layer biases making the mean gate sigmoid({bias:g}) on a training window"
             if combine == "share"
             else f", gates started at bias {bias:g}"
+        )
+    started = config.get("started_from", {}).get("sha256", "")
+    if started and started != config.get("indexer_from"):
+        parts.append(f", memory started from the fit in sidecar {started[:8]}")
+    harm = config["memory_fit"].get("harm_weight", 0)
+    if harm:
+        parts.append(
+            f", harm weight {harm:g} (the KL the memory added at a target over the model without it)"
         )
     return "".join(parts)
 
