@@ -9,7 +9,9 @@ stay frozen. The chunks before the first target run without gradients; the chunk
 targets run with them, the memory states rebuilt from the recorded evictions so the loss
 reaches φ on the write side too (what earlier chunks' readouts did to the cached keys and values
 is held fixed). A small penalty on the mean gate closes the memories that do not earn their
-keep; layers whose gate stays near zero are then dropped (no write, no readout).
+keep; layers whose gate stays near zero are then dropped (no write, no readout). With
+``harm_weight`` the loss also charges every target the memory makes worse than the bounded
+model without it (``harm``).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ RESULTS = [
     ),
     # the end-to-end memory fits on the shipped indexer: the first (979f16cd), issue 43's refit
     # from shut gates on the new corpus (feffad54, checkpoints/.../memory-shut) and the share
-    # rule's (da52ee34, checkpoints/.../memory-share)
+    # rule's (da52ee34, checkpoints/.../memory-share), and that fit continued with the harm hinge
+    # (956f99d5, checkpoints/.../memory-harm)
     *(
         Result(
             SMOLLM2,
@@ -92,7 +93,7 @@ RESULTS = [
             indexer_from="17c7a63a",
             section="The end-to-end memory fit",
         )
-        for modules in ("979f16cd", "feffad54", "da52ee34")
+        for modules in ("979f16cd", "feffad54", "da52ee34", "956f99d5")
     ),
     *(
         Result(SMOLLM2, "ppl", R + f"ppl-smollm2-4k-memory-{name}.json", section="The end-to-end memory fit")
@@ -143,7 +144,7 @@ RESULTS = [
         section="The latent memory, end to end",
     ),
     # issue 43's refits on the new corpus, from shut gates: the paper's added readout, the mix, and
-    # the mix whose gate reads the kept attention's log-sum-exp
+    # the mix whose gate reads the kept attention's log-sum-exp; then that one with the harm hinge
     *(
         Result(
             SMOLLM2,
@@ -152,7 +153,7 @@ RESULTS = [
             doc=TRAINING_DOC,
             section="The latent memory, end to end",
         )
-        for name in ("shut", "mix", "share")
+        for name in ("shut", "mix", "share", "harm")
     ),
     Result(
         GEMMA,
