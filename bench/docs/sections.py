@@ -296,12 +296,12 @@ def memory_fit(entry: Result, root: Path) -> Section:
     config = json.loads((root / entry.file).with_name("config.json").read_text())
     fit = config["memory_fit"]
     ratios = [k for k, v in report["without_memory"].items() if not isinstance(v, dict)]
-    cols = [("no memory", "without_memory"), ("starting memory", "before"), ("trained memory", "after")]
-    rows = [[f"evict {r}", *(f"{report[key][r]:.4f}" for _, key in cols if key in report)] for r in ratios]
+    names = {"without_memory": "no memory", "before": "starting memory", "after": "trained memory"}
+    cols = [key for key in names if key in report]
+    rows = [[f"evict {r}", *(f"{report[key][r]:.4f}" for key in cols)] for r in ratios]
     if "top1" in report["without_memory"]:  # fits before it was measured have KL only
         rows += [
-            [f"top-1 agreement @ {r}", *(f"{report[key]['top1'][r]:.3f}" for _, key in cols if key in report)]
-            for r in ratios
+            [f"top-1 agreement @ {r}", *(f"{report[key]['top1'][r]:.3f}" for key in cols)] for r in ratios
         ]
     shut = config["n_layer"] - len(config["memory_layers"])
     text = (
@@ -313,7 +313,7 @@ def memory_fit(entry: Result, root: Path) -> Section:
         f"mean KL of the bounded model's next-token distributions to the full-KV model's on the targets "
         f"(nats){_top1_said(report)}. {len(config['memory_layers'])} memory layers stay open, {shut} were shut."
     )
-    headers = ["", *(name for name, key in cols if key in report)]
+    headers = ["", *(names[key] for key in cols)]
     return Section(f"{text}\n\n{table(headers, rows)}")
 
 
