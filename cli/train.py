@@ -247,6 +247,9 @@ def memory(
         None,
         help="how the readout joins attention: add (o + g·m), mix (o + g·(m − o)) or share (the mix, gated by the kept tokens' share of attention); default: the file's",
     ),
+    lookalike: float = typer.Option(
+        0.0, help="share of the retrieval windows that hide the asked facts among same-worded ones"
+    ),
     seed: int = typer.Option(0),
 ):
     """End-to-end latent-memory fit: the student runs the engine's bounded procedure (every layer
@@ -269,6 +272,7 @@ def memory(
         harm_weight=harm_weight,
         start_gate_bias=start_gate_bias,
         combine=combine,
+        lookalike=lookalike,
         seed=seed,
     )
     with _progress() as progress:

@@ -51,6 +51,8 @@ class MemoryFitConfig:
     # biases are set so that each layer's mean gate logit on a calibration window is this
     start_gate_bias: float | None = None
     combine: str | None = None  # the readout's combine rule, "add", "mix" or "share" (None: the file's)
+    # share of the retrieval windows whose asked facts hide among same-worded ones (memory_run)
+    lookalike: float = 0.0
     seed: int = 0
     checkpoint_every: int = 10
 

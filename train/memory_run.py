@@ -25,15 +25,29 @@ MEASURED_STEPS = 3  # with a time budget, the steps that set the step count
 GATE_FLOOR = 0.05  # a memory layer whose mean held-out gate ends below this is shut
 
 
-def training_windows(tokenizer, text: str, seq_len: int, count: int, seed: int, tail: int = 128):
-    """``count`` windows: three in five retrieval-shaped (1 to 4 facts), the rest plain."""
+# (facts asked, look-alike facts not asked) of the look-alike retrieval windows, in turn
+LOOKALIKE_SHAPES = ((1, 8), (2, 12), (3, 16))
+
+
+def training_windows(
+    tokenizer, text: str, seq_len: int, count: int, seed: int, tail: int = 128, lookalike: float = 0.0
+):
+    """``count`` windows: three in five retrieval-shaped (1 to 4 facts), the rest plain; the share
+    ``lookalike`` of the retrieval windows hides the asked facts among facts in the same wording."""
+    if not 0 <= lookalike <= 1:
+        raise ValueError(f"lookalike must be a share between 0 and 1, not {lookalike}")
     rng = random.Random(seed)
     n_retrieval = count * 3 // 5
+    n_lookalike = round(n_retrieval * lookalike)
     windows = []
-    per_facts = [n_retrieval // 4 + (i < n_retrieval % 4) for i in range(4)]
+    per_facts = [(n_retrieval - n_lookalike) // 4 + (i < (n_retrieval - n_lookalike) % 4) for i in range(4)]
     for facts, n in zip(range(1, 5), per_facts):
         if n:
             windows += retrieval_targets(tokenizer, text, seq_len, n, facts, seed + facts)
+    per_shape = [n_lookalike // 3 + (i < n_lookalike % 3) for i in range(3)]
+    for (facts, distractors), n in zip(LOOKALIKE_SHAPES, per_shape):
+        if n:
+            windows += retrieval_targets(tokenizer, text, seq_len, n, facts, seed + 10 + facts, distractors)
     windows += plain_targets(tokenizer, text[len(text) // 7 :], seq_len, count - n_retrieval, tail)
     rng.shuffle(windows)
     return windows
@@ -74,7 +88,9 @@ def fit_memory(
             for memory in modules.memories:
                 memory.gate.bias.fill_(cfg.start_gate_bias)
     tokenizer = Tokenizer(model_path)
-    windows = training_windows(tokenizer, (corpus / "train.txt").read_text(), seq_len, n_windows, cfg.seed)
+    windows = training_windows(
+        tokenizer, (corpus / "train.txt").read_text(), seq_len, n_windows, cfg.seed, lookalike=cfg.lookalike
+    )
     held = heldout_windows(tokenizer, (corpus / "heldout.txt").read_text(), seq_len, n_heldout, cfg.seed + 1)
     backbone = load_backbone(model_path)
     trainer = MemoryTrainer(

@@ -169,12 +169,14 @@ def _value(kind: str, rng: random.Random) -> str:
     return f"{rng.randrange(1, 13)}:{rng.randrange(60):02d}"
 
 
-def random_facts(count: int, rng: random.Random, templates=TEMPLATES) -> list[Fact]:
-    """``count`` facts about distinct subjects, each in one of ``templates``' wordings."""
+def random_facts(count: int, rng: random.Random, templates=TEMPLATES, lookalike: bool = False) -> list[Fact]:
+    """``count`` facts about distinct subjects, each in one of ``templates``' wordings; with
+    ``lookalike`` all in one wording and kind of value, so only the subject tells them apart."""
     subjects = rng.sample([f"{a} {n}" for a in ADJECTIVES for n in NOUNS], count)
+    shared = rng.choice(templates) if lookalike else None
     facts = []
     for subject in subjects:
-        statement, question, kind = rng.choice(templates)
+        statement, question, kind = shared or rng.choice(templates)
         value = _value(kind, rng)
         facts.append(Fact(statement.format(s=subject, v=value), question.format(s=subject), value))
     return facts
@@ -190,25 +192,36 @@ class RetrievalWindow:
 
 
 def retrieval_windows(
-    engine, text: str, length: int, count: int, facts_per_window: int, seed: int = 0, templates=TEMPLATES
+    engine,
+    text: str,
+    length: int,
+    count: int,
+    facts_per_window: int,
+    seed: int = 0,
+    templates=TEMPLATES,
+    distractors: int = 0,
 ) -> list[RetrievalWindow]:
     """``count`` windows of exactly ``length`` tokens: a corpus window (see ``token_windows``)
     with ``facts_per_window`` facts spliced in at random depths (5-90% of the haystack, at token
-    boundaries) and the questions with their answers, in shuffled order, at the end."""
+    boundaries) and the questions with their answers, in shuffled order, at the end.
+
+    ``distractors``: that many more facts, never asked, all in the asked facts' wording and kind
+    of value (look-alikes: the answer must come from the fact about the subject asked, not from
+    any value that looks right)."""
     rng = random.Random(seed)
     head_len = len(engine.tokenize("", add_special=True))
     windows = []
     for body in token_windows(engine, text, length, count):
         head, hay = body[:head_len], body[head_len:]
-        facts = random_facts(facts_per_window, rng, templates)
+        facts = random_facts(facts_per_window + distractors, rng, templates, lookalike=distractors > 0)
         fact_tokens = [engine.tokenize(f"\n{f.statement}\n", add_special=False) for f in facts]
-        asked = rng.sample(facts, len(facts))
+        asked = rng.sample(facts, facts_per_window)
         tail = engine.tokenize(
             "\n\n" + "\n".join(f"Question: {f.question} Answer: {f.answer}" for f in asked), add_special=False
         )
         hay_len = length - head_len - sum(map(len, fact_tokens)) - len(tail)
         if hay_len < length // 2:
-            raise ValueError(f"{facts_per_window} facts leave too little haystack in {length} tokens")
+            raise ValueError(f"{len(facts)} facts leave too little haystack in {length} tokens")
         cuts = sorted(rng.randrange(int(0.05 * hay_len), int(0.9 * hay_len)) for _ in facts)
         seq, prev, spans = list(head), 0, []
         for cut, toks in zip(cuts, fact_tokens):

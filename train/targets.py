@@ -45,12 +45,14 @@ def answer_targets(tokenize, window) -> list[int] | None:
     return None if spans is None else [t - 1 for a, b in spans for t in range(a, b)]
 
 
-def retrieval_targets(tokenizer, text: str, length: int, count: int, facts: int, seed: int):
+def retrieval_targets(
+    tokenizer, text: str, length: int, count: int, facts: int, seed: int, distractors: int = 0
+):
     def tokenize(s, add_special=False):
         return tokenizer.encode(s, add_special=add_special)
 
     out = []
-    for w in retrieval_windows(_Tokenizing(tokenizer), text, length, count, facts, seed, BROAD):
+    for w in retrieval_windows(_Tokenizing(tokenizer), text, length, count, facts, seed, BROAD, distractors):
         targets = answer_targets(tokenize, w)
         if targets:
             out.append(TargetWindow(w.tokens, targets, "retrieval"))

@@ -54,7 +54,8 @@ RESULTS = [
     Result(SMOLLM2, "needle", R + "needle-smollm2-4k.jsonl", context=4096, plot=R + "needle-smollm2-4k.png"),
     Result(SMOLLM2, "niah", R + "niah-smollm2.jsonl", plot=R + "niah-smollm2.png"),
     Result(SMOLLM2, "ppl", R + "ppl-smollm2-4k.json"),
-    # issue 45's run against every llama.cpp setting (docs/benchmarks.md; measured on an idle machine)
+    # issue 45's run up to 32K against llama.cpp's three fastest settings at 8K (docs/benchmarks.md;
+    # measured on an idle machine)
     Result(SMOLLM2, "speed", R + "speed-smollm2-32k.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
     # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build)

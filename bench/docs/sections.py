@@ -307,7 +307,7 @@ def memory_fit(entry: Result, root: Path) -> Section:
     text = (
         f"**{entry.model}, end-to-end memory fit**: {config['steps']} steps of one "
         f"{config['data']['seq_len']:,}-token window each ({config['data']['windows']} training windows, three in "
-        f"five retrieval-shaped), eviction ratios {', '.join(map(str, fit['ratios']))}, learning rate "
+        f"five retrieval-shaped{_lookalike_said(config)}), eviction ratios {', '.join(map(str, fit['ratios']))}, learning rate "
         f"{fit['lr']:g}, gate penalty {fit['gate_penalty']:g}{_memory_start(config)}. Held out "
         f"({config['data']['heldout']} windows): "
         f"mean KL of the bounded model's next-token distributions to the full-KV model's on the targets "
@@ -315,6 +315,11 @@ def memory_fit(entry: Result, root: Path) -> Section:
     )
     headers = ["", *(names[key] for key in cols)]
     return Section(f"{text}\n\n{table(headers, rows)}")
+
+
+def _lookalike_said(config: dict) -> str:
+    share = config["memory_fit"].get("lookalike", 0)
+    return f", {share:.0%} of those hiding the asked facts among 8-16 same-worded ones" if share else ""
 
 
 def _top1_said(report: dict) -> str:
