@@ -40,17 +40,19 @@ def training_windows(
     n_retrieval = count * 3 // 5
     n_lookalike = round(n_retrieval * lookalike)
     windows = []
-    per_facts = [(n_retrieval - n_lookalike) // 4 + (i < (n_retrieval - n_lookalike) % 4) for i in range(4)]
-    for facts, n in zip(range(1, 5), per_facts):
+    for facts, n in zip(range(1, 5), _even_split(n_retrieval - n_lookalike, 4)):
         if n:
             windows += retrieval_targets(tokenizer, text, seq_len, n, facts, seed + facts)
-    per_shape = [n_lookalike // 3 + (i < n_lookalike % 3) for i in range(3)]
-    for (facts, distractors), n in zip(LOOKALIKE_SHAPES, per_shape):
+    for (facts, distractors), n in zip(LOOKALIKE_SHAPES, _even_split(n_lookalike, len(LOOKALIKE_SHAPES))):
         if n:
             windows += retrieval_targets(tokenizer, text, seq_len, n, facts, seed + 10 + facts, distractors)
     windows += plain_targets(tokenizer, text[len(text) // 7 :], seq_len, count - n_retrieval, tail)
     rng.shuffle(windows)
     return windows
+
+
+def _even_split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def heldout_windows(tokenizer, text: str, seq_len: int, count: int, seed: int):

@@ -84,7 +84,8 @@ RESULTS = [
     # the end-to-end memory fits on the shipped indexer: the first (979f16cd), issue 43's refit
     # from shut gates on the new corpus (feffad54, checkpoints/.../memory-shut) and the share
     # rule's (da52ee34, checkpoints/.../memory-share), and that fit continued with the harm hinge
-    # (956f99d5, checkpoints/.../memory-harm)
+    # (956f99d5, checkpoints/.../memory-harm), then with look-alike facts (b1007ab8,
+    # checkpoints/.../memory-lookalike)
     *(
         Result(
             SMOLLM2,
@@ -145,7 +146,8 @@ RESULTS = [
         section="The latent memory, end to end",
     ),
     # issue 43's refits on the new corpus, from shut gates: the paper's added readout, the mix, and
-    # the mix whose gate reads the kept attention's log-sum-exp; then that one with the harm hinge
+    # the mix whose gate reads the kept attention's log-sum-exp; then that one with the harm hinge,
+    # and with look-alike facts
     *(
         Result(
             SMOLLM2,
@@ -154,7 +156,7 @@ RESULTS = [
             doc=TRAINING_DOC,
             section="The latent memory, end to end",
         )
-        for name in ("shut", "mix", "share", "harm")
+        for name in ("shut", "mix", "share", "harm", "lookalike")
     ),
     Result(
         GEMMA,
