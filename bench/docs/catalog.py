@@ -95,7 +95,7 @@ RESULTS = [
             indexer_from="17c7a63a",
             section="The end-to-end memory fit",
         )
-        for modules in ("979f16cd", "feffad54", "da52ee34", "956f99d5")
+        for modules in ("979f16cd", "feffad54", "da52ee34", "956f99d5", "b1007ab8")
     ),
     *(
         Result(SMOLLM2, "ppl", R + f"ppl-smollm2-4k-memory-{name}.json", section="The end-to-end memory fit")
