@@ -64,7 +64,8 @@ def test_facts_have_distinct_subjects_and_too_many_facts_are_refused():
 
 
 def _wording(fact):
-    """The statement with its value taken out: equal for two facts in the same wording."""
+    """The question and the statement up to the subject (value taken out): equal for two facts in
+    the same wording."""
     return fact.question.split(" the ")[0], fact.statement.replace(fact.answer, "{v}").split(" the ")[0]
 
 

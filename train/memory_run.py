@@ -17,16 +17,13 @@ from ..engine.registry import sha256_of
 from ..engine.tokenizer import Tokenizer
 from .memory_eval import HeldOut, ratio_keys
 from .memory_fit import MemoryFitConfig, MemoryTrainer, write_checkpoint
+from .retrieval import LOOKALIKE_SHAPES
 from .student.model import load_backbone
 from .student.sidecar import modules_from_file
 from .targets import plain_targets, retrieval_targets
 
 MEASURED_STEPS = 3  # with a time budget, the steps that set the step count
 GATE_FLOOR = 0.05  # a memory layer whose mean held-out gate ends below this is shut
-
-
-# (facts asked, look-alike facts not asked) of the look-alike retrieval windows, in turn
-LOOKALIKE_SHAPES = ((1, 8), (2, 12), (3, 16))
 
 
 def training_windows(

@@ -142,6 +142,10 @@ MONTHS = [
 ]
 
 
+# (facts asked, look-alike facts not asked) of the look-alike training windows, taken in turn
+LOOKALIKE_SHAPES = ((1, 8), (2, 12), (3, 16))
+
+
 @dataclass
 class Fact:
     statement: str

@@ -17,6 +17,7 @@ from ...engine.registry import MODELS
 from ...hardening.report import markdown_summary
 from ...hardening.soak import plot_rss
 from ...markdown import table
+from ...train.retrieval import LOOKALIKE_SHAPES
 from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
@@ -319,7 +320,10 @@ def memory_fit(entry: Result, root: Path) -> Section:
 
 def _lookalike_said(config: dict) -> str:
     share = config["memory_fit"].get("lookalike", 0)
-    return f", {share:.0%} of those hiding the asked facts among 8-16 same-worded ones" if share else ""
+    if not share:
+        return ""
+    crowd = [distractors for _, distractors in LOOKALIKE_SHAPES]
+    return f", {share:.0%} of those hiding the asked facts among {min(crowd)}-{max(crowd)} same-worded ones"
 
 
 def _top1_said(report: dict) -> str:
