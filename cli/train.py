@@ -250,6 +250,9 @@ def memory(
     lookalike: float = typer.Option(
         0.0, help="share of the retrieval windows that hide the asked facts among same-worded ones"
     ),
+    student_weights: str = typer.Option(
+        "f32", help="f32 or f16: how the frozen model's matrices are held (f16: half the RAM)"
+    ),
     seed: int = typer.Option(0),
 ):
     """End-to-end latent-memory fit: the student runs the engine's bounded procedure (every layer
@@ -273,6 +276,7 @@ def memory(
         start_gate_bias=start_gate_bias,
         combine=combine,
         lookalike=lookalike,
+        student_weights=student_weights,
         seed=seed,
     )
     with _progress() as progress:

@@ -88,18 +88,19 @@ def tiny(request, tmp_path_factory):
     return arch, base, side
 
 
-def test_full_budget_logits_match_the_engine_on_tiny_models(tiny):
+@pytest.mark.parametrize("matrices", ["f32", "f16"])
+def test_full_budget_logits_match_the_engine_on_tiny_models(tiny, matrices):
     arch, base, _ = tiny
     engine = Engine.load(str(base), policy="full", indexmem=False, n_ctx=512, n_batch=TINY["chunk"])
     tokens = random_prompt(TINY["prompt"], seed=2)
     ref = engine.logits(tokens)
-    student = Student(load_backbone(base))
+    student = Student(load_backbone(base, matrices))
     with torch.no_grad():
         ours = torch.cat(
             [student.step(tokens[c : c + TINY["chunk"]], "all") for c in range(0, len(tokens), TINY["chunk"])]
         ).numpy()
     err = np.abs(ours - ref).max() / np.abs(ref).max()
-    print(f"{arch} full budget: max |diff| {err:.2e} of the largest logit")
+    print(f"{arch} full budget, {matrices} matrices: max |diff| {err:.2e} of the largest logit")
     assert err <= TINY_LOGIT_RTOL
     assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.97  # random weights leave near ties
 
@@ -172,15 +173,18 @@ def registry_model(request):
     return request.param, path, load_backbone(path)
 
 
-def test_full_budget_student_is_close_to_the_engine_on_registry_models(registry_model):
+@pytest.mark.parametrize("matrices", ["f32", "f16"])
+def test_full_budget_student_is_close_to_the_engine_on_registry_models(registry_model, matrices):
     name, path, backbone = registry_model
+    if matrices != "f32":
+        backbone = load_backbone(path, matrices)
     engine = Engine.load(name, policy="full", indexmem=False, n_ctx=1024)
     tokens = engine.tokenize(real_text())[:512]
     ref = engine.logits(tokens)
     with torch.no_grad():
         ours = Student(backbone).step(tokens, "all").numpy()
     top1, kl = float(np.mean(ours.argmax(-1) == ref.argmax(-1))), mean_kl(ref, ours)
-    print(f"{name} full budget: top-1 {top1:.3f}, mean KL {kl:.4f}")
+    print(f"{name} full budget, {matrices} matrices: top-1 {top1:.3f}, mean KL {kl:.4f}")
     assert top1 >= 0.93
     assert kl <= 0.02
 

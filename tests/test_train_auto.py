@@ -160,3 +160,16 @@ def test_memory_fit_measures_the_harm_of_the_memory_against_the_bounded_model_wi
     shut, without = reports[-50.0]["before"], reports[-50.0]["without_memory"]
     assert shut["top1"] == without["top1"] and 0 < without["top1"]["0.9"] <= 1, (shut, without)
     assert shut["0.9"] == pytest.approx(without["0.9"], abs=1e-6)
+
+
+def test_a_plan_over_the_ram_target_holds_the_students_matrices_in_float16(tmp_path, monkeypatch):
+    import indexmem.train.auto as auto
+
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=5, all_f32=True, n_ctx_train=4096)
+    small = make_plan(str(model), tmp_path / "a.gguf", hours=0.001, threads=1, seq_len=256, tokens=256)
+    assert small.student_weights == "f32"  # a tiny model is far under the target
+    monkeypatch.setattr(auto, "RAM_TARGET", small.peak_ram("f32") - 1)
+    big = make_plan(str(model), tmp_path / "b.gguf", hours=0.001, threads=1, seq_len=256, tokens=256)
+    assert big.student_weights == "f16"
+    assert big.peak_ram() < big.peak_ram("f32")
+    assert any("matrices in f16" in line for line in big.describe())

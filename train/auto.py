@@ -27,6 +27,7 @@ from ..engine.registry import cache_dir, resolve
 SHARES = {"features": 0.42, "indexer": 0.2, "memory": 0.28}
 MIN_TOKENS = 320_000  # ten times the 32K tokens the shipped SmolLM2 indexer was fitted on
 POOL_KERNEL = 31  # about a needle's length: a span the indexer points into is kept whole
+RAM_TARGET = 8e9  # above this with a float32 student, its matrices are held in float16
 
 
 @dataclass
@@ -44,7 +45,8 @@ class AutoPlan:
     prefill_tok_s: float
     tokens: int
     shards: list[int] = field(default_factory=list)  # windows per shard
-    weights_bytes: int = 0
+    weights_bytes: int = 0  # of the student's weights in float32
+    student_weights: str = "f32"  # how the memory stage holds the frozen matrices
 
     @property
     def work_path(self) -> Path:
@@ -67,15 +69,17 @@ class AutoPlan:
             f"3. memory: ~{self.seconds * SHARES['memory'] / 3600:.1f} h of end-to-end fitting",
             "4. validation: held-out retrieval windows through the engine, bounded and full",
             f"disk: at most {self.shard_bytes() / gb:.1f} GB of features at a time (cap {self.disk_cap / gb:.1f} GB)",
-            f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the float32 student)",
+            f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the student, its matrices in {self.student_weights})",
         ]
 
     def shard_bytes(self) -> int:
         return max(self.shards, default=0) * self.seq_len * self.bytes_per_token
 
-    def peak_ram(self) -> int:
-        # float32 weights of the student, twice for the teacher's and the student's activations
-        return int(self.weights_bytes * 1.3) + 2 * self.seq_len * self.bytes_per_token
+    def peak_ram(self, student_weights: str | None = None) -> int:
+        # the student's weights, twice the features of a window for the teacher's and the
+        # student's activations
+        held = self.weights_bytes // (2 if (student_weights or self.student_weights) == "f16" else 1)
+        return int(held * 1.3) + 2 * self.seq_len * self.bytes_per_token
 
 
 def feature_bytes_per_token(hp) -> int:
@@ -121,7 +125,7 @@ def make_plan(
     weights_f32 = int(
         4 * hp.n_layer * (3 * hp.n_embd * hp.n_ff + 2 * hp.n_embd * hp.n_embd_q) + 8 * hp.n_embd * hp.n_vocab
     )
-    return AutoPlan(
+    plan = AutoPlan(
         model=model,
         model_path=str(model_path),
         out=str(out),
@@ -137,3 +141,6 @@ def make_plan(
         shards=shards,
         weights_bytes=max(weights, weights_f32),
     )
+    if plan.peak_ram("f32") > RAM_TARGET:
+        plan.student_weights = "f16"
+    return plan

@@ -187,7 +187,7 @@ class AutoRun:
         start = self.work / "indexer.indexmem.gguf"
         if not start.exists():
             convert(self.work / "indexer", Path(plan.model_path), start, dtype="f32")
-        cfg = MemoryFitConfig(steps=10_000, seed=0)
+        cfg = MemoryFitConfig(steps=10_000, seed=0, student_weights=plan.student_weights)
 
         def on_step(r):
             self.progress("memory", r["step"], cfg.steps, f"KL {r['kl']:.4f} gate {r['gate']:.3f}")

@@ -53,6 +53,7 @@ class MemoryFitConfig:
     combine: str | None = None  # the readout's combine rule, "add", "mix" or "share" (None: the file's)
     # share of the retrieval windows whose asked facts hide among same-worded ones (memory_run)
     lookalike: float = 0.0
+    student_weights: str = "f32"  # how the frozen backbone's matrices are held: "f32" or "f16" (half the RAM)
     seed: int = 0
     checkpoint_every: int = 10
 

@@ -91,7 +91,7 @@ def fit_memory(
         tokenizer, (corpus / "train.txt").read_text(), seq_len, n_windows, cfg.seed, lookalike=cfg.lookalike
     )
     held = heldout_windows(tokenizer, (corpus / "heldout.txt").read_text(), seq_len, n_heldout, cfg.seed + 1)
-    backbone = load_backbone(model_path)
+    backbone = load_backbone(model_path, cfg.student_weights)
     trainer = MemoryTrainer(
         backbone, modules, settings["memory_layers"], settings["pool_kernel"], windows, out_dir, cfg
     )

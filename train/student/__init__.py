@@ -1,2 +1,2 @@
-"""The differentiable student: a frozen float32 torch copy of a GGUF model running the engine's
-bounded-cache procedure (``model.Student``), one file per architecture."""
+"""The differentiable student: a frozen torch copy of a GGUF model, computing in float32, that
+runs the engine's bounded-cache procedure (``model.Student``), one file per architecture."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ...engine.hparams import HParams
 from ..losses import masked_scores
 from .activations import activation_kind, round_activations
+from .frozen_matmul import frozen_matmul
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -102,7 +103,7 @@ class Architecture:
             t.requires_grad_(False)
 
     def matmul(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return round_activations(x, self.act.get(name)) @ self.w[name].T
+        return frozen_matmul(round_activations(x, self.act.get(name)), self.w[name])
 
     def lw(self, il: int, name: str) -> torch.Tensor | None:
         return self.w.get(f"blk.{il}.{name}")
@@ -139,7 +140,7 @@ class Architecture:
         return self.hp.sliding_window if self.hp.is_swa(il) else 0
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.w["token_embd.weight"][tokens]
+        return self.w["token_embd.weight"][tokens].float()
 
     def layer(self, run, il: int, h: torch.Tensor) -> torch.Tensor:
         """Layer ``il`` on hidden states h [T, d_model]; attention goes through

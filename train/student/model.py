@@ -1,4 +1,4 @@
-"""The differentiable student: a frozen float32 torch copy of a GGUF model that runs the
+"""The differentiable student: a frozen torch copy of a GGUF model that runs the
 engine's bounded-cache procedure, so IndexMem's modules can be trained where they are used.
 
 Tokens are fed in steps (prefill chunks, or one token); each step runs every layer over the
@@ -30,8 +30,9 @@ ARCHITECTURES = {cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Gemma3)}
 NEG = float("-inf")
 
 
-def load_backbone(path: str | Path) -> Architecture:
-    hp, weights, types = load_weights(path)
+def load_backbone(path: str | Path, matrices: str = "f32") -> Architecture:
+    """``matrices``: "f32" or "f16", how the frozen matrices are held (``weights.py``)."""
+    hp, weights, types = load_weights(path, matrices)
     return ARCHITECTURES[hp.arch](hp, weights, types)
 
 
