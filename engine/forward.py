@@ -19,7 +19,7 @@ import numpy as np
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.graph import Graph
 from ..ggml_ops.structs import GGMLType
-from .attention import step_path
+from .attention import attention_kernel, step_path
 from .cache import KVCache, add_compaction
 from .eviction import Evictor
 from .memory_write import add_memory_write, memory_write_inputs
@@ -84,14 +84,22 @@ class ForwardRunner:
             layer_mem_read=mem_read,
             index_queries=self.recall is not None,
             attention=step_path(
-                self.attention,
-                n_tokens,
-                cache.types,
-                self.model.hp.head_dim,
-                self.backend.main == self.backend.cpu,
+                self.attention, n_tokens, cache.types, self.model.hp.head_dim, self._on_cpu()
             ),
+            index_kernel=any(index) and self._index_kernel(),
         )
         return plan, n_used, mask_keys
+
+    def _on_cpu(self) -> bool:
+        return self.backend.main == self.backend.cpu
+
+    def _index_kernel(self) -> bool:
+        """Whether the indexer scores with the CPU kernel: a SIMD build, a cache in CPU memory."""
+        kernel = attention_kernel() if self._on_cpu() else None
+        sizes = self.cache.indexmem.modules.sizes
+        return bool(
+            kernel and kernel.simd and kernel.supports_importance(sizes["d_idx"], sizes["n_idx_heads"])
+        )
 
     def _plan_indexmem(self):
         """Which layers score with the indexer, and which read their latent memory (those it

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "ggml.h"
+#include "kernel_common.h"
 
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
@@ -62,7 +63,7 @@ typedef struct {
     uint8_t qs[16];
 } block_q4_0;
 
-int im_kernel_abi(void) { return 1; }
+int im_kernel_abi(void) { return 2; }
 
 // prefill converts each KV head to f32 in memory it allocates, or tile by tile without it (what
 // happens when the allocation fails; the tests switch it off to check that way too)
@@ -83,28 +84,6 @@ int im_kernel_supports(int type_k, int type_v, int64_t head_dim) {
     const int quantized = type_k == GGML_TYPE_Q8_0 || type_k == GGML_TYPE_Q4_0 || type_v == GGML_TYPE_Q8_0 ||
                           type_v == GGML_TYPE_Q4_0;
     return ok_k && ok_v && head_dim > 0 && head_dim <= MAX_HD && head_dim % (quantized ? 32 : 16) == 0;
-}
-
-static inline float half_to_float(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    const uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0) {
-        float f = (float)man * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
 }
 
 // one head's row of hd elements (of type `type`) at `src` -> f32
@@ -327,7 +306,7 @@ static int classify(const struct ggml_tensor* mask, int64_t t0, int64_t t1, int6
         const uint16_t* m = (const uint16_t*)((const char*)mask->data + t * mask->nb[1]) + j0;
         for (int j = 0; j < n; j++) {
             const uint16_t v = m[j];
-            if (v != 0xfc00) any_open = 1;
+            if (v != IM_NEG_INF_F16) any_open = 1;
             if ((v & 0x7fff) != 0) all_zero = 0;
         }
     }
@@ -387,20 +366,79 @@ typedef struct {
     int64_t hd, n_head, n_tokens, n_kv, group;
 } job;
 
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
 #if IM_SIMD
-// ask for the K and V rows of the tile at slot j0 (the cache streams from memory in decoding)
-static inline void prefetch_tile(const char* kbase, const char* vbase, size_t kbytes, size_t vbytes,
-                                 const job* J, int64_t j0) {
-    const int64_t n = J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE;
-    for (int64_t j = 0; j < n; j++) {
-        for (size_t off = 0; off < kbytes; off += 64) _mm_prefetch(kbase + (j0 + j) * J->k->nb[1] + off, _MM_HINT_T0);
-        for (size_t off = 0; off < vbytes; off += 64) _mm_prefetch(vbase + (j0 + j) * J->v->nb[1] + off, _MM_HINT_T0);
+// the 16-float vector of each SIMD build, for the decode loops below
+#if IM_AVX512
+typedef __m512 vec16;
+#define V_ZERO() _mm512_setzero_ps()
+#define V_LOAD(p) _mm512_loadu_ps(p)
+#define V_STORE(p, a) _mm512_storeu_ps(p, a)
+#define V_SET1(x) _mm512_set1_ps(x)
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_SUM(a) _mm512_reduce_add_ps(a)
+#define V_ACCUMULATORS 16  // of 32 registers
+#else
+typedef v16 vec16;
+#define V_ZERO() v16_set1(0.0f)
+#define V_LOAD(p) v16_load(p)
+#define V_STORE(p, a) v16_store(p, a)
+#define V_SET1(x) v16_set1(x)
+#define V_FMA(a, b, c) v16_fmadd(a, b, c)
+#define V_SUM(a) v16_sum(a)
+#define V_ACCUMULATORS 6  // two registers each, of 16
+#endif
+
+// The decode loops take RG (query vectors per KV head) as a compile-time constant: each size
+// has its own copy (few_vectors dispatches), so the accumulators stay in registers. No software
+// prefetch: a bounded cache's rows stream in order, which the hardware prefetchers follow, and
+// asking for every line of the next tiles made decode over 1,040 slots ~15% slower (it waited
+// on the CPU's line-fill buffers).
+
+// s[r][j] = q[r] . K[slot], r < RG: one row of a KV head against its RG query vectors
+static ALWAYS_INLINE void few_scores(const int RG, int type, const char* krow, int64_t hd,
+                                     float (*q)[MAX_HD], float (*s)[TILE], int j) {
+    vec16 acc[FEW_VECTORS];
+    for (int r = 0; r < RG; r++) acc[r] = V_ZERO();
+    for (int64_t d = 0; d < hd; d += 16) {
+        const vec16 kd = load16(type, krow, d);
+        for (int r = 0; r < RG; r++) acc[r] = V_FMA(V_LOAD(q[r] + d), kd, acc[r]);
     }
+    for (int r = 0; r < RG; r++) s[r][j] = V_SUM(acc[r]);
+}
+
+// o[r][d0, d0 + 16 G) += sum over the tile's n slots of p[r][j] V[j], held in registers over
+// the tile: G chunks of 16 dimensions at once, so G * RG independent FMA chains hide latency
+static ALWAYS_INLINE void few_values_pass(const int RG, const int G, int type, const char* vhead, size_t row_bytes,
+                                          int n, int64_t d0, float (*s)[TILE], float (*o)[MAX_HD]) {
+    vec16 acc[4][FEW_VECTORS];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < RG; r++) acc[g][r] = V_LOAD(o[r] + d0 + 16 * g);
+    for (int j = 0; j < n; j++) {
+        const char* row = vhead + j * row_bytes;
+        for (int g = 0; g < G; g++) {
+            const vec16 vd = load16(type, row, d0 + 16 * g);
+            for (int r = 0; r < RG; r++) acc[g][r] = V_FMA(V_SET1(s[r][j]), vd, acc[g][r]);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < RG; r++) V_STORE(o[r] + d0 + 16 * g, acc[g][r]);
+}
+
+static ALWAYS_INLINE void few_values(const int RG, int type, const char* vhead, size_t row_bytes, int n,
+                                     int64_t hd, float (*s)[TILE], float (*o)[MAX_HD]) {
+    const int G = V_ACCUMULATORS / RG >= 4 ? 4 : V_ACCUMULATORS / RG >= 2 ? 2 : 1;
+    int64_t d = 0;
+    for (; d + 16 * G <= hd; d += 16 * G) few_values_pass(RG, G, type, vhead, row_bytes, n, d, s, o);
+    for (; d < hd; d += 16) few_values_pass(RG, 1, type, vhead, row_bytes, n, d, s, o);
 }
 #endif
 
-static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base, const struct ggml_tensor* dst) {
-    const int64_t hd = J->hd, RG = J->n_tokens * J->group, R = (hk1 - hk0) * RG;
+static ALWAYS_INLINE void few_vectors_of(const int RG, const job* J, int64_t hk0, int64_t hk1, float* out_base,
+                                         const struct ggml_tensor* dst) {
+    const int64_t hd = J->hd, R = (hk1 - hk0) * RG;
     float q[FEW_TOTAL][MAX_HD], o[FEW_TOTAL][MAX_HD], s[FEW_TOTAL][TILE];
     float m[FEW_TOTAL], l[FEW_TOTAL];
     int64_t vec_t[FEW_TOTAL], vec_h[FEW_TOTAL];
@@ -424,9 +462,6 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
         const int n = (int)(J->n_kv - j0 < TILE ? J->n_kv - j0 : TILE);
         const int kind = classify(J->mask, 0, J->n_tokens - 1, j0, n);
         if (kind == TILE_HIDDEN) continue;
-#if IM_SIMD
-        prefetch_tile(kbase, vbase, (hk1 - hk0) * kstep, (hk1 - hk0) * vstep, J, j0 + 2 * TILE);
-#endif
         for (int j = 0; j < TILE; j++) {
             if (j >= n) {
                 for (int64_t r = 0; r < R; r++) s[r][j] = -INFINITY;
@@ -434,24 +469,8 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
             }
             for (int64_t r0 = 0; r0 < R; r0 += RG) {  // one KV head, the query vectors reading it
                 const char* krow = kbase + (j0 + j) * J->k->nb[1] + (r0 / RG) * kstep;
-#if IM_AVX512
-                __m512 acc[FEW_VECTORS];
-                for (int64_t r = 0; r < RG; r++) acc[r] = _mm512_setzero_ps();
-                for (int64_t d = 0; d < hd; d += 16) {
-                    const __m512 kd = load16(J->k->type, krow, d);
-                    for (int64_t r = 0; r < RG; r++) {
-                        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q[r0 + r] + d), kd, acc[r]);
-                    }
-                }
-                for (int64_t r = 0; r < RG; r++) s[r0 + r][j] = _mm512_reduce_add_ps(acc[r]);
-#elif IM_AVX2
-                v16 acc[FEW_VECTORS];
-                for (int64_t r = 0; r < RG; r++) acc[r] = v16_set1(0.0f);
-                for (int64_t d = 0; d < hd; d += 16) {
-                    const v16 kd = load16(J->k->type, krow, d);
-                    for (int64_t r = 0; r < RG; r++) acc[r] = v16_fmadd(v16_load(q[r0 + r] + d), kd, acc[r]);
-                }
-                for (int64_t r = 0; r < RG; r++) s[r0 + r][j] = v16_sum(acc[r]);
+#if IM_SIMD
+                few_scores(RG, J->k->type, krow, hd, q + r0, s + r0, j);
 #else
                 row_to_f32(J->k->type, krow, kf, (int)hd);
                 for (int64_t r = r0; r < r0 + RG; r++) {
@@ -473,29 +492,8 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
         }
         for (int64_t r0 = 0; r0 < R; r0 += RG) {
             const char* vhead = vbase + (r0 / RG) * vstep;
-#if IM_AVX512
-            // o[r] += sum_j p[r][j] v[j], 16 dimensions at a time held in registers over the tile
-            for (int64_t d = 0; d < hd; d += 16) {
-                __m512 acc[FEW_VECTORS];
-                for (int64_t r = 0; r < RG; r++) acc[r] = _mm512_loadu_ps(o[r0 + r] + d);
-                for (int j = 0; j < n; j++) {
-                    const __m512 vd = load16(J->v->type, vhead + (j0 + j) * J->v->nb[1], d);
-                    for (int64_t r = 0; r < RG; r++) {
-                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r0 + r][j]), vd, acc[r]);
-                    }
-                }
-                for (int64_t r = 0; r < RG; r++) _mm512_storeu_ps(o[r0 + r] + d, acc[r]);
-            }
-#elif IM_AVX2
-            for (int64_t d = 0; d < hd; d += 16) {
-                v16 acc[FEW_VECTORS];
-                for (int64_t r = 0; r < RG; r++) acc[r] = v16_load(o[r0 + r] + d);
-                for (int j = 0; j < n; j++) {
-                    const v16 vd = load16(J->v->type, vhead + (j0 + j) * J->v->nb[1], d);
-                    for (int64_t r = 0; r < RG; r++) acc[r] = v16_fmadd(v16_set1(s[r0 + r][j]), vd, acc[r]);
-                }
-                for (int64_t r = 0; r < RG; r++) v16_store(o[r0 + r] + d, acc[r]);
-            }
+#if IM_SIMD
+            few_values(RG, J->v->type, vhead + j0 * J->v->nb[1], J->v->nb[1], n, hd, s + r0, o + r0);
 #else
             for (int j = 0; j < n; j++) {
                 row_to_f32(J->v->type, vhead + (j0 + j) * J->v->nb[1], vf, (int)hd);
@@ -511,6 +509,19 @@ static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base,
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
         for (int64_t d = 0; d < hd; d++) dst_row[d] = o[r][d] * inv;
         if (dst->ne[0] > hd) dst_row[hd] = m[r] + logf(l[r]);
+    }
+}
+
+static void few_vectors(const job* J, int64_t hk0, int64_t hk1, float* out_base, const struct ggml_tensor* dst) {
+    switch (J->n_tokens * J->group) {  // <= FEW_VECTORS (im_attention's test)
+        case 1: few_vectors_of(1, J, hk0, hk1, out_base, dst); break;
+        case 2: few_vectors_of(2, J, hk0, hk1, out_base, dst); break;
+        case 3: few_vectors_of(3, J, hk0, hk1, out_base, dst); break;
+        case 4: few_vectors_of(4, J, hk0, hk1, out_base, dst); break;
+        case 5: few_vectors_of(5, J, hk0, hk1, out_base, dst); break;
+        case 6: few_vectors_of(6, J, hk0, hk1, out_base, dst); break;
+        case 7: few_vectors_of(7, J, hk0, hk1, out_base, dst); break;
+        default: few_vectors_of(8, J, hk0, hk1, out_base, dst); break;
     }
 }
 

@@ -13,6 +13,7 @@ The numerical reference is ``indexmem.train.modules`` (Indexer, LatentMemory).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
@@ -63,16 +64,21 @@ def index_queries(ctx, x, q_pre, iw: IndexerWeights):
     return q, a
 
 
-def importance(ctx, q, a, key_cache, n_kv: int, mask):
+def importance(ctx, q, a, key_cache, n_kv: int, mask, kernel=None):
     """Max over this step's queries of the indexer score of every visible slot: [n_kv, 1].
 
     ``q`` [d_idx, H_idx, T], ``a`` [H_idx, T]; ``key_cache`` [d_idx, capacity] F32 holds the
     index keys per slot; ``mask`` [n_kv, >= T] F16 is the layer's attention mask (-inf where a
-    query may not look). Composed as matrix products over blocks of queries rather than with
-    ggml's lightning indexer op, whose one small dot product per (query, slot, head) made it
-    2.4-3.8x slower on CPU at Gemma's sizes (d_idx 32) and up to 1.9x at SmolLM2's (d_idx 8)."""
+    query may not look). With ``kernel`` (``ggml_ops.kernel.Kernel``) the CPU kernel's op
+    (``importance_kernel.c``); otherwise composed as matrix products over blocks of queries
+    rather than with ggml's lightning indexer op, whose one small dot product per (query, slot,
+    head) made it 2.4-3.8x slower on CPU at Gemma's sizes (d_idx 32) and up to 1.9x at SmolLM2's
+    (d_idx 8). An unseen slot scores -inf (or -FLT_MAX where ggml's max pooling started from it)."""
     dim, n_heads, n = (tensor_struct(q).ne[i] for i in range(3))
     keys = C.ggml_view_2d(ctx, key_cache, dim, n_kv, tensor_struct(key_cache).nb[1], 0)
+    if kernel is not None:
+        args = (ctypes.c_void_p * 4)(q, a, keys, mask)
+        return C.ggml_custom_4d(ctx, GGMLType.F32, n_kv, 1, 1, 1, args, 4, kernel.importance, -1, None)
     q_by_head = C.ggml_cont(ctx, C.ggml_permute(ctx, q, 0, 2, 1, 3))  # [d_idx, T, H_idx]
     a_by_head = C.ggml_reshape_3d(ctx, C.ggml_cont(ctx, C.ggml_transpose(ctx, a)), 1, n, n_heads)
     mask32 = C.ggml_cast(ctx, mask, GGMLType.F32)

@@ -1,8 +1,9 @@
-"""The attention kernel (``attention_kernel.c``), a ggml custom op: compiled once per machine with
-the system C compiler against the ``ggml.h`` llama-cpp-python installs, cached, loaded with ctypes.
+"""The CPU kernels, ggml custom ops in one library: attention (``attention_kernel.c``) and the
+indexer's importance (``importance_kernel.c``). Compiled once per machine with the system C
+compiler against the ``ggml.h`` llama-cpp-python installs, cached, loaded with ctypes.
 
-Nothing depends on it: without a compiler or the header, :func:`load_kernel` returns None (and
-says why in :func:`kernel_status`) and attention runs on ggml's own paths.
+Nothing depends on them: without a compiler or the header, :func:`load_kernel` returns None (and
+says why in :func:`kernel_status`) and both run on ggml's own ops.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from .bindings import C
 from .lib import EXPECTED_GGML_VERSION, llama_cpp_lib_dir
 from .structs import GGMLType, ggml_tensor
 
-SOURCE = Path(__file__).with_name("attention_kernel.c")
-ABI = 1
+HERE = Path(__file__).parent
+SOURCES = (HERE / "attention_kernel.c", HERE / "importance_kernel.c")
+HEADERS = (HERE / "kernel_common.h",)
+ABI = 2
 # -march=native: the build is for this machine's SIMD (its cache key names the CPU's flags)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
 _status = {"kernel": "not loaded yet"}
@@ -38,12 +41,21 @@ class Kernel:
         return ctypes.cast(self.lib.im_attention, ctypes.c_void_p).value
 
     @property
+    def importance(self) -> int:
+        """Address of ``im_importance`` (``importance_kernel.c``), a ``ggml_custom_op_t``."""
+        return ctypes.cast(self.lib.im_importance, ctypes.c_void_p).value
+
+    @property
     def simd(self) -> int:
         """Floats per SIMD register of this build: 16 (AVX-512), 8 (AVX2), 0 (portable C)."""
         return int(self.lib.im_kernel_simd())
 
     def supports(self, type_k: int, type_v: int, head_dim: int) -> bool:
         return bool(self.lib.im_kernel_supports(type_k, type_v, head_dim))
+
+    def supports_importance(self, dim: int, n_heads: int) -> bool:
+        """Index queries of ``n_heads`` heads of ``dim`` dimensions (``importance_kernel.c``)."""
+        return bool(self.lib.im_importance_supports(dim, n_heads))
 
 
 def kernel_status() -> str:
@@ -69,7 +81,13 @@ def _cpu_flags() -> str:
 def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version, " ".join(flags), EXPECTED_GGML_VERSION, _cpu_flags()):
+    for part in (
+        *(f.read_bytes() for f in SOURCES + HEADERS),
+        version,
+        " ".join(flags),
+        EXPECTED_GGML_VERSION,
+        _cpu_flags(),
+    ):
         digest.update(part if isinstance(part, bytes) else part.encode())
     return digest.hexdigest()[:20]
 
@@ -87,7 +105,7 @@ def build_kernel(cache: Path, flags: tuple[str, ...] = FLAGS) -> Path:
         return target
     with atomic_path(target) as tmp:
         done = subprocess.run(
-            [compiler, *flags, f"-I{include}", str(SOURCE), "-o", str(tmp), "-lm"],
+            [compiler, *flags, f"-I{include}", f"-I{HERE}", *map(str, SOURCES), "-o", str(tmp), "-lm"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -106,6 +124,7 @@ def open_kernel(path: Path) -> Kernel:
         ("im_tensor_size", ctypes.c_size_t, []),
         ("im_block_size", ctypes.c_size_t, [ctypes.c_int]),
         ("im_kernel_supports", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int64]),
+        ("im_importance_supports", ctypes.c_int, [ctypes.c_int64, ctypes.c_int64]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes

@@ -19,6 +19,7 @@ from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph, new_context
 from indexmem.ggml_ops.kernel import FLAGS, _cpu_flags, build_kernel, open_kernel
 from indexmem.ggml_ops.structs import GGMLType
+from test_bindings import importance_both_ways
 
 RTOL = 1e-5
 KERNEL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -132,6 +133,14 @@ def reference(q, k, v, mask, scale, with_lse=False):
         (64, 4, 2, 128, 200, "window"),  # sliding window: tiles hidden at both ends
         (20, 2, 2, 32, 45, "holes"),  # no grouping, random holes, partial tiles
         (9, 4, 2, 16, 70, "causal"),  # 16-wide heads (the tiny test models)
+        # decode's query vectors per KV head, 1 to 8 (each a build of its own), and head widths
+        # that leave a remainder after the value loop's groups of 64 dimensions
+        (1, 2, 2, 48, 90, "holes"),  # 1
+        (2, 2, 2, 64, 50, "window"),  # 2
+        (1, 10, 2, 96, 150, "causal"),  # 5
+        (1, 12, 2, 128, 300, "holes"),  # 6: Qwen2.5-Coder 1.5B's heads
+        (1, 14, 2, 64, 300, "causal"),  # 7: Qwen2.5-Coder 0.5B's heads
+        (2, 4, 1, 80, 100, "causal"),  # 8
     ],
 )
 def test_kernel_matches_the_float64_reference(
@@ -161,9 +170,9 @@ BUILDS = {
 
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_every_build_agrees_with_the_reference(build, backend, tmp_path, monkeypatch):
-    """The kernel built for another instruction set than this machine's best (the AVX2 build also
-    runs on AVX-512 machines, so both SIMD builds get checked wherever AVX-512 is), every type,
-    decode and prefill shapes, masked tiles."""
+    """The kernels built for another instruction set than this machine's best (the AVX2 build also
+    runs on AVX-512 machines, so both SIMD builds get checked wherever AVX-512 is): attention with
+    every type, decode and prefill shapes, masked tiles; the indexer's importance."""
     flags, simd, needs = BUILDS[build]
     if needs and not _cpu_has(*needs):
         pytest.skip(f"this CPU has no {', '.join(needs)}")
@@ -173,12 +182,14 @@ def test_every_build_agrees_with_the_reference(build, backend, tmp_path, monkeyp
     assert other.lib.im_kernel_simd() == simd
     monkeypatch.setattr("indexmem.engine.attention.attention_kernel", lambda: other)
     for type_name in KERNEL_TYPES:
-        for n_tokens, kind in ((1, "causal"), (3, "holes"), (37, "causal"), (20, "window")):
+        for n_tokens, kind in ((1, "causal"), (2, "causal"), (3, "holes"), (37, "causal"), (20, "window")):
             rng = np.random.default_rng(zlib.crc32(f"{build} {type_name} {n_tokens}".encode()))
             mask = masks(kind, n_tokens, 161, 100, rng)
             ours, q, k, v = run(backend, type_name, 64, 6, 2, n_tokens, 161, mask, rng)
             err = np.abs(ours - reference(q, k, v, mask, 0.125)).max() / np.abs(v).max()
             assert err <= RTOL, (build, type_name, n_tokens, kind, err)
+    ours, composed, seen = importance_both_ways(other, 8, 2)  # the indexer's op of the same build
+    np.testing.assert_allclose(ours[seen], composed[seen], rtol=1e-5, atol=1e-5)
 
 
 def test_prefill_without_memory_for_the_heads_converts_tile_by_tile(backend, kernel):

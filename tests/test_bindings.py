@@ -4,10 +4,12 @@ import ctypes
 
 import numpy as np
 import pytest
+from indexmem.engine.attention import attention_kernel
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C
 from indexmem.ggml_ops.graph import Graph
 from indexmem.ggml_ops.indexmem import importance
+from indexmem.ggml_ops.kernel import kernel_status
 from indexmem.ggml_ops.reduce import MAX_QUERY_BLOCKS, QUERY_BLOCK, query_blocks, sum_over_rows
 from indexmem.ggml_ops.structs import GGMLType, ggml_tensor
 
@@ -80,12 +82,24 @@ def test_sum_over_rows_matches_numpy():
     np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
+def _importance_kernel(path: str):
+    if path == "composed":
+        return None
+    kernel = attention_kernel()
+    if kernel is None:
+        pytest.skip(f"the CPU kernels are {kernel_status()}")
+    return kernel
+
+
+@pytest.mark.parametrize("path", ["composed", "kernel"])
 @pytest.mark.parametrize(
     "n_queries", [1, QUERY_BLOCK, 3 * QUERY_BLOCK + 8, MAX_QUERY_BLOCKS * QUERY_BLOCK + 188]
 )
-def test_indexer_importance_matches_numpy(n_queries):
-    """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s, in blocks
-    of queries (one, several with a partial last one, and blocks grown to keep within MAX_QUERY_BLOCKS)."""
+def test_indexer_importance_matches_numpy(n_queries, path):
+    """max_t sum_j a[j, t] ReLU(q[:, j, t] . k_s) over the queries that may see slot s: composed
+    of ggml ops in blocks of queries (one, several with a partial last one, and blocks grown to keep
+    within MAX_QUERY_BLOCKS), or by the CPU kernel (16 slots at a time, a partial last block)."""
+    kernel = _importance_kernel(path)
     rng = np.random.default_rng(n_queries)
     n_heads, dim, n_cached, capacity = 3, 16, 90, 90 + n_queries + 5
     n_kv = n_cached + n_queries
@@ -105,6 +119,7 @@ def test_indexer_importance_matches_numpy(n_queries):
             g.input("k", GGMLType.F32, dim, capacity),
             n_kv,
             g.input("m", GGMLType.F16, n_kv, n_queries),
+            kernel,
         )
 
     blocks = query_blocks(n_queries)
@@ -121,3 +136,42 @@ def test_indexer_importance_matches_numpy(n_queries):
     # an unseen slot scores -inf, or -FLT_MAX where ggml's max pooling started from it
     assert got[7] <= -np.finfo(np.float32).max and np.isfinite(np.delete(got, 7)).all()
     np.testing.assert_allclose(np.delete(got, 7), np.delete(want, 7), rtol=1e-5, atol=1e-5)
+
+
+def importance_both_ways(kernel, dim: int, n_heads: int):
+    """Scores of one random case by ``kernel`` and by the composed ops, and which slots some query
+    sees: a cache with holes in the mask (a sliding window's table), whole blocks hidden, and a
+    partial last block."""
+    rng = np.random.default_rng(dim)
+    n_queries, n_kv = 37, 1037
+    q = rng.normal(size=(n_queries, n_heads, dim)).astype(np.float32)
+    a = rng.normal(size=(n_queries, n_heads)).astype(np.float32)
+    keys = rng.normal(size=(n_kv + 3, dim)).astype(np.float32)
+    mask = np.where(rng.random((n_queries, n_kv)) < 0.3, -np.inf, 0.0).astype(np.float16)
+    mask[:, 160:208] = -np.inf  # three whole blocks no query sees
+    got = {}
+    for name, k in (("kernel", kernel), ("composed", None)):
+
+        def build(g, k=k):
+            return importance(
+                g.ctx,
+                g.input("q", GGMLType.F32, dim, n_heads, n_queries),
+                g.input("a", GGMLType.F32, n_heads, n_queries),
+                g.input("k", GGMLType.F32, dim, n_kv + 3),
+                n_kv,
+                g.input("m", GGMLType.F16, n_kv, n_queries),
+                k,
+            )
+
+        got[name] = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
+    return got["kernel"], got["composed"], (mask != -np.inf).any(axis=0)
+
+
+@pytest.mark.parametrize("dim,n_heads", [(8, 2), (32, 4), (64, 16)])  # SmolLM2's, Gemma's, the largest
+def test_the_importance_kernel_equals_the_composed_op(dim, n_heads):
+    kernel = _importance_kernel("kernel")
+    assert kernel.supports_importance(dim, n_heads) and not kernel.supports_importance(dim + 64, n_heads)
+    ours, composed, seen = importance_both_ways(kernel, dim, n_heads)
+    assert not seen[160:208].any() and (ours[~seen] == -np.inf).all()
+    assert (composed[~seen] <= -np.finfo(np.float32).max).all()
+    np.testing.assert_allclose(ours[seen], composed[seen], rtol=1e-5, atol=1e-5)

@@ -44,11 +44,13 @@ def test_every_console_script_runs_its_command():
         assert result.returncode == 0 and "Usage" in result.stdout, (name, result.stderr[-2000:])
 
 
-def test_the_attention_kernel_source_is_installed():
-    """ggml_ops/kernel.py compiles ggml_ops/attention_kernel.c on first use: the wheel must carry it."""
+def test_the_kernel_sources_are_installed():
+    """ggml_ops/kernel.py compiles the CPU kernels' sources on first use: the wheel must carry them."""
     from fnmatch import fnmatch
 
+    from indexmem.ggml_ops.kernel import HEADERS, SOURCES
+
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    source = ROOT / "ggml_ops" / "attention_kernel.c"
-    assert source.is_file()
-    assert any(fnmatch(source.name, pattern) for pattern in data["indexmem.ggml_ops"])
+    for source in SOURCES + HEADERS:
+        assert source.is_file() and source.parent == ROOT / "ggml_ops"
+        assert any(fnmatch(source.name, pattern) for pattern in data["indexmem.ggml_ops"]), source.name

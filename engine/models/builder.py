@@ -16,7 +16,7 @@ from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
 from ...ggml_ops.reduce import sum_over_rows
 from ...ggml_ops.structs import GGMLType
-from ..attention import FLASH, attend
+from ..attention import FLASH, attend, attention_kernel
 from ..cache import KVCache, head_view
 
 
@@ -40,6 +40,7 @@ class StepPlan:
     layer_mem_read: tuple[bool, ...] = ()
     index_queries: bool = False  # output the indexer's queries (the recall tier scores its store)
     attention: str = FLASH  # the attention path of every layer this step (engine/attention.py)
+    index_kernel: bool = False  # the indexer's scores by the CPU kernel (ggml_ops/importance_kernel.c)
 
     def mask_sizes(self) -> dict[int, int]:
         return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
@@ -138,7 +139,8 @@ class Builder:
         x, q_pre = self.g.named[f"attn_norm-{il}"], self.g.named[f"Qpre-{il}"]
         self.g.expand(C.ggml_set_rows(ctx, state.keys[il], index_keys(ctx, x, iw), idx))
         q, a = index_queries(ctx, x, q_pre, iw)
-        self.g.output(self.cb(importance(ctx, q, a, state.keys[il], n_kv, mask), "idx_imp", il))
+        kernel = attention_kernel() if self.plan.index_kernel else None
+        self.g.output(self.cb(importance(ctx, q, a, state.keys[il], n_kv, mask, kernel), "idx_imp", il))
         if self.plan.index_queries:
             self.g.output(self.cb(q, "idx_q", il))
             self.g.output(self.cb(a, "idx_a", il))
