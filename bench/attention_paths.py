@@ -56,6 +56,12 @@ class Caches:
         C.ggml_free(self.ctx)
 
 
+def model_hparams(model: str, say):
+    """The hyper-parameters of a registry model or .gguf path."""
+    with open_gguf(resolve(model, say)) as gguf:
+        return read_hparams(gguf, ARCHITECTURES[gguf.get("general.architecture")].swa_default_pattern)
+
+
 def step_mask(n_tokens: int, n_kv: int) -> tuple[np.ndarray, int]:
     """The causal mask of a step after the cache's used slots: decode over a cache padded to the
     next 256 (16 slots of the last block used), prefill after ``n_kv - n_tokens`` cached tokens."""
@@ -101,9 +107,7 @@ def main(
     reps: int = typer.Option(5, help="rounds; the best of each path is kept"),
 ):
     console = Console()
-    with open_gguf(resolve(model, console.print)) as gguf:
-        arch = gguf.get("general.architecture")
-        hp = read_hparams(gguf, ARCHITECTURES[arch].swa_default_pattern)
+    hp = model_hparams(model, console.print)
     wanted = [p for p in paths.split(",") if p != KERNEL or attention_kernel() is not None]
     backend = Backend("cpu", n_threads=1)
     lines = []

@@ -64,6 +64,14 @@ with AVX2 and no AVX-512, idle, 2026-12-06 (a slower CPU: compare paths within a
     chunk 512 x 1536   f16  (B=1024's prefill)           2911.00   5136.08   2234.12
     chunk 512 x 1536   q8_0                             13517.10   3518.87   2184.25
 
+Since these tables the kernel's decode loop got faster: loops built per number of query vectors
+per KV head, no hand prefetch, the online softmax's max moved only by more than e^8 and its sum
+kept per lane. ``python -m indexmem.bench.kernel_ab --base 7d76fc7`` (the two builds interleaved
+in one process, best of 15), Intel Xeon with AVX-512, 2026-12-07, SmolLM2: decode over 1,280 slots
+(1,040 used) f16 4.21 -> 2.22 ms, q8_0 4.51 -> 2.44; over 4,352 slots f16 20.1 -> 16.2, q8_0
+19.9 -> 12.6; prefill chunks unchanged. The rule below stands (the kernel was already the fastest
+at those shapes).
+
 Before the AVX2 build such a CPU ran the kernel's portable C, slower than flash attention for
 prefill chunks; the portable build is never chosen now (on a CPU without either instruction set
 ggml's own vector code is the safer bet).

@@ -436,11 +436,56 @@ static ALWAYS_INLINE void few_values(const int RG, int type, const char* vhead, 
 }
 #endif
 
+// Online softmax step of one query vector over a tile's scores s[0..16) in decoding, where the
+// per-vector reductions and the scalar exp of softmax_step cost as much as the products: the
+// running max m moves only when a score passes it by more than RESCALE_MARGIN (probabilities stay
+// below e^8 relative to it, far from f32 overflow), and the running sum is kept per lane (l16,
+// summed at the end). s <- probabilities relative to m; returns the factor the running sum and
+// output must be rescaled by (1 for most tiles).
+#define RESCALE_MARGIN 8.0f
+static inline float decode_softmax_step(float* m, float* l16, float* s) {
+    float alpha = 1.0f;
+#if IM_AVX512
+    const __m512 x = _mm512_loadu_ps(s);
+    if (_mm512_cmp_ps_mask(x, _mm512_set1_ps(*m + RESCALE_MARGIN), _CMP_GT_OQ)) {
+        const float mt = _mm512_reduce_max_ps(x);
+        alpha = *m == -INFINITY ? 0.0f : expf(*m - mt);
+        *m = mt;
+    }
+    const __m512 p = exp16(_mm512_sub_ps(x, _mm512_set1_ps(*m == -INFINITY ? 0.0f : *m)));
+    _mm512_storeu_ps(s, p);
+    _mm512_storeu_ps(l16, _mm512_fmadd_ps(_mm512_loadu_ps(l16), _mm512_set1_ps(alpha), p));
+#elif IM_AVX2
+    const v16 x = v16_load(s);
+    const __m256 over = _mm256_set1_ps(*m + RESCALE_MARGIN);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x.lo, over, _CMP_GT_OQ)) | _mm256_movemask_ps(_mm256_cmp_ps(x.hi, over, _CMP_GT_OQ))) {
+        const float mt = v16_hmax(x);
+        alpha = *m == -INFINITY ? 0.0f : expf(*m - mt);
+        *m = mt;
+    }
+    const v16 p = v16_exp(v16_sub(x, v16_set1(*m == -INFINITY ? 0.0f : *m)));
+    v16_store(s, p);
+    v16_store(l16, v16_fmadd(v16_load(l16), v16_set1(alpha), p));
+#else
+    float mt = -INFINITY;
+    for (int j = 0; j < TILE; j++) mt = s[j] > mt ? s[j] : mt;
+    if (mt > *m + RESCALE_MARGIN) {
+        alpha = *m == -INFINITY ? 0.0f : expf(*m - mt);
+        *m = mt;
+    }
+    const float base = *m == -INFINITY ? 0.0f : *m;
+    for (int j = 0; j < TILE; j++) s[j] -= base;
+    exp_lanes(s);
+    for (int j = 0; j < TILE; j++) l16[j] = l16[j] * alpha + s[j];
+#endif
+    return alpha;
+}
+
 static ALWAYS_INLINE void few_vectors_of(const int RG, const job* J, int64_t hk0, int64_t hk1, float* out_base,
                                          const struct ggml_tensor* dst) {
     const int64_t hd = J->hd, R = (hk1 - hk0) * RG;
     float q[FEW_TOTAL][MAX_HD], o[FEW_TOTAL][MAX_HD], s[FEW_TOTAL][TILE];
-    float m[FEW_TOTAL], l[FEW_TOTAL];
+    float m[FEW_TOTAL], l16[FEW_TOTAL][TILE];
     int64_t vec_t[FEW_TOTAL], vec_h[FEW_TOTAL];
 #if !IM_SIMD
     float kf[MAX_HD], vf[MAX_HD];
@@ -453,7 +498,7 @@ static ALWAYS_INLINE void few_vectors_of(const int RG, const job* J, int64_t hk0
         for (int64_t d = 0; d < hd; d++) q[r][d] = src[d] * J->scale;
         memset(o[r], 0, (size_t)hd * 4);
         m[r] = -INFINITY;
-        l[r] = 0.0f;
+        memset(l16[r], 0, sizeof l16[r]);
     }
     const char* kbase = (const char*)J->k->data + hk0 * J->k->nb[2];
     const char* vbase = (const char*)J->v->data + hk0 * J->v->nb[2];
@@ -485,7 +530,7 @@ static ALWAYS_INLINE void few_vectors_of(const int RG, const job* J, int64_t hk0
             }
         }
         for (int64_t r = 0; r < R; r++) {
-            const float alpha = softmax_step(&m[r], &l[r], s[r]);
+            const float alpha = decode_softmax_step(&m[r], l16[r], s[r]);
             if (alpha != 1.0f) {
                 for (int64_t d = 0; d < hd; d++) o[r][d] *= alpha;
             }
@@ -506,9 +551,11 @@ static ALWAYS_INLINE void few_vectors_of(const int RG, const job* J, int64_t hk0
     }
     for (int64_t r = 0; r < R; r++) {
         float* dst_row = (float*)((char*)out_base + vec_t[r] * dst->nb[2] + vec_h[r] * dst->nb[1]);
-        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        float l = 0.0f;
+        for (int j = 0; j < TILE; j++) l += l16[r][j];
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
         for (int64_t d = 0; d < hd; d++) dst_row[d] = o[r][d] * inv;
-        if (dst->ne[0] > hd) dst_row[hd] = m[r] + logf(l[r]);
+        if (dst->ne[0] > hd) dst_row[hd] = m[r] + logf(l);
     }
 }
 

@@ -78,11 +78,11 @@ def _cpu_flags() -> str:
     return os.uname().machine
 
 
-def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
+def _build_key(compiler: str, flags: tuple[str, ...], source_dir: Path) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256()
     for part in (
-        *(f.read_bytes() for f in SOURCES + HEADERS),
+        *((source_dir / f.name).read_bytes() for f in SOURCES + HEADERS),
         version,
         " ".join(flags),
         EXPECTED_GGML_VERSION,
@@ -92,20 +92,28 @@ def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
     return digest.hexdigest()[:20]
 
 
-def build_kernel(cache: Path, flags: tuple[str, ...] = FLAGS) -> Path:
-    """Compile the kernel into ``cache`` (once: the file name is its build's digest)."""
+def build_kernel(cache: Path, flags: tuple[str, ...] = FLAGS, source_dir: Path = HERE) -> Path:
+    """Compile the kernels into ``cache`` (once: the file name is its build's digest); from the
+    sources in ``source_dir`` (another version of them: ``bench/kernel_ab.py``)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     include = ggml_include_dir()
     if not compiler:
         raise OSError("no C compiler (cc) on PATH")
     if not (include / "ggml.h").is_file():
         raise OSError(f"ggml.h not found in {include}")
-    target = cache / f"attention-{_build_key(compiler, flags)}.so"
+    target = cache / f"attention-{_build_key(compiler, flags, source_dir)}.so"
     if target.is_file():
         return target
     with atomic_path(target) as tmp:
         done = subprocess.run(
-            [compiler, *flags, f"-I{include}", f"-I{HERE}", *map(str, SOURCES), "-o", str(tmp), "-lm"],
+            [
+                compiler,
+                *flags,
+                f"-I{include}",
+                f"-I{source_dir}",
+                *(str(source_dir / f.name) for f in SOURCES),
+            ]
+            + ["-o", str(tmp), "-lm"],
             capture_output=True,
             text=True,
             timeout=300,

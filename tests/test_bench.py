@@ -331,3 +331,23 @@ def test_cache_memory_reads_llama_cpps_kv_buffer_and_ours(tmp_path):
     lines = memory_table(data).splitlines()
     assert lines[2] == "| llama.cpp, full KV | f16 | 4.00 | 0.00 | 0.00 | 4.00 | 100.0% |"
     assert lines[3] == "| ours, indexmem B=1,024 | q8_0 | 0.90 | 0.06 | 0.04 | 1.00 | 25.0% |"
+
+
+def test_kernel_ab_times_two_builds_of_the_kernel_sources(tmp_path):
+    """bench/kernel_ab.py: the base revision's sources (the working tree's where a file is new)
+    and the working tree's, both built and timed on the default model's decode shape."""
+    from indexmem.bench import kernel_ab
+    from indexmem.ggml_ops.kernel import HEADERS, SOURCES
+    from typer.testing import CliRunner
+
+    got = kernel_ab.sources_at("HEAD", tmp_path)
+    assert sorted(p.name for p in got.iterdir()) == sorted(f.name for f in SOURCES + HEADERS)
+    result = CliRunner().invoke(
+        kernel_ab.app, ["--base", "HEAD", "--shapes", "1x256", "--types", "f16", "--rounds", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| 1 x 256"))
+    base_ms, ours_ms, ratio = (float(x) for x in row.strip("|").split("|")[2:])
+    assert (
+        base_ms > 0 and ours_ms > 0 and ratio * base_ms == pytest.approx(ours_ms, abs=0.01)
+    )  # 2 decimals shown
