@@ -57,6 +57,9 @@ RESULTS = [
     # issue 45's run up to 32K against llama.cpp's three fastest settings at 8K (docs/benchmarks.md;
     # measured on an idle machine)
     Result(SMOLLM2, "speed", R + "speed-smollm2-32k.json"),
+    # after the kernel changes of 2026-12-07 (the indexer's scores in one op, decode attention
+    # twice as fast), Intel Xeon, the project's other jobs paused
+    Result(SMOLLM2, "speed", R + "speed-smollm2-8k-kernels.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
     # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build)
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx2.json"),
