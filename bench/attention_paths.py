@@ -10,6 +10,7 @@ process, best of ``--reps`` (so a busy machine slows them alike). The figures be
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import typer
@@ -96,6 +97,42 @@ def time_path(backend, caches, path, hp, n_tokens, n_kv, mask, reps) -> float:
     return seconds
 
 
+@dataclass
+class Case:
+    """One step shape over a cache of one pair of types, ready to time."""
+
+    backend: Backend
+    hp: object
+    caches: Caches
+    n_tokens: int
+    n_kv: int
+    mask: np.ndarray
+    shape_label: str
+    types_label: str
+
+    def time(self, path: str, loops: int) -> float:
+        return time_path(self.backend, self.caches, path, self.hp, self.n_tokens, self.n_kv, self.mask, loops)
+
+
+def cases(backend: Backend, hp, shapes: str, types: str):
+    """Every TOKENSxSLOTS shape of ``shapes`` with every K/V spec of ``types`` (K or K/V), its
+    cache of random rows allocated while the case is in hand."""
+    for shape in shapes.split(","):
+        n_tokens, n_kv = (int(x) for x in shape.split("x"))
+        mask, n_used = step_mask(n_tokens, n_kv)
+        for spec in types.split(","):
+            k, _, v = spec.partition("/")
+            t = parse_cache_types(k, v or k)
+            caches = Caches(backend, t, hp.n_layer, hp.n_embd_kv, n_kv + 256)
+            label = t.k if t.k == t.v else f"{t.k}/{t.v}"
+            try:
+                yield Case(
+                    backend, hp, caches, n_tokens, n_kv, mask, f"{n_tokens} x {n_kv} ({n_used} used)", label
+                )
+            finally:
+                caches.close()
+
+
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path (its attention shapes)"),
@@ -111,26 +148,14 @@ def main(
     wanted = [p for p in paths.split(",") if p != KERNEL or attention_kernel() is not None]
     backend = Backend("cpu", n_threads=1)
     lines = []
-    for shape in shapes.split(","):
-        n_tokens, n_kv = (int(x) for x in shape.split("x"))
-        mask, n_used = step_mask(n_tokens, n_kv)
-        for spec in types.split(","):
-            k, _, v = spec.partition("/")
-            cache_types = parse_cache_types(k, v or k)
-            caches = Caches(backend, cache_types, hp.n_layer, hp.n_embd_kv, n_kv + 256)
-            best = dict.fromkeys(wanted, float("inf"))
-            for _ in range(reps):
-                for path in wanted:
-                    loops = 10 if n_tokens == 1 else 1
-                    best[path] = min(
-                        best[path], time_path(backend, caches, path, hp, n_tokens, n_kv, mask, loops)
-                    )
-            caches.close()
-            label = cache_types.k if cache_types.k == cache_types.v else f"{cache_types.k}/{cache_types.v}"
-            lines.append(
-                [f"{n_tokens} x {n_kv} ({n_used} used)", label, *(f"{1e3 * best[p]:.2f}" for p in wanted)]
-            )
-            console.print(" | ".join(lines[-1]))
+    for case in cases(backend, hp, shapes, types):
+        best = dict.fromkeys(wanted, float("inf"))
+        for _ in range(reps):
+            for path in wanted:
+                loops = 10 if case.n_tokens == 1 else 1
+                best[path] = min(best[path], case.time(path, loops))
+        lines.append([case.shape_label, case.types_label, *(f"{1e3 * best[p]:.2f}" for p in wanted)])
+        console.print(" | ".join(lines[-1]))
     backend.close()
     console.print(
         f"{hp.arch}, {hp.n_layer} layers, heads {hp.n_head}/{hp.n_head_kv} of {hp.head_dim}; ms per step, best of {reps}"

@@ -20,12 +20,11 @@ import typer
 from rich.console import Console
 
 from ..engine import attention
-from ..engine.cache_types import parse_cache_types
 from ..engine.registry import DEFAULT_MODEL
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.kernel import HEADERS, HERE, SOURCES, Kernel, build_kernel
 from ..markdown import table
-from .attention_paths import Caches, model_hparams, step_mask, time_path
+from .attention_paths import cases, model_hparams
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -64,36 +63,23 @@ def main(
             "working tree": load_build(HERE, Path(tmp) / "cache"),
         }
         backend = Backend("cpu", n_threads=1)
-        lines = []
-        for shape in shapes.split(","):
-            n_tokens, n_kv = (int(x) for x in shape.split("x"))
-            mask, n_used = step_mask(n_tokens, n_kv)
-            loops = 3 if n_tokens == 1 else 1
-            for spec in types.split(","):
-                k, _, v = spec.partition("/")
-                cache_types = parse_cache_types(k, v or k)
-                caches = Caches(backend, cache_types, hp.n_layer, hp.n_embd_kv, n_kv + 256)
+        lines, own = [], attention.attention_kernel
+        try:
+            for case in cases(backend, hp, shapes, types):
+                loops = 3 if case.n_tokens == 1 else 1
                 best = dict.fromkeys(builds, float("inf"))
                 for _ in range(rounds):
                     for name, kernel in builds.items():
-                        attention.attention_kernel = lambda kernel=kernel: kernel
-                        seconds = time_path(
-                            backend, caches, attention.KERNEL, hp, n_tokens, n_kv, mask, loops
-                        )
-                        best[name] = min(best[name], seconds)
-                caches.close()
+                        attention.attention_kernel = lambda kernel=kernel: kernel  # what attend() builds with
+                        best[name] = min(best[name], case.time(attention.KERNEL, loops))
                 a, b = best.values()
                 lines.append(
-                    [
-                        f"{n_tokens} x {n_kv} ({n_used} used)",
-                        spec,
-                        f"{1e3 * a:.2f}",
-                        f"{1e3 * b:.2f}",
-                        f"{b / a:.2f}",
-                    ]
+                    [case.shape_label, case.types_label, f"{1e3 * a:.2f}", f"{1e3 * b:.2f}", f"{b / a:.2f}"]
                 )
                 console.print(" | ".join(lines[-1]))
-        backend.close()
+        finally:
+            attention.attention_kernel = own
+            backend.close()
     console.print(
         f"{hp.arch}, {hp.n_layer} layers, heads {hp.n_head}/{hp.n_head_kv} of {hp.head_dim}; ms per step, best of {rounds}"
     )
