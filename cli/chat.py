@@ -72,6 +72,8 @@ def _reply(conversation, text: str, opts: dict) -> None:
             sys.stdout.flush()
     sys.stdout.write(" [stopped]\n" if cancel.is_set() else "\n")
     sys.stdout.flush()
+    if conversation.reached_max_tokens:  # a grammar's text (JSON mode) may be unfinished
+        status(f"(the reply stopped at --max-tokens {opts['max_tokens']}; it may be cut short)")
 
 
 @app.command()

@@ -56,6 +56,7 @@ class Conversation:
         self.engine = engine
         self.system = system
         self.template = TurnTemplate(engine.tokenizer.apply_chat_template)
+        self.reached_max_tokens = False  # the last reply ended at max_tokens, not at its end of turn
         if not resume:
             engine.reset()
 
@@ -87,11 +88,20 @@ class Conversation:
 
     def _reply(self, tokens, max_tokens, cancel, sampling) -> Iterator[str]:
         engine = self.engine
+        self.reached_max_tokens = False
         token_iter = engine.generate_tokens(
             tokens, max_tokens=max_tokens, append=True, cancel=cancel, **sampling
         )
+
+        def counted():
+            n = 0
+            for token in token_iter:
+                n += 1
+                yield token
+            self.reached_max_tokens = n >= max_tokens and not (cancel and cancel.is_set())
+
         try:
-            yield from engine._stream_text(token_iter)
+            yield from engine._stream_text(counted())
         finally:
             token_iter.close()  # leaves the last sampled token to be fed with the close
             engine.append(self.template.close)

@@ -59,6 +59,16 @@ def test_json_mode_replies_with_a_json_object(default_model_path):
     )
     assert out.returncode == 0, out.stderr
     assert isinstance(json.loads(out.stdout), dict)
+    assert "--max-tokens" not in out.stderr  # it ended by itself
+
+
+def test_a_reply_cut_by_max_tokens_says_so(default_model_path):
+    out = chat(
+        default_model_path, "--prompt", "Describe a cat as JSON.", "--json", "--seed", "2", max_tokens=5
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("{")
+    assert "the reply stopped at --max-tokens 5" in out.stderr
 
 
 def test_a_grammar_file_holds_the_reply(default_model_path, tmp_path):
