@@ -14,6 +14,8 @@ carry memory writes or moves, and decode steps between evictions do no such work
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..ggml_ops.backend import Backend
@@ -86,15 +88,17 @@ class ForwardRunner:
             attention=step_path(
                 self.attention, n_tokens, cache.types, self.model.hp.head_dim, self._on_cpu()
             ),
-            index_kernel=any(index) and self._index_kernel(),
+            index_kernel=any(index) and self._index_kernel,
         )
         return plan, n_used, mask_keys
 
     def _on_cpu(self) -> bool:
         return self.backend.main == self.backend.cpu
 
+    @functools.cached_property
     def _index_kernel(self) -> bool:
-        """Whether the indexer scores with the CPU kernel: a SIMD build, a cache in CPU memory."""
+        """Whether the indexer scores with the CPU kernel: a SIMD build, a cache in CPU memory
+        (decided at the first step that scores; nothing it reads changes after)."""
         kernel = attention_kernel() if self._on_cpu() else None
         sizes = self.cache.indexmem.modules.sizes
         return bool(

@@ -366,7 +366,6 @@ typedef struct {
     int64_t hd, n_head, n_tokens, n_kv, group;
 } job;
 
-
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 #if IM_SIMD

@@ -45,7 +45,7 @@ static inline int block_mask(const uint16_t* m, int n, lanes_f* total) {
         memcpy(w, m, sizeof w);
         for (int i = 0; i < 4; i++) {
             any |= w[i];
-            hidden &= w[i] == 0xfc00fc00fc00fc00ull;
+            hidden &= w[i] == IM_NEG_INF_F16 * 0x0001000100010001ull;  // four -inf halves
         }
         if (hidden) return 0;
         if (!any) {  // the common case: every slot visible, mask 0

@@ -82,6 +82,25 @@ def test_sum_over_rows_matches_numpy():
     np.testing.assert_allclose(got.reshape(-1), x.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
+def run_importance(q, a, keys, n_kv: int, mask, kernel=None) -> np.ndarray:
+    """``importance`` over q [T, H_idx, d_idx], a [T, H_idx], keys [capacity, d_idx] and mask
+    [T, n_kv] (numpy order): the score of each of the n_kv slots."""
+    n_queries, n_heads, dim = q.shape
+
+    def build(g):
+        return importance(
+            g.ctx,
+            g.input("q", GGMLType.F32, dim, n_heads, n_queries),
+            g.input("a", GGMLType.F32, n_heads, n_queries),
+            g.input("k", GGMLType.F32, dim, len(keys)),
+            n_kv,
+            g.input("m", GGMLType.F16, n_kv, n_queries),
+            kernel,
+        )
+
+    return _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
+
+
 def _importance_kernel(path: str):
     if path == "composed":
         return None
@@ -111,21 +130,10 @@ def test_indexer_importance_matches_numpy(n_queries, path):
         mask[t, n_cached + t + 1 :] = -np.inf
     mask[:, 7] = -np.inf  # a slot no query may see
 
-    def build(g):
-        return importance(
-            g.ctx,
-            g.input("q", GGMLType.F32, dim, n_heads, n_queries),
-            g.input("a", GGMLType.F32, n_heads, n_queries),
-            g.input("k", GGMLType.F32, dim, capacity),
-            n_kv,
-            g.input("m", GGMLType.F16, n_kv, n_queries),
-            kernel,
-        )
-
     blocks = query_blocks(n_queries)
     assert [s for s, _ in blocks] == list(np.cumsum([0] + [n for _, n in blocks[:-1]]))
     assert sum(n for _, n in blocks) == n_queries and len(blocks) <= MAX_QUERY_BLOCKS
-    got = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
+    got = run_importance(q, a, keys, n_kv, mask, kernel)
     per_query = np.einsum(
         "tj,tjs->ts",
         a.astype(np.float64),
@@ -149,22 +157,8 @@ def importance_both_ways(kernel, dim: int, n_heads: int):
     keys = rng.normal(size=(n_kv + 3, dim)).astype(np.float32)
     mask = np.where(rng.random((n_queries, n_kv)) < 0.3, -np.inf, 0.0).astype(np.float16)
     mask[:, 160:208] = -np.inf  # three whole blocks no query sees
-    got = {}
-    for name, k in (("kernel", kernel), ("composed", None)):
-
-        def build(g, k=k):
-            return importance(
-                g.ctx,
-                g.input("q", GGMLType.F32, dim, n_heads, n_queries),
-                g.input("a", GGMLType.F32, n_heads, n_queries),
-                g.input("k", GGMLType.F32, dim, n_kv + 3),
-                n_kv,
-                g.input("m", GGMLType.F16, n_kv, n_queries),
-                k,
-            )
-
-        got[name] = _run(build, {"q": q, "a": a, "k": keys, "m": mask}).reshape(-1)
-    return got["kernel"], got["composed"], (mask != -np.inf).any(axis=0)
+    ours, composed = (run_importance(q, a, keys, n_kv, mask, k) for k in (kernel, None))
+    return ours, composed, (mask != -np.inf).any(axis=0)
 
 
 @pytest.mark.parametrize("dim,n_heads", [(8, 2), (32, 4), (64, 16)])  # SmolLM2's, Gemma's, the largest
