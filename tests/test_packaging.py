@@ -48,9 +48,11 @@ def test_the_kernel_sources_are_installed():
     """ggml_ops/kernel.py compiles the CPU kernels' sources on first use: the wheel must carry them."""
     from fnmatch import fnmatch
 
+    import indexmem.ggml_ops
     from indexmem.ggml_ops.kernel import HEADERS, SOURCES
 
+    package_dir = Path(indexmem.ggml_ops.__file__).parent  # site-packages when installed from the wheel
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for source in SOURCES + HEADERS:
-        assert source.is_file() and source.parent == ROOT / "ggml_ops"
+        assert source.is_file() and source.parent == package_dir, source
         assert any(fnmatch(source.name, pattern) for pattern in data["indexmem.ggml_ops"]), source.name
