@@ -302,6 +302,18 @@ enum { TILE_HIDDEN = 0, TILE_VISIBLE = 1, TILE_MIXED = 2 };
 // how queries t0..t1 see slots [j0, j0 + n): all masked, all visible (mask 0), or otherwise
 static int classify(const struct ggml_tensor* mask, int64_t t0, int64_t t1, int64_t j0, int n) {
     int any_open = 0, all_zero = 1;
+    if (n == TILE) {  // four halves a word
+        const uint64_t hidden = IM_NEG_INF_F16 * 0x0001000100010001ull, magnitude = 0x7fff7fff7fff7fffull;
+        for (int64_t t = t0; t <= t1; t++) {
+            uint64_t w[TILE / 4];
+            memcpy(w, (const uint16_t*)((const char*)mask->data + t * mask->nb[1]) + j0, sizeof w);
+            for (int i = 0; i < TILE / 4; i++) {
+                any_open |= w[i] != hidden;
+                all_zero &= (w[i] & magnitude) == 0;
+            }
+        }
+        return !any_open ? TILE_HIDDEN : all_zero ? TILE_VISIBLE : TILE_MIXED;
+    }
     for (int64_t t = t0; t <= t1; t++) {
         const uint16_t* m = (const uint16_t*)((const char*)mask->data + t * mask->nb[1]) + j0;
         for (int j = 0; j < n; j++) {
@@ -378,7 +390,10 @@ typedef __m512 vec16;
 #define V_SET1(x) _mm512_set1_ps(x)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_SUM(a) _mm512_reduce_add_ps(a)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
 #define V_ACCUMULATORS 16  // of 32 registers
+#define LANE_VALUE_DIMS 8
+#define V_IN_REGISTER(a) __asm__("" : "+v"(a))
 #else
 typedef v16 vec16;
 #define V_ZERO() v16_set1(0.0f)
@@ -387,7 +402,12 @@ typedef v16 vec16;
 #define V_SET1(x) v16_set1(x)
 #define V_FMA(a, b, c) v16_fmadd(a, b, c)
 #define V_SUM(a) v16_sum(a)
+#define V_MUL(a, b) v16_mul(a, b)
 #define V_ACCUMULATORS 6  // two registers each, of 16
+#define LANE_VALUE_DIMS 4
+// keeps a loaded vector in registers: GCC otherwise folds the load into each FMA that uses it,
+// and the loads, not the FMAs, then bound the loop
+#define V_IN_REGISTER(a) __asm__("" : "+x"((a).lo), "+x"((a).hi))
 #endif
 
 // The decode loops take RG (query vectors per KV head) as a compile-time constant: each size
@@ -432,6 +452,22 @@ static ALWAYS_INLINE void few_values(const int RG, int type, const char* vhead, 
     int64_t d = 0;
     for (; d + 16 * G <= hd; d += 16 * G) few_values_pass(RG, G, type, vhead, row_bytes, n, d, s, o);
     for (; d < hd; d += 16) few_values_pass(RG, 1, type, vhead, row_bytes, n, d, s, o);
+}
+
+// prefill: ot[d0 + g][lane] = ot * a + sum over the tile's n slots of v[j][d0 + g] p[j][lane],
+// for g < DG dimensions at once: DG independent FMA chains per lane register (one chain per
+// dimension left the loop waiting on the FMA's latency, ~4 cycles per slot)
+static ALWAYS_INLINE void lane_values(const int DG, vec16 a, const float* vf, int64_t hd, int n, int64_t d0,
+                                      float st[TILE][LANES], float ot[MAX_HD][LANES]) {
+    vec16 acc[LANE_VALUE_DIMS];
+    for (int g = 0; g < DG; g++) acc[g] = V_MUL(V_LOAD(ot[d0 + g]), a);
+    for (int j = 0; j < n; j++) {
+        vec16 p = V_LOAD(st[j]);
+        V_IN_REGISTER(p);
+        const float* vrow = vf + j * hd + d0;
+        for (int g = 0; g < DG; g++) acc[g] = V_FMA(V_SET1(vrow[g]), p, acc[g]);
+    }
+    for (int g = 0; g < DG; g++) V_STORE(ot[d0 + g], acc[g]);
 }
 #endif
 
@@ -692,7 +728,8 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_hea
             const int valid = n - jb;  // rows past the cache's end read as zeros below
             if (valid >= 4) {
                 for (int64_t d = 0; d < hd; d++) {
-                    const v16 qd = v16_load(qt[d]);
+                    v16 qd = v16_load(qt[d]);
+                    V_IN_REGISTER(qd);
                     for (int u = 0; u < 4; u++) acc[u] = v16_fmadd(v16_set1(krow[u * hd + d]), qd, acc[u]);
                 }
             } else {
@@ -724,24 +761,11 @@ static void lane_block(const job* J, int64_t hk, int64_t r0, const float* kf_hea
         float alpha[LANES];
         lanes_softmax_step(m, l, st, alpha);  // st: probabilities, [slot][lane]
         // ot[d][lane] = ot * alpha + sum_j v[j][d] * p[j][lane]
-#if IM_AVX512
-        const __m512 a = _mm512_loadu_ps(alpha);
-        for (int64_t d = 0; d < hd; d++) {
-            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(ot[d]), a);
-            const float* vcol = vf + d;
-            for (int j = 0; j < n; j++) {
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(vcol[j * hd]), _mm512_loadu_ps(st[j]), acc);
-            }
-            _mm512_storeu_ps(ot[d], acc);
-        }
-#elif IM_AVX2
-        const v16 a = v16_load(alpha);
-        for (int64_t d = 0; d < hd; d++) {
-            v16 acc = v16_mul(v16_load(ot[d]), a);
-            const float* vcol = vf + d;
-            for (int j = 0; j < n; j++) acc = v16_fmadd(v16_set1(vcol[j * hd]), v16_load(st[j]), acc);
-            v16_store(ot[d], acc);
-        }
+#if IM_SIMD
+        const vec16 a = V_LOAD(alpha);
+        int64_t d = 0;
+        for (; d + LANE_VALUE_DIMS <= hd; d += LANE_VALUE_DIMS) lane_values(LANE_VALUE_DIMS, a, vf, hd, n, d, st, ot);
+        for (; d < hd; d++) lane_values(1, a, vf, hd, n, d, st, ot);
 #else
         for (int64_t d = 0; d < hd; d++) {
             for (int i = 0; i < LANES; i++) {

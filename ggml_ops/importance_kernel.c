@@ -8,10 +8,11 @@
 //   src3 mask [n_kv, >= T] f16        (the layer's attention mask: 0 or -inf)
 //
 // The same sum as ggml_ops/indexmem.py composes from ggml ops, where every score is a dot product
-// of d_idx (8 for SmolLM2) floats, one call each. Here slots go 16 at a time, one per lane: the
-// block's keys are transposed once, and each query then costs H_idx * (d_idx + 1) vector FMAs for
-// 16 slots, no horizontal sums. The lanes are GCC/Clang vector types, which compile to the SIMD of
-// the build's -march. Threads split the slot blocks.
+// of d_idx (8 for SmolLM2) floats, one call each. Here a block of slots goes one per lane of a SIMD
+// register (16 with AVX-512, else 8): the block's keys are transposed once, and each query then
+// costs H_idx * (d_idx + 1) vector FMAs for the block, no horizontal sums. The lanes are GCC/Clang
+// vector types of the register's width (wider ones are split by the compiler through the stack,
+// four times slower with AVX2). Threads split the slot blocks.
 
 #include <math.h>
 #include <stdint.h>
@@ -20,7 +21,11 @@
 #include "ggml.h"
 #include "kernel_common.h"
 
+#if defined(__AVX512F__)
 #define LANES 16
+#else
+#define LANES 8
+#endif
 #define MAX_IDX_DIM 64
 #define MAX_IDX_HEADS 16
 
@@ -28,7 +33,7 @@ int im_importance_supports(int64_t dim, int64_t n_heads) {
     return dim >= 1 && dim <= MAX_IDX_DIM && n_heads >= 1 && n_heads <= MAX_IDX_HEADS;
 }
 
-// 16 floats (GCC/Clang vector extensions: one register with AVX-512, two with AVX2, four with SSE)
+// one register of floats (GCC/Clang vector extensions; two registers with SSE)
 typedef float lanes_f __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t lanes_i __attribute__((vector_size(LANES * sizeof(int32_t))));
 
@@ -41,9 +46,9 @@ static inline lanes_f lanes_max(lanes_f x, lanes_f y) {
 // hidden, also past n); returns 0 when every lane is hidden
 static inline int block_mask(const uint16_t* m, int n, lanes_f* total) {
     if (n == LANES) {
-        uint64_t w[4], any = 0, hidden = 1;
+        uint64_t w[LANES / 4], any = 0, hidden = 1;  // four halves a word
         memcpy(w, m, sizeof w);
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < LANES / 4; i++) {
             any |= w[i];
             hidden &= w[i] == IM_NEG_INF_F16 * 0x0001000100010001ull;  // four -inf halves
         }
@@ -62,7 +67,7 @@ static inline int block_mask(const uint16_t* m, int n, lanes_f* total) {
     return open;
 }
 
-// max over queries of one block of n <= 16 slots starting at s0
+// max over queries of one block of n <= LANES slots starting at s0
 static lanes_f slot_block(const struct ggml_tensor* q, const struct ggml_tensor* a, const struct ggml_tensor* k,
                           const struct ggml_tensor* mask, int64_t s0, int n) {
     const int64_t dim = q->ne[0], n_heads = q->ne[1], n_tokens = q->ne[2];
