@@ -69,8 +69,10 @@ per KV head, no hand prefetch, the online softmax's max moved only by more than 
 kept per lane. ``python -m indexmem.bench.kernel_ab --base 7d76fc7`` (the two builds interleaved
 in one process, best of 15), Intel Xeon with AVX-512, 2026-12-07, SmolLM2: decode over 1,280 slots
 (1,040 used) f16 4.21 -> 2.22 ms, q8_0 4.51 -> 2.44; over 4,352 slots f16 20.1 -> 16.2, q8_0
-19.9 -> 12.6; prefill chunks unchanged. The rule below stands (the kernel was already the fastest
-at those shapes).
+19.9 -> 12.6; prefill chunks unchanged. Then its AVX2 prefill (P·V over 4 head dimensions at once,
+loaded vectors kept in registers, mask tiles classified by words), the same script against
+698379c on an AMD EPYC (Zen 3, AVX2), 2026-12-07, best of 5: chunk 512 x 1536 f16 1,309 -> 719 ms,
+q8_0 1,159 -> 704. The rule below stands (the kernel was already the fastest at those shapes).
 
 Before the AVX2 build such a CPU ran the kernel's portable C, slower than flash attention for
 prefill chunks; the portable build is never chosen now (on a CPU without either instruction set

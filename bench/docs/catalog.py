@@ -61,7 +61,8 @@ RESULTS = [
     # twice as fast), Intel Xeon, the project's other jobs paused
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-kernels.json"),
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k.json", headline=True),
-    # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build)
+    # the same run on a CPU with AVX2 and no AVX-512 (the kernel's AVX2 build): an AMD EPYC (Zen 3),
+    # idle, after the AVX2 kernel changes of 2026-12-07
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx2.json"),
     # and on an Intel Xeon with AVX-512 (the kernel's AVX-512 build)
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-avx512.json"),
@@ -119,6 +120,8 @@ RESULTS = [
     ),
     # Qwen2.5-Coder
     Result(QWEN_05B, "ruler", R + "ruler-qwen05b-4k.jsonl", headline=True, plot=R + "ruler-qwen05b-4k.png"),
+    # decode at RULER's 4K with the budget of 0.9 eviction (B=410), AMD EPYC (Zen 3), idle
+    Result(QWEN_05B, "speed", R + "speed-qwen05b-4k.json", headline=True),
     # structured output and the server
     Result(SMOLLM2, "grammar-cost", R + "grammar-cost-smollm2.json", section="Sampling and the server"),
     Result(SMOLLM2, "server-load", R + "server-load-smollm2.json", section="Sampling and the server"),
