@@ -65,7 +65,9 @@ class SlotTable:
         that range move into the holes. Returns the moves as (source slots, destination slots)."""
         n_keep = len(keep)
         movers = keep[keep >= n_keep]
-        holes = np.setdiff1d(np.arange(n_keep), keep, assume_unique=True)
+        free = np.ones(n_keep, dtype=bool)
+        free[keep[keep < n_keep]] = False
+        holes = np.flatnonzero(free)
         self.positions[holes] = self.positions[movers]
         self.positions[n_keep:] = -1
         self.n_used = n_keep
@@ -163,7 +165,9 @@ class KVCache(OwnsBuffer):
         t = self.layer_table[il]
         table = self.tables[t]
         n_before = table.n_used
-        gone = np.setdiff1d(np.flatnonzero(table.positions[:n_before] >= 0), keep, assume_unique=True)
+        evicted = table.positions[:n_before] >= 0
+        evicted[keep] = False
+        gone = np.flatnonzero(evicted)
         gone_positions = table.positions[gone].copy()
         src, dst = table.compact(keep)
         for layer in self.layers_of(t):

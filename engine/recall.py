@@ -29,6 +29,7 @@ import numpy as np
 
 from ..ggml_ops.bindings import C, tensor_struct
 from ..ggml_ops.graph import Graph
+from .policies.snapkv import sliding_max
 from .recall_store import RecallStore, runs
 
 PER_STEP = 128  # tokens recalled per layer per compression, at most
@@ -64,11 +65,8 @@ def pool_by_position(scores: np.ndarray, positions: np.ndarray, kernel: int) -> 
     if kernel <= 1 or len(scores) == 0:
         return scores
     order = np.argsort(positions, kind="stable")
-    half = kernel // 2
-    padded = np.pad(scores[order], half, constant_values=-np.inf)
-    pooled = np.lib.stride_tricks.sliding_window_view(padded, kernel).max(axis=1)
     out = np.empty_like(scores)
-    out[order] = pooled
+    out[order] = sliding_max(scores[order], kernel)
     return out
 
 

@@ -201,3 +201,16 @@ def test_sliding_window_layers_keep_their_window(tiny_model_dir):
     small = Engine.load(str(path), n_ctx=256, n_batch=8, policy="snapkv", budget=12, tau=4)
     small.logits(tokens)
     assert max(small.stats()["tokens_cached"]) <= 12  # budget < window: the policy rules every layer
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 40, 1056])
+def test_sliding_max_is_the_max_of_each_centred_window(n):
+    from indexmem.engine.policies.snapkv import sliding_max
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n)
+    x[rng.random(n) < 0.1] = -np.inf  # slots nothing scored yet
+    for kernel in (1, 3, 5, 7, 15, 31, 33, 63):
+        half = kernel // 2
+        expected = np.array([x[max(0, i - half) : i + half + 1].max() for i in range(n)]).reshape(n)
+        np.testing.assert_array_equal(sliding_max(x, kernel), expected, err_msg=f"kernel {kernel}")

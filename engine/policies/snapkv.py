@@ -36,10 +36,20 @@ def pool_by_position(values: np.ndarray, positions: np.ndarray, kernel: int) -> 
     """Max-pool ``values`` over neighbours in position order (slots are not in that order)."""
     occupied = np.flatnonzero(positions >= 0)
     order = occupied[np.argsort(positions[occupied], kind="stable")]
-    seq = values[order]
-    half = kernel // 2
-    padded = np.pad(seq, half, constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel)
     out = np.full(len(values), -np.inf)
-    out[order] = windows.max(axis=1)
+    out[order] = sliding_max(values[order], kernel)
     return out
+
+
+def sliding_max(seq: np.ndarray, kernel: int) -> np.ndarray:
+    """The max of each centred window of odd width ``kernel`` over ``seq`` (clipped at its ends).
+    Spans double in width (max of two halves) until two overlapping ones cover a window, so a
+    compression's pooling is a few whole-array maxima instead of one per window."""
+    n, half = len(seq), kernel // 2
+    padded = np.full(n + 2 * half, -np.inf, dtype=np.result_type(seq.dtype, np.float32))
+    padded[half : half + n] = seq
+    span, width = padded, 1  # span[i] = max(padded[i : i + width])
+    while 2 * width <= kernel:
+        span = np.maximum(span[:-width], span[width:])
+        width *= 2
+    return np.maximum(span[:n], span[kernel - width : kernel - width + n])
