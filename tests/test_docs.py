@@ -141,13 +141,26 @@ def test_a_listed_result_file_adds_its_section_and_its_models_headline_once_it_e
     generated = generate(copy, plots=False)
     assert entry not in generated.skipped
     readme = generated.files["README.md"].decode()
-    # the model's speed file (docs/results/speed-qwen05b-4k.json) gives the decode column
-    assert (
-        f"**{model}**: RULER at 4,096 tokens (2 tasks, 1 sample per task); decode at 4,096 tokens" in readme
+    # the decode column: each engine's rate over llama.cpp's fastest in the model's speed file
+    speed = json.loads(
+        (copy / next(r for r in RESULTS if r.model == model and r.bench == "speed").file).read_text()
     )
-    assert "| full KV | 70.0 | 70.0 | 4.0 | 4.0 | " in readme  # (1.0 + 0.4) / 2, one sample: no error
-    assert "| best heuristic | 17.5 (25%, streaming) | 7.0 (10%, tova) | 1.0 | 0.4 | " in readme
-    assert "| **IndexMem** (`indexmem-nomem`) | – | – | – | – | " in readme  # no sidecar yet
+    context = max(r["context"] for r in speed["rows"])
+    rows = [r for r in speed["rows"] if r["context"] == context]
+    fastest = max(r["decode"] for r in rows if r["engine"].startswith("llama.cpp"))
+    decode = {r["engine"]: f"{r['decode'] / fastest:.2f}x" for r in rows}
+    assert (
+        f"**{model}**: RULER at 4,096 tokens (2 tasks, 1 sample per task); decode at {context:,} tokens "
+        f"with B={speed['budget']:,}" in readme
+    )
+    # (1.0 + 0.4) / 2, one sample: no error
+    assert f"| full KV | 70.0 | 70.0 | 4.0 | 4.0 | {decode['full']} |" in readme
+    assert (
+        f"| best heuristic | 17.5 (25%, streaming) | 7.0 (10%, tova) | 1.0 | 0.4 | {decode['tova']} |"
+        in readme
+    )
+    # no sidecar yet
+    assert f"| **IndexMem** (`indexmem-nomem`) | – | – | – | – | {decode['indexmem-nomem']} |" in readme
     results = generated.files["docs/results.md"].decode()
     assert begin(entry.block) in results[results.index(f"\n## {model}\n") :]  # its block, in a new section
     assert entry.file.replace(".jsonl", ".md") in generated.files  # and the report beside its rows
