@@ -30,21 +30,28 @@ class SlotTable:
     def capacity(self) -> int:
         return len(self.positions)
 
-    def reserve(self, n: int) -> np.ndarray:
-        """Slots for ``n`` new tokens, appended after the used ones."""
-        if self.n_used + n > self.capacity:
+    def check_room(self, n: int) -> None:
+        """Raise unless ``n`` new tokens fit after the used slots."""
+        if self.n_used + n > len(self.positions):
             raise ContextOverflowError(
                 f"KV cache full: {self.n_used} tokens cached, {n} more do not fit in "
                 f"{self.capacity} slots (load the engine with a larger n_ctx)"
             )
-        return np.arange(self.n_used, self.n_used + n, dtype=np.int64)
 
     def commit(self, slots: np.ndarray, positions: np.ndarray) -> None:
         self.positions[slots] = positions
         self.n_used = max(self.n_used, int(slots.max()) + 1) if len(slots) else self.n_used
 
+    def append(self, positions: np.ndarray) -> np.ndarray:
+        """Record tokens at ``positions`` in the slots after the used ones (``check_room``
+        first); returns those slots."""
+        start, n = self.n_used, len(positions)
+        self.positions[start : start + n] = positions
+        self.n_used = start + n
+        return np.arange(start, start + n, dtype=np.int64)
+
     def n_kv(self, n_after: int) -> int:
-        return min(self.capacity, -(-max(n_after, 1) // KV_PAD) * KV_PAD)
+        return min(len(self.positions), -(-max(n_after, 1) // KV_PAD) * KV_PAD)
 
     def mask(self, query_pos: np.ndarray, n_kv: int, slots: np.ndarray, window: int = 0) -> np.ndarray:
         """[n_tokens, n_kv] float16: 0 where the query may attend the slot, -inf elsewhere.

@@ -81,16 +81,13 @@ class Evictor:
         return LayerRule(budget=c.budget, sinks=c.sinks, window=c.window, by_policy=True)
 
     # --- what the graph must report ----------------------------------------------------
-    def attention_queries(self, il: int, n_tokens: int) -> int:
-        """How many of this step's last queries must report their attention for layer ``il``."""
+    def attention_queries(self, n_tokens: int) -> tuple[int, ...]:
+        """How many of this step's last queries must report their attention, per layer."""
         kind = self.policy.attention_queries
-        if kind is None or not self.rules[il].by_policy:
-            return 0
-        if kind == "all":
-            return n_tokens
-        if kind == "window":
-            return min(n_tokens, self.policy.obs_window)
-        return 1
+        if kind is None:
+            return (0,) * len(self.rules)
+        n = {"all": n_tokens, "window": min(n_tokens, getattr(self.policy, "obs_window", 0))}.get(kind, 1)
+        return tuple(n if rule.by_policy else 0 for rule in self.rules)
 
     # --- after a step ------------------------------------------------------------------
     def after_step(self, observations: dict[int, LayerObservation], n_tokens: int) -> None:

@@ -61,14 +61,16 @@ class ForwardRunner:
     def plan(self, n_tokens: int, all_logits: bool, capture=()):
         cache, n_layer = self.cache, self.model.hp.n_layer
         for table in cache.tables:
-            table.reserve(n_tokens)  # raises if the tokens do not fit
-        n_used = [cache.table_of(il).n_used for il in range(n_layer)]
+            table.check_room(n_tokens)
+        table_used = [t.n_used for t in cache.tables]
+        table_n_kv = [t.n_kv(u + n_tokens) for t, u in zip(cache.tables, table_used)]
+        n_used = [table_used[t] for t in cache.layer_table]
         mask_keys = [self._mask_key(il, n_used[il]) for il in range(n_layer)]
         mask_ids = {k: i for i, k in enumerate(dict.fromkeys(mask_keys))}
         idx_ids = {u: i for i, u in enumerate(dict.fromkeys(n_used))}
-        attn, capture = [0] * n_layer, set(capture)
+        attn, capture = (0,) * n_layer, set(capture)
         if self.evictor:
-            attn = [self.evictor.attention_queries(il, n_tokens) for il in range(n_layer)]
+            attn = self.evictor.attention_queries(n_tokens)
             if self.evictor.policy.needs_keys:
                 capture |= {f"Kcur-{il}" for il in range(n_layer)}
             if self.recall is not None and self.recall.wants_queries(n_tokens):
@@ -77,10 +79,10 @@ class ForwardRunner:
         plan = StepPlan(
             n_tokens=n_tokens,
             n_out=n_tokens if all_logits else 1,
-            layer_n_kv=tuple(cache.table_of(il).n_kv(n_used[il] + n_tokens) for il in range(n_layer)),
+            layer_n_kv=tuple(table_n_kv[t] for t in cache.layer_table),
             layer_mask=tuple(mask_ids[k] for k in mask_keys),
             layer_idx=tuple(idx_ids[u] for u in n_used),
-            layer_attn=tuple(attn),
+            layer_attn=attn,
             capture=frozenset(capture),
             layer_index=index,
             layer_mem_read=mem_read,
@@ -159,12 +161,7 @@ class ForwardRunner:
         g = self._graph_for(plan)
         self._set_inputs(g, plan, tokens, positions, n_used, mask_keys)
         self.backend.compute(g.gf)
-        slots = {}
-        for il in range(self.model.hp.n_layer):
-            t = self.cache.layer_table[il]
-            if t not in slots:
-                slots[t] = np.arange(n_used[il], n_used[il] + len(tokens), dtype=np.int64)
-                self.cache.tables[t].commit(slots[t], positions)
+        slots = {t: self.cache.tables[t].append(positions) for t in dict.fromkeys(self.cache.layer_table)}
         self.cache.tokens_seen += len(tokens)
         logits = g.read(g.logits).reshape(plan.n_out, -1)
         captured = {name: g.read(g.named[name]) for name in plan.capture}
@@ -182,7 +179,7 @@ class ForwardRunner:
             o = LayerObservation(positions=table.positions[: table.n_used])
             if plan.layer_index and plan.layer_index[il]:
                 o.index_scores = (
-                    g.read(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                    g.view(g.named[f"idx_imp-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
                 )
                 if plan.index_queries:
                     sizes = self.cache.indexmem.modules.sizes
@@ -193,7 +190,7 @@ class ForwardRunner:
                     )
             if plan.layer_attn[il]:
                 o.attn_mass = (
-                    g.read(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
+                    g.view(g.named[f"attn_mass-{il}"]).reshape(-1)[: table.n_used].astype(np.float64)
                 )
             if wants_queries and f"Qcur-{il}" in captured:
                 last = min(plan.n_tokens, self.recall.n_queries)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from . import structs as S
@@ -39,6 +41,7 @@ class Graph:
         self.inputs: dict[str, int] = {}
         self.named: dict[str, int] = {}
         self.logits = None  # the node whose value a step returns
+        self._views: dict[int, np.ndarray] = {}
 
     def input(self, name: str, ggml_type: int, *shape: int):
         maker = (C.ggml_new_tensor_1d, C.ggml_new_tensor_2d, C.ggml_new_tensor_3d)[len(shape) - 1]
@@ -84,7 +87,27 @@ class Graph:
         C.ggml_backend_tensor_get(t, out.ctypes.data, 0, out.nbytes)
         return out
 
+    def view(self, t) -> np.ndarray:
+        """``t``'s float32 values without a copy where they sit in host memory (the CPU
+        backend), else a copy (:meth:`read`). A view shows the last compute's values: take a
+        copy of what must outlive the next compute. Only for a graph that stays allocated."""
+        hit = self._views.get(t)
+        if hit is None:
+            s = tensor_struct(t)
+            if not (s.buffer and s.data and C.ggml_backend_buffer_is_host(s.buffer)):
+                return self.read(t)
+            ne = list(s.ne)
+            while len(ne) > 1 and ne[-1] == 1:
+                ne.pop()
+            nbytes = C.ggml_nbytes(t)
+            if s.type != S.GGMLType.F32 or nbytes != 4 * int(np.prod(ne)):
+                raise ValueError(f"cannot view tensor of shape {ne} and type {s.type} as float32")
+            raw = (ctypes.c_char * nbytes).from_address(s.data)
+            hit = self._views[t] = np.frombuffer(raw, dtype=np.float32).reshape(ne[::-1])
+        return hit
+
     def close(self) -> None:
+        self._views = {}
         if self.ctx:
             C.ggml_free(self.ctx)
             self.ctx = None

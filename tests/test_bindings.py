@@ -53,6 +53,30 @@ def test_mul_mat_rms_norm_and_softmax_match_numpy():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_a_host_view_shows_each_compute_without_a_copy():
+    backend = Backend("cpu", n_threads=1)
+    g = Graph()
+    a, b = g.input("a", GGMLType.F32, 6, 2), g.input("b", GGMLType.F32, 6, 2)
+    out = g.output(C.ggml_add(g.ctx, a, b))
+    half = g.output(C.ggml_cast(g.ctx, out, GGMLType.F16))
+    backend.alloc_graph(g.gf)
+    rng = np.random.default_rng(1)
+    views = []
+    for _ in range(2):
+        x, y = (rng.normal(size=(2, 6)).astype(np.float32) for _ in range(2))
+        g.set_input("a", x)
+        g.set_input("b", y)
+        backend.compute(g.gf)
+        views.append(g.view(out))
+        np.testing.assert_array_equal(views[-1], x + y)
+        np.testing.assert_array_equal(views[-1], g.read(out))
+    assert views[0] is views[1] and not views[0].flags.owndata  # one view, refreshed in place
+    with pytest.raises(ValueError, match="as float32"):
+        g.view(half)
+    g.close()
+    backend.close()
+
+
 def test_get_rows_and_set_rows_roundtrip():
     rng = np.random.default_rng(1)
     src = rng.normal(size=(4, 6)).astype(np.float32)

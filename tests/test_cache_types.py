@@ -187,7 +187,7 @@ def test_the_heuristics_attention_mass_is_a_probability_mass(model, name, policy
     observe = eng.runner.evictor.policy.observe
     eng.runner.evictor.policy.observe = lambda il, obs: masses.append(obs.attn_mass.sum()) or observe(il, obs)
     eng.runner.step(np.array(random_prompt(16, seed=2)), np.arange(16))
-    queries = {"snapkv": eng.runner.evictor.attention_queries(0, 16), "h2o": 16, "tova": 1}[policy]
+    queries = {"snapkv": eng.runner.evictor.attention_queries(16)[0], "h2o": 16, "tova": 1}[policy]
     assert masses and np.allclose(masses, queries * 4, rtol=1e-4)  # 4 query heads
     eng.close()
 
