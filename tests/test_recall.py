@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from indexmem import Engine
-from indexmem.engine.recall import pool_by_position, store_scores
+from indexmem.engine.recall import _rows, pool_by_position, store_scores
 from indexmem.engine.recall_store import RecallStore
 from indexmem.engine.session import SessionError
 from indexmem.ggml_ops.bindings import C
@@ -137,6 +137,28 @@ def test_cache_and_store_hold_every_token_once_within_the_budget(setup, cache_ty
     assert stats["recall_store_bytes"] == engine.recall.store.nbytes > 0
     assert stats["ram_bytes"] == stats["kv_bytes"] + stats["index_bytes"] + stats["memory_bytes"]
     assert stats["tokens_recalled"] == engine.recall.recalled
+    engine.close()
+
+
+@pytest.mark.parametrize("cache_types", [("f16", "f16"), ("f32", "bf16")])
+def test_every_cached_row_is_the_one_first_written_for_its_token(setup, cache_types):
+    """After recalls, each slot's K, V and index key are the bytes the cache held for that
+    token when it was first written (recalled rows come back from the store unchanged)."""
+    base, side, _ = setup
+    engine = _load(base, side, "ram", cache_type_k=cache_types[0], cache_type_v=cache_types[1])
+    cache, first = engine.cache, {}
+    for i, token in enumerate(random_prompt(160, seed=9)):
+        engine.runner.step(np.array([token]), np.array([i]))  # the recent window keeps it
+        engine.runner.flush()
+        for il in engine.recall.layers:
+            table = cache.table_of(il)
+            slots = np.arange(table.n_used)
+            now = [_rows(t, slots) for t in (cache.layers[il].k, cache.layers[il].v, cache.indexmem.keys[il])]
+            (new,) = np.flatnonzero(table.positions[slots] == i)
+            first[il, i] = [rows[new] for rows in now]
+            for s in slots:
+                assert all(np.array_equal(a[s], b) for a, b in zip(now, first[il, int(table.positions[s])]))
+    assert sum(engine.recall.recalled.values()) > 0, "nothing came back: the check above saw no recall"
     engine.close()
 
 
