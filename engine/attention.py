@@ -65,14 +65,16 @@ with AVX2 and no AVX-512, idle, 2026-12-06 (a slower CPU: compare paths within a
     chunk 512 x 1536   q8_0                             13517.10   3518.87   2184.25
 
 Since these tables the kernel's decode loop got faster: loops built per number of query vectors
-per KV head, no hand prefetch, the online softmax's max moved only by more than e^8 and its sum
+per KV head, no hand prefetch then, the online softmax's max moved only by more than e^8 and its sum
 kept per lane. ``python -m indexmem.bench.kernel_ab --base 7d76fc7`` (the two builds interleaved
 in one process, best of 15), Intel Xeon with AVX-512, 2026-12-07, SmolLM2: decode over 1,280 slots
 (1,040 used) f16 4.21 -> 2.22 ms, q8_0 4.51 -> 2.44; over 4,352 slots f16 20.1 -> 16.2, q8_0
 19.9 -> 12.6; prefill chunks unchanged. Then its AVX2 prefill (P·V over 4 head dimensions at once,
 loaded vectors kept in registers, mask tiles classified by words), the same script against
 698379c on an AMD EPYC (Zen 3, AVX2), 2026-12-07, best of 5: chunk 512 x 1536 f16 1,309 -> 719 ms,
-q8_0 1,159 -> 704. The rule below stands (the kernel was already the fastest at those shapes).
+q8_0 1,159 -> 704. Then decode asks for the first line of each head's V row before a tile's
+scores, against a01265e on that EPYC, best of 9: over 1,280 slots f16 3.60 -> 2.97 ms, q8_0
+3.23 -> 2.91. The rule below stands (the kernel was already the fastest at those shapes).
 
 Before the AVX2 build such a CPU ran the kernel's portable C, slower than flash attention for
 prefill chunks; the portable build is never chosen now (on a CPU without either instruction set
