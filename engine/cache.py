@@ -32,7 +32,7 @@ class SlotTable:
 
     def check_room(self, n: int) -> None:
         """Raise unless ``n`` new tokens fit after the used slots."""
-        if self.n_used + n > len(self.positions):
+        if self.n_used + n > self.capacity:
             raise ContextOverflowError(
                 f"KV cache full: {self.n_used} tokens cached, {n} more do not fit in "
                 f"{self.capacity} slots (load the engine with a larger n_ctx)"
@@ -51,7 +51,7 @@ class SlotTable:
         return np.arange(start, start + n, dtype=np.int64)
 
     def n_kv(self, n_after: int) -> int:
-        return min(len(self.positions), -(-max(n_after, 1) // KV_PAD) * KV_PAD)
+        return min(self.capacity, -(-max(n_after, 1) // KV_PAD) * KV_PAD)
 
     def mask(self, query_pos: np.ndarray, n_kv: int, slots: np.ndarray, window: int = 0) -> np.ndarray:
         """[n_tokens, n_kv] float16: 0 where the query may attend the slot, -inf elsewhere.

@@ -85,8 +85,13 @@ class Evictor:
         """How many of this step's last queries must report their attention, per layer."""
         kind = self.policy.attention_queries
         if kind is None:
-            return (0,) * len(self.rules)
-        n = {"all": n_tokens, "window": min(n_tokens, getattr(self.policy, "obs_window", 0))}.get(kind, 1)
+            n = 0
+        elif kind == "all":
+            n = n_tokens
+        elif kind == "window":
+            n = min(n_tokens, self.policy.obs_window)
+        else:
+            n = 1
         return tuple(n if rule.by_policy else 0 for rule in self.rules)
 
     # --- after a step ------------------------------------------------------------------

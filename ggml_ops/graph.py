@@ -22,6 +22,14 @@ def shape_of(t) -> tuple[int, ...]:
     return tuple(tensor_struct(t).ne)
 
 
+def array_shape(t) -> tuple[int, ...]:
+    """numpy's shape for ggml tensor ``t``: its dimensions reversed, trailing ones dropped."""
+    ne = list(shape_of(t))
+    while len(ne) > 1 and ne[-1] == 1:
+        ne.pop()
+    return tuple(ne[::-1])
+
+
 def new_context(n_tensors: int, extra_bytes: int = 0):
     """A no_alloc ggml context with room for ``n_tensors`` tensor headers."""
     params = S.ggml_init_params(C.ggml_tensor_overhead() * n_tensors + extra_bytes, None, True)
@@ -78,12 +86,10 @@ class Graph:
         C.ggml_backend_tensor_set(t, array.ctypes.data, 0, expected)
 
     def read(self, t, dtype=np.float32) -> np.ndarray:
-        ne = list(shape_of(t))
-        while len(ne) > 1 and ne[-1] == 1:
-            ne.pop()
-        out = np.empty(ne[::-1], dtype=dtype)
+        shape = array_shape(t)
+        out = np.empty(shape, dtype=dtype)
         if out.nbytes != C.ggml_nbytes(t):
-            raise ValueError(f"cannot read tensor of shape {ne} as {dtype}")
+            raise ValueError(f"cannot read tensor of shape {shape[::-1]} as {dtype}")
         C.ggml_backend_tensor_get(t, out.ctypes.data, 0, out.nbytes)
         return out
 
@@ -96,14 +102,11 @@ class Graph:
             s = tensor_struct(t)
             if not (s.buffer and s.data and C.ggml_backend_buffer_is_host(s.buffer)):
                 return self.read(t)
-            ne = list(s.ne)
-            while len(ne) > 1 and ne[-1] == 1:
-                ne.pop()
-            nbytes = C.ggml_nbytes(t)
-            if s.type != S.GGMLType.F32 or nbytes != 4 * int(np.prod(ne)):
-                raise ValueError(f"cannot view tensor of shape {ne} and type {s.type} as float32")
+            shape, nbytes = array_shape(t), C.ggml_nbytes(t)
+            if s.type != S.GGMLType.F32 or nbytes != 4 * int(np.prod(shape)):
+                raise ValueError(f"cannot view tensor of shape {shape[::-1]} and type {s.type} as float32")
             raw = (ctypes.c_char * nbytes).from_address(s.data)
-            hit = self._views[t] = np.frombuffer(raw, dtype=np.float32).reshape(ne[::-1])
+            hit = self._views[t] = np.frombuffer(raw, dtype=np.float32).reshape(shape)
         return hit
 
     def close(self) -> None:
