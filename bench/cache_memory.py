@@ -23,7 +23,7 @@ from ..engine.cache_types import CACHE_TYPES, parse_cache_types
 from ..engine.hparams import read_hparams
 from ..engine.loader import open_gguf
 from ..engine.models import ARCHITECTURES
-from ..engine.registry import DEFAULT_MODEL, resolve
+from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from ..ggml_ops.bindings import C
 from ..markdown import table
 from .llama_cpp_ref import open_llama_cpp
@@ -81,7 +81,10 @@ def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
     context: int = typer.Option(8192, help="tokens of context"),
     budget: int = typer.Option(1024, help="our KV budget per layer"),
-    policy: str = typer.Option("indexmem", help="our configuration (see bench.specs)"),
+    policies: str = typer.Option(
+        "indexmem", "--policies", "--policy", help="our configurations, comma separated (see bench.specs)"
+    ),
+    indexmem: Path = typer.Option(None, help="IndexMem sidecar (default: merged or shipped)"),
     llama_cpp_types: str = typer.Option("f16,q8_0", help="llama.cpp's K/V types (K = V), comma separated"),
     our_types: str = typer.Option("f16,q8_0,q4_0", help="our K/V types (K = V), comma separated"),
     out: Path = typer.Option(None, help="also write the rows as JSON here"),
@@ -102,25 +105,33 @@ def main(
                 memory_bytes=0,
             )
         )
-    for t in (parse_cache_types(x, x).k for x in our_types.split(",")):
-        engine = Engine.load(
-            model, n_ctx=context, cache_type_k=t, cache_type_v=t, **engine_options(policy, budget)
-        )
-        st = engine.stats()
-        engine.close()
-        rows.append(
-            dict(
-                engine="ours",
-                cache=policy,
-                budget=budget,
-                type_k=t,
-                type_v=t,
-                kv_bytes=st["kv_bytes"],
-                index_bytes=st["index_bytes"],
-                memory_bytes=st["memory_bytes"],
+    sidecar = str(indexmem) if indexmem else None
+    for policy in policies.split(","):
+        for t in (parse_cache_types(x, x).k for x in our_types.split(",")):
+            engine = Engine.load(
+                model,
+                n_ctx=context,
+                cache_type_k=t,
+                cache_type_v=t,
+                **engine_options(policy, budget, sidecar),
             )
-        )
+            st = engine.stats()
+            engine.close()
+            rows.append(
+                dict(
+                    engine="ours",
+                    cache=policy,
+                    budget=budget if policy != "full" else None,
+                    type_k=t,
+                    type_v=t,
+                    kv_bytes=st["kv_bytes"],
+                    index_bytes=st["index_bytes"],
+                    memory_bytes=st["memory_bytes"],
+                )
+            )
     data = dict(model=str(path), context=context, budget=budget, rows=rows)
+    if indexmem:
+        data["indexmem"] = sha256_of(indexmem)
     console.print(memory_table(data))
     if out:
         write_atomic(out, json.dumps(data, indent=2).encode())
@@ -139,7 +150,12 @@ def memory_table(data: dict) -> str:
     )
     lines = []
     for r in rows:
-        what = "llama.cpp, full KV" if r["engine"] == "llama.cpp" else f"ours, {r['cache']} B={r['budget']:,}"
+        if r["engine"] == "llama.cpp":
+            what = "llama.cpp, full KV"
+        elif r.get("budget") is None:
+            what = f"ours, {r['cache']} KV"
+        else:
+            what = f"ours, {r['cache']} B={r['budget']:,}"
         types = r["type_k"] if r["type_k"] == r["type_v"] else f"K {r['type_k']} / V {r['type_v']}"
         lines.append(
             [

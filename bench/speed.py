@@ -34,7 +34,7 @@ from rich.table import Table
 from ..atomic import write_atomic
 from ..engine.api import Engine
 from ..engine.cache_types import CACHE_TYPES, FLOAT_TYPES, parse_cache_types
-from ..engine.registry import DEFAULT_MODEL, resolve
+from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from .heldout import python_source_text
 from .llama_cpp_ref import open_llama_cpp
 from .specs import engine_options, parse_specs
@@ -220,6 +220,7 @@ def main(
                     decode_tokens=decode_tokens,
                     reps=reps,
                     cpu=cpu_description(),
+                    **({"indexmem": sha256_of(indexmem)} if indexmem else {}),
                     rows=rows,
                 ),
                 indent=2,

@@ -116,6 +116,8 @@ def speed_caption(data: dict) -> str:
         parts.append(f"prefill chunk {data['n_batch']}")
     if data.get("decode_tokens"):
         parts.append(f"{data['decode_tokens']} decode tokens")
+    if data.get("indexmem"):
+        parts.append(f"IndexMem file sha256 {data['indexmem'][:8]}…")
     if data.get("budget"):
         parts.append(
             f"evicting configurations B={data['budget']}"

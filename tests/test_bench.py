@@ -326,11 +326,22 @@ def test_cache_memory_reads_llama_cpps_kv_buffer_and_ours(tmp_path):
                 index_bytes=60_000,
                 memory_bytes=40_000,
             ),
+            dict(
+                engine="ours",
+                cache="full",
+                budget=None,
+                type_k="f16",
+                type_v="f16",
+                kv_bytes=3_000_000,
+                index_bytes=0,
+                memory_bytes=0,
+            ),
         ]
     }
     lines = memory_table(data).splitlines()
     assert lines[2] == "| llama.cpp, full KV | f16 | 4.00 | 0.00 | 0.00 | 4.00 | 100.0% |"
     assert lines[3] == "| ours, indexmem B=1,024 | q8_0 | 0.90 | 0.06 | 0.04 | 1.00 | 25.0% |"
+    assert lines[4] == "| ours, full KV | f16 | 3.00 | 0.00 | 0.00 | 3.00 | 75.0% |"
 
 
 def test_kernel_ab_times_two_builds_of_the_kernel_sources(tmp_path):

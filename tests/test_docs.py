@@ -214,6 +214,15 @@ def test_speed_ratios_are_against_llama_cpps_fastest_setting_and_name_it(tmp_pat
     assert ratio(legacy, "full", 128, "decode").value == 0.5
 
 
+def test_a_speed_caption_names_the_sidecar_the_run_was_given(tmp_path):
+    from indexmem.bench.speed_results import speed_caption
+
+    row = dict(context=128, engine="indexmem", prefill=1.0, decode=1.0)
+    assert "IndexMem file" not in speed_caption(_speed_file(tmp_path, [row]))
+    caption = speed_caption(_speed_file(tmp_path, [row], indexmem="ab12cd34" + "0" * 56))
+    assert "IndexMem file sha256 ab12cd34…" in caption
+
+
 # Numbers hand-written prose may give: the eviction ratios and other settings, versions, a paper's id.
 SPECS = {"0.5", "0.75", "0.9", "0.35", "0.65", "0.2", "0.8", "3.11", "2605.25475", "2%"}
 FIGURE = re.compile(r"(?<![\w.=/-])(\d+(?:\.\d+)?[%x]|\d+\.\d+|\d{1,3}(?:,\d{3})+)(?![\w.]*\d)")

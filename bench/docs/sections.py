@@ -157,10 +157,14 @@ def ppl(entry: Result, root: Path) -> Section:
 
 def cache_memory(entry: Result, root: Path) -> Section:
     data = json.loads((root / entry.file).read_text())
+    ours_full = any(r["engine"] == "ours" and r.get("budget") is None for r in data["rows"])
     caption = (
         f"**Cache memory at {data['context']:,} tokens, {entry.model}**: bytes allocated for the K/V cache, "
-        f"IndexMem's index keys and its latent memory, llama.cpp keeping every token, ours a budget of "
-        f"{data['budget']:,} per layer (`bench/cache_memory.py`)."
+        f"IndexMem's index keys and its latent memory, llama.cpp keeping every token, ours "
+        f"{'keeping every token (full KV) or ' if ours_full else ''}at a budget of "
+        f"{data['budget']:,} per layer"
+        + (f", IndexMem file sha256 {data['indexmem'][:8]}…" if data.get("indexmem") else "")
+        + " (`bench/cache_memory.py`)."
     )
     return Section(f"{caption}\n\n{memory_table(data)}")
 
