@@ -44,7 +44,7 @@ class Result:
 
 
 SMOLLM2, GEMMA = "smollm2-135m-instruct", "gemma3-270m"
-QWEN_05B = "qwen2.5-coder-0.5b-instruct"
+QWEN_05B, QWEN_15B = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
 R = "docs/results/"
 HARDENING_DOC, TRAINING_DOC = "docs/hardening.md", "docs/training.md"
 
@@ -122,6 +122,10 @@ RESULTS = [
     Result(QWEN_05B, "ruler", R + "ruler-qwen05b-4k.jsonl", headline=True, plot=R + "ruler-qwen05b-4k.png"),
     # decode at RULER's 4K with the budget of 0.9 eviction (B=410), AMD EPYC (Zen 3), idle
     Result(QWEN_05B, "speed", R + "speed-qwen05b-4k.json", headline=True),
+    # the 1.5B at 16K with B=2048, its sidecar from the indexer stage of a short auto run (the
+    # memory not yet fitted: costs depend on the shapes only), AMD EPYC (Zen 3), idle, 2 threads
+    Result(QWEN_15B, "cache-memory", R + "cache-memory-qwen15b-16k.json"),
+    Result(QWEN_15B, "speed", R + "speed-qwen15b-16k.json"),
     # structured output and the server
     Result(SMOLLM2, "grammar-cost", R + "grammar-cost-smollm2.json", section="Sampling and the server"),
     Result(SMOLLM2, "server-load", R + "server-load-smollm2.json", section="Sampling and the server"),
