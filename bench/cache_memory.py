@@ -27,7 +27,7 @@ from ..engine.registry import DEFAULT_MODEL, resolve, sha256_of
 from ..ggml_ops.bindings import C
 from ..markdown import table
 from .llama_cpp_ref import open_llama_cpp
-from .specs import engine_options
+from .specs import engine_options, parse_specs
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -90,6 +90,8 @@ def main(
     out: Path = typer.Option(None, help="also write the rows as JSON here"),
 ):
     console = Console()
+    specs = parse_specs(policies)  # a bad name fails before anything is measured
+    types = [parse_cache_types(x, x).k for x in our_types.split(",")]
     path = resolve(model, console.print)
     rows = []
     for t in (parse_cache_types(x, x).k for x in llama_cpp_types.split(",")):
@@ -106,8 +108,8 @@ def main(
             )
         )
     sidecar = str(indexmem) if indexmem else None
-    for policy in policies.split(","):
-        for t in (parse_cache_types(x, x).k for x in our_types.split(",")):
+    for policy in specs:
+        for t in types:
             engine = Engine.load(
                 model,
                 n_ctx=context,
