@@ -306,6 +306,11 @@ def auto(
     seq_len: int = typer.Option(2048, help="tokens per training window"),
     tokens: int = typer.Option(None, help="feature tokens (default: what the time allows, >= 320,000)"),
     work: Path = typer.Option(None, help="work folder (default: OUT with .work); a rerun resumes it"),
+    memory: bool = typer.Option(
+        None,
+        "--memory/--no-memory",
+        help="fit the latent memory, or skip it (default: fit it if the budget affords the steps)",
+    ),
 ):
     """From a GGUF to a validated IndexMem sidecar in one resumable run: corpus, teacher features
     (streamed in shards under the disk cap), the indexer, the latent memory (end to end), and a
@@ -319,7 +324,9 @@ def auto(
     torch.set_num_threads(threads)
     stem = model if model in MODELS else Path(model).stem
     out = out or Path(f"{stem}.indexmem.gguf")
-    plan = make_plan(model, out, hours, threads, disk_cap, seq_len, work, progress=status, tokens=tokens)
+    plan = make_plan(
+        model, out, hours, threads, disk_cap, seq_len, work, progress=status, tokens=tokens, memory=memory
+    )
     for line in plan.describe():
         console.print(line, highlight=False)
     with _progress() as progress:

@@ -15,6 +15,7 @@ Keys (namespace ``indexmem.``):
 | ``indexmem.base.sha256`` | str | sha256 of the base GGUF file the checkpoint was trained on |
 | ``indexmem.layers`` | u32[] | layers that carry an indexer (and memory) |
 | ``indexmem.memory_layers`` | u32[] | layers whose latent memory was trained |
+| ``indexmem.memory.shut`` | bool | optional: true when no layer carries a memory (a GGUF array cannot be empty), ``indexmem.memory_layers`` then absent |
 | ``indexmem.indexer.head_count`` / ``indexmem.indexer.key_length`` | u32 | H_idx, d_idx |
 | ``indexmem.memory.length`` | u32 | d_mem |
 | ``indexmem.memory.lambda`` / ``eta`` / ``eps`` | f32 | memory write decay, write rate, read epsilon |
@@ -69,6 +70,7 @@ K_MEM_LAMBDA = "indexmem.memory.lambda"
 K_MEM_ETA = "indexmem.memory.eta"
 K_MEM_EPS = "indexmem.memory.eps"
 K_MEM_COMBINE = "indexmem.memory.combine"
+K_MEM_SHUT = "indexmem.memory.shut"
 MEM_COMBINES = ("add", "mix", "share")
 K_NORM_EPS = "indexmem.norm_eps"
 K_SINKS = "indexmem.sinks"
@@ -80,7 +82,7 @@ K_INDEXER_FROM = "indexmem.indexer_from"
 # what each key must hold: "count" (integer >= 1), "index" (integer >= 0), "float" (finite),
 # "eps" (finite, >= 0: ggml's rms_norm aborts on a negative epsilon), "budget" (integer >=
 # MIN_DEFAULT_BUDGET), "odd" (odd integer >= 1), "str", "indices" (array of integers >= 0),
-# "combine" (one of MEM_COMBINES)
+# "combine" (one of MEM_COMBINES), "flag" (a bool)
 KEY_KINDS = {
     K_VERSION: "index",
     K_BASE_ARCH: "str",
@@ -100,6 +102,7 @@ KEY_KINDS = {
     K_MEM_ETA: "float",
     K_MEM_EPS: "eps",
     K_MEM_COMBINE: "combine",
+    K_MEM_SHUT: "flag",
     K_NORM_EPS: "eps",
     K_SINKS: "index",
     K_BUDGET: "budget",
@@ -107,6 +110,16 @@ KEY_KINDS = {
     K_POOL: "odd",
     K_INDEXER_FROM: "str",
 }
+
+
+def memory_layers_of(meta: dict, layers) -> list[int]:
+    """The layers that carry a latent memory: none in a shut file, all the module layers in a file
+    older than ``indexmem.memory_layers``."""
+    if meta.get(K_MEM_SHUT):
+        return []
+    return [int(il) for il in meta.get(K_MEMORY_LAYERS, layers)]
+
+
 # the engine's default sinks (4) and recent window must fit in a default budget (shipped: 1024)
 MIN_DEFAULT_BUDGET = 16
 
@@ -133,6 +146,7 @@ def value_problem(key: str, value) -> str | None:
         "str": lambda v: isinstance(v, str),
         "indices": lambda v: isinstance(v, np.ndarray) and v.dtype.kind in "iu" and bool((v >= 0).all()),
         "combine": lambda v: v in MEM_COMBINES,
+        "flag": lambda v: isinstance(v, bool),
     }
     kind = KEY_KINDS.get(key)
     if kind is None or valid[kind](value):
@@ -148,6 +162,7 @@ def value_problem(key: str, value) -> str | None:
         "str": "a string",
         "indices": "an array of integers >= 0",
         "combine": ", ".join(MEM_COMBINES[:-1]) + " or " + MEM_COMBINES[-1],
+        "flag": "true or false",
     }[kind]
     return f"{key} holds {shown}, expected {expected}"
 

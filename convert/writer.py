@@ -115,7 +115,11 @@ def _add_metadata(w, config: dict, base_fingerprint: str, base_hp, pool_kernel: 
         w.add_string(S.K_INDEXER_FROM, config["indexer_from"])
     w.add_array(S.K_LAYERS, layers)
     # the end-to-end memory fit records the layers whose memory earned its keep
-    w.add_array(S.K_MEMORY_LAYERS, list(config.get("memory_layers", config.get("global_layers", layers))))
+    memory_layers = list(config.get("memory_layers", config.get("global_layers", layers)))
+    if memory_layers:
+        w.add_array(S.K_MEMORY_LAYERS, memory_layers)
+    else:
+        w.add_bool(S.K_MEM_SHUT, True)
     for key, value in (
         (S.K_MEM_LAMBDA, sizes["mem_lambda"]),
         (S.K_MEM_ETA, sizes["mem_eta"]),

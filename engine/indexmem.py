@@ -87,7 +87,7 @@ class IndexMemModules(OwnsBuffer):
         self.path: Path = imf.path
         self.sizes = sizes
         self.layers = list(imf.layers)
-        self.memory_layers = [int(il) for il in meta.get(S.K_MEMORY_LAYERS, self.layers)]
+        self.memory_layers = S.memory_layers_of(meta, self.layers)
         if not set(self.memory_layers) <= set(self.layers):
             raise ModelFormatError(f"{imf.path}: memory layers {self.memory_layers} lack modules")
         self.norm_eps = float(meta.get(S.K_NORM_EPS, 1e-6))

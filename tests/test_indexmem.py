@@ -207,6 +207,19 @@ def test_an_unknown_combine_rule_is_refused(setup, tmp_path):
             _load(base, bad, True)
 
 
+def test_a_memory_shut_flag_that_is_not_a_bool_is_refused(setup, tmp_path):
+    from indexmem.convert import schema as S
+    from indexmem.hardening import mutate_gguf
+    from indexmem.hardening.gguf_files import RebuiltGGUF
+
+    base, side, _ = setup
+    rebuilt = RebuiltGGUF(side, tmp_path)
+    not_a_flag = mutate_gguf.set_typed_value(rebuilt.base, S.K_MEM_SHUT, 8, "yes")  # 8: string
+    with rebuilt.apply(not_a_flag) as bad:
+        with pytest.raises(ModelFormatError, match="true or false"):
+            _load(base, bad, True)
+
+
 def test_pool_kernel_stored_in_the_file_is_the_default_and_matches_the_reference(setup, tmp_path):
     base, _, modules = setup
     pooled = convert(

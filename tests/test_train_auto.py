@@ -7,7 +7,17 @@ import json
 import numpy as np
 import pytest
 from indexmem.convert.reader import load_indexmem
-from indexmem.train.auto import make_plan
+from indexmem.train.auto import (
+    HELDOUT_MAX,
+    HELDOUT_MIN,
+    HELDOUT_SHARE,
+    MIN_MEMORY_STEPS,
+    SHARES,
+    STEP_FORWARDS,
+    AutoPlan,
+    make_plan,
+    plan_memory,
+)
 from indexmem.train.auto_run import STAGES, AutoRun
 from test_indexmem import setup  # noqa: F401  (tiny f32 llama + random IndexMem sidecar)
 from tiny_models import WORDS, write_tiny_model
@@ -38,8 +48,16 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=5, all_f32=True, n_ctx_train=4096)
     out = tmp_path / "tiny.indexmem.gguf"
     plan = make_plan(
-        str(model), out, hours=0.0005, threads=1, disk_cap_gb=0.008, seq_len=2048, tokens=2048 * 12
+        str(model),
+        out,
+        hours=0.0005,
+        threads=1,
+        disk_cap_gb=0.008,
+        seq_len=2048,
+        tokens=2048 * 12,
+        memory=True,
     )
+    assert plan.memory_steps >= 1 and plan.student_tok_s > 0  # forced on, whatever the budget
     assert len(plan.shards) >= 2, plan.shards  # the disk cap splits the features
     assert plan.shard_bytes() <= plan.disk_cap
     assert any("indexer" in line for line in plan.describe())
@@ -53,6 +71,8 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     state = json.loads((plan.work_path / "state.json").read_text())
     assert state["done"] == ["corpus"] and state["shards_done"] == 1
     assert not (plan.work_path / "shard000").exists()  # used, then deleted
+    # planned again with other settings, the work folder's plan stands
+    assert make_plan(str(model), out, hours=5.0, threads=2, memory=False) == plan
 
     report = AutoRun(plan).run()
     assert report["feature_tokens"] == sum(plan.shards) * 2048
@@ -63,6 +83,7 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     assert not list(plan.work_path.glob("shard*"))
     imf = load_indexmem(out, base_path=model)  # paired with its model, as the engine checks it
     assert imf.layers == [0, 1]
+    assert report["memory"]["memory_layers"] and report["memory"]["skipped"] is None
     saved = json.loads(out.with_suffix(".report.json").read_text())
     assert saved["wall_seconds"] == report["wall_seconds"]
     # a finished run run again does nothing more
@@ -173,3 +194,68 @@ def test_a_plan_over_the_ram_target_holds_the_students_matrices_in_float16(tmp_p
     assert big.student_weights == "f16"
     assert big.peak_ram() < big.peak_ram("f32")
     assert any("matrices in f16" in line for line in big.describe())
+
+
+def slow_or_fast_plan(tok_s: float, hours: float = 2.0):
+    return AutoPlan(
+        model="m", model_path="m.gguf", out="o", work="w", hours=hours, threads=1, disk_cap=1e10,
+        seq_len=2048, n_layer=24, bytes_per_token=1, prefill_tok_s=100.0, tokens=0, student_tok_s=tok_s,
+    )  # fmt: skip
+
+
+def test_the_plan_skips_the_memory_stage_when_its_share_cannot_pay_for_the_steps():
+    fast = slow_or_fast_plan(tok_s=1000.0)  # a 2,048-token forward in ~2 s
+    plan_memory(fast, None)
+    budget = fast.seconds * SHARES["memory"]
+    step = STEP_FORWARDS * fast.forward_seconds()
+    assert fast.memory_steps >= MIN_MEMORY_STEPS and fast.heldout_windows == HELDOUT_MAX
+    assert fast.heldout_seconds() <= HELDOUT_SHARE * budget
+    assert fast.heldout_seconds() + fast.memory_steps * step <= budget  # the measures are in the budget
+    assert fast.memory_train_seconds() == pytest.approx(budget - fast.heldout_seconds())
+    assert fast.share("features") == SHARES["features"] and "end-to-end steps" in fast.describe_memory()
+
+    slow = slow_or_fast_plan(tok_s=14.0)  # ~2.5 min a forward: a 1.5B model on one core
+    plan_memory(slow, None)
+    assert slow.memory_steps == 0 and slow.share("memory") == 0
+    assert slow.share("features") + slow.share("indexer") == pytest.approx(
+        SHARES["features"] + SHARES["indexer"] + SHARES["memory"]
+    )
+    assert "skipped" in slow.describe_memory() and "shut" in slow.describe_memory()
+
+    forced = slow_or_fast_plan(tok_s=14.0)
+    plan_memory(forced, True)
+    assert forced.memory_steps >= 1 and forced.heldout_windows == HELDOUT_MIN
+    off = slow_or_fast_plan(tok_s=1000.0)
+    plan_memory(off, False)
+    assert off.memory_steps == 0
+
+
+def test_a_run_without_the_memory_stage_ships_the_indexer_with_no_memory_layer(tmp_path, corpus):
+    from indexmem.engine.api import Engine
+
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", seed=5, all_f32=True, n_ctx_train=4096)
+    out = tmp_path / "tiny.indexmem.gguf"
+    plan = make_plan(str(model), out, hours=0.0005, threads=1, seq_len=2048, tokens=2048 * 2, memory=False)
+    assert plan.memory_steps == 0 and plan.student_tok_s == 0  # the student is not even timed
+    report = AutoRun(plan).run()
+    assert report["memory"]["memory_layers"] == [] and "skipped" in report["memory"]["skipped"]
+    meta = load_indexmem(out, base_path=model).meta
+    assert meta["indexmem.memory.shut"] is True and "indexmem.memory_layers" not in meta
+    prompt = [5 + i % 300 for i in range(400)]
+    logits = {}
+    for memory in (True, False):  # asked for or not, there is no memory to read
+        engine = Engine.load(
+            str(model),
+            indexmem=str(out),
+            policy="indexmem",
+            budget=96,
+            memory=memory,
+            n_ctx=1024,
+            n_threads=1,
+        )
+        try:
+            logits[memory] = engine.logits(prompt)
+            assert engine.stats()["memory"] is False
+        finally:
+            engine.close()
+    np.testing.assert_array_equal(logits[True], logits[False])

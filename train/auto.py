@@ -7,7 +7,11 @@ started again goes on where it stopped:
 2. indexer: teacher features of training windows (retrieval-shaped and plain) are extracted by
    the engine in shards no larger than the disk cap; the indexer (stage 1) trains on a shard
    for its share of the steps, then the shard is deleted;
-3. memory: the latent memory is fitted end to end with the student (``memory_run``);
+3. memory: the latent memory is fitted end to end with the student (``memory_run``), when the
+   budget affords it: the plan times the student on this machine and skips the stage (the
+   sidecar's memory stays shut, no layer reads one) where its share of the budget could not pay
+   for ``MIN_MEMORY_STEPS`` training steps and the held-out measures around them; the other
+   stages then share its time;
 4. validation: the sidecar, converted to float16, is loaded by the engine next to the model and
    answers held-out retrieval windows with a bounded cache, beside full KV.
 
@@ -28,6 +32,12 @@ SHARES = {"features": 0.42, "indexer": 0.2, "memory": 0.28}
 MIN_TOKENS = 320_000  # ten times the 32K tokens the shipped SmolLM2 indexer was fitted on
 POOL_KERNEL = 31  # about a needle's length: a span the indexer points into is kept whole
 RAM_TARGET = 8e9  # above this with a float32 student, its matrices are held in float16
+MIN_MEMORY_STEPS = 100  # fewer end-to-end steps do not move a memory from its start
+STEP_FORWARDS = 3.5  # a training step in student forwards: teacher, student, backward (~1.5)
+HELDOUT_RATIOS = 2  # eviction ratios of the held-out measure (memory_eval.HeldOut)
+HELDOUT_PASSES = 4  # held-out measures: without memory, before, after, open layers only
+HELDOUT_SHARE = 0.25  # of the memory stage's time, at most, for those measures
+HELDOUT_MAX, HELDOUT_MIN = 6, 2  # windows
 
 
 @dataclass
@@ -47,6 +57,9 @@ class AutoPlan:
     shards: list[int] = field(default_factory=list)  # windows per shard
     weights_bytes: int = 0  # of the student's weights in float32
     student_weights: str = "f32"  # how the memory stage holds the frozen matrices
+    student_tok_s: float = 0.0  # the student's full-KV forward, measured (0: not measured)
+    memory_steps: int | None = None  # planned steps; 0: the stage is skipped (None: older plans)
+    heldout_windows: int = HELDOUT_MAX
 
     @property
     def work_path(self) -> Path:
@@ -55,6 +68,28 @@ class AutoPlan:
     @property
     def seconds(self) -> float:
         return self.hours * 3600
+
+    def share(self, stage: str) -> float:
+        """The stage's share of the budget; a skipped memory stage's share goes to the others."""
+        if stage == "memory":
+            return 0.0 if self.memory_steps == 0 else SHARES["memory"]
+        if self.memory_steps == 0:
+            planned = sum(SHARES.values())
+            return SHARES[stage] * planned / (planned - SHARES["memory"])
+        return SHARES[stage]
+
+    def forward_seconds(self) -> float:
+        return self.seq_len / self.student_tok_s
+
+    def heldout_seconds(self) -> float:
+        return self.heldout_windows * (1 + HELDOUT_RATIOS * HELDOUT_PASSES) * self.forward_seconds()
+
+    def memory_train_seconds(self) -> float:
+        """The memory stage's time for training steps: its share less the held-out measures."""
+        budget = self.seconds * self.share("memory")
+        if not self.student_tok_s:
+            return budget
+        return max(0.0, budget - self.heldout_seconds())
 
     def describe(self) -> list[str]:
         gb = 1e9
@@ -65,12 +100,31 @@ class AutoPlan:
             f"1. corpus: literature, technical prose, source code ({cache_dir() / 'corpus'})",
             f"2. indexer: {self.tokens:,} tokens of features in {len(self.shards)} shard(s) of "
             f"{self.seq_len}-token windows (~{feat / 3600:.1f} h at {self.prefill_tok_s:.0f} tok/s), "
-            f"then ~{self.seconds * SHARES['indexer'] / 3600:.1f} h of fitting",
-            f"3. memory: ~{self.seconds * SHARES['memory'] / 3600:.1f} h of end-to-end fitting",
+            f"then ~{self.seconds * self.share('indexer') / 3600:.1f} h of fitting",
+            self.describe_memory(),
             "4. validation: held-out retrieval windows through the engine, bounded and full",
             f"disk: at most {self.shard_bytes() / gb:.1f} GB of features at a time (cap {self.disk_cap / gb:.1f} GB)",
             f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the student, its matrices in {self.student_weights})",
         ]
+
+    def describe_memory(self) -> str:
+        shut = "the sidecar's memory stays shut (the indexer alone, IndexMem without memory)"
+        if self.memory_steps == 0 and not self.student_tok_s:
+            return f"3. memory: skipped as asked (--no-memory): {shut}"
+        if not self.student_tok_s:
+            return f"3. memory: ~{self.seconds * self.share('memory') / 3600:.1f} h of end-to-end fitting"
+        step = STEP_FORWARDS * self.forward_seconds()
+        if self.memory_steps == 0:
+            return (
+                f"3. memory: skipped; a training step would take ~{step:.0f} s here "
+                f"({self.student_tok_s:.0f} tok/s through the student), too slow for "
+                f"{MIN_MEMORY_STEPS} steps in the budget: {shut}"
+            )
+        return (
+            f"3. memory: ~{self.seconds * self.share('memory') / 3600:.1f} h: ~{self.memory_steps} "
+            f"end-to-end steps of ~{step:.0f} s and held-out measures on {self.heldout_windows} windows "
+            f"(~{self.heldout_seconds() / 60:.0f} min)"
+        )
 
     def shard_bytes(self) -> int:
         return max(self.shards, default=0) * self.seq_len * self.bytes_per_token
@@ -97,13 +151,19 @@ def make_plan(
     work: Path | None = None,
     progress=lambda msg: None,
     tokens: int | None = None,
+    memory: bool | None = None,
 ) -> AutoPlan:
     """``tokens``: feature tokens for the indexer (default: what the time budget allows at the
-    measured prefill rate, at least ``MIN_TOKENS``)."""
+    measured prefill rate, at least ``MIN_TOKENS``). ``memory``: fit the latent memory (True),
+    skip it (False), or let the measured student rate and the budget decide (None).
+
+    A work folder with a plan in it keeps that plan: the run resumes as it was planned."""
     from ..engine.api import Engine
 
-    model_path = resolve(model, progress)
     work = Path(work) if work else Path(out).with_suffix(".work")
+    if (work / "state.json").exists():
+        return resumed_plan(work)
+    model_path = resolve(model, progress)
     progress("measuring the prefill rate")
     engine = Engine.load(str(model_path), n_threads=threads, n_ctx=seq_len, policy="full", indexmem=False)
     try:
@@ -117,10 +177,6 @@ def make_plan(
     finally:
         engine.close()
     per_token = feature_bytes_per_token(hp)
-    n_tokens = tokens or max(MIN_TOKENS, int(hours * 3600 * SHARES["features"] * rate))
-    n_windows = -(-n_tokens // seq_len)
-    per_shard = max(1, int(disk_cap_gb * 1e9 * 0.9 // (seq_len * per_token)))
-    shards = [min(per_shard, n_windows - i) for i in range(0, n_windows, per_shard)]
     # the student holds every weight in float32: about 4 / (bits per weight / 8) of the file
     weights_f32 = int(
         4 * hp.n_layer * (3 * hp.n_embd * hp.n_ff + 2 * hp.n_embd * hp.n_embd_q) + 8 * hp.n_embd * hp.n_vocab
@@ -137,10 +193,55 @@ def make_plan(
         n_layer=hp.n_layer,
         bytes_per_token=per_token,
         prefill_tok_s=rate,
-        tokens=n_windows * seq_len,
-        shards=shards,
+        tokens=0,
         weights_bytes=max(weights, weights_f32),
     )
     if plan.peak_ram("f32") > RAM_TARGET:
         plan.student_weights = "f16"
+    if memory is not False:
+        progress("measuring the student")
+        plan.student_tok_s = student_rate(model_path, plan.student_weights, sample)
+    plan_memory(plan, memory)
+    n_tokens = tokens or max(MIN_TOKENS, int(plan.seconds * plan.share("features") * rate))
+    n_windows = -(-n_tokens // seq_len)
+    per_shard = max(1, int(disk_cap_gb * 1e9 * 0.9 // (seq_len * per_token)))
+    plan.shards = [min(per_shard, n_windows - i) for i in range(0, n_windows, per_shard)]
+    plan.tokens = n_windows * seq_len
     return plan
+
+
+def plan_memory(plan: AutoPlan, memory: bool | None) -> None:
+    """Held-out windows and training steps for the memory stage from the measured student rate;
+    ``memory_steps`` 0 where the stage is skipped. Forced on (``memory=True``), it runs with at
+    least ``HELDOUT_MIN`` windows whatever the budget."""
+    if memory is False:
+        plan.memory_steps = 0
+        return
+    budget = plan.seconds * SHARES["memory"]
+    per_window = (1 + HELDOUT_RATIOS * HELDOUT_PASSES) * plan.forward_seconds()
+    plan.heldout_windows = max(HELDOUT_MIN, min(HELDOUT_MAX, int(HELDOUT_SHARE * budget / per_window)))
+    steps = int(max(0.0, budget - plan.heldout_seconds()) / (STEP_FORWARDS * plan.forward_seconds()))
+    affordable = steps >= MIN_MEMORY_STEPS and HELDOUT_SHARE * budget >= HELDOUT_MIN * per_window
+    plan.memory_steps = max(steps, 1) if memory or affordable else 0
+
+
+def student_rate(model_path, matrices: str, tokens: list[int], n: int = 256) -> float:
+    """Tokens per second of the student's full-KV forward (the memory stage's unit of work)."""
+    import torch
+
+    from .student.model import Student, load_backbone
+
+    tokens = tokens[:n]
+    student = Student(load_backbone(model_path, matrices))
+    with torch.no_grad():
+        student.step(tokens[:16], logits_at=[0])
+        student.reset()
+        t0 = time.time()
+        student.step(tokens, logits_at=[len(tokens) - 1])
+    return len(tokens) / (time.time() - t0)
+
+
+def resumed_plan(work: Path) -> AutoPlan:
+    import json
+
+    return AutoPlan(**json.loads((Path(work) / "state.json").read_text())["plan"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..atomic import write_atomic
 from ..engine.registry import cache_dir
-from .auto import POOL_KERNEL, SHARES, AutoPlan
+from .auto import POOL_KERNEL, AutoPlan
 
 STAGES = ("corpus", "indexer", "memory", "validate")
 GATE_BIAS_AT_START = -3.0  # a fresh memory starts nearly shut (g ~ 0.05) and opens where it helps
@@ -85,7 +85,7 @@ class AutoRun:
             checkpoint_every=50,
         )
         trainer, start, total_windows = None, 0, sum(plan.shards)
-        budget = plan.seconds * SHARES["indexer"]
+        budget = plan.seconds * plan.share("indexer")
         for k, n in enumerate(plan.shards):
             shard = self.work / f"shard{k:03d}"
             if k >= self.state["shards_done"]:
@@ -184,6 +184,9 @@ class AutoRun:
         from .memory_run import fit_memory
 
         plan = self.plan
+        if plan.memory_steps == 0:
+            self._shut_memory()
+            return
         start = self.work / "indexer.indexmem.gguf"
         if not start.exists():
             convert(self.work / "indexer", Path(plan.model_path), start, dtype="f32")
@@ -203,11 +206,24 @@ class AutoRun:
             cfg,
             seq_len=plan.seq_len,
             n_windows=400,
-            n_heldout=6,
+            n_heldout=plan.heldout_windows,
             on_step=on_step,
             on_phase=on_phase,
-            seconds=plan.seconds * SHARES["memory"],
+            seconds=plan.memory_train_seconds(),
         )
+
+    def _shut_memory(self) -> None:
+        """The indexer's checkpoint as the final one, with no memory layer: the engine then writes
+        and reads no memory (IndexMem without memory, whatever the policy asks)."""
+        src, dst = self.work / "indexer", self.work / "memory"
+        dst.mkdir(exist_ok=True)
+        shutil.copyfile(src / "weights.safetensors", dst / "weights.safetensors")
+        config = json.loads((src / "config.json").read_text())
+        config["memory_layers"] = []
+        config["memory_skipped"] = self.plan.describe_memory()
+        write_atomic(dst / "config.json", json.dumps(config, indent=2).encode())
+        self.state["memory_report"] = {"memory_layers": [], "skipped": config["memory_skipped"]}
+        self.progress("memory", 1, 1, "skipped: the memory stays shut")
 
     def validate(self) -> None:
         from ..convert.writer import convert
@@ -235,7 +251,7 @@ class AutoRun:
             "indexer_steps": state.get("indexer_steps"),
             "memory": {
                 k: state.get("memory_report", {}).get(k)
-                for k in ("without_memory", "before", "after", "memory_layers")
+                for k in ("without_memory", "before", "after", "memory_layers", "skipped")
             },
             "validation": state.get("validation"),
             "plan": asdict(plan),

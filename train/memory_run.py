@@ -112,7 +112,7 @@ def fit_memory(
     t0 = time.time()
     while trainer.step < cfg.steps:
         record = trainer.train_step()
-        if seconds and not resumed and trainer.step == MEASURED_STEPS:
+        if seconds is not None and not resumed and trainer.step == MEASURED_STEPS:
             cfg.steps = max(MEASURED_STEPS, int(seconds / ((time.time() - t0) / MEASURED_STEPS)))
         if on_step:
             on_step(record)

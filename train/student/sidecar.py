@@ -41,7 +41,7 @@ def modules_from_file(path: str | Path, base_path: str | Path) -> tuple[IndexMem
     model.load_state_dict(state)
     settings = {
         "layers": list(imf.layers),
-        "memory_layers": [int(il) for il in meta.get(S.K_MEMORY_LAYERS, imf.layers)],
+        "memory_layers": S.memory_layers_of(meta, imf.layers),
         "pool_kernel": int(meta.get(S.K_POOL, 1)),
         "budget": int(meta.get(S.K_BUDGET, 1024)),
         "tau": int(meta.get(S.K_TAU, 16)),
