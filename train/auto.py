@@ -104,7 +104,8 @@ class AutoPlan:
             self.describe_memory(),
             "4. validation: held-out retrieval windows through the engine, bounded and full",
             f"disk: at most {self.shard_bytes() / gb:.1f} GB of features at a time (cap {self.disk_cap / gb:.1f} GB)",
-            f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the student, its matrices in {self.student_weights})",
+            f"RAM: about {self.peak_ram() / gb:.1f} GB at the peak (the student, its matrices in {self.student_weights}"
+            + (", while the plan timed it)" if self.memory_steps == 0 and self.student_tok_s else ")"),
         ]
 
     def describe_memory(self) -> str:
