@@ -70,6 +70,8 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
         AutoRun(plan, kill_in_second_shard).run()
     state = json.loads((plan.work_path / "state.json").read_text())
     assert state["done"] == ["corpus"] and state["shards_done"] == 1
+    first_attempt = state["seconds"]["indexer"]  # saved with the first shard
+    assert first_attempt > 0
     assert not (plan.work_path / "shard000").exists()  # used, then deleted
     # planned again with other settings, the work folder's plan stands
     assert make_plan(str(model), out, hours=5.0, threads=2, memory=False) == plan
@@ -77,6 +79,7 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     report = AutoRun(plan).run()
     assert report["feature_tokens"] == sum(plan.shards) * 2048
     assert set(report["stage_seconds"]) == set(STAGES)
+    assert report["stage_seconds"]["indexer"] > first_attempt  # both attempts counted
     assert report["peak_disk_bytes"] > 0 and report["peak_rss_bytes"] > 0
     assert report["indexer_steps"] >= 100
     assert set(report["validation"]) >= {"full", "indexmem-nomem @ 0.9"}

@@ -34,10 +34,17 @@ class AutoRun:
         else:
             self.state = {"plan": asdict(plan), "done": [], "shards_done": 0, "seconds": {}, "peak_disk": 0}
         self.plan = plan
+        self._stage, self._mark = None, 0.0  # the stage running, and when its time was last saved
         self.progress = progress or (lambda stage, done, total, info="": None)
         self.corpus_dir = cache_dir() / "corpus"
 
     def save_state(self) -> None:
+        """Write the state, with the running stage's time so far: a run killed in a stage and
+        resumed reports the time of both attempts up to their last save."""
+        if self._stage is not None:
+            now, seconds = time.time(), self.state["seconds"]
+            seconds[self._stage] = round(seconds.get(self._stage, 0.0) + now - self._mark, 1)
+            self._mark = now
         self.state["peak_disk"] = max(self.state["peak_disk"], disk_usage(self.work))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.state["peak_rss"] = max(self.state.get("peak_rss", 0), rss)
@@ -47,12 +54,11 @@ class AutoRun:
         for stage in STAGES:
             if stage in self.state["done"]:
                 continue
-            t0 = time.time()
+            self._stage, self._mark = stage, time.time()
             getattr(self, stage)()
-            seconds = self.state["seconds"]
-            seconds[stage] = seconds.get(stage, 0.0) + round(time.time() - t0, 1)
             self.state["done"].append(stage)
             self.save_state()
+        self._stage = None
         return self.report()
 
     # --- stages ------------------------------------------------------------------------
@@ -194,6 +200,8 @@ class AutoRun:
 
         def on_step(r):
             self.progress("memory", r["step"], cfg.steps, f"KL {r['kl']:.4f} gate {r['gate']:.3f}")
+            if r["step"] % cfg.checkpoint_every == 0:  # as the trainer's own checkpoint
+                self.save_state()
 
         def on_phase(msg):
             self.progress("memory", 0, cfg.steps, msg)
