@@ -227,18 +227,23 @@ def plan_memory(plan: AutoPlan, memory: bool | None) -> None:
 
 
 def student_rate(model_path, matrices: str, tokens: list[int], n: int = 256) -> float:
-    """Tokens per second of the student's full-KV forward (the memory stage's unit of work)."""
+    """Tokens per second of the student's full-KV forward (the memory stage's unit of work), on
+    one thread as ``memory_run.fit_memory`` runs it."""
     import torch
 
     from .student.model import Student, load_backbone
 
-    tokens = tokens[:n]
+    tokens, threads = tokens[:n], torch.get_num_threads()
     student = Student(load_backbone(model_path, matrices))
-    with torch.no_grad():
-        student.step(tokens[:16], logits_at=[0])
-        student.reset()
-        t0 = time.time()
-        student.step(tokens, logits_at=[len(tokens) - 1])
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            student.step(tokens[:16], logits_at=[0])
+            student.reset()
+            t0 = time.time()
+            student.step(tokens, logits_at=[len(tokens) - 1])
+    finally:
+        torch.set_num_threads(threads)
     return len(tokens) / (time.time() - t0)
 
 
