@@ -194,29 +194,22 @@ def test_a_mixing_memory_matches_the_torch_reference_and_differs_from_adding(set
     assert np.abs(adding - mixing_logits).max() / np.abs(adding).max() > 50 * LOGIT_RTOL["flash"]
 
 
-def test_an_unknown_combine_rule_is_refused(setup, tmp_path):
-    from indexmem.convert import schema as S
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("indexmem.memory.combine", "multiply", "add, mix or share"),
+        ("indexmem.memory.shut", "yes", "true or false"),
+    ],
+)
+def test_a_memory_setting_of_the_wrong_kind_is_refused(setup, tmp_path, key, value, message):
     from indexmem.hardening import mutate_gguf
     from indexmem.hardening.gguf_files import RebuiltGGUF
 
     base, side, _ = setup
     rebuilt = RebuiltGGUF(side, tmp_path)
-    bad_rule = mutate_gguf.set_typed_value(rebuilt.base, S.K_MEM_COMBINE, 8, "multiply")  # 8: string
-    with rebuilt.apply(bad_rule) as bad:
-        with pytest.raises(ModelFormatError, match="add, mix or share"):
-            _load(base, bad, True)
-
-
-def test_a_memory_shut_flag_that_is_not_a_bool_is_refused(setup, tmp_path):
-    from indexmem.convert import schema as S
-    from indexmem.hardening import mutate_gguf
-    from indexmem.hardening.gguf_files import RebuiltGGUF
-
-    base, side, _ = setup
-    rebuilt = RebuiltGGUF(side, tmp_path)
-    not_a_flag = mutate_gguf.set_typed_value(rebuilt.base, S.K_MEM_SHUT, 8, "yes")  # 8: string
-    with rebuilt.apply(not_a_flag) as bad:
-        with pytest.raises(ModelFormatError, match="true or false"):
+    wrong = mutate_gguf.set_typed_value(rebuilt.base, key, 8, value)  # 8: string
+    with rebuilt.apply(wrong) as bad:
+        with pytest.raises(ModelFormatError, match=message):
             _load(base, bad, True)
 
 
