@@ -78,18 +78,26 @@ class AutoPlan:
             return SHARES[stage] * planned / (planned - SHARES["memory"])
         return SHARES[stage]
 
+    def memory_seconds(self) -> float:
+        return self.seconds * self.share("memory")
+
     def forward_seconds(self) -> float:
         return self.seq_len / self.student_tok_s
 
+    def step_seconds(self) -> float:
+        return STEP_FORWARDS * self.forward_seconds()
+
+    def heldout_window_seconds(self) -> float:
+        return (1 + HELDOUT_RATIOS * HELDOUT_PASSES) * self.forward_seconds()
+
     def heldout_seconds(self) -> float:
-        return self.heldout_windows * (1 + HELDOUT_RATIOS * HELDOUT_PASSES) * self.forward_seconds()
+        return self.heldout_windows * self.heldout_window_seconds()
 
     def memory_train_seconds(self) -> float:
         """The memory stage's time for training steps: its share less the held-out measures."""
-        budget = self.seconds * self.share("memory")
         if not self.student_tok_s:
-            return budget
-        return max(0.0, budget - self.heldout_seconds())
+            return self.memory_seconds()
+        return max(0.0, self.memory_seconds() - self.heldout_seconds())
 
     def describe(self) -> list[str]:
         gb = 1e9
@@ -113,8 +121,8 @@ class AutoPlan:
         if self.memory_steps == 0 and not self.student_tok_s:
             return f"3. memory: skipped as asked (--no-memory): {shut}"
         if not self.student_tok_s:
-            return f"3. memory: ~{self.seconds * self.share('memory') / 3600:.1f} h of end-to-end fitting"
-        step = STEP_FORWARDS * self.forward_seconds()
+            return f"3. memory: ~{self.memory_seconds() / 3600:.1f} h of end-to-end fitting"
+        step = self.step_seconds()
         if self.memory_steps == 0:
             return (
                 f"3. memory: skipped; a training step would take ~{step:.0f} s here "
@@ -122,7 +130,7 @@ class AutoPlan:
                 f"{MIN_MEMORY_STEPS} steps in the budget: {shut}"
             )
         return (
-            f"3. memory: ~{self.seconds * self.share('memory') / 3600:.1f} h: ~{self.memory_steps} "
+            f"3. memory: ~{self.memory_seconds() / 3600:.1f} h: ~{self.memory_steps} "
             f"end-to-end steps of ~{step:.0f} s and held-out measures on {self.heldout_windows} windows "
             f"(~{self.heldout_seconds() / 60:.0f} min)"
         )
@@ -218,10 +226,10 @@ def plan_memory(plan: AutoPlan, memory: bool | None) -> None:
     if memory is False:
         plan.memory_steps = 0
         return
-    budget = plan.seconds * SHARES["memory"]
-    per_window = (1 + HELDOUT_RATIOS * HELDOUT_PASSES) * plan.forward_seconds()
+    plan.memory_steps = None  # planned afresh: the stage's whole share
+    budget, per_window = plan.memory_seconds(), plan.heldout_window_seconds()
     plan.heldout_windows = max(HELDOUT_MIN, min(HELDOUT_MAX, int(HELDOUT_SHARE * budget / per_window)))
-    steps = int(max(0.0, budget - plan.heldout_seconds()) / (STEP_FORWARDS * plan.forward_seconds()))
+    steps = int(plan.memory_train_seconds() / plan.step_seconds())
     affordable = steps >= MIN_MEMORY_STEPS and HELDOUT_SHARE * budget >= HELDOUT_MIN * per_window
     plan.memory_steps = max(steps, 1) if memory or affordable else 0
 
