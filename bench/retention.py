@@ -1,8 +1,11 @@
 """How much of a needle each layer still holds: the needle prompt of ``needle.py``, prefilled in
-chunks with the cache compressed after each, answered greedily, then the share of the needle
-number's tokens left in every layer's cache, averaged over the layers the policy chooses for
-(sliding-window layers keep their window) and over thirds of the layers. It tells a policy that
-evicted the needle from one that kept it and still answered wrong.
+chunks with the cache compressed after each, answered greedily; the share of the needle
+number's tokens left in every layer's cache, once when the prompt is in (before the first
+token is fed back) and once after answering, averaged over the layers the policy chooses for
+(sliding-window layers keep their window) and over thirds of the layers (after answering). It
+tells a policy that evicted the needle from one that kept it and still answered wrong, and
+eviction during the prompt from eviction during the answer. ``--haystack python`` (CPython's
+sources, the default) keeps development runs off the benchmark's essays.
 
     python -m indexmem.bench.retention --model smollm2-135m-instruct --context 4096 --ratio 0.9 \\
         --policies indexmem-nomem,snapkv,tova --samples 4
@@ -45,6 +48,32 @@ def cached_share(engine: Engine, span: list[int]) -> np.ndarray:
     return np.array(shares)
 
 
+def needle_shares(
+    engine: Engine, haystack: list[int], context: int, case: dict, max_tokens: int = 12
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One needle: per layer, the share of its number's tokens cached once the prompt is in and
+    after answering greedily, and whether the answer holds the number."""
+    prompt = build_prompt(engine, haystack, context, case["depth"], case["key"], case["value"])
+    span = value_span(engine, prompt, case["value"])
+    engine.reset()
+    after_prompt, reply = None, []
+    for token in engine.generate_tokens(prompt, max_tokens=max_tokens):
+        if after_prompt is None:  # the prompt is in; this first token is not fed back yet
+            after_prompt = cached_share(engine, span)
+        reply.append(token)
+    if after_prompt is None:  # the model stopped at once
+        after_prompt = cached_share(engine, span)
+    return after_prompt, cached_share(engine, span), case["value"] in engine.detokenize(reply)
+
+
+def policy_layer_mask(engine: Engine) -> np.ndarray:
+    """The layers a policy chooses for (all of them with a full cache)."""
+    evictor = engine.runner.evictor
+    if evictor is None:
+        return np.ones(engine.hparams.n_layer, dtype=bool)
+    return np.array([rule.by_policy for rule in evictor.rules])
+
+
 @app.command()
 def main(
     model: str = typer.Option(DEFAULT_MODEL, help="registry name or .gguf path"),
@@ -57,14 +86,19 @@ def main(
     threads: int = typer.Option(1),
     seed: int = typer.Option(3),
     pool_kernel: int = typer.Option(None, help="indexmem's position max-pool (default: the engine's)"),
+    haystack: str = typer.Option("python", help="python (development) or essays (the benchmark's)"),
 ):
     console = Console()
     specs = parse_specs(policies)
     depths = [(i + 1) / (samples_n + 1) for i in range(samples_n)]
     cases = samples(1, depths, seed)
-    table = Table(title=f"{model}: needle tokens cached after answering, {context} tokens, evict {ratio:g}")
-    for col in ("config", "policy layers", "first third", "second third", "last third", "answered"):
+    table = Table(
+        title=f"{model}: needle tokens cached (layers the policy chooses for), {context} tokens, evict {ratio:g}"
+    )
+    columns = ("config", "after prompt", "after answer", "first third", "second third", "last third")
+    for col in (*columns, "answered"):
         table.add_column(col, justify="right")
+    text = haystack_text(haystack)[: context * 8]
     policy_layers = None
     with Progress(console=console) as progress:
         task = progress.add_task("needles", total=len(specs) * len(cases))
@@ -73,20 +107,21 @@ def main(
             if pool_kernel and opts["policy"] == "indexmem":
                 opts["pool_kernel"] = pool_kernel
             engine = Engine.load(model, n_threads=threads, n_ctx=context + 32, n_batch=n_batch, **opts)
-            hay = engine.tokenize(haystack_text("essays")[: context * 8], add_special=False)
-            shares, answered = [], 0
+            hay = engine.tokenize(text, add_special=False)
+            prompt_shares, shares, answered = [], [], 0
             for case in cases:
-                prompt = build_prompt(engine, hay, context, case["depth"], case["key"], case["value"])
-                engine.reset()
-                answered += case["value"] in engine.generate(prompt, max_tokens=12)
-                shares.append(cached_share(engine, value_span(engine, prompt, case["value"])))
+                after_prompt, after_answer, found = needle_shares(engine, hay, context, case)
+                prompt_shares.append(after_prompt)
+                shares.append(after_answer)
+                answered += found
                 progress.advance(task)
-            policy_layers = np.array([rule.by_policy for rule in engine.runner.evictor.rules])
+            policy_layers = policy_layer_mask(engine)
             engine.close()
             per_layer = np.mean(shares, axis=0)
             thirds = np.array_split(per_layer, 3)
             table.add_row(
                 spec,
+                f"{np.mean(prompt_shares, axis=0)[policy_layers].mean():.3f}",
                 f"{per_layer[policy_layers].mean():.3f}",
                 *(f"{t.mean():.3f}" for t in thirds),
                 f"{answered}/{len(cases)}",

@@ -12,7 +12,7 @@ from indexmem.bench.needle import (
     samples,
     summarize,
 )
-from indexmem.bench.retention import cached_share, value_span
+from indexmem.bench.retention import cached_share, needle_shares, policy_layer_mask, value_span
 from indexmem.bench.specs import (
     ModulesFile,
     engine_options,
@@ -192,11 +192,30 @@ def test_needle_retention_finds_the_number_and_what_each_layer_kept(tiny_llama):
 
         assert case["value"] in spelled(span)
         assert case["value"] not in spelled(span[1:]) and case["value"] not in spelled(span[:-1])
-        eng.generate(prompt, max_tokens=2)
         # streaming at a budget of 200 keeps the sinks and the newest tokens, never a needle at 0.2
+        after_prompt, after_answer, _ = needle_shares(
+            eng, eng.tokenize(text, add_special=False), 900, case, 2
+        )
+        assert after_prompt.tolist() == after_answer.tolist() == [expected] * eng.hparams.n_layer
         assert cached_share(eng, span).tolist() == [expected] * eng.hparams.n_layer
+        assert policy_layer_mask(eng).all()
     with pytest.raises(ValueError, match="not in the prompt"):
         value_span(eng, prompt, "no such number")
+
+
+def test_needle_retention_tells_the_prompt_from_the_answer(tiny_llama):
+    """A needle among the last tokens a streaming cache keeps is cached once the prompt is in,
+    and gone after 60 answered tokens have pushed it out (compressing at every step)."""
+    text = " ".join(WORDS[i % len(WORDS)] + ("." if i % 9 == 8 else "") for i in range(3000))
+    case = samples(1, [0.96], seed=5)[0]
+    eng = Engine.load(
+        str(tiny_llama), n_ctx=1024, n_batch=128, policy="streaming", budget=240, window=8, tau=1
+    )
+    hay = eng.tokenize(text, add_special=False)
+    after_prompt, after_answer, _ = needle_shares(eng, hay, 900, case, max_tokens=60)
+    assert len(eng.feeder.history) > 900  # the tiny model did answer at length
+    assert after_prompt.tolist() == [1.0] * eng.hparams.n_layer
+    assert after_answer.tolist() == [0.0] * eng.hparams.n_layer
 
 
 def test_perplexity_reruns_measure_only_what_is_missing_and_never_overwrite_other_settings(
