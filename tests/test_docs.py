@@ -256,3 +256,31 @@ def test_the_figure_check_finds_a_typed_figure():
     assert not FIGURE.findall(
         _prose("At `--ratio 0.9`, see [x](docs/results/a-1.5.png) and\n" + block("b", "67%"))
     )
+
+
+def test_two_indexmem_files_are_compared_on_the_examples_both_measured(tmp_path):
+    from indexmem.bench.docs.catalog import Result
+    from indexmem.bench.docs.sections import ruler_files
+
+    model = "smollm2-135m-instruct"
+    new, old = "ab" * 32, "cd" * 32
+    base = _synthetic_ruler_rows(model)[0]  # a full-KV row to vary
+
+    def row(config, sha, index, score, ratio_=0.9):
+        return dict(base, config=config, indexmem_sha256=sha, evict_ratio=ratio_, index=index, score=score)
+
+    rows = [row("full", None, i, 1.0, 0.0) for i in range(4)]
+    # old: 1, 0, 1, 0 on examples 0-3; new: 1, 1, 0 on 0-2 and one example full KV never measured
+    rows += [row("indexmem-nomem", old, i, s) for i, s in enumerate((1.0, 0.0, 1.0, 0.0))]
+    rows += [row("indexmem-nomem", new, i, s) for i, s in enumerate((1.0, 1.0, 0.0))]
+    rows += [row("indexmem-nomem", new, 9, 1.0)]
+    rows += [row("indexmem-nomem", new, 0, 0.0, 0.75)]  # a level the old file has not run
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    entry = Result(model, "ruler-files", "r.jsonl", modules="abab", against="cdcd")
+    text = ruler_files(entry, tmp_path).text
+    # examples 0-2: full 100, old (1 + 0 + 1) / 3, new (1 + 1 + 0) / 3; new wins example 1, loses 2
+    assert "| indexmem-nomem @ 0.9, 4,096 tokens | 3 | 100.0 | 66.7 | 66.7 | 1–1 |" in text
+    assert "@ 0.75" not in text and "abababab… against cdcdcdcd…" in text
+    with pytest.raises(ValueError, match="0 IndexMem files start with ffff"):
+        ruler_files(Result(model, "ruler-files", "r.jsonl", modules="abab", against="ffff"), tmp_path)

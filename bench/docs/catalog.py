@@ -17,8 +17,8 @@ RESULTS_DOC = "docs/results.md"
 @dataclass(frozen=True)
 class Result:
     model: str  # registry name
-    # ruler, niah, needle, ppl, speed, cache-memory, train-config, train-eval, fuzz, soak, recall-rss,
-    # memory-fit, auto-report, grammar-cost, server-load (sections.py)
+    # ruler, ruler-files, niah, needle, ppl, speed, cache-memory, train-config, train-eval, fuzz, soak,
+    # recall-rss, memory-fit, auto-report, grammar-cost, server-load (sections.py)
     bench: str
     file: str  # from the repository root
     doc: str = RESULTS_DOC
@@ -30,6 +30,8 @@ class Result:
     # sha256 prefix of the IndexMem file whose indexer ``modules`` carries unchanged (its memory
     # alone retrained): that file's rows without the memory are shown beside
     indexer_from: str | None = None
+    # ruler-files: sha256 prefix of the IndexMem file ``modules`` is compared with, example by example
+    against: str | None = None
     context: int | None = None  # needle: the prompt length asked for
     plot: str | None = None  # PNG drawn from the rows shown, from the repository root
 
@@ -104,6 +106,16 @@ RESULTS = [
     *(
         Result(SMOLLM2, "ppl", R + f"ppl-smollm2-4k-memory-{name}.json", section="The end-to-end memory fit")
         for name in ("shut", "mix")
+    ),
+    # the indexer of `indexmem-train auto smollm2-135m-instruct --hours 2` (the default run, its
+    # memory left out: 5734cc2d) against the shipped sidecar's, on the examples both measured
+    Result(
+        SMOLLM2,
+        "ruler-files",
+        R + "ruler-smollm2-4k.jsonl",
+        modules="5734cc2d",
+        against="17c7a63a",
+        section="Retrained by indexmem-train auto",
     ),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q8_0.jsonl", section="Quantized K/V cache"),
     Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-q4_0.jsonl", section="Quantized K/V cache"),

@@ -21,10 +21,19 @@ from ...train.retrieval import LOOKALIKE_SHAPES
 from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
+from ..ruler.paired import wins_losses
 from ..ruler.plots import compression_curves, depth_heatmaps
-from ..ruler.summary import cache_types_of, complete_samples, first_samples, measured_with, read_rows
+from ..ruler.summary import (
+    cache_types_of,
+    complete_samples,
+    config_of,
+    first_samples,
+    level_label,
+    measured_with,
+    read_rows,
+)
 from ..ruler.table import depth_table, megabytes, niah_report, ruler_report, ruler_table
-from ..specs import ModulesFile, modules_file
+from ..specs import ModulesFile, modules_file, uses_modules
 from ..speed_results import read_speed, speed_caption, speed_table
 from .catalog import Result
 
@@ -98,6 +107,59 @@ def ruler(entry: Result, root: Path) -> Section | None:
         outputs[report] = _text_writer(ruler_report(rows, entry.model))
         parts.append(f"What each sample cost to measure: [{Path(report).name}]({link(report, entry.doc)}).")
     return Section("\n\n".join(parts), outputs, rows)
+
+
+def _examples(rows: list[dict]) -> dict[tuple, dict[tuple, float]]:
+    """Scores by configuration (``config_of``, and the context) and example."""
+    out: dict[tuple, dict[tuple, float]] = {}
+    for r in rows:
+        out.setdefault((*config_of(r), r["context"]), {})[(r["task"], r["index"], r.get("depth"))] = r[
+            "score"
+        ]
+    return out
+
+
+def ruler_files(entry: Result, root: Path) -> Section | None:
+    """Two IndexMem files, ``entry.modules`` against ``entry.against``, in each configuration both
+    ran, on the very examples both measured (partial samples included: the pairing is per
+    example), with full KV's mean on those examples."""
+    rows = read_rows(root / entry.file)
+    model = MODELS[entry.model].sha256
+    new, old = (_one_sha256(entry, rows, prefix) for prefix in (entry.modules, entry.against))
+    by_file = {sha: _examples(measured_with(rows, model, ModulesFile(sha, sha))) for sha in (new, old)}
+    full = _examples(measured_with(rows, model, None))
+    lines = []
+    for config in sorted(by_file[new].keys() & by_file[old].keys()):
+        if not uses_modules(config[0]):
+            continue
+        a, b = by_file[new][config], by_file[old][config]
+        shared = sorted(a.keys() & b.keys() & full.get(("full", 0.0, None, config[-1]), {}).keys())
+        if not shared:
+            continue
+        wins, losses, _ = wins_losses({"a": a, "b": b}, "a", "b")
+        mean = {
+            name: 100 * sum(scores[k] for k in shared) / len(shared) for name, scores in (("a", a), ("b", b))
+        }
+        full_mean = 100 * sum(full[("full", 0.0, None, config[-1])][k] for k in shared) / len(shared)
+        lines.append(
+            [
+                f"{config[0]} {level_label(config[1:3])}, {config[-1]:,} tokens",
+                f"{len(shared):,}",
+                f"{full_mean:.1f}",
+                f"{mean['b']:.1f}",
+                f"{mean['a']:.1f}",
+                f"{wins}–{losses}",
+            ]
+        )
+    if not lines:
+        return None
+    caption = (
+        f"**Two IndexMem files on the same RULER examples, {entry.model}**: {new[:8]}… against "
+        f"{old[:8]}…, each configuration on every example both measured with it (and full KV "
+        "measured too); score x100, the mean over those examples; wins–losses are the first file's."
+    )
+    headers = ["configuration", "examples", "full KV", f"{old[:8]}…", f"{new[:8]}…", "wins–losses"]
+    return Section(f"{caption}\n\n{table(headers, lines)}")
 
 
 def niah(entry: Result, root: Path) -> Section | None:
@@ -424,6 +486,7 @@ def server_load(entry: Result, root: Path) -> Section:
 
 RENDERERS: dict[str, Callable[[Result, Path], Section | None]] = {
     "ruler": ruler,
+    "ruler-files": ruler_files,
     "niah": niah,
     "needle": needle,
     "ppl": ppl,
