@@ -13,6 +13,7 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..engine.registry import cache_dir
 from .auto import POOL_KERNEL, AutoPlan
+from .peak_memory import AnonPeak
 
 STAGES = ("corpus", "indexer", "memory", "validate")
 GATE_BIAS_AT_START = -3.0  # a fresh memory starts nearly shut (g ~ 0.05) and opens where it helps
@@ -37,6 +38,7 @@ class AutoRun:
         self._stage, self._mark = None, 0.0  # the stage running, and when its time was last saved
         self.progress = progress or (lambda stage, done, total, info="": None)
         self.corpus_dir = cache_dir() / "corpus"
+        self.anon = AnonPeak()
 
     def save_state(self) -> None:
         """Write the state, with the running stage's time so far: a run killed in a stage and
@@ -48,16 +50,20 @@ class AutoRun:
         self.state["peak_disk"] = max(self.state["peak_disk"], disk_usage(self.work))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.state["peak_rss"] = max(self.state.get("peak_rss", 0), rss)
+        anon = self.anon.sample()
+        if anon is not None:
+            self.state["peak_anon"] = max(self.state.get("peak_anon", 0), anon)
         write_atomic(self.state_path, json.dumps(self.state, indent=2).encode())
 
     def run(self) -> dict:
-        for stage in STAGES:
-            if stage in self.state["done"]:
-                continue
-            self._stage, self._mark = stage, time.time()
-            getattr(self, stage)()
-            self.state["done"].append(stage)
-            self.save_state()
+        with self.anon:
+            for stage in STAGES:
+                if stage in self.state["done"]:
+                    continue
+                self._stage, self._mark = stage, time.time()
+                getattr(self, stage)()
+                self.state["done"].append(stage)
+                self.save_state()
         self._stage = None
         return self.report()
 
@@ -254,6 +260,8 @@ class AutoRun:
             "wall_seconds": round(sum(state["seconds"].values()), 1),
             "stage_seconds": state["seconds"],
             "peak_rss_bytes": state.get("peak_rss"),
+            # what must be free: RSS without the mapped features' pages (sampled; None before it was)
+            "peak_anon_bytes": state.get("peak_anon"),
             "peak_disk_bytes": state["peak_disk"],
             "feature_tokens": sum(plan.shards) * plan.seq_len,
             "indexer_steps": state.get("indexer_steps"),

@@ -424,6 +424,13 @@ def _memory_start(config: dict) -> str:
     return "".join(parts)
 
 
+def _anon(report: dict) -> str:
+    """The anonymous part of the peak, where the run sampled it (RSS also counts the mapped
+    feature files' pages, which the kernel can drop)."""
+    anon = report.get("peak_anon_bytes")
+    return f" (anonymous memory, what must be free: {anon / 1e9:.2f} GB)" if anon else ""
+
+
 def auto_report(entry: Result, root: Path) -> Section:
     r = json.loads((root / entry.file).read_text())
     gb, plan = 1e9, r["plan"]
@@ -431,7 +438,7 @@ def auto_report(entry: Result, root: Path) -> Section:
     text = (
         f"**`indexmem-train auto {entry.model}`** on {plan['threads']} thread(s) of this 2-core machine, "
         f"time budget {plan['hours']:g} h: wall time {r['wall_seconds'] / 3600:.2f} h ({stages}); peak disk "
-        f"{r['peak_disk_bytes'] / gb:.1f} GB; peak RSS {r['peak_rss_bytes'] / gb:.2f} GB; "
+        f"{r['peak_disk_bytes'] / gb:.1f} GB; peak RSS {r['peak_rss_bytes'] / gb:.2f} GB{_anon(r)}; "
         f"{r['feature_tokens']:,} feature tokens in {len(plan['shards'])} shards, {r['indexer_steps']:,} "
         f"indexer steps. The run's own report, `{Path(entry.file).name}`."
     )

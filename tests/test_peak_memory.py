@@ -1,0 +1,47 @@
+"""The anonymous-memory peak that `indexmem-train auto` reports beside ru_maxrss."""
+
+import time
+
+import numpy as np
+import pytest
+from indexmem.train.peak_memory import AnonPeak, anon_bytes
+
+MB = 1 << 20
+linux_only = pytest.mark.skipif(anon_bytes() is None, reason="no RssAnon in /proc/self/status")
+
+
+def test_rss_anon_is_read_in_bytes_and_missing_means_unknown(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmRSS:\t  900 kB\nRssAnon:\t  512 kB\nRssFile:\t  388 kB\n")
+    assert anon_bytes(status) == 512 * 1024
+    status.write_text("Name:\tpython\nVmRSS:\t  900 kB\n")
+    assert anon_bytes(status) is None
+    assert anon_bytes(tmp_path / "absent") is None
+
+
+@linux_only
+def test_the_peak_sees_an_array_that_came_and_went():
+    with AnonPeak(interval=0.05) as peak:
+        before = anon_bytes()
+        block = np.ones(300 * MB, dtype=np.uint8)  # every page written
+        time.sleep(0.3)
+        del block
+        time.sleep(0.1)
+    assert peak.peak - before >= 280 * MB
+    assert anon_bytes() < peak.peak - 200 * MB  # gone now; the peak stays
+
+
+@linux_only
+def test_the_pages_of_a_mapped_file_are_not_counted(tmp_path):
+    path = tmp_path / "features.bin"
+    with open(path, "wb") as f:
+        for _ in range(300):
+            f.write(np.full(MB, 7, dtype=np.uint8).tobytes())
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    with AnonPeak(interval=0.05) as peak:
+        before = anon_bytes()
+        for start in range(0, len(mapped), 16 * MB):  # every page read: resident, file-backed
+            assert int(mapped[start : start + 16 * MB].max()) == 7
+        time.sleep(0.2)
+    assert peak.peak - before < 64 * MB
+    del mapped
