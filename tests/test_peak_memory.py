@@ -45,3 +45,13 @@ def test_the_pages_of_a_mapped_file_are_not_counted(tmp_path):
         time.sleep(0.2)
     assert peak.peak - before < 64 * MB
     del mapped
+
+
+@linux_only
+def test_a_sampler_used_twice_samples_both_times():
+    sampler = AnonPeak(interval=0.05)
+    for _ in range(2):
+        with sampler:
+            assert sampler._thread.is_alive()
+            time.sleep(0.12)
+            assert sampler._thread.is_alive()  # not stopped by the first exit's signal

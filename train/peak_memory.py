@@ -48,6 +48,7 @@ class AnonPeak:
 
     def __enter__(self) -> AnonPeak:
         if self.peak is not None and self._thread is None:
+            self._stop.clear()  # a second run of the same sampler samples again
             self._thread = threading.Thread(target=self._loop, name="anon-peak", daemon=True)
             self._thread.start()
         return self

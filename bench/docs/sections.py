@@ -21,7 +21,6 @@ from ...train.retrieval import LOOKALIKE_SHAPES
 from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
-from ..ruler.paired import wins_losses
 from ..ruler.plots import compression_curves, depth_heatmaps
 from ..ruler.summary import (
     cache_types_of,
@@ -136,7 +135,8 @@ def ruler_files(entry: Result, root: Path) -> Section | None:
         shared = sorted(a.keys() & b.keys() & full.get(("full", 0.0, None, config[-1]), {}).keys())
         if not shared:
             continue
-        wins, losses, _ = wins_losses({"a": a, "b": b}, "a", "b")
+        wins = sum(a[k] > b[k] for k in shared)
+        losses = sum(a[k] < b[k] for k in shared)
         mean = {
             name: 100 * sum(scores[k] for k in shared) / len(shared) for name, scores in (("a", a), ("b", b))
         }
