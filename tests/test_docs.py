@@ -270,10 +270,11 @@ def test_two_indexmem_files_are_compared_on_the_examples_both_measured(tmp_path)
         return dict(base, config=config, indexmem_sha256=sha, evict_ratio=ratio_, index=index, score=score)
 
     rows = [row("full", None, i, 1.0, 0.0) for i in range(4)]
-    # old: 1, 0, 1, 0 on examples 0-3; new: 1, 1, 0 on 0-2 and one example full KV never measured
+    # old: 1, 0, 1, 0 on examples 0-3; new: 1, 1, 0 on 0-2 and one example the old file never measured
     rows += [row("indexmem-nomem", old, i, s) for i, s in enumerate((1.0, 0.0, 1.0, 0.0))]
     rows += [row("indexmem-nomem", new, i, s) for i, s in enumerate((1.0, 1.0, 0.0))]
     rows += [row("indexmem-nomem", new, 9, 1.0)]
+    rows += [row("indexmem-nomem", new, 5, 1.0), row("indexmem-nomem", old, 5, 0.0)]  # no full KV row
     rows += [row("indexmem-nomem", new, 0, 0.0, 0.75)]  # a level the old file has not run
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
