@@ -21,13 +21,13 @@ from ...train.retrieval import LOOKALIKE_SHAPES
 from ..cache_memory import memory_table
 from ..needle import LEGACY_SETTINGS, measured_rows, plot_accuracy, summarize
 from ..report import needle_table, ppl_table
+from ..ruler.paired import examples_by_config
 from ..ruler.plots import compression_curves, depth_heatmaps
 from ..ruler.summary import (
     cache_types_of,
     complete_samples,
-    config_of,
+    config_label,
     first_samples,
-    level_label,
     measured_with,
     read_rows,
 )
@@ -108,16 +108,6 @@ def ruler(entry: Result, root: Path) -> Section | None:
     return Section("\n\n".join(parts), outputs, rows)
 
 
-def _examples(rows: list[dict]) -> dict[tuple, dict[tuple, float]]:
-    """Scores by configuration (``config_of``, and the context) and example."""
-    out: dict[tuple, dict[tuple, float]] = {}
-    for r in rows:
-        out.setdefault((*config_of(r), r["context"]), {})[(r["task"], r["index"], r.get("depth"))] = r[
-            "score"
-        ]
-    return out
-
-
 def ruler_files(entry: Result, root: Path) -> Section | None:
     """Two IndexMem files, ``entry.modules`` against ``entry.against``, in each configuration both
     ran, on the very examples both measured (partial samples included: the pairing is per
@@ -125,32 +115,21 @@ def ruler_files(entry: Result, root: Path) -> Section | None:
     rows = read_rows(root / entry.file)
     model = MODELS[entry.model].sha256
     new, old = (_one_sha256(entry, rows, prefix) for prefix in (entry.modules, entry.against))
-    by_file = {sha: _examples(measured_with(rows, model, ModulesFile(sha, sha))) for sha in (new, old)}
-    full = _examples(measured_with(rows, model, None))
+    new_rows, old_rows = (measured_with(rows, model, ModulesFile(sha, sha)) for sha in (new, old))
+    full_rows = measured_with(rows, model, None)
     lines = []
-    for config in sorted(by_file[new].keys() & by_file[old].keys()):
-        if not uses_modules(config[0]):
-            continue
-        a, b = by_file[new][config], by_file[old][config]
-        shared = sorted(a.keys() & b.keys() & full.get(("full", 0.0, None, config[-1]), {}).keys())
-        if not shared:
-            continue
-        wins = sum(a[k] > b[k] for k in shared)
-        losses = sum(a[k] < b[k] for k in shared)
-        mean = {
-            name: 100 * sum(scores[k] for k in shared) / len(shared) for name, scores in (("a", a), ("b", b))
-        }
-        full_mean = 100 * sum(full[("full", 0.0, None, config[-1])][k] for k in shared) / len(shared)
-        lines.append(
-            [
-                f"{config[0]} {level_label(config[1:3])}, {config[-1]:,} tokens",
-                f"{len(shared):,}",
-                f"{full_mean:.1f}",
-                f"{mean['b']:.1f}",
-                f"{mean['a']:.1f}",
-                f"{wins}–{losses}",
-            ]
-        )
+    for context in sorted({r["context"] for r in rows}):
+        full = examples_by_config(full_rows, context).get(("full", 0.0, None), {})
+        by_new, by_old = examples_by_config(new_rows, context), examples_by_config(old_rows, context)
+        for config in sorted(by_new.keys() & by_old.keys()):
+            a, b = by_new[config], by_old[config]
+            shared = sorted(a.keys() & b.keys() & full.keys())
+            if not uses_modules(config[0]) or not shared:
+                continue
+            mean = [f"{100 * sum(scores[k] for k in shared) / len(shared):.1f}" for scores in (full, b, a)]
+            wins, losses = sum(a[k] > b[k] for k in shared), sum(a[k] < b[k] for k in shared)
+            label = f"{config_label(config)}, {context:,} tokens"
+            lines.append([label, f"{len(shared):,}", *mean, f"{wins}–{losses}"])
     if not lines:
         return None
     caption = (

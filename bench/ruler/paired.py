@@ -25,6 +25,15 @@ def best_heuristic(scores: dict[tuple, dict], level: tuple, tasks: list[str]) ->
     return max(ranked, key=lambda x: x[0])[1] if ranked else None  # a tie goes to the first by name
 
 
+def examples_by_config(rows: list[dict], context: int) -> dict[tuple, dict[tuple, float]]:
+    """The scores of one context's rows by configuration (``config_of``) and example."""
+    examples: dict[tuple, dict] = {}
+    for r in rows:
+        if r["context"] == context:
+            examples.setdefault(config_of(r), {})[(r["task"], r["index"], r.get("depth"))] = r["score"]
+    return examples
+
+
 def wins_losses(examples: dict[tuple, dict], a: tuple, b: tuple) -> tuple[int, int, int]:
     """(examples where ``a`` scored higher, where lower, how many both measured)."""
     shared = examples[a].keys() & examples[b].keys()
@@ -46,10 +55,7 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
     (``indexmem`` against ``indexmem-nomem``, ``snapkv+mem`` against ``snapkv``, a ``+recall`` or
     ``+recallN`` configuration against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
     (``summary.task_scores``)."""
-    examples: dict[tuple, dict] = {}
-    for r in rows:
-        if r["context"] == context:
-            examples.setdefault(config_of(r), {})[(r["task"], r["index"], r.get("depth"))] = r["score"]
+    examples = examples_by_config(rows, context)
     levels = sorted({_level(c) for c in examples if uses_modules(c[0])}, key=lambda lv: (lv[0] is None, lv))
     best = {lv: best_heuristic(scores, lv, tasks) for lv in levels}
     lines = []
