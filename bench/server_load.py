@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_atomic
+from ..train.peak_memory import status_bytes
 from .load_requests import Client, Outcome
 
 KINDS = {"whole": 4, "stream": 4, "stream-left": 1, "json": 3, "malformed": 1, "oversized": 1}
@@ -36,10 +37,10 @@ MAX_BODY = 64 << 10
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    rss = status_bytes("VmRSS", Path(f"/proc/{pid}/status"))
+    if rss is None:
+        raise RuntimeError(f"no VmRSS for process {pid}")
+    return rss
 
 
 def start_server(model: str, queue: int, max_tokens: int) -> tuple[subprocess.Popen, int]:

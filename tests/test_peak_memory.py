@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from indexmem.train.peak_memory import AnonPeak, anon_bytes
+from indexmem.train.peak_memory import AnonPeak, anon_bytes, status_bytes
 
 MB = 1 << 20
 linux_only = pytest.mark.skipif(anon_bytes() is None, reason="no RssAnon in /proc/self/status")
@@ -14,6 +14,7 @@ def test_rss_anon_is_read_in_bytes_and_missing_means_unknown(tmp_path):
     status = tmp_path / "status"
     status.write_text("Name:\tpython\nVmRSS:\t  900 kB\nRssAnon:\t  512 kB\nRssFile:\t  388 kB\n")
     assert anon_bytes(status) == 512 * 1024
+    assert status_bytes("VmRSS", status) == 900 * 1024  # the server benchmark's figure
     status.write_text("Name:\tpython\nVmRSS:\t  900 kB\n")
     assert anon_bytes(status) is None
     assert anon_bytes(tmp_path / "absent") is None

@@ -14,16 +14,22 @@ from pathlib import Path
 STATUS = Path("/proc/self/status")
 
 
-def anon_bytes(status: Path = STATUS) -> int | None:
-    """The process's resident anonymous memory now, in bytes (None where the system does not say)."""
+def status_bytes(field: str, status: Path = STATUS) -> int | None:
+    """A memory figure of a process's ``status`` file (``VmRSS``, ``RssAnon``, ...) in bytes; None
+    where the file or the field is missing (not Linux, or an older kernel)."""
     try:
         text = status.read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024  # the kernel writes kB
     return None
+
+
+def anon_bytes(status: Path = STATUS) -> int | None:
+    """The process's resident anonymous memory now, in bytes (None where the system does not say)."""
+    return status_bytes("RssAnon", status)
 
 
 class AnonPeak:
