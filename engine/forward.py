@@ -118,10 +118,9 @@ class ForwardRunner:
 
     def _graph_for(self, plan: StepPlan):
         if plan != self._plan or self._graph is None:
-            new_outputs = self._plan is None or plan.capture != self._plan.capture
             self.invalidate()  # free the old context before building the new one
             self._graph = self.model.build(Builder(self.model, self.cache, plan))
-            self.backend.alloc_graph(self._graph.gf, new_outputs=new_outputs)
+            self.backend.alloc_graph(self._graph.gf)
             self._plan = plan
             self.graphs_built += 1
         return self._graph

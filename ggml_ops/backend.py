@@ -180,17 +180,20 @@ class Backend:
         if status != S.GGML_STATUS_SUCCESS:
             raise BackendError(f"graph compute failed with ggml status {status}")
 
-    def alloc_graph(self, graph, maintenance: bool = False, new_outputs: bool = False) -> None:
+    def alloc_graph(self, graph, maintenance: bool = False) -> None:
         """Place ``graph``'s tensors in the step scheduler's compute buffer (or the maintenance
         one); the graph last placed in that buffer before is invalid afterwards.
 
-        ``new_outputs``: the graph marks other tensors as outputs than the one placed before.
-        ggml's allocator reuses its last placement for a graph of the same nodes and sizes
-        without looking at which are outputs, so an output the old graph let other tensors
-        overwrite would read back garbage; planning the placement again prevents that."""
+        The placement is planned anew for every graph. ggml's allocator reuses its last plan
+        for any graph with as many nodes and leaves whose nodes fit their old sizes, without
+        looking at how they are wired or which are outputs: a step whose layers read their
+        masks in another arrangement (per-layer caches of other lengths) crashed in
+        ``ggml_gallocr_alloc_graph``, and an output the old graph let others overwrite read
+        back garbage. The engine builds a graph only when its step plan changes, so planning
+        costs little."""
         sched = self._scheduler(maintenance)
         C.ggml_backend_sched_reset(sched)
-        if new_outputs and not C.ggml_backend_sched_reserve(sched, graph):
+        if not C.ggml_backend_sched_reserve(sched, graph):
             raise BackendError("could not plan the compute graph's memory (out of memory?)")
         if not C.ggml_backend_sched_alloc_graph(sched, graph):
             raise BackendError("could not allocate the compute graph (out of memory?)")
