@@ -6,7 +6,8 @@ latent memory behind it); ``indexmem+recall`` and ``indexmem-nomem+recall`` add 
 (its store on disk), ``+recallN`` with at most N tokens recalled per layer and compression, and
 ``-end`` after either (``+recall16-end``) only at a prompt's end and in decoding
 (``recall_at="prompt_end"``), ``-end-att`` ranked there by the model's attention
-(``recall_score="attention"``)."""
+(``recall_score="attention"``), ``-step`` swapped in at every step by the step's own attention
+(``recall_at="each_step"``)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,16 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     default)."""
     if spec == "full":
         return dict(policy="full", indexmem=False)
-    recall = re.fullmatch(r"(indexmem|indexmem-nomem)\+recall(\d*)(-end)?(-att)?", spec)
+    recall = re.fullmatch(r"(indexmem|indexmem-nomem)\+recall(\d*)(-end|-step)?(-att)?", spec)
     if recall:
         opts = dict(engine_options(recall[1], budget, indexmem, window), recall="disk")
         if recall[2]:
             opts["recall_per_step"] = int(recall[2])
-        if recall[3]:
+        if recall[3] == "-step":
+            if recall[4]:
+                raise ValueError(f"{spec!r}: -step always ranks by attention (+recall-step)")
+            opts.update(recall_at="each_step", recall_score="attention")
+        elif recall[3]:
             opts["recall_at"] = "prompt_end"
         if recall[4]:
             if not recall[3]:
@@ -52,7 +57,7 @@ def engine_options(spec: str, budget: int, indexmem=None, window: int | None = N
     if policy not in POLICIES or policy == "full":
         raise ValueError(
             f"unknown configuration {spec!r}: use full, indexmem, indexmem-nomem (either with "
-            f"+recall, +recallN, and -end or -end-att after either), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
+            f"+recall, +recallN, and -end, -end-att or -step after either), a policy ({', '.join(HEURISTICS)}) or <policy>+mem"
         )
     uses_modules = memory or policy == "indexmem"
     opts = dict(policy=policy, memory=memory, budget=budget, indexmem=indexmem if uses_modules else False)
@@ -68,8 +73,13 @@ def recall_settings(spec: str) -> dict:
     if opts.get("recall") is None:
         return {}
     from ..engine.recall import N_QUERIES, PER_STEP
+    from ..engine.recall_step import STEP_PER_STEP, STEP_THRESHOLD
 
-    settings = {"per_step": opts.get("recall_per_step", PER_STEP), "n_queries": N_QUERIES}
+    step = opts.get("recall_at") == "each_step"
+    default = STEP_PER_STEP if step else PER_STEP
+    settings = {"per_step": opts.get("recall_per_step", default), "n_queries": N_QUERIES}
+    if step:
+        settings["threshold"] = STEP_THRESHOLD
     if "recall_at" in opts:  # rows from before these options stay as they were
         settings["at"] = opts["recall_at"]
     if "recall_score" in opts:

@@ -70,8 +70,9 @@ RecallPerStep = Annotated[
     typer.Option(
         "--recall-per-step",
         min=1,
-        help="with --recall: at most this many tokens brought back per layer at a compression "
-        "(default: the engine's, engine/recall.py PER_STEP)",
+        help="with --recall: at most this many tokens brought back per layer at a compression, or "
+        "per step with --recall-at each_step (default: the engine's, engine/recall.py PER_STEP, "
+        "engine/recall_step.py STEP_PER_STEP)",
     ),
 ]
 
@@ -80,8 +81,10 @@ RecallAt = Annotated[
     str,
     typer.Option(
         "--recall-at",
-        help="with --recall: every_chunk (every compression) or prompt_end (only after a prompt's "
-        "last chunk and while generating: the queries of the question, not of the text before it)",
+        help="with --recall: every_chunk (every compression), prompt_end (only after a prompt's "
+        "last chunk and while generating: the queries of the question, not of the text before it) "
+        "or each_step (with --recall-score attention: every step from the prompt's last token on "
+        "swaps in the stored tokens its own attention wants, and runs again)",
     ),
 ]
 
@@ -91,7 +94,8 @@ RecallScore = Annotated[
     typer.Option(
         "--recall-score",
         help="with --recall-at prompt_end: index (the indexer ranks stored against cached tokens) "
-        "or attention (the model's attention from the prompt's last queries ranks them all)",
+        "or attention (the model's attention from the prompt's last queries ranks them all); "
+        "each_step needs attention",
     ),
 ]
 

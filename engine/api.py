@@ -194,7 +194,11 @@ class Engine:
         row_bytes = (tensor_struct(layer.k).nb[1], tensor_struct(layer.v).nb[1])
         store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
         pool = self.budget_config.params.get("pool_kernel", 1)
-        limit = {} if self.recall_per_step is None else {"per_step": self.recall_per_step}
+        from .recall_step import STEP_PER_STEP
+
+        limit = {} if self.recall_at != "each_step" else {"per_step": STEP_PER_STEP}
+        if self.recall_per_step is not None:
+            limit = {"per_step": self.recall_per_step}
         hp = self.hparams
         recall = Recall(
             store,
@@ -255,7 +259,10 @@ class Engine:
         at every compression (``recall_at="every_chunk"``) or only at the one after a prompt's
         last chunk and in decoding (``"prompt_end"``); ranked against the cached tokens by the
         indexer (``recall_score="index"``) or, at a prompt's end, by the attention the prompt's
-        last queries give every cached and stored token (``"attention"``).
+        last queries give every cached and stored token (``"attention"``). With
+        ``recall_at="each_step"`` (and ``recall_score="attention"``) each step from a prompt's
+        last token on swaps in the stored tokens its own queries attend (engine/recall_step.py,
+        at most ``recall_per_step`` per layer, default ``recall_step.STEP_PER_STEP``) and runs again.
         ``extra_bufts=False`` keeps quantized weights in their file layout
         instead of the CPU's repacked one (to compare with llama.cpp loaded the same way)..
 

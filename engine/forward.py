@@ -150,12 +150,13 @@ class ForwardRunner:
 
     # --- the step ----------------------------------------------------------------------
     def step(
-        self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False, capture=()
+        self, tokens: np.ndarray, positions: np.ndarray, all_logits: bool = False, capture=(), swaps=True
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Run ``tokens`` at ``positions`` through the model, appending them to the cache, then
         let the evictor compress. Returns logits [n_out, n_vocab] and captured intermediates."""
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
+        n_used_before = [t.n_used for t in self.cache.tables]
         plan, n_used, mask_keys = self.plan(len(tokens), all_logits, capture)
         g = self._graph_for(plan)
         self._set_inputs(g, plan, tokens, positions, n_used, mask_keys)
@@ -167,7 +168,21 @@ class ForwardRunner:
         if self.evictor:
             self.evictor.after_step(self._observations(g, plan, captured, slots, positions), len(tokens))
             self.flush()
+            if self._swapped(positions, n_used_before, swaps):  # run again on the swapped cache, once
+                return self.step(tokens, positions, all_logits, capture, swaps=False)
         return logits, {k: v for k, v in captured.items() if k in set(capture)}
+
+    def _swapped(self, positions, n_used_before, allowed: bool) -> bool:
+        """Whether the recall tier swapped stored tokens in for this step's queries
+        (``recall_at="each_step"``, engine/recall_step.py)."""
+        if self.recall is None or not self.recall.swaps_each_step or not self.recall.step_queries:
+            return False
+        if not allowed:
+            self.recall.take_step_queries()
+            return False
+        from .recall_step import swap_for_step
+
+        return swap_for_step(self, positions, n_used_before)
 
     def _observations(self, g, plan, captured, slots, positions) -> dict[int, LayerObservation]:
         obs = {}

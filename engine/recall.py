@@ -21,6 +21,9 @@ The pieces, in the order a step uses them:
 ``at="prompt_end"`` keeps the tier closed for a prompt's chunks before its last (the feeder sets
 ``open``); ``score="attention"`` then ranks cached and stored tokens at that last chunk by the
 attention of the model's own queries (``recall_attention.py``) instead of by the indexer.
+``at="each_step"`` recalls nothing at compressions: from a prompt's last token on, each step's
+own queries swap stored tokens they attend into the cache and the step runs again
+(``recall_step.py``).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ PER_STEP = 128  # tokens recalled per layer per compression, at most
 N_QUERIES = 64  # the most recent index queries of a layer that score the store
 # When stored tokens may come back: at every compression, or only at the compression after a
 # prompt's last chunk and in decoding (the queries of a question, not of the text before it).
-RECALL_AT = ("every_chunk", "prompt_end")
-# What ranks stored against cached tokens: the indexer's scores, or (at a prompt's end) the
-# model's own attention from the prompt's last queries (engine/recall_attention.py).
+RECALL_AT = ("every_chunk", "prompt_end", "each_step")
+# What ranks stored against cached tokens: the indexer's scores, or the model's own attention
+# (from the prompt's last queries at its end, engine/recall_attention.py; from each step's
+# queries with at="each_step", engine/recall_step.py).
 RECALL_SCORES = ("index", "attention")
 
 
@@ -49,8 +53,13 @@ def check_recall_options(at: str, score: str) -> None:
             f"recall_at={at!r}, recall_score={score!r}: recall_at is one of {', '.join(RECALL_AT)}, "
             f"recall_score one of {', '.join(RECALL_SCORES)}"
         )
-    if score == "attention" and at != "prompt_end":
-        raise ValueError("recall_score='attention' ranks at a prompt's end only: use recall_at='prompt_end'")
+    if score == "attention" and at == "every_chunk":
+        raise ValueError(
+            "recall_score='attention' ranks at a prompt's end or at each step: "
+            "use recall_at='prompt_end' or 'each_step'"
+        )
+    if at == "each_step" and score != "attention":
+        raise ValueError("recall_at='each_step' ranks by the step's attention: use recall_score='attention'")
 
 
 def store_scores(q: np.ndarray, a: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -91,6 +100,7 @@ class Recall:
             raise ValueError("recall score='attention' reads K rows: pass key_format")
         self.at, self.score, self.key_format = at, score, key_format
         self.model_queries: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (queries, positions)
+        self.step_queries: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the same, at="each_step"
         self.open = True  # the feeder closes it for a prompt's chunks before its last (at="prompt_end")
         self.store, self.pool_kernel = store, pool_kernel
         self.per_step, self.n_queries, self.exact_memory = per_step, n_queries, exact_memory
@@ -106,15 +116,23 @@ class Recall:
     # --- scoring -----------------------------------------------------------------------
     def wants_queries(self, n_tokens: int) -> bool:
         """Should this step output the model's queries? At a prompt's last chunk, when the
-        stored tokens are ranked by attention (a prompt's last token, fed alone, and decoding
-        steps are ranked by the indexer)."""
-        return self.score == "attention" and self.open and n_tokens > 1
+        stored tokens are ranked by attention at the prompt's end (its last token, fed alone,
+        and decoding steps are ranked by the indexer); at every one-token step from a prompt's
+        last token on with at="each_step"."""
+        if self.score != "attention" or not self.open:
+            return False
+        return n_tokens == 1 if self.at == "each_step" else n_tokens > 1
+
+    @property
+    def swaps_each_step(self) -> bool:
+        return self.at == "each_step"
 
     def observe(self, il: int, obs) -> None:
+        queries = self.step_queries if self.swaps_each_step else self.model_queries
         if obs.queries is None:  # the model's queries rank only the step that computed them
-            self.model_queries.pop(il, None)
+            queries.pop(il, None)
         else:
-            self.model_queries[il] = obs.queries
+            queries[il] = obs.queries
         if obs.index_queries is not None:
             self._observe_index(il, *obs.index_queries)
 
@@ -129,7 +147,8 @@ class Recall:
         stored tokens for the queries seen since the layer's last compression."""
         buf = self.queries.get(il)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0))
-        if not buf or self.store.live(il) == 0 or (self.at == "prompt_end" and not self.open):
+        closed = (self.at == "prompt_end" and not self.open) or self.swaps_each_step
+        if not buf or self.store.live(il) == 0 or closed:
             return empty
         q = np.concatenate([x for x, _ in buf])[-self.n_queries :].astype(np.float32)
         a = np.concatenate([w for _, w in buf])[-self.n_queries :].astype(np.float32)
@@ -146,6 +165,11 @@ class Recall:
 
     def has_queries(self, il: int) -> bool:
         return il in self.model_queries
+
+    def take_step_queries(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The queries of the step just run, per layer (at="each_step"); they are used once."""
+        queries, self.step_queries = self.step_queries, {}
+        return queries
 
     def attention_scores(self, il: int, cache, positions: np.ndarray):
         """Cached tokens' scores [n_used] and the best ``per_step`` stored candidates (entries,
@@ -222,7 +246,7 @@ class Recall:
     def clear(self) -> None:
         self.store.clear()
         self.queries, self.pending_store, self.pending_recall = {}, {}, {}
-        self.model_queries = {}
+        self.model_queries, self.step_queries = {}, {}
 
     def close(self) -> None:
         self.store.close()

@@ -162,14 +162,9 @@ def test_every_cached_row_is_the_one_first_written_for_its_token(setup, cache_ty
     engine.close()
 
 
-def test_recalled_tokens_leave_the_latent_memory_exactly(setup):
+def _assert_memory_holds_the_store(engine, modules):
     """The memory holds exactly the tokens in the store: the same state as writing the store's
     live tokens alone (the torch module, from the K/V rows as the cache held them)."""
-    base, side, modules = setup
-    engine = _load(base, side, "ram")
-    _feed(engine, random_prompt(200, seed=6))
-    engine.runner.flush()
-    assert sum(engine.recall.recalled.values()) > 0
     hp, store = engine.hparams, engine.recall.store
     for il in engine.recall.layers:
         entries = np.flatnonzero(~store.taken[il])
@@ -192,6 +187,15 @@ def test_recalled_tokens_leave_the_latent_memory_exactly(setup):
         scale = float(m.abs().max())
         np.testing.assert_allclose(ours_m, m.T.reshape(-1).numpy(), atol=2e-3 * scale)
         np.testing.assert_allclose(ours_b, b.numpy(), rtol=2e-3, atol=2e-3 * float(b.abs().max()))
+
+
+def test_recalled_tokens_leave_the_latent_memory_exactly(setup):
+    base, side, modules = setup
+    engine = _load(base, side, "ram")
+    _feed(engine, random_prompt(200, seed=6))
+    engine.runner.flush()
+    assert sum(engine.recall.recalled.values()) > 0
+    _assert_memory_holds_the_store(engine, modules)
     engine.close()
 
 
@@ -395,4 +399,105 @@ def test_attention_recall_keeps_what_the_prompts_last_queries_attend_to(setup):
     differ = set(kept.tolist()) ^ want
     assert all(abs(ref[p] - boundary) <= 0.02 * boundary for p in differ), (sorted(differ), boundary)
     assert sum(engine.recall.recalled.values()) > 0
+    engine.close()
+
+
+def test_choose_swaps_pairs_the_most_attended_stored_with_the_least_attended_cached():
+    from indexmem.engine.recall_step import choose_swaps
+
+    cached = np.array([0.30, 0.001, 0.02, 0.004, 0.5, 0.003])
+    protected = np.array([True, False, False, False, True, True])  # slot 5: attended least, kept
+    stored = np.array([0.01, 0.2, 0.06, 0.03, 0.09])
+    out, back = choose_swaps(cached, protected, stored, per_step=8, threshold=0.05)
+    assert back.tolist() == [1, 4, 2]  # above the threshold, most attended first
+    assert out.tolist() == [1, 3, 2]  # the unprotected cached ones, least attended first
+    out, back = choose_swaps(cached, protected, stored, per_step=2, threshold=0.05)
+    assert (out.tolist(), back.tolist()) == ([1, 3], [1, 4])
+    # a stored token only comes back in place of a cached one it outranks
+    out, back = choose_swaps(np.array([0.07, 0.08]), np.array([False, False]), stored, 8, 0.05)
+    assert (out.tolist(), back.tolist()) == ([0, 1], [1, 4])
+    out, back = choose_swaps(cached, protected, np.array([0.04, 0.05]), 8, 0.05)
+    assert len(out) == len(back) == 0
+
+
+def test_each_step_swaps_in_what_the_steps_own_attention_wants(setup):
+    """One decoding step: the cached set afterwards is the one the reference attention (the
+    step's first query over every key the model computed, cached or evicted) chooses by the
+    rule, and the step ran again on it."""
+    base, side, _ = setup
+    engine = _load(
+        base, side, "ram", memory=False, recall_at="each_step", recall_score="attention",
+        recall_per_step=B, cache_type_k="f32", cache_type_v="f32",
+    )  # fmt: skip
+    hp, il = engine.hparams, 1
+    seen, first_key = [], []
+    take = engine.recall.take_step_queries
+
+    def take_and_keep():  # the step's queries, and its token's key as its first run wrote it
+        table = engine.cache.table_of(il)
+        if not first_key:
+            slot = np.flatnonzero(table.positions[: table.n_used] == n)
+            first_key.append(_rows(engine.cache.layers[il].k, slot).view(np.float32))
+        seen.append(take())
+        return seen[-1]
+
+    engine.recall.take_step_queries = take_and_keep
+    tokens = random_prompt(6 * N_BATCH + 1, seed=13)
+    n = 6 * N_BATCH
+    keys = []
+    engine.recall.open = False
+    for start in range(0, n, N_BATCH):
+        _, cap = engine.runner.step(
+            np.array(tokens[start : start + N_BATCH]),
+            np.arange(start, start + N_BATCH),
+            capture=[f"Kcur-{il}"],
+        )
+        keys.append(cap[f"Kcur-{il}"].reshape(N_BATCH, hp.n_head_kv, hp.head_dim))
+    before = set(_cached(engine, il).tolist())
+    engine.recall.open = True
+    graphs = engine.runner.graphs_built
+    engine.runner.step(np.array(tokens[n:]), np.array([n]))
+    keys.append(first_key[0].reshape(1, hp.n_head_kv, hp.head_dim))
+    q, q_pos = seen[0][il]
+    assert len(seen) == 2 and seen[1] != {}  # the step ran twice; its second queries swap nothing
+    ref = _reference_importance(q, q_pos, np.concatenate(keys), np.arange(n + 1))
+    from indexmem.engine.recall_step import STEP_THRESHOLD
+
+    stored = [p for p in range(n) if p not in before]
+    protected = set(range(SINKS)) | set(range(n + 1 - 4, n + 1))  # window=4 in _load
+    weak = sorted((p for p in before if p not in protected), key=lambda p: ref[p])
+    wanted = sorted((p for p in stored if ref[p] > STEP_THRESHOLD), key=lambda p: -ref[p])
+    k = 0
+    while k < min(len(wanted), len(weak)) and ref[wanted[k]] > ref[weak[k]]:
+        k += 1
+    assert k > 0, "the reference wants no swap: the test checks nothing"
+    want = (before | {n}) - set(weak[:k]) | set(wanted[:k])
+    assert set(_cached(engine, il).tolist()) == want
+    assert engine.recall.recalled[il] == k
+    assert engine.runner.graphs_built - graphs <= 1  # the second run reused the step's graph
+    engine.close()
+
+
+def test_each_step_keeps_the_budget_every_token_once_and_the_memory_exact(setup):
+    """Over a prompt and forty decoding steps with swaps: every layer holds as many tokens as
+    without recall, cache and store hold each token once, and the latent memory holds exactly
+    the store's tokens."""
+    base, side, modules = setup
+    plain = _load(base, side, None)
+    engine = _load(base, side, "disk", recall_at="each_step", recall_score="attention")
+    tokens = random_prompt(120, seed=14)
+    for e in (plain, engine):
+        _feed(e, tokens[:80])
+    for i in range(80, 120):
+        for e in (plain, engine):
+            e.runner.step(np.array(tokens[i : i + 1]), np.array([i]))
+        assert [t.n_used for t in engine.cache.tables] == [t.n_used for t in plain.cache.tables]
+        for il in engine.recall.layers:
+            both = np.concatenate([_cached(engine, il), _stored(engine, il)])
+            assert sorted(both.tolist()) == list(range(i + 1))
+    assert sum(engine.recall.recalled.values()) > 0, "no swap happened: the checks above saw none"
+    _assert_memory_holds_the_store(engine, modules)
+    with pytest.raises(ValueError, match="each_step"):
+        _load(base, side, "disk", recall_at="each_step")
+    plain.close()
     engine.close()

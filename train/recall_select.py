@@ -33,7 +33,8 @@ BASELINES = ("full", "nomem")
 
 def settings(per_steps: list[int], ends: list[str]) -> list[str]:
     """recall-R: at every compression; recall-R-end: only at a prompt's end and in decoding;
-    recall-R-end-att: ranked there by the model's attention."""
+    recall-R-end-att: ranked there by the model's attention; recall-R-step: swapped in at each
+    step by its own attention."""
     return [*BASELINES, *(f"recall-{r}{e}" for e in ends for r in per_steps)]
 
 
@@ -50,6 +51,8 @@ def engine_for(setting: str, model: str, sidecar, length: int, ratio: float, thr
         if setting.startswith("recall-"):
             at = "prompt_end" if "-end" in setting else "every_chunk"
             score = "attention" if setting.endswith("-att") else "index"
+            if setting.endswith("-step"):
+                at, score = "each_step", "attention"
             opts.update(
                 recall="disk", recall_per_step=int(setting.split("-")[1]), recall_at=at, recall_score=score
             )
@@ -149,10 +152,12 @@ def main(argv=None) -> None:
     p.add_argument(
         "--at",
         type=lambda s: [
-            {"every_chunk": "", "prompt_end": "-end", "attention": "-end-att"}[x] for x in s.split(",")
+            {"every_chunk": "", "prompt_end": "-end", "attention": "-end-att", "each_step": "-step"}[x]
+            for x in s.split(",")
         ],
         default=[""],
-        help="every_chunk, prompt_end, attention (at the prompt's end, ranked by attention), comma separated",
+        help="every_chunk, prompt_end, attention (at the prompt's end, ranked by attention), each_step "
+        "(swapped in at each step by its attention), comma separated",
     )
     p.add_argument("--only", nargs="*", help="settings to run in this process (names), for two processes")
     p.add_argument("--threads", type=int, default=1)

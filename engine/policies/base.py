@@ -60,6 +60,11 @@ class Policy:
         self.state[il, dst] = self.state[il, src]
         self.state[il, n_keep:] = 0.0
 
+    def replaced(self, il: int, slots: np.ndarray) -> None:
+        """Slots ``slots`` of layer ``il`` now hold other tokens (the recall tier swapped them):
+        what was observed of the old ones is forgotten."""
+        self.state[il, slots] = 0.0
+
     def clear(self) -> None:
         self.state.fill(0.0)
 

@@ -52,5 +52,8 @@ class IndexMemPolicy(Policy):
         self.state[il, dst] = self.state[il, src]
         self.state[il, n_keep:] = -np.inf
 
+    def replaced(self, il, slots):
+        self.state[il, slots] = -np.inf
+
     def clear(self):
         self.state.fill(-np.inf)

@@ -1,0 +1,110 @@
+"""Recall at every step, by the step's own attention (``recall_at="each_step"``).
+
+A needle that only the question makes important is evicted while the prompt is read, and the
+queries that point at it come late: the question's last token, and the answer's tokens. From a
+prompt's last token on, every one-token step's queries (the model's own, post-RoPE) attend over
+the layer's cached and stored tokens at once; a stored token that some head gives more than
+``STEP_THRESHOLD`` of its attention replaces the cached token that this query attends least
+(sinks, the recent window and the step's own token never leave), at most ``per_step`` per
+layer, and the step is run again on the swapped cache. The cache keeps its size: the budget
+B + tau holds, and every layer keeps as many tokens as before.
+
+A swapped-out token goes to the store (and, in latent-memory layers, into M and b when the
+memory's decay is 1, exactly as the recalled token is taken out of them; with another decay
+neither is touched). A step that compressed the cache is not run again: its token's slot has
+moved, and the swaps it chose serve the next step.
+
+The threshold was chosen on held-out retrieval windows of the training corpus (answer
+likelihood, ``train/recall_select.py``'s measure), never on evaluation data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .recall_attention import attention_importance, key_floats
+
+STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
+STEP_PER_STEP = 32  # swaps per layer and step, at most
+
+
+def choose_swaps(
+    probs_cached: np.ndarray,
+    protected: np.ndarray,
+    probs_stored: np.ndarray,
+    per_step: int,
+    threshold: float = STEP_THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cached indices to give up, stored indices to take), paired: the stored tokens above
+    ``threshold``, most attended first, each against the least attended cached token left,
+    while the stored one is attended more."""
+    wanted = np.flatnonzero(probs_stored > threshold)
+    wanted = wanted[np.argsort(-probs_stored[wanted], kind="stable")][:per_step]
+    weak = np.flatnonzero(~protected)
+    weak = weak[np.argsort(probs_cached[weak], kind="stable")][: len(wanted)]
+    n = 0
+    while n < min(len(wanted), len(weak)) and probs_stored[wanted[n]] > probs_cached[weak[n]]:
+        n += 1
+    return weak[:n], wanted[:n]
+
+
+def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
+    """Max-head attention probability of one query over the layer's cached tokens [n_used] and
+    its live stored tokens (entries, positions, probabilities), one softmax over both."""
+    k_type, n_head_kv, head_dim, scale = recall.key_format
+    from .recall import _rows
+
+    free = np.iinfo(np.int64).max  # empty slots come after every query: masked out
+    cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
+    cached_k = key_floats(_rows(cache.layers[il].k, np.arange(len(positions))), k_type, n_head_kv, head_dim)
+    cached_k[positions < 0] = 0.0
+
+    def blocks():
+        yield cached_k, cached_pos
+        for _, pos, k_rows, taken in recall.store.blocks(il, "k"):
+            live = np.flatnonzero(~taken)
+            yield key_floats(k_rows[live], k_type, n_head_kv, head_dim), pos[live].astype(np.int64)
+
+    parts = attention_importance(q, q_pos.astype(np.int64), blocks, scale)
+    entries, stored_pos = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+    for start, pos, _, taken in recall.store.blocks(il):
+        live = np.flatnonzero(~taken)
+        entries.append(start + live)
+        stored_pos.append(pos[live])
+    stored = np.concatenate(parts[1:]) if len(parts) > 1 else np.zeros(0)
+    return parts[0], (np.concatenate(entries), np.concatenate(stored_pos), stored)
+
+
+def swap_for_step(runner, positions: np.ndarray, n_used_before: list[int]) -> bool:
+    """After a one-token step: choose the swaps its queries want, take the step's token back out
+    of the cache and make them. True when the step must be run again."""
+    recall, cache, evictor = runner.recall, runner.cache, runner.evictor
+    queries = recall.take_step_queries()
+    if any(t.n_used != n + len(positions) for t, n in zip(cache.tables, n_used_before)):
+        return False  # the step compressed: its token's slot has moved
+    picks = {}
+    for il, (q, q_pos) in queries.items():
+        rule = evictor.rules[il]
+        table = cache.table_of(il)
+        cached = table.positions[: table.n_used]
+        p_cached, (entries, stored_pos, p_stored) = step_probabilities(recall, il, cache, cached, q, q_pos)
+        newest = int(q_pos.max())
+        protected = (cached < rule.sinks) | (cached > newest - max(rule.window, 1)) | (cached < 0)
+        out, back = choose_swaps(p_cached, protected, p_stored, recall.per_step)
+        if len(out):
+            picks[il] = (out.astype(np.int64), entries[back], stored_pos[back])
+    if not picks:
+        return False
+    cache.truncate(int(positions[0]))  # the step's tokens leave; the step runs again
+    cache.tokens_seen -= len(positions)
+    memory_exact = recall.exact_memory and cache.indexmem is not None
+    for il, (slots, entries, stored_pos) in picks.items():
+        table = cache.table_of(il)
+        recall.pending_store[il] = (slots, table.positions[slots].copy())
+        if il in cache.record_evicted and memory_exact:
+            cache.pending_evicted[il] = (slots, table.positions[slots].copy())
+        table.commit(slots, stored_pos)
+        recall.pending_recall[il] = (slots, entries)
+        evictor.policy.replaced(il, slots)
+    runner.flush()
+    return True
