@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recall_attention import attention_importance, key_floats
+from .recall_attention import key_floats
 
 STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
 STEP_PER_STEP = 32  # swaps per layer and step, at most
@@ -48,29 +48,48 @@ def choose_swaps(
     return weak[:n], wanted[:n]
 
 
+def one_query_probabilities(q: np.ndarray, q_pos: int, blocks, scale: float) -> list[np.ndarray]:
+    """Per block of keys, the max-head softmax probability one query [H, d] gives each key, the
+    softmax taken over every block at once. ``blocks`` yields (keys [n, H_kv, d] float32,
+    positions [n]); keys after ``q_pos`` get 0. One pass: a single query's logits are small
+    next to the keys, so they are kept whole (attention_importance's two passes serve many)."""
+    h, d = q.shape
+    logits, sizes = [], []
+    for k, k_pos in blocks:
+        n_kv = k.shape[1]
+        group = h // n_kv
+        part = np.empty((h, len(k)), dtype=np.float32)
+        for j in range(n_kv):  # grouped-query heads share their K head
+            part[j * group : (j + 1) * group] = q[j * group : (j + 1) * group] @ k[:, j, :].T
+        part *= scale
+        part[:, np.asarray(k_pos) > q_pos] = -np.inf
+        logits.append(part)
+        sizes.append(len(k))
+    both = np.concatenate(logits, axis=1)
+    both -= both.max(axis=1, keepdims=True)
+    np.exp(both, out=both)
+    both /= both.sum(axis=1, keepdims=True)
+    return np.split(both.max(axis=0).astype(np.float64), np.cumsum(sizes)[:-1])
+
+
 def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
-    """Max-head attention probability of one query over the layer's cached tokens [n_used] and
-    its live stored tokens (entries, positions, probabilities), one softmax over both."""
-    k_type, n_head_kv, head_dim, scale = recall.key_format
+    """Max-head attention probability of the step's query over the layer's cached tokens
+    [n_used] and its live stored tokens (entries, positions, probabilities), one softmax over
+    both."""
     from .recall import _rows
 
+    k_type, n_head_kv, head_dim, scale = recall.key_format
     free = np.iinfo(np.int64).max  # empty slots come after every query: masked out
     cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
     cached_k = key_floats(_rows(cache.layers[il].k, np.arange(len(positions))), k_type, n_head_kv, head_dim)
     cached_k[positions < 0] = 0.0
-
-    def blocks():
-        yield cached_k, cached_pos
-        for _, pos, k_rows, taken in recall.store.blocks(il, "k"):
-            live = np.flatnonzero(~taken)
-            yield key_floats(k_rows[live], k_type, n_head_kv, head_dim), pos[live].astype(np.int64)
-
-    parts = attention_importance(q, q_pos.astype(np.int64), blocks, scale)
-    entries, stored_pos = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
-    for start, pos, _, taken in recall.store.blocks(il):
+    blocks, entries, stored_pos = [(cached_k, cached_pos)], [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+    for start, pos, k_rows, taken in recall.store.blocks(il, "k"):
         live = np.flatnonzero(~taken)
+        blocks.append((key_floats(k_rows[live], k_type, n_head_kv, head_dim), pos[live].astype(np.int64)))
         entries.append(start + live)
         stored_pos.append(pos[live])
+    parts = one_query_probabilities(q[-1].astype(np.float32), int(q_pos[-1]), blocks, scale)
     stored = np.concatenate(parts[1:]) if len(parts) > 1 else np.zeros(0)
     return parts[0], (np.concatenate(entries), np.concatenate(stored_pos), stored)
 

@@ -501,3 +501,17 @@ def test_each_step_keeps_the_budget_every_token_once_and_the_memory_exact(setup)
         _load(base, side, "disk", recall_at="each_step")
     plain.close()
     engine.close()
+
+
+def test_one_query_probabilities_are_one_softmax_over_every_block():
+    from indexmem.engine.recall_step import one_query_probabilities
+
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(6, 8)).astype(np.float32)
+    k, k_pos = rng.normal(size=(100, 2, 8)).astype(np.float32), rng.permutation(100)
+    cuts = [0, 7, 7, 60, 100]  # an empty block too
+    blocks = [(k[a:b], k_pos[a:b]) for a, b in zip(cuts, cuts[1:])]
+    ours = np.concatenate(one_query_probabilities(q, 90, blocks, 1 / np.sqrt(8)))
+    ref = _reference_importance(q[None], np.array([90]), k, k_pos)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    assert (ours[k_pos > 90] == 0).all() and ours[k_pos <= 90].min() > 0
