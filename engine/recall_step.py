@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .recall import _rows
 from .recall_attention import key_floats
 
 STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
@@ -76,8 +77,6 @@ def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
     """Max-head attention probability of the step's query over the layer's cached tokens
     [n_used] and its live stored tokens (entries, positions, probabilities), one softmax over
     both."""
-    from .recall import _rows
-
     k_type, n_head_kv, head_dim, scale = recall.key_format
     free = np.iinfo(np.int64).max  # empty slots come after every query: masked out
     cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)

@@ -149,6 +149,7 @@ RESULTS = [
         section="The recall tier",
         plot=R + "ruler-smollm2-4k-recall.png",
     ),
+    Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-recall-step.jsonl", section="The recall tier"),
     Result(SMOLLM2, "recall-rss", R + "recall-rss-smollm2.json", section="The recall tier"),
     # training: the shipped checkpoints, how they were fitted and their held-out evaluation
     Result(SMOLLM2, "train-config", "checkpoints/smollm2-135m-instruct/config.json", doc=TRAINING_DOC),
