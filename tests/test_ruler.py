@@ -700,6 +700,16 @@ def test_paired_counts_compare_indexmem_with_the_best_heuristic_on_the_same_exam
     assert "| indexmem-nomem vs the best heuristic | 2–1 of 6 (tova) | – |" in lines
     assert "| indexmem vs the best heuristic | 2–2 of 6 (tova) | – |" in lines
     assert "| indexmem vs indexmem-nomem (the memory's effect) | 0–1 of 6 | – |" in lines
+    # a recall configuration against the same without recall, whatever its mode suffix
+    step = [1, 1, 1, 0.4, 1.0, 0.6]
+    rows += [
+        _result_row("indexmem-nomem+recall-step", 0.5, t, i, step[3 * j + i])
+        for j, t in enumerate(("niah_single_1", "vt"))
+        for i in range(3)
+    ]
+    lines = ruler_table(rows).splitlines()
+    want = "| indexmem-nomem+recall-step vs indexmem-nomem (the recall tier's effect) | 2–0 of 6 | – |"
+    assert want in lines
     few = [r for r in rows if r["config"] in ("full", "snapkv")]
     assert not paired_table(
         few, 4096, {c: v for (c, _), v in task_scores(few).items()}, ["niah_single_1", "vt"]

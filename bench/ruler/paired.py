@@ -53,7 +53,7 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
     """Markdown lines: every configuration that runs IndexMem's modules against the best
     heuristic of its level and, where both ran, the memory's and the recall tier's effects
     (``indexmem`` against ``indexmem-nomem``, ``snapkv+mem`` against ``snapkv``, a ``+recall`` or
-    ``+recallN`` configuration against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
+    ``+recallN`` configuration, with any ``-end``, ``-end-att`` or ``-step``, against the same without it). Empty when there is nothing to pair. ``scores``: this context's per-task scores by configuration
     (``summary.task_scores``)."""
     examples = examples_by_config(rows, context)
     levels = sorted({_level(c) for c in examples if uses_modules(c[0])}, key=lambda lv: (lv[0] is None, lv))
@@ -66,7 +66,7 @@ def paired_table(rows: list[dict], context: int, scores: dict[tuple, dict], task
     recall_pairs = [
         (spec, base, "the recall tier's effect" + (", with the memory" if base == "indexmem" else ""))
         for spec in sorted(specs)
-        for base in [re.sub(r"\+recall\d*$", "", spec)]
+        for base in [re.sub(r"\+recall\d*(-end|-step)?(-att)?$", "", spec)]
         if base != spec
     ]
     for a, b, what in (
