@@ -37,8 +37,9 @@ from .recall_store import RecallStore, runs
 
 PER_STEP = 128  # tokens recalled per layer per compression, at most
 N_QUERIES = 64  # the most recent index queries of a layer that score the store
-# When stored tokens may come back: at every compression, or only at the compression after a
-# prompt's last chunk and in decoding (the queries of a question, not of the text before it).
+# When stored tokens may come back: at every compression, only at the compression after a
+# prompt's last chunk and in decoding (the queries of a question, not of the text before it), or
+# at every one-token step from a prompt's last token on, swapped in for that step's queries.
 RECALL_AT = ("every_chunk", "prompt_end", "each_step")
 # What ranks stored against cached tokens: the indexer's scores, or the model's own attention
 # (from the prompt's last queries at its end, engine/recall_attention.py; from each step's
