@@ -72,13 +72,12 @@ def recall_settings(spec: str) -> dict:
     opts = engine_options(spec, 1)
     if opts.get("recall") is None:
         return {}
-    from ..engine.recall import N_QUERIES, PER_STEP
-    from ..engine.recall_step import STEP_PER_STEP, STEP_THRESHOLD
+    from ..engine.recall import N_QUERIES
+    from ..engine.recall_step import STEP_THRESHOLD, default_per_step
 
-    step = opts.get("recall_at") == "each_step"
-    default = STEP_PER_STEP if step else PER_STEP
-    settings = {"per_step": opts.get("recall_per_step", default), "n_queries": N_QUERIES}
-    if step:
+    at = opts.get("recall_at", "every_chunk")
+    settings = {"per_step": opts.get("recall_per_step", default_per_step(at)), "n_queries": N_QUERIES}
+    if at == "each_step":
         settings["threshold"] = STEP_THRESHOLD
     if "recall_at" in opts:  # rows from before these options stay as they were
         settings["at"] = opts["recall_at"]

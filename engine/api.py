@@ -194,11 +194,11 @@ class Engine:
         row_bytes = (tensor_struct(layer.k).nb[1], tensor_struct(layer.v).nb[1])
         store = RecallStore(state.index_layers, self.indexmem.sizes["d_idx"], row_bytes, self.recall_where)
         pool = self.budget_config.params.get("pool_kernel", 1)
-        from .recall_step import STEP_PER_STEP
+        from .recall_step import default_per_step
 
-        limit = {} if self.recall_at != "each_step" else {"per_step": STEP_PER_STEP}
-        if self.recall_per_step is not None:
-            limit = {"per_step": self.recall_per_step}
+        per_step = (
+            self.recall_per_step if self.recall_per_step is not None else default_per_step(self.recall_at)
+        )
         hp = self.hparams
         recall = Recall(
             store,
@@ -207,7 +207,7 @@ class Engine:
             at=self.recall_at,
             score=self.recall_score,
             key_format=(self.cache_types.ggml_k, hp.n_head_kv, hp.head_dim, self.model.qk_logit_scale()),
-            **limit,
+            per_step=per_step,
         )
         evictor.recall = self.runner.recall = recall
         return recall

@@ -33,6 +33,7 @@ import numpy as np
 from ..ggml_ops.bindings import C, tensor_struct
 from ..ggml_ops.graph import Graph
 from .policies.snapkv import sliding_max
+from .recall_attention import key_floats
 from .recall_store import RecallStore, runs
 
 PER_STEP = 128  # tokens recalled per layer per compression, at most
@@ -172,28 +173,44 @@ class Recall:
         queries, self.step_queries = self.step_queries, {}
         return queries
 
+    def cached_keys(self, il: int, cache, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's cached K rows as float32 [n_used, H_kv, d] and their positions (int64);
+        empty slots sit after every query, so attention masks them out."""
+        k_type, n_head_kv, head_dim, _ = self.key_format
+        free = np.iinfo(np.int64).max
+        cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
+        cached_k = key_floats(
+            _rows(cache.layers[il].k, np.arange(len(positions))), k_type, n_head_kv, head_dim
+        )
+        cached_k[positions < 0] = 0.0  # whatever an empty slot holds (it is masked out anyway)
+        return cached_k, cached_pos
+
+    def stored_keys(self, il: int):
+        """(entries, positions int64, K rows float32 [n, H_kv, d]) of the layer's live stored
+        tokens, a block of the store at a time."""
+        k_type, n_head_kv, head_dim, _ = self.key_format
+        for start, pos, k_rows, taken in self.store.blocks(il, "k"):
+            live = np.flatnonzero(~taken)
+            yield (
+                start + live,
+                pos[live].astype(np.int64),
+                key_floats(k_rows[live], k_type, n_head_kv, head_dim),
+            )
+
     def attention_scores(self, il: int, cache, positions: np.ndarray):
         """Cached tokens' scores [n_used] and the best ``per_step`` stored candidates (entries,
         positions, scores), all on the attention the step's last queries give them, pooled by
         position over cached and stored tokens together."""
-        from .recall_attention import attention_importance, key_floats
+        from .recall_attention import attention_importance
 
         q, q_pos = self.model_queries.pop(il)
-        k_type, n_head_kv, head_dim, scale = self.key_format
-
-        def floats(rows):
-            return key_floats(rows, k_type, n_head_kv, head_dim)
-
-        free = np.iinfo(np.int64).max  # empty slots: after every query, so masked out
-        cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
-        cached_k = floats(_rows(cache.layers[il].k, np.arange(len(positions))))
-        cached_k[positions < 0] = 0.0  # whatever an empty slot holds (it is masked out anyway)
+        scale = self.key_format[3]
+        cached_k, cached_pos = self.cached_keys(il, cache, positions)
 
         def blocks():  # read again for each pass, a block at a time
             yield cached_k, cached_pos
-            for _, pos, k_rows, taken in self.store.blocks(il, "k"):
-                live = np.flatnonzero(~taken)
-                yield floats(k_rows[live]), pos[live].astype(np.int64)
+            for _, pos, k in self.stored_keys(il):
+                yield k, pos
 
         parts = attention_importance(q, q_pos.astype(np.int64), blocks, scale)
         entries, stored_pos = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]

@@ -11,8 +11,8 @@ B + tau holds, and every layer keeps as many tokens as before.
 
 A swapped-out token goes to the store (and, in latent-memory layers, into M and b when the
 memory's decay is 1, exactly as the recalled token is taken out of them; with another decay
-neither is touched). A step that compressed the cache is not run again: its token's slot has
-moved, and the swaps it chose serve the next step.
+neither is touched). A step that compressed the cache swaps nothing and is not run again: its
+token's slot has moved, and its queries are dropped.
 
 The threshold was chosen on held-out retrieval windows of the training corpus (answer
 likelihood, ``train/recall_select.py``'s measure), never on evaluation data.
@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recall import _rows
-from .recall_attention import key_floats
+from .recall import PER_STEP
 
 STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
 STEP_PER_STEP = 32  # swaps per layer and step, at most
+
+
+def default_per_step(at: str) -> int:
+    """Tokens brought back per layer at most (at a compression, or per step with
+    at="each_step") when no limit is set."""
+    return STEP_PER_STEP if at == "each_step" else PER_STEP
 
 
 def choose_swaps(
@@ -77,20 +82,12 @@ def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
     """Max-head attention probability of the step's query over the layer's cached tokens
     [n_used] and its live stored tokens (entries, positions, probabilities), one softmax over
     both."""
-    k_type, n_head_kv, head_dim, scale = recall.key_format
-    free = np.iinfo(np.int64).max  # empty slots come after every query: masked out
-    cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
-    cached_k = key_floats(_rows(cache.layers[il].k, np.arange(len(positions))), k_type, n_head_kv, head_dim)
-    cached_k[positions < 0] = 0.0
-    blocks, entries, stored_pos = [(cached_k, cached_pos)], [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
-    for start, pos, k_rows, taken in recall.store.blocks(il, "k"):
-        live = np.flatnonzero(~taken)
-        blocks.append((key_floats(k_rows[live], k_type, n_head_kv, head_dim), pos[live].astype(np.int64)))
-        entries.append(start + live)
-        stored_pos.append(pos[live])
-    parts = one_query_probabilities(q[-1].astype(np.float32), int(q_pos[-1]), blocks, scale)
-    stored = np.concatenate(parts[1:]) if len(parts) > 1 else np.zeros(0)
-    return parts[0], (np.concatenate(entries), np.concatenate(stored_pos), stored)
+    stored = list(recall.stored_keys(il))
+    blocks = [recall.cached_keys(il, cache, positions), *((k, pos) for _, pos, k in stored)]
+    parts = one_query_probabilities(q[-1].astype(np.float32), int(q_pos[-1]), blocks, recall.key_format[3])
+    entries = np.concatenate([np.zeros(0, np.int64), *(e for e, _, _ in stored)])
+    stored_pos = np.concatenate([np.zeros(0, np.int64), *(p for _, p, _ in stored)])
+    return parts[0], (entries, stored_pos, np.concatenate([np.zeros(0), *parts[1:]]))
 
 
 def swap_for_step(runner, positions: np.ndarray, n_used_before: list[int]) -> bool:
