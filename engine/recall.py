@@ -173,15 +173,18 @@ class Recall:
         queries, self.step_queries = self.step_queries, {}
         return queries
 
-    def cached_keys(self, il: int, cache, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The layer's cached K rows as float32 [n_used, H_kv, d] and their positions (int64);
-        empty slots sit after every query, so attention masks them out."""
-        k_type, n_head_kv, head_dim, _ = self.key_format
+    def cached_key_rows(self, il: int, cache, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's cached K rows as the cache stores them [n_used, row bytes] and their
+        positions (int64); empty slots sit after every query, so attention masks them out."""
         free = np.iinfo(np.int64).max
         cached_pos = np.where(positions >= 0, positions, free).astype(np.int64)
-        cached_k = key_floats(
-            _rows(cache.layers[il].k, np.arange(len(positions))), k_type, n_head_kv, head_dim
-        )
+        return _rows(cache.layers[il].k, np.arange(len(positions))), cached_pos
+
+    def cached_keys(self, il: int, cache, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's cached K rows as float32 [n_used, H_kv, d] and their positions (int64)."""
+        k_type, n_head_kv, head_dim, _ = self.key_format
+        rows, cached_pos = self.cached_key_rows(il, cache, positions)
+        cached_k = key_floats(rows, k_type, n_head_kv, head_dim)
         cached_k[positions < 0] = 0.0  # whatever an empty slot holds (it is masked out anyway)
         return cached_k, cached_pos
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention import attention_kernel
 from .recall import PER_STEP
+from .recall_attention import key_floats
 
 STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
 STEP_PER_STEP = 32  # swaps per layer and step, at most
@@ -54,23 +56,37 @@ def choose_swaps(
     return weak[:n], wanted[:n]
 
 
-def one_query_probabilities(q: np.ndarray, q_pos: int, blocks, scale: float) -> list[np.ndarray]:
-    """Per block of keys, the max-head softmax probability one query [H, d] gives each key, the
-    softmax taken over every block at once. ``blocks`` yields (keys [n, H_kv, d] float32,
-    positions [n]); keys after ``q_pos`` get 0. One pass: a single query's logits are small
-    next to the keys, so they are kept whole (attention_importance's two passes serve many)."""
-    h, d = q.shape
+def query_logits(q: np.ndarray, rows: np.ndarray, key_format, kernel=None) -> np.ndarray:
+    """The attention logits [H, n] float32 of one query ``q`` [H, d] over K rows as the cache
+    stores them ([n, row bytes] uint8); grouped-query heads share their K head. The CPU kernel
+    reads the rows as they are (``Kernel.query_logits``); without it they are converted to
+    float32 first (``key_floats``), several times slower over a long store."""
+    k_type, n_head_kv, head_dim, scale = key_format
+    if kernel is not None and kernel.supports(k_type, k_type, head_dim):
+        return kernel.query_logits(k_type, rows, n_head_kv, q, scale)
+    k = key_floats(rows, k_type, n_head_kv, head_dim)
+    h, group = q.shape[0], q.shape[0] // n_head_kv
+    out = np.empty((h, len(k)), dtype=np.float32)
+    for j in range(n_head_kv):
+        out[j * group : (j + 1) * group] = q[j * group : (j + 1) * group] @ k[:, j, :].T
+    out *= scale
+    return out
+
+
+def one_query_probabilities(blocks, q_pos: int) -> list[np.ndarray]:
+    """Per block of keys, the max-head softmax probability one query gives each key, the softmax
+    taken over every block at once. ``blocks`` holds (logits [H, n], positions [n], hidden [n]
+    bool or None); keys after ``q_pos`` and hidden ones get 0. One pass: a single query's logits
+    are small next to the keys, so they are kept whole (attention_importance's two passes serve
+    many)."""
     logits, sizes = [], []
-    for k, k_pos in blocks:
-        n_kv = k.shape[1]
-        group = h // n_kv
-        part = np.empty((h, len(k)), dtype=np.float32)
-        for j in range(n_kv):  # grouped-query heads share their K head
-            part[j * group : (j + 1) * group] = q[j * group : (j + 1) * group] @ k[:, j, :].T
-        part *= scale
+    for part, k_pos, hidden in blocks:
+        part = part.copy()
         part[:, np.asarray(k_pos) > q_pos] = -np.inf
+        if hidden is not None:
+            part[:, hidden] = -np.inf
         logits.append(part)
-        sizes.append(len(k))
+        sizes.append(part.shape[1])
     both = np.concatenate(logits, axis=1)
     both -= both.max(axis=1, keepdims=True)
     np.exp(both, out=both)
@@ -81,13 +97,20 @@ def one_query_probabilities(q: np.ndarray, q_pos: int, blocks, scale: float) -> 
 def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
     """Max-head attention probability of the step's query over the layer's cached tokens
     [n_used] and its live stored tokens (entries, positions, probabilities), one softmax over
-    both."""
-    stored = list(recall.stored_keys(il))
-    blocks = [recall.cached_keys(il, cache, positions), *((k, pos) for _, pos, k in stored)]
-    parts = one_query_probabilities(q[-1].astype(np.float32), int(q_pos[-1]), blocks, recall.key_format[3])
-    entries = np.concatenate([np.zeros(0, np.int64), *(e for e, _, _ in stored)])
-    stored_pos = np.concatenate([np.zeros(0, np.int64), *(p for _, p, _ in stored)])
-    return parts[0], (entries, stored_pos, np.concatenate([np.zeros(0), *parts[1:]]))
+    both. Stored rows are scored a block at a time as the store holds them (taken entries too,
+    then hidden: gathering the live ones would copy the block)."""
+    query, kernel = q[-1].astype(np.float32), attention_kernel()
+    cached_rows, cached_pos = recall.cached_key_rows(il, cache, positions)
+    blocks = [(query_logits(query, cached_rows, recall.key_format, kernel), cached_pos, None)]
+    live_entries = [np.zeros(0, np.int64)]
+    for start, pos, rows, taken in recall.store.blocks(il, "k"):
+        blocks.append((query_logits(query, rows, recall.key_format, kernel), pos.astype(np.int64), taken))
+        live_entries.append(start + np.flatnonzero(~taken))
+    parts = one_query_probabilities(blocks, int(q_pos[-1]))
+    entries = np.concatenate(live_entries)
+    stored_pos = np.concatenate([np.zeros(0, np.int64), *(b[1][~b[2]] for b in blocks[1:])])
+    p_stored = np.concatenate([np.zeros(0), *(p[~b[2]] for p, b in zip(parts[1:], blocks[1:]))])
+    return parts[0], (entries, stored_pos, p_stored)
 
 
 def swap_for_step(runner, positions: np.ndarray, n_used_before: list[int]) -> bool:

@@ -63,7 +63,7 @@ typedef struct {
     uint8_t qs[16];
 } block_q4_0;
 
-int im_kernel_abi(void) { return 2; }
+int im_kernel_abi(void) { return 3; }
 
 // prefill converts each KV head to f32 in memory it allocates, or tile by tile without it (what
 // happens when the allocation fails; the tests switch it off to check that way too)
@@ -838,4 +838,54 @@ void im_attention(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
         lane_block(&J, hk, (u % blocks) * LANES, kf, vf, out, dst);
     }
     free(kf);
+}
+
+// --- one query's logits over K rows as the cache stores them (engine/recall_step.py) --------
+// out[h * n + j] = scale * q[h] . (K head h / (n_head / n_head_kv) of row j), for n rows
+// row_bytes apart. Returns 0, or -1 for a type, head size or shape it does not take (the
+// caller checks first; nothing is read then).
+static int64_t head_bytes_of(int type, int64_t hd) {
+    switch (type) {
+        case GGML_TYPE_F32:
+            return hd * 4;
+        case GGML_TYPE_F16:
+        case GGML_TYPE_BF16:
+            return hd * 2;
+        case GGML_TYPE_Q8_0:
+            return hd / 32 * (int64_t)sizeof(block_q8_0);
+        case GGML_TYPE_Q4_0:
+            return hd / 32 * (int64_t)sizeof(block_q4_0);
+    }
+    return -1;
+}
+
+static inline float dot_f32(const float* a, const float* b, int64_t hd) {  // hd: a multiple of 16
+#if IM_SIMD
+    vec16 acc = V_ZERO();
+    for (int64_t i = 0; i < hd; i += 16) acc = V_FMA(V_LOAD(a + i), V_LOAD(b + i), acc);
+    return V_SUM(acc);
+#else
+    float s = 0.0f;
+    for (int64_t i = 0; i < hd; i++) s += a[i] * b[i];
+    return s;
+#endif
+}
+
+int im_query_logits(int type_k, const char* rows, int64_t n, int64_t row_bytes, int64_t n_head_kv,
+                    int64_t head_dim, const float* q, int64_t n_head, float scale, float* out) {
+    if (!im_kernel_supports(type_k, type_k, head_dim) || n < 0 || n_head_kv < 1 || n_head < n_head_kv ||
+        n_head % n_head_kv != 0 || row_bytes != n_head_kv * head_bytes_of(type_k, head_dim)) {
+        return -1;
+    }
+    const int64_t group = n_head / n_head_kv, head_bytes = row_bytes / n_head_kv;
+    float k[MAX_HD];
+    for (int64_t j = 0; j < n; j++) {
+        for (int64_t hk = 0; hk < n_head_kv; hk++) {
+            row_to_f32(type_k, rows + j * row_bytes + hk * head_bytes, k, (int)head_dim);
+            for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
+                out[h * n + j] = scale * dot_f32(q + h * head_dim, k, head_dim);
+            }
+        }
+    }
+    return 0;
 }

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import atomic_path
 from .bindings import C
 from .lib import EXPECTED_GGML_VERSION, llama_cpp_lib_dir
@@ -24,7 +26,7 @@ from .structs import GGMLType, ggml_tensor
 HERE = Path(__file__).parent
 SOURCES = (HERE / "attention_kernel.c", HERE / "importance_kernel.c")
 HEADERS = (HERE / "kernel_common.h",)
-ABI = 2
+ABI = 3
 # -march=native: the build is for this machine's SIMD (its cache key names the CPU's flags)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
 _status = {"kernel": "not loaded yet"}
@@ -52,6 +54,34 @@ class Kernel:
 
     def supports(self, type_k: int, type_v: int, head_dim: int) -> bool:
         return bool(self.lib.im_kernel_supports(type_k, type_v, head_dim))
+
+    def query_logits(self, type_k: int, rows: np.ndarray, n_head_kv: int, q: np.ndarray, scale: float) -> np.ndarray:
+        """``scale * q[h] . k`` of one query ``q`` [H, d] float32 for every K row ``rows``
+        [n, row bytes] (uint8, as the cache stores them: ``type_k``, ``n_head_kv`` heads of d),
+        query head h reading KV head h // (H // n_head_kv): [H, n] float32."""
+        n_head, head_dim = q.shape
+        if rows.dtype != np.uint8 or rows.ndim != 2 or q.dtype != np.float32:
+            raise TypeError("query_logits takes K rows [n, row bytes] uint8 and a float32 query [H, d]")
+        row_bytes = n_head_kv * C.ggml_row_size(type_k, head_dim) if n_head_kv > 0 else 0
+        if (
+            not self.supports(type_k, type_k, head_dim)
+            or n_head_kv < 1
+            or n_head % n_head_kv
+            or (len(rows) and rows.shape[1] != row_bytes)
+        ):
+            raise ValueError(
+                f"query_logits: {n_head} query heads of {head_dim} over {n_head_kv} KV heads of type "
+                f"{type_k} in rows of {rows.shape[1]} bytes is not a shape this kernel takes"
+            )
+        rows, q = np.ascontiguousarray(rows), np.ascontiguousarray(q)
+        out = np.empty((n_head, len(rows)), dtype=np.float32)
+        done = self.lib.im_query_logits(
+            type_k, rows.ctypes.data, len(rows), row_bytes, n_head_kv, head_dim, q.ctypes.data, n_head, scale,
+            out.ctypes.data,
+        )
+        if done != 0:
+            raise ValueError("query_logits: the kernel refused the shape")
+        return out
 
     def supports_importance(self, dim: int, n_heads: int) -> bool:
         """Index queries of ``n_heads`` heads of ``dim`` dimensions (``importance_kernel.c``)."""
@@ -133,8 +163,16 @@ def open_kernel(path: Path) -> Kernel:
         ("im_block_size", ctypes.c_size_t, [ctypes.c_int]),
         ("im_kernel_supports", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int64]),
         ("im_importance_supports", ctypes.c_int, [ctypes.c_int64, ctypes.c_int64]),
+        (
+            "im_query_logits",
+            ctypes.c_int,
+            [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+            + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p],
+        ),
     ):
-        fn = getattr(lib, name)
+        fn = getattr(lib, name, None)
+        if fn is None:
+            raise OSError(f"{path} has no {name}: it was built from other sources")
         fn.restype, fn.argtypes = restype, argtypes
     checks = {
         "ABI": (lib.im_kernel_abi(), ABI),

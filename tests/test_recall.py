@@ -503,15 +503,56 @@ def test_each_step_keeps_the_budget_every_token_once_and_the_memory_exact(setup)
     engine.close()
 
 
-def test_one_query_probabilities_are_one_softmax_over_every_block():
-    from indexmem.engine.recall_step import one_query_probabilities
+@pytest.mark.parametrize("with_kernel", [False, True], ids=["numpy", "kernel"])
+def test_one_query_probabilities_are_one_softmax_over_every_block(with_kernel):
+    from indexmem.engine.attention import attention_kernel
+    from indexmem.engine.recall_step import one_query_probabilities, query_logits
+    from indexmem.ggml_ops.structs import GGMLType
 
+    kernel = attention_kernel() if with_kernel else None
+    if with_kernel and kernel is None:
+        pytest.skip("no C compiler for the CPU kernel")
     rng = np.random.default_rng(1)
-    q = rng.normal(size=(6, 8)).astype(np.float32)
-    k, k_pos = rng.normal(size=(100, 2, 8)).astype(np.float32), rng.permutation(100)
+    q = rng.normal(size=(6, 16)).astype(np.float32)
+    k, k_pos = rng.normal(size=(100, 2, 16)).astype(np.float32), rng.permutation(100)
+    hidden = rng.random(100) < 0.2  # entries taken out of the store
+    rows = k.reshape(100, -1).view(np.uint8)
+    key_format = (GGMLType.F32, 2, 16, 1 / 4)
     cuts = [0, 7, 7, 60, 100]  # an empty block too
-    blocks = [(k[a:b], k_pos[a:b]) for a, b in zip(cuts, cuts[1:])]
-    ours = np.concatenate(one_query_probabilities(q, 90, blocks, 1 / np.sqrt(8)))
-    ref = _reference_importance(q[None], np.array([90]), k, k_pos)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
-    assert (ours[k_pos > 90] == 0).all() and ours[k_pos <= 90].min() > 0
+    blocks = [
+        (query_logits(q, rows[a:b], key_format, kernel), k_pos[a:b], hidden[a:b] if a else None)
+        for a, b in zip(cuts, cuts[1:])
+    ]
+    ours = np.concatenate(one_query_probabilities(blocks, 90))
+    shown = ~hidden
+    shown[:7] = True  # the first block hides nothing
+    ref = _reference_importance(q[None], np.array([90]), k[shown], k_pos[shown])
+    np.testing.assert_allclose(ours[shown], ref, rtol=1e-5, atol=1e-7)
+    assert (ours[~shown] == 0).all() and (ours[k_pos > 90] == 0).all()
+    assert ours[shown & (k_pos <= 90)].min() > 0
+
+
+def test_query_logits_of_the_kernel_match_numpy_for_every_cache_type():
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    from indexmem.engine.attention import attention_kernel
+    from indexmem.engine.recall_step import query_logits
+    from indexmem.ggml_ops.structs import GGMLType
+
+    kernel = attention_kernel()
+    if kernel is None:
+        pytest.skip("no C compiler for the CPU kernel")
+    rng = np.random.default_rng(2)
+    n_head_kv, head_dim, n = 3, 64, 300
+    q = rng.normal(size=(9, head_dim)).astype(np.float32)
+    x = rng.normal(size=(n, n_head_kv * head_dim)).astype(np.float32)
+    for ggml_type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0):
+        rows = quantize(x, GGMLQuantizationType(int(ggml_type))).reshape(n, -1).view(np.uint8)
+        key_format = (ggml_type, n_head_kv, head_dim, 0.125)
+        ours = query_logits(q, rows, key_format, kernel)
+        ref = query_logits(q, rows, key_format, None)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5, err_msg=str(ggml_type))
+    with pytest.raises(ValueError, match="not a shape"):
+        kernel.query_logits(int(GGMLType.F16), rows, n_head_kv, q, 0.125)  # q4_0-sized rows as f16
+    with pytest.raises(ValueError, match="not a shape"):
+        kernel.query_logits(int(GGMLType.F16), np.zeros((2, 10), np.uint8), 2, q[:7], 0.125)
