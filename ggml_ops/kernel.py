@@ -55,7 +55,9 @@ class Kernel:
     def supports(self, type_k: int, type_v: int, head_dim: int) -> bool:
         return bool(self.lib.im_kernel_supports(type_k, type_v, head_dim))
 
-    def query_logits(self, type_k: int, rows: np.ndarray, n_head_kv: int, q: np.ndarray, scale: float) -> np.ndarray:
+    def query_logits(
+        self, type_k: int, rows: np.ndarray, n_head_kv: int, q: np.ndarray, scale: float
+    ) -> np.ndarray:
         """``scale * q[h] . k`` of one query ``q`` [H, d] float32 for every K row ``rows``
         [n, row bytes] (uint8, as the cache stores them: ``type_k``, ``n_head_kv`` heads of d),
         query head h reading KV head h // (H // n_head_kv): [H, n] float32."""
@@ -75,10 +77,8 @@ class Kernel:
             )
         rows, q = np.ascontiguousarray(rows), np.ascontiguousarray(q)
         out = np.empty((n_head, len(rows)), dtype=np.float32)
-        done = self.lib.im_query_logits(
-            type_k, rows.ctypes.data, len(rows), row_bytes, n_head_kv, head_dim, q.ctypes.data, n_head, scale,
-            out.ctypes.data,
-        )
+        args = (len(rows), row_bytes, n_head_kv, head_dim, q.ctypes.data, n_head, scale, out.ctypes.data)
+        done = self.lib.im_query_logits(type_k, rows.ctypes.data, *args)
         if done != 0:
             raise ValueError("query_logits: the kernel refused the shape")
         return out
