@@ -75,23 +75,23 @@ def query_logits(q: np.ndarray, rows: np.ndarray, key_format, kernel=None) -> np
 
 def one_query_probabilities(blocks, q_pos: int) -> list[np.ndarray]:
     """Per block of keys, the max-head softmax probability one query gives each key, the softmax
-    taken over every block at once. ``blocks`` holds (logits [H, n], positions [n], hidden [n]
-    bool or None); keys after ``q_pos`` and hidden ones get 0. One pass: a single query's logits
-    are small next to the keys, so they are kept whole (attention_importance's two passes serve
-    many)."""
-    logits, sizes = [], []
+    taken over every block at once. ``blocks`` holds (logits [H, n] float32, positions [n],
+    hidden [n] bool or None); keys after ``q_pos`` and hidden ones get 0 (their logits are
+    overwritten with -inf). Each head's log-sum-exp comes first, then every key's largest
+    log-probability over the heads: no block is copied or joined to another."""
     for part, k_pos, hidden in blocks:
-        part = part.copy()
         part[:, np.asarray(k_pos) > q_pos] = -np.inf
         if hidden is not None:
             part[:, hidden] = -np.inf
-        logits.append(part)
-        sizes.append(part.shape[1])
-    both = np.concatenate(logits, axis=1)
-    both -= both.max(axis=1, keepdims=True)
-    np.exp(both, out=both)
-    both /= both.sum(axis=1, keepdims=True)
-    return np.split(both.max(axis=0).astype(np.float64), np.cumsum(sizes)[:-1])
+    parts = [part for part, _, _ in blocks]
+    top = np.full(parts[0].shape[0], -np.inf, dtype=np.float32)
+    for part in parts:
+        if part.shape[1]:
+            np.maximum(top, part.max(axis=1), out=top)
+    top[~np.isfinite(top)] = 0.0  # a head that sees no key: every probability 0
+    sums = sum(np.exp(part - top[:, None]).sum(axis=1) for part in parts)
+    lse = top + np.log(np.maximum(sums, np.finfo(np.float32).tiny))
+    return [np.exp((part - lse[:, None]).max(axis=0, initial=-np.inf)).astype(np.float64) for part in parts]
 
 
 def step_probabilities(recall, il: int, cache, positions: np.ndarray, q, q_pos):
