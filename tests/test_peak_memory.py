@@ -56,3 +56,16 @@ def test_a_sampler_used_twice_samples_both_times():
             assert sampler._thread.is_alive()
             time.sleep(0.12)
             assert sampler._thread.is_alive()  # not stopped by the first exit's signal
+
+
+@linux_only
+def test_free_heap_pages_go_back_to_the_system():
+    from indexmem.train.peak_memory import release_free_memory
+
+    chunks = [b"x" * 100_000 for _ in range(2000)]  # below glibc's mmap threshold: on the heap
+    keep = chunks[-1]  # the heap's top stays in use, so free() alone cannot shrink it
+    del chunks
+    before = anon_bytes()
+    release_free_memory()
+    assert before - anon_bytes() >= 100 * MB
+    assert keep[:1] == b"x"

@@ -82,6 +82,9 @@ def test_auto_runs_every_stage_streams_shards_and_resumes(tmp_path, corpus):
     assert report["stage_seconds"]["indexer"] > first_attempt  # both attempts counted
     assert report["peak_disk_bytes"] > 0 and report["peak_rss_bytes"] > 0
     assert 0 < report["peak_anon_bytes"] <= report["peak_rss_bytes"]
+    shards = report["shard_anon_bytes"]  # one record per shard, across both attempts
+    assert [r["shard"] for r in shards] == list(range(len(plan.shards)))
+    assert all(0 < r["after"] and 0 < r["peak"] <= report["peak_anon_bytes"] for r in shards)
     assert report["indexer_steps"] >= 100
     assert set(report["validation"]) >= {"full", "indexmem-nomem @ 0.9"}
     assert not list(plan.work_path.glob("shard*"))

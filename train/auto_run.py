@@ -13,7 +13,7 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..engine.registry import cache_dir
 from .auto import POOL_KERNEL, AutoPlan
-from .peak_memory import AnonPeak
+from .peak_memory import AnonPeak, anon_bytes, release_free_memory
 
 STAGES = ("corpus", "indexer", "memory", "validate")
 GATE_BIAS_AT_START = -3.0  # a fresh memory starts nearly shut (g ~ 0.05) and opens where it helps
@@ -116,6 +116,7 @@ class AutoRun:
                 self._fit_until(trainer, end)
                 trainer.save()
                 self.state["shards_done"] = k + 1
+                self._record_shard_memory(k)
                 self.save_state()
                 shutil.rmtree(shard)
             start += n
@@ -137,6 +138,15 @@ class AutoRun:
         trainer.save(final=True)
         config = checkpoint_config(trainer, data, {"pool_kernel": POOL_KERNEL})
         write_atomic(ckpt / "config.json", json.dumps(config, indent=2).encode())
+
+    def _record_shard_memory(self, k: int) -> None:
+        """Per shard: the anonymous memory's peak while it ran, and what stays once the heap's
+        free pages are handed back (a leak grows the second from shard to shard)."""
+        peak = self.anon.sample()
+        self.state["peak_anon"] = max(self.state.get("peak_anon", 0), peak or 0)
+        release_free_memory()
+        self.state.setdefault("shard_anon", []).append({"shard": k, "peak": peak, "after": anon_bytes()})
+        self.anon.restart()
 
     def _indexer_windows(self, engine) -> list[list[int]]:
         """The indexer's training windows, three in five retrieval-shaped (1 to 4 facts in the
@@ -263,6 +273,7 @@ class AutoRun:
             # what must be free: RSS without the mapped features' pages (sampled; None before it was)
             "peak_anon_bytes": state.get("peak_anon"),
             "peak_disk_bytes": state["peak_disk"],
+            "shard_anon_bytes": state.get("shard_anon"),
             "feature_tokens": sum(plan.shards) * plan.seq_len,
             "indexer_steps": state.get("indexer_steps"),
             "memory": {

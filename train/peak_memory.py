@@ -8,6 +8,7 @@ reports as ``RssAnon`` in ``/proc/self/status``; nothing records its peak, so a 
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from pathlib import Path
 
@@ -32,6 +33,19 @@ def anon_bytes(status: Path = STATUS) -> int | None:
     return status_bytes("RssAnon", status)
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere): freed tensors otherwise stay counted in the process's anonymous memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim(0)
+
+
 class AnonPeak:
     """Samples :func:`anon_bytes` every ``interval`` seconds from a daemon thread while started;
     ``peak`` is the largest value seen (None where the system does not report it)."""
@@ -47,6 +61,10 @@ class AnonPeak:
         if now is not None:
             self.peak = max(self.peak or 0, now)
         return self.peak
+
+    def restart(self) -> None:
+        """Start a new peak from the memory now (one per stretch of work, e.g. a shard)."""
+        self.peak = anon_bytes()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
