@@ -41,14 +41,21 @@ def key_floats(raw: np.ndarray, ggml_type: int, n_head_kv: int, head_dim: int) -
     return out.reshape(n, n_head_kv, head_dim)
 
 
-def _logits(q: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray, scale: float) -> np.ndarray:
-    """[T, H, n] q . k times ``scale``, grouped-query heads sharing their K head; keys after a
-    query's position masked (-inf)."""
+def grouped_dots(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:
+    """[T, H, n] q . k times ``scale`` for queries [T, H, d] and keys [n, H_kv, d], grouped-query
+    heads sharing their K head."""
     t, h, d = q.shape
     hkv = k.shape[1]
     grouped = q.reshape(t, hkv, h // hkv, d)
     out = np.einsum("tkgd,nkd->tkgn", grouped, k, optimize=True).reshape(t, h, len(k))
     out *= scale
+    return out
+
+
+def _logits(q: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray, scale: float) -> np.ndarray:
+    """[T, H, n] q . k times ``scale`` (``grouped_dots``); keys after a query's position masked
+    (-inf)."""
+    out = grouped_dots(q, k, scale)
     future = k_pos[None, :] > q_pos[:, None]  # [T, n]
     if future.any():
         out[np.broadcast_to(future[:, None, :], out.shape)] = -np.inf

@@ -24,7 +24,7 @@ import numpy as np
 
 from .attention import attention_kernel
 from .recall import PER_STEP
-from .recall_attention import key_floats
+from .recall_attention import grouped_dots, key_floats
 
 STEP_THRESHOLD = 0.05  # attention probability (at some head) that brings a stored token back
 STEP_PER_STEP = 32  # swaps per layer and step, at most
@@ -65,12 +65,7 @@ def query_logits(q: np.ndarray, rows: np.ndarray, key_format, kernel=None) -> np
     if kernel is not None and kernel.supports(k_type, k_type, head_dim):
         return kernel.query_logits(k_type, rows, n_head_kv, q, scale)
     k = key_floats(rows, k_type, n_head_kv, head_dim)
-    h, group = q.shape[0], q.shape[0] // n_head_kv
-    out = np.empty((h, len(k)), dtype=np.float32)
-    for j in range(n_head_kv):
-        out[j * group : (j + 1) * group] = q[j * group : (j + 1) * group] @ k[:, j, :].T
-    out *= scale
-    return out
+    return np.ascontiguousarray(grouped_dots(q[None], k, scale)[0], dtype=np.float32)
 
 
 def one_query_probabilities(blocks, q_pos: int) -> list[np.ndarray]:
