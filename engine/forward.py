@@ -20,6 +20,7 @@ import numpy as np
 
 from ..ggml_ops.backend import Backend
 from ..ggml_ops.graph import Graph
+from ..ggml_ops.matmul import MIN_COLUMNS
 from ..ggml_ops.structs import GGMLType
 from .attention import attention_kernel, step_path
 from .cache import KVCache, add_compaction
@@ -91,6 +92,7 @@ class ForwardRunner:
                 self.attention, n_tokens, cache.types, self.model.hp.head_dim, self._on_cpu()
             ),
             index_kernel=any(index) and self._index_kernel,
+            weight_kernel=n_tokens >= MIN_COLUMNS and self._weight_kernel,
         )
         return plan, n_used, mask_keys
 
@@ -106,6 +108,13 @@ class ForwardRunner:
         return bool(
             kernel and kernel.simd and kernel.supports_importance(sizes["d_idx"], sizes["n_idx_heads"])
         )
+
+    @functools.cached_property
+    def _weight_kernel(self) -> bool:
+        """Whether Q4_1 weight products may run on the CPU kernel (weights in CPU memory). The
+        kernel's results equal ggml_mul_mat's, so this changes speed only."""
+        kernel = attention_kernel() if self._on_cpu() else None
+        return bool(kernel and kernel.supports_mul_mat(GGMLType.Q4_1, 32))
 
     def _plan_indexmem(self):
         """Which layers score with the indexer, and which read their latent memory (those it

@@ -63,7 +63,7 @@ typedef struct {
     uint8_t qs[16];
 } block_q4_0;
 
-int im_kernel_abi(void) { return 3; }
+int im_kernel_abi(void) { return 4; }
 
 // prefill converts each KV head to f32 in memory it allocates, or tile by tile without it (what
 // happens when the allocation fails; the tests switch it off to check that way too)

@@ -1,5 +1,5 @@
-"""The CPU kernels, ggml custom ops in one library: attention (``attention_kernel.c``) and the
-indexer's importance (``importance_kernel.c``). Compiled once per machine with the system C
+"""The CPU kernels, ggml custom ops in one library: attention (``attention_kernel.c``), the
+indexer's importance (``importance_kernel.c``) and Q4_1 weight products (``matmul_kernel.c``). Compiled once per machine with the system C
 compiler against the ``ggml.h`` llama-cpp-python installs, cached, loaded with ctypes.
 
 Nothing depends on them: without a compiler or the header, :func:`load_kernel` returns None (and
@@ -24,9 +24,9 @@ from .lib import EXPECTED_GGML_VERSION, llama_cpp_lib_dir
 from .structs import GGMLType, ggml_tensor
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "attention_kernel.c", HERE / "importance_kernel.c")
+SOURCES = (HERE / "attention_kernel.c", HERE / "importance_kernel.c", HERE / "matmul_kernel.c")
 HEADERS = (HERE / "kernel_common.h",)
-ABI = 3
+ABI = 4
 # -march=native: the build is for this machine's SIMD (its cache key names the CPU's flags)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
 _status = {"kernel": "not loaded yet"}
@@ -46,6 +46,15 @@ class Kernel:
     def importance(self) -> int:
         """Address of ``im_importance`` (``importance_kernel.c``), a ``ggml_custom_op_t``."""
         return ctypes.cast(self.lib.im_importance, ctypes.c_void_p).value
+
+    @property
+    def mul_mat_q4_1(self) -> int:
+        """Address of ``im_mul_mat_q4_1`` (``matmul_kernel.c``), a ``ggml_custom_op_t``."""
+        return ctypes.cast(self.lib.im_mul_mat_q4_1, ctypes.c_void_p).value
+
+    def supports_mul_mat(self, type_w: int, k: int) -> bool:
+        """A weight of ``type_w`` with rows of ``k`` values (``matmul_kernel.c``)."""
+        return bool(self.lib.im_mul_mat_supports(type_w, k))
 
     @property
     def simd(self) -> int:
@@ -163,6 +172,8 @@ def open_kernel(path: Path) -> Kernel:
         ("im_block_size", ctypes.c_size_t, [ctypes.c_int]),
         ("im_kernel_supports", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int64]),
         ("im_importance_supports", ctypes.c_int, [ctypes.c_int64, ctypes.c_int64]),
+        ("im_mul_mat_supports", ctypes.c_int, [ctypes.c_int, ctypes.c_int64]),
+        ("im_mul_mat_block_size", ctypes.c_size_t, [ctypes.c_int]),
         (
             "im_query_logits",
             ctypes.c_int,
@@ -179,6 +190,8 @@ def open_kernel(path: Path) -> Kernel:
         "sizeof(ggml_tensor)": (lib.im_tensor_size(), ctypes.sizeof(ggml_tensor)),
         "q8_0 block": (lib.im_block_size(GGMLType.Q8_0), C.ggml_type_size(GGMLType.Q8_0)),
         "q4_0 block": (lib.im_block_size(GGMLType.Q4_0), C.ggml_type_size(GGMLType.Q4_0)),
+        "q4_1 block": (lib.im_mul_mat_block_size(GGMLType.Q4_1), C.ggml_type_size(GGMLType.Q4_1)),
+        "q8_1 block": (lib.im_mul_mat_block_size(GGMLType.Q8_1), C.ggml_type_size(GGMLType.Q8_1)),
     }
     bad = [f"{what} {got} != {want}" for what, (got, want) in checks.items() if got != want]
     if bad:

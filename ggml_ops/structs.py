@@ -55,6 +55,7 @@ class GGMLType:
     Q5_0 = 6
     Q5_1 = 7
     Q8_0 = 8
+    Q8_1 = 9  # activations only: what ggml quantizes a Q4_1/Q5_1 product's input to
     Q2_K = 10
     Q3_K = 11
     Q4_K = 12

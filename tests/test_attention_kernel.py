@@ -20,6 +20,7 @@ from indexmem.ggml_ops.graph import Graph, new_context
 from indexmem.ggml_ops.kernel import FLAGS, _cpu_flags, build_kernel, open_kernel
 from indexmem.ggml_ops.structs import GGMLType
 from test_bindings import importance_both_ways
+from test_matmul_kernel import products
 
 RTOL = 1e-5
 KERNEL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -190,6 +191,9 @@ def test_every_build_agrees_with_the_reference(build, backend, tmp_path, monkeyp
             assert err <= RTOL, (build, type_name, n_tokens, kind, err)
     ours, composed, seen = importance_both_ways(other, 8, 2)  # the indexer's op of the same build
     np.testing.assert_allclose(ours[seen], composed[seen], rtol=1e-5, atol=1e-5)
+    if other.supports_mul_mat(GGMLType.Q4_1, 32):  # the weight products (AVX2 and wider builds)
+        ref, ours = products(other, 576, 37, 9)
+        assert np.array_equal(ours, ref)
 
 
 def test_prefill_without_memory_for_the_heads_converts_tile_by_tile(backend, kernel):

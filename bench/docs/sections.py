@@ -410,6 +410,20 @@ def _anon(report: dict) -> str:
     return f" (anonymous memory, what must be free: {anon / 1e9:.2f} GB)" if anon else ""
 
 
+def _shard_anon(report: dict) -> str:
+    """Anonymous memory per feature shard, where the run recorded it: the peak a shard reached
+    and what stayed after it (freed memory handed back), which shows whether a long run drifts."""
+    shards = [s for s in report.get("shard_anon_bytes") or [] if s.get("peak") and s.get("after")]
+    if not shards:
+        return ""
+    peaks, after = [s["peak"] / 1e9 for s in shards], [s["after"] / 1e9 for s in shards]
+    numbers = ", ".join(str(s["shard"] + 1) for s in shards)
+    return (
+        f" Anonymous memory per shard, recorded for shard(s) {numbers} of {len(report['plan']['shards'])}: "
+        f"peak {min(peaks):.2f}–{max(peaks):.2f} GB, {min(after):.2f}–{max(after):.2f} GB after each."
+    )
+
+
 def auto_report(entry: Result, root: Path) -> Section:
     r = json.loads((root / entry.file).read_text())
     gb, plan = 1e9, r["plan"]
@@ -419,7 +433,7 @@ def auto_report(entry: Result, root: Path) -> Section:
         f"time budget {plan['hours']:g} h: wall time {r['wall_seconds'] / 3600:.2f} h ({stages}); peak disk "
         f"{r['peak_disk_bytes'] / gb:.1f} GB; peak RSS {r['peak_rss_bytes'] / gb:.2f} GB{_anon(r)}; "
         f"{r['feature_tokens']:,} feature tokens in {len(plan['shards'])} shards, {r['indexer_steps']:,} "
-        f"indexer steps. The run's own report, `{Path(entry.file).name}`."
+        f"indexer steps.{_shard_anon(r)} The run's own report, `{Path(entry.file).name}`."
     )
     parts = [text]
     if r.get("validation"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ...ggml_ops.bindings import C, tensor_struct
 from ...ggml_ops.graph import Graph, shape_of
 from ...ggml_ops.indexmem import importance, index_keys, index_queries, memory_read
+from ...ggml_ops.matmul import weight_product
 from ...ggml_ops.reduce import sum_over_rows
 from ...ggml_ops.structs import GGMLType
 from ..attention import FLASH, attend, attention_kernel
@@ -41,6 +42,7 @@ class StepPlan:
     index_queries: bool = False  # output the indexer's queries (the recall tier scores its store)
     attention: str = FLASH  # the attention path of every layer this step (engine/attention.py)
     index_kernel: bool = False  # the indexer's scores by the CPU kernel (ggml_ops/importance_kernel.c)
+    weight_kernel: bool = False  # Q4_1 weight products by the CPU kernel (ggml_ops/matmul_kernel.c)
 
     def mask_sizes(self) -> dict[int, int]:
         return {m: n_kv for m, n_kv in zip(self.layer_mask, self.layer_n_kv)}
@@ -83,7 +85,8 @@ class Builder:
         return self.cb(cur, name, il)
 
     def linear(self, weight, x, bias=None):
-        cur = C.ggml_mul_mat(self.ctx, weight, x)
+        kernel = attention_kernel() if self.plan.weight_kernel else None
+        cur = weight_product(self.ctx, weight, x, kernel)
         if bias:
             cur = C.ggml_add(self.ctx, cur, bias)
         return cur
