@@ -81,6 +81,7 @@ MODELS = {
             filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             description="Qwen2.5-Coder 1.5B Instruct, Q4_K_M, ChatML, 32K context",
+            sidecar="qwen2.5-coder-1.5b-instruct.indexmem.gguf",
         ),
     )
 }

@@ -191,12 +191,23 @@ def test_shipped_checkpoints_round_trip(name, dtype, tol, tmp_path):
 
 @pytest.mark.parametrize(
     "name,pool_kernel",
-    [("smollm2-135m-instruct", 31), ("gemma3-270m", None), ("qwen2.5-coder-0.5b-instruct", None)],
+    [
+        ("smollm2-135m-instruct", 31),
+        ("gemma3-270m", None),
+        ("qwen2.5-coder-0.5b-instruct", None),
+        ("qwen2.5-coder-1.5b-instruct", None),
+    ],
 )
 def test_shipped_sidecars_are_their_checkpoints_converted_as_documented(name, pool_kernel, tmp_path):
     """checkpoints/README.md gives the commands that produced sidecars/; they still do, byte for byte."""
     from indexmem.engine.indexmem import SIDECAR_DIR
-    from indexmem.engine.registry import MODELS, resolve
+    from indexmem.engine.registry import MODELS, cache_dir, resolve
+
+    if (
+        name == "qwen2.5-coder-1.5b-instruct"
+        and not (cache_dir() / "models" / MODELS[name].filename).is_file()
+    ):
+        pytest.skip("the 1.5B (1.1 GB from 22 packages) is checked where it is already installed")
 
     side = convert(
         SHIPPED / name, resolve(name), tmp_path / "side.gguf", dtype="f16", pool_kernel=pool_kernel

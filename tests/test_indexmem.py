@@ -404,7 +404,10 @@ def test_a_registry_entry_can_turn_the_shipped_memory_on_by_default(default_mode
     other.close()
 
 
-@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"])
+@pytest.mark.parametrize(
+    "name",
+    ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"],
+)
 def test_shipped_sidecars_were_converted_for_the_registry_files(name):
     from indexmem.convert import schema as S
     from indexmem.engine.indexmem import SIDECAR_DIR

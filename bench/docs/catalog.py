@@ -204,6 +204,13 @@ RESULTS = [
         doc=TRAINING_DOC,
         section="A sidecar for your own model",
     ),
+    Result(
+        QWEN_15B,
+        "auto-report",
+        "checkpoints/qwen2.5-coder-1.5b-instruct/auto.report.json",
+        doc=TRAINING_DOC,
+        section="A sidecar for your own model",
+    ),
     # hardening
     Result(SMOLLM2, "fuzz", R + "fuzz-report.json", doc=HARDENING_DOC, section="Fuzzing"),
     Result(SMOLLM2, "soak", R + "soak.json", doc=HARDENING_DOC, section="Soak", plot=R + "soak.png"),
