@@ -266,3 +266,21 @@ def test_a_run_without_the_memory_stage_ships_the_indexer_with_no_memory_layer(t
         finally:
             engine.close()
     np.testing.assert_array_equal(logits[True], logits[False])
+
+
+def test_validation_leaves_out_the_memory_rows_of_a_sidecar_without_memory(tmp_path, corpus, setup):  # noqa: F811
+    """A sidecar that carries no memory layer (the plan skipped the memory stage) would run the
+    very same cache in its ``indexmem`` rows as in its ``indexmem-nomem`` ones: they are not run."""
+    from indexmem.convert.writer import convert
+    from indexmem.train.validate import validate_sidecar
+    from test_indexmem import write_checkpoint
+
+    base, side, modules = setup
+    shut = convert(
+        write_checkpoint(modules, "llama", tmp_path / "shut", memory_layers=[]), base, tmp_path / "s.gguf"
+    )
+    heldout = corpus / "heldout.txt"
+    for sidecar, memory_rows in ((side, True), (shut, False)):
+        rows = validate_sidecar(base, sidecar, heldout, seq_len=2048, count=1)
+        assert {"full", "indexmem-nomem @ 0.75", "indexmem-nomem @ 0.9"} <= set(rows)
+        assert ("indexmem @ 0.9" in rows) == memory_rows

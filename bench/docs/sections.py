@@ -416,11 +416,15 @@ def _shard_anon(report: dict) -> str:
     shards = [s for s in report.get("shard_anon_bytes") or [] if s.get("peak") and s.get("after")]
     if not shards:
         return ""
-    peaks, after = [s["peak"] / 1e9 for s in shards], [s["after"] / 1e9 for s in shards]
+
+    def span(values: list[float]) -> str:
+        low, high = f"{min(values) / 1e9:.2f}", f"{max(values) / 1e9:.2f}"
+        return low if low == high else f"{low}–{high}"
+
     numbers = ", ".join(str(s["shard"] + 1) for s in shards)
     return (
         f" Anonymous memory per shard, recorded for shard(s) {numbers} of {len(report['plan']['shards'])}: "
-        f"peak {min(peaks):.2f}–{max(peaks):.2f} GB, {min(after):.2f}–{max(after):.2f} GB after each."
+        f"peak {span([s['peak'] for s in shards])} GB, {span([s['after'] for s in shards])} GB after each."
     )
 
 
