@@ -1,9 +1,10 @@
 """The CPU kernels, ggml custom ops in one library: attention (``attention_kernel.c``), the
-indexer's importance (``importance_kernel.c``) and Q4_1 weight products (``matmul_kernel.c``). Compiled once per machine with the system C
-compiler against the ``ggml.h`` llama-cpp-python installs, cached, loaded with ctypes.
+indexer's importance (``importance_kernel.c``) and Q4_1 weight products (``matmul_kernel.c``).
+Compiled once per machine with the system C compiler against the ``ggml.h`` llama-cpp-python
+installs, cached, loaded with ctypes.
 
 Nothing depends on them: without a compiler or the header, :func:`load_kernel` returns None (and
-says why in :func:`kernel_status`) and both run on ggml's own ops.
+says why in :func:`kernel_status`) and all three run on ggml's own ops.
 """
 
 from __future__ import annotations
