@@ -153,6 +153,8 @@ RESULTS = [
     Result(SMOLLM2, "recall-rss", R + "recall-rss-smollm2.json", section="The recall tier"),
     # decode with the store on disk, at compressions and at every step (AMD EPYC, Zen 3, idle)
     Result(SMOLLM2, "speed", R + "speed-smollm2-8k-recall.json", section="The recall tier"),
+    # each-step recall at 0.75, the same examples (samples still being added)
+    Result(SMOLLM2, "ruler", R + "ruler-smollm2-4k-recall-step75.jsonl", section="The recall tier"),
     # training: the shipped checkpoints, how they were fitted and their held-out evaluation
     Result(SMOLLM2, "train-config", "checkpoints/smollm2-135m-instruct/config.json", doc=TRAINING_DOC),
     Result(
