@@ -81,6 +81,15 @@ def _dequantize(raw: bytes, info, ggml_shape) -> np.ndarray:
     raise ModelFormatError(f"tensor {info.name} has type {info.type_name}, not f32/f16/q8_0")
 
 
+def memory_layers(path: str | Path) -> list[int]:
+    """The layers of an IndexMem file that carry a latent memory, from its metadata alone (no
+    tensor is read): ``schema.memory_layers_of``, empty for a file whose memory is shut."""
+    with open_gguf(Path(path)) as g:
+        meta = {k: g.get(k) for k in (S.K_MEM_SHUT, S.K_MEMORY_LAYERS) if g.get(k) is not None}
+        layers = g.get(S.K_LAYERS)
+        return S.memory_layers_of(meta, [] if layers is None else layers)
+
+
 def load_indexmem(path: str | Path, base_path: str | Path | None = None) -> IndexMemFile:
     """Read ``path``; with ``base_path`` (or when ``path`` is a merged model) check the pairing."""
     path = Path(path)

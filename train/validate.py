@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..convert import schema as S
+from ..convert.reader import memory_layers
 from ..engine.api import Engine
 from ..engine.eviction import budget_from_ratio
-from ..engine.loader import open_gguf
 from .retrieval import BROAD, retrieval_windows
 from .targets import answer_spans
 
@@ -41,18 +40,13 @@ def question_prompts(engine: Engine, text: str, seq_len: int, count: int) -> lis
     ]
 
 
-def _memory_shut(sidecar) -> bool:
-    with open_gguf(Path(sidecar)) as g:
-        return bool(g.get(S.K_MEM_SHUT))
-
-
 def validate_sidecar(
     model_path, sidecar, heldout: Path, seq_len: int, threads: int = 1, count: int = 6
 ) -> dict:
     text = Path(heldout).read_text()
     results = {}
     prompts = None
-    shut = _memory_shut(sidecar)
+    shut = not memory_layers(sidecar)
     for spec, ratio, memory in CONFIGS:
         if memory and shut:
             continue  # no layer carries a memory: the same cache as without it

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ...convert import schema as S
+from ...convert.reader import memory_layers
 from ...engine.indexmem import SIDECAR_DIR
-from ...engine.loader import open_gguf
 from ...engine.registry import MODELS, RegistryModel
 from ...markdown import table
 
@@ -12,9 +11,9 @@ from ...markdown import table
 def _memory(m: RegistryModel) -> str:
     if not m.sidecar:
         return "–"
-    with open_gguf(SIDECAR_DIR / m.sidecar) as g:
-        shut = bool(g.get(S.K_MEM_SHUT))
-    return "none in the sidecar" if shut else "on" if m.memory else "off (`memory=True`)"
+    if not memory_layers(SIDECAR_DIR / m.sidecar):
+        return "none in the sidecar"
+    return "on" if m.memory else "off (`memory=True`)"
 
 
 def models_table() -> str:
