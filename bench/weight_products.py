@@ -39,20 +39,27 @@ def layer_shapes(hp) -> dict[str, tuple[int, int]]:
     }
 
 
+def random_q4_1_weight(backend, k: int, n: int, rng):
+    """(context, tensor, buffer): a random [n, k] Q4_1 weight in ``backend``'s memory; free the
+    buffer, then the context."""
+    values = rng.standard_normal((n, k)).astype(np.float32)
+    data = np.ascontiguousarray(gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_1))
+    ctx = new_context(1)
+    w = C.ggml_new_tensor_2d(ctx, GGMLType.Q4_1, k, n)
+    buf = backend.alloc_ctx_tensors(ctx)
+    C.ggml_backend_tensor_set(w, data.ctypes.data, 0, data.nbytes)
+    return ctx, w, buf
+
+
 def time_both(backends, kernel, k: int, n: int, tokens: int, rounds: int, rng) -> tuple[float, float]:
     """Best seconds of ggml_mul_mat and of the kernel for a [n, k] Q4_1 weight times ``tokens``.
     Each graph has a scheduler of its own (``backends``, two CPU backends), so both stay placed:
     placing one graph frees the buffer another was placed in, and that graph is then unusable."""
-    weights = np.ascontiguousarray(
-        gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), gguf.GGMLQuantizationType.Q4_1)
-    )
-    contexts = [new_context(1) for _ in backends]  # the weight, once in each backend's memory
-    ws = [C.ggml_new_tensor_2d(ctx, GGMLType.Q4_1, k, n) for ctx in contexts]
-    bufs = [backend.alloc_ctx_tensors(ctx) for backend, ctx in zip(backends, contexts)]
+    seed = int(rng.integers(1 << 31))  # the same weight, once in each backend's memory
+    placed = [random_q4_1_weight(backend, k, n, np.random.default_rng(seed)) for backend in backends]
+    ws = [w for _, w, _ in placed]
     graphs = []
     try:
-        for w in ws:
-            C.ggml_backend_tensor_set(w, weights.ctypes.data, 0, weights.nbytes)
         x = rng.standard_normal((tokens, k)).astype(np.float32)
         for which, backend, w in zip((None, kernel), backends, ws):
             g = Graph(64)
@@ -73,7 +80,7 @@ def time_both(backends, kernel, k: int, n: int, tokens: int, rounds: int, rng) -
     finally:
         for g, _ in graphs:
             g.close()
-        for buf, ctx in zip(bufs, contexts):
+        for ctx, _, buf in placed:
             C.ggml_backend_buffer_free(buf)
             C.ggml_free(ctx)
 

@@ -5,18 +5,16 @@ equal ggml's to the bit, for any shape (tile edges: rows and columns that do not
 and any thread count.
 """
 
-import gguf
 import numpy as np
 import pytest
 from indexmem import Engine
+from indexmem.bench.weight_products import random_q4_1_weight
 from indexmem.engine.attention import attention_kernel
 from indexmem.ggml_ops.backend import Backend
 from indexmem.ggml_ops.bindings import C, tensor_struct
 from indexmem.ggml_ops.graph import Graph, new_context
 from indexmem.ggml_ops.matmul import MIN_COLUMNS, kernel_applies, weight_product
 from indexmem.ggml_ops.structs import GGMLType
-
-Q = gguf.GGMLQuantizationType
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +25,13 @@ def kernel():
     return k
 
 
-def products(kernel, k, n, t, qtype=Q.Q4_1, threads=1, seed=0):
-    """(ggml_mul_mat's W.X, weight_product's) for a random [n, k] weight of ``qtype`` and a
-    random [t, k] input, in one graph."""
+def products(kernel, k, n, t, threads=1, seed=0):
+    """(ggml_mul_mat's W.X, weight_product's) for a random [n, k] Q4_1 weight and a random
+    [t, k] input, in one graph."""
     rng = np.random.default_rng(seed)
-    weights = np.ascontiguousarray(
-        gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype)
-    )
     backend = Backend("cpu", n_threads=threads)
-    ctx = new_context(1)
-    w = C.ggml_new_tensor_2d(ctx, int(qtype), k, n)
-    buf = backend.alloc_ctx_tensors(ctx)
+    ctx, w, buf = random_q4_1_weight(backend, k, n, rng)
     try:
-        C.ggml_backend_tensor_set(w, weights.ctypes.data, 0, weights.nbytes)
         g = Graph(64)
         x = g.input("x", GGMLType.F32, k, t)
         ref = g.output(C.ggml_mul_mat(g.ctx, w, x))
